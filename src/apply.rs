@@ -1,0 +1,479 @@
+//! The replica on disk: every filesystem operation the server makes on
+//! DEST, each resolved one component at a time from an open handle on DEST
+//! without following symlinks, so nothing is ever read, written or removed
+//! outside DEST or through a link planted inside it.
+//!
+//! Files are written to a temporary file beside their target
+//! (`.replica-tmp-…`), completed, given their mode and mtime, then renamed
+//! over the target: a reader never sees a half-written file under its final
+//! name. A [`TempFile`] that is dropped before [`Replica::publish`] removes
+//! itself; stale ones left by a kill are removed by the next scan.
+
+use crate::error::describe_io;
+use crate::filter::Filter;
+use crate::plan::{ReplicaEntry, ReplicaView};
+use crate::tree::{Kind, Manifest, Timestamp};
+use cap_fs_ext::{DirExt, SystemTimeSpec};
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Prefix of temporary files written beside their target.
+pub const TEMP_PREFIX: &str = ".replica-tmp-";
+
+/// The destination tree.
+pub struct Replica {
+    root: Dir,
+    root_path: PathBuf,
+    /// The last parent directory opened, by key, reused by siblings.
+    cached: RefCell<Option<(String, Dir)>>,
+}
+
+/// A file being written beside its final name.
+pub struct TempFile {
+    pub file: std::fs::File,
+    dir: Dir,
+    name: String,
+    published: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = self.dir.remove_file(&self.name);
+        }
+    }
+}
+
+fn split_key(key: &str) -> (&str, &str) {
+    match key.rfind('/') {
+        Some(i) => (&key[..i], &key[i + 1..]),
+        None => ("", key),
+    }
+}
+
+fn not_dir(key: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotADirectory, format!("{key} is not a directory"))
+}
+
+/// What a replica scan found besides the view.
+#[derive(Debug, Default)]
+pub struct ScanExtras {
+    /// Stale temporary files (from a killed pass), by key.
+    pub stale_temps: Vec<String>,
+    /// Entries that could not be examined, with the reason.
+    pub problems: Vec<(String, String)>,
+}
+
+impl Replica {
+    /// Opens DEST, creating it if missing.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let root = Dir::open_ambient_dir(path, ambient_authority())?;
+        Ok(Replica {
+            root,
+            root_path: path.to_path_buf(),
+            cached: RefCell::new(None),
+        })
+    }
+
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// Opens the directory `key` (`""` is the root), refusing symlinks at every step.
+    pub fn open_dir(&self, key: &str) -> io::Result<Dir> {
+        if key.is_empty() {
+            return self.root.try_clone();
+        }
+        if let Some((k, d)) = self.cached.borrow().as_ref() {
+            if k == key {
+                return d.try_clone();
+            }
+        }
+        let mut dir = self.root.try_clone()?;
+        for comp in key.split('/') {
+            let meta = dir.symlink_metadata(comp)?;
+            if !meta.is_dir() {
+                return Err(not_dir(key));
+            }
+            dir = dir.open_dir_nofollow(comp)?;
+        }
+        *self.cached.borrow_mut() = Some((key.to_string(), dir.try_clone()?));
+        Ok(dir)
+    }
+
+    /// Forgets cached handles (after removals or renames of directories).
+    pub fn forget_cache(&self) {
+        *self.cached.borrow_mut() = None;
+    }
+
+    fn parent_of<'k>(&self, key: &'k str) -> io::Result<(Dir, &'k str)> {
+        let (parent, name) = split_key(key);
+        Ok((self.open_dir(parent)?, name))
+    }
+
+    /// The entry at `key`, without following a final symlink.
+    pub fn stat(&self, key: &str) -> io::Result<Option<ReplicaEntry>> {
+        if key.is_empty() {
+            let m = self.root.dir_metadata()?;
+            return entry_of(&self.root, ".", &m).map(Some);
+        }
+        let (dir, name) = match self.parent_of(key) {
+            Ok(x) => x,
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match dir.symlink_metadata(name) {
+            Ok(m) => Ok(Some(entry_of(&dir, name, &m)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes whatever is at `key` (a whole directory tree included).
+    /// Returns the number of entries removed.
+    pub fn remove(&self, key: &str) -> io::Result<u64> {
+        let (dir, name) = self.parent_of(key)?;
+        let meta = match dir.symlink_metadata(name) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        self.forget_cache();
+        if meta.is_dir() {
+            let n = count_tree(&dir.open_dir_nofollow(name)?)?;
+            dir.remove_dir_all(name)?;
+            Ok(n + 1)
+        } else {
+            dir.remove_file_or_symlink(name)?;
+            Ok(1)
+        }
+    }
+
+    /// Counts the entries a removal of `key` would remove.
+    pub fn count(&self, key: &str) -> io::Result<u64> {
+        let (dir, name) = self.parent_of(key)?;
+        match dir.symlink_metadata(name) {
+            Ok(m) if m.is_dir() => Ok(1 + count_tree(&dir.open_dir_nofollow(name)?)?),
+            Ok(_) => Ok(1),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn mkdir(&self, key: &str) -> io::Result<()> {
+        let (dir, name) = self.parent_of(key)?;
+        match dir.create_dir(name) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.symlink_metadata(name)?.is_dir() => Ok(()),
+            r => r,
+        }
+    }
+
+    pub fn symlink(&self, key: &str, target: &str) -> io::Result<()> {
+        let (dir, name) = self.parent_of(key)?;
+        let tmp = temp_name(name);
+        #[cfg(unix)]
+        dir.symlink(target, &tmp)?;
+        #[cfg(windows)]
+        dir.symlink_file(target, &tmp)?;
+        dir.rename(&tmp, &dir, name).inspect_err(|_| {
+            let _ = dir.remove_file_or_symlink(&tmp);
+        })
+    }
+
+    /// Sets mode and mtime of a directory or symlink (files get theirs before publishing).
+    pub fn set_meta(&self, key: &str, kind: &Kind, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
+        if key.is_empty() {
+            let f = self.root.try_clone()?.into_std_file();
+            set_file_mode(&f, mode)?;
+            return f.set_times(std::fs::FileTimes::new().set_modified(mtime.to_system()));
+        }
+        let (dir, name) = self.parent_of(key)?;
+        let when = Some(SystemTimeSpec::Absolute(cap_std::time::SystemTime::from_std(mtime.to_system())));
+        match kind {
+            Kind::Symlink { .. } => dir.set_symlink_times(name, None, when),
+            Kind::Dir => {
+                set_mode_at(&dir, name, mode)?;
+                dir.set_times(name, None, when)
+            }
+            Kind::File { .. } => {
+                set_mode_at(&dir, name, mode)?;
+                dir.set_times(name, None, when)
+            }
+        }
+    }
+
+    /// Creates a temporary file beside `key`.
+    pub fn create_temp(&self, key: &str) -> io::Result<TempFile> {
+        let (dir, name) = self.parent_of(key)?;
+        let tmp = temp_name(name);
+        let file = dir
+            .open_with(&tmp, OpenOptions::new().read(true).write(true).create_new(true))?
+            .into_std();
+        Ok(TempFile {
+            file,
+            dir,
+            name: tmp,
+            published: false,
+        })
+    }
+
+    /// Gives a finished temporary file its mode and mtime and renames it over `key`.
+    pub fn publish(&self, mut tmp: TempFile, key: &str, mode: Option<u32>, mtime: Timestamp, fsync: bool) -> io::Result<u64> {
+        set_file_mode(&tmp.file, mode)?;
+        tmp.file
+            .set_times(std::fs::FileTimes::new().set_modified(mtime.to_system()))?;
+        if fsync {
+            tmp.file.sync_all()?;
+        }
+        let ino = file_ino(&tmp.file);
+        let (_, name) = split_key(key);
+        tmp.dir.rename(&tmp.name, &tmp.dir, name)?;
+        tmp.published = true;
+        Ok(ino)
+    }
+
+    /// Renames `from` to `to` (a move inside the replica).
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (fdir, fname) = self.parent_of(from)?;
+        let (tdir, tname) = self.parent_of(to)?;
+        self.forget_cache();
+        fdir.rename(fname, &tdir, tname)
+    }
+
+    /// Opens a replica file for reading (never through a symlink).
+    pub fn open_read(&self, key: &str) -> io::Result<std::fs::File> {
+        let (dir, name) = self.parent_of(key)?;
+        if !dir.symlink_metadata(name)?.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        Ok(dir.open_with(name, &opts)?.into_std())
+    }
+
+    /// Scans the parts of the replica the source manifest covers.
+    pub fn scan(&self, source: &Manifest, keys: &[String], filter: &Filter, delete_excluded: bool) -> (ReplicaView, ScanExtras) {
+        let mut view = ReplicaView::new();
+        let mut extras = ScanExtras::default();
+        let opaque: HashSet<u32> = source.opaque.iter().copied().collect();
+        let partial: HashSet<u32> = source.partial.iter().copied().collect();
+        let mut children: Vec<Vec<u32>> = vec![Vec::new(); source.entries.len()];
+        for (i, e) in source.entries.iter().enumerate().skip(1) {
+            children[e.parent as usize].push(i as u32);
+        }
+        if let Ok(m) = self.root.dir_metadata() {
+            if let Ok(e) = entry_of(&self.root, ".", &m) {
+                view.insert(String::new(), ReplicaEntry { kind: Kind::Dir, ..e });
+            }
+        }
+        let mut stack: Vec<(u32, Dir)> = Vec::new();
+        for (i, e) in source.entries.iter().enumerate() {
+            let id = i as u32;
+            if !e.kind.is_dir() || opaque.contains(&id) {
+                continue;
+            }
+            let key = &keys[i];
+            if i > 0 && !matches!(view.get(key), Some(ReplicaEntry { kind: Kind::Dir, .. })) {
+                continue;
+            }
+            while stack.last().is_some_and(|(top, _)| *top != e.parent) {
+                stack.pop();
+            }
+            let dir = if i == 0 {
+                self.root.try_clone()
+            } else {
+                match stack.last() {
+                    Some((_, parent)) => parent.open_dir_nofollow(&e.name),
+                    None => Err(not_dir(key)),
+                }
+            };
+            let dir = match dir {
+                Ok(d) => d,
+                Err(err) => {
+                    extras.problems.push((key.clone(), describe_io(&err)));
+                    continue;
+                }
+            };
+            let names: Vec<String> = if partial.contains(&id) {
+                children[i].iter().map(|&c| source.entries[c as usize].name.clone()).collect()
+            } else {
+                match list_names(&dir) {
+                    Ok(n) => n,
+                    Err(err) => {
+                        extras.problems.push((key.clone(), format!("cannot list: {}", describe_io(&err))));
+                        Vec::new()
+                    }
+                }
+            };
+            for name in names {
+                let child_key = if key.is_empty() { name.clone() } else { format!("{key}/{name}") };
+                if name.starts_with(TEMP_PREFIX) {
+                    extras.stale_temps.push(child_key);
+                    continue;
+                }
+                match dir.symlink_metadata(&name) {
+                    Ok(m) => {
+                        if !delete_excluded && filter.is_excluded(&child_key, m.is_dir()) {
+                            continue;
+                        }
+                        match entry_of(&dir, &name, &m) {
+                            Ok(entry) => {
+                                view.insert(child_key, entry);
+                            }
+                            Err(err) => extras.problems.push((child_key, describe_io(&err))),
+                        }
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => extras.problems.push((child_key, describe_io(&err))),
+                }
+            }
+            stack.push((id, dir));
+        }
+        (view, extras)
+    }
+}
+
+fn list_names(dir: &Dir) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for item in dir.entries()? {
+        let item = item?;
+        // Names that are not UTF-8 cannot come from the source; leave them be.
+        if let Ok(n) = item.file_name().into_string() {
+            names.push(n);
+        }
+    }
+    Ok(names)
+}
+
+fn count_tree(dir: &Dir) -> io::Result<u64> {
+    let mut n = 0;
+    for item in dir.entries()? {
+        let item = item?;
+        n += 1;
+        if item.file_type()?.is_dir() {
+            n += count_tree(&dir.open_dir_nofollow(item.file_name())?)?;
+        }
+    }
+    Ok(n)
+}
+
+fn entry_of(dir: &Dir, name: &str, m: &cap_std::fs::Metadata) -> io::Result<ReplicaEntry> {
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        let target = dir.read_link_contents(name)?;
+        Kind::Symlink {
+            target: target.to_string_lossy().into_owned(),
+        }
+    } else if ft.is_file() {
+        Kind::File { size: m.len() }
+    } else {
+        // A special file in the replica is never in the source: treat it as
+        // an entry of its own kind so the plan removes it.
+        Kind::Symlink {
+            target: "\0special".into(),
+        }
+    };
+    let mtime = m
+        .modified()
+        .map(|t| Timestamp::from_system(t.into_std()))
+        .unwrap_or_default();
+    #[cfg(unix)]
+    let (mode, ino) = {
+        use cap_std::fs::MetadataExt;
+        (Some(m.mode() & 0o7777), m.ino())
+    };
+    #[cfg(not(unix))]
+    let (mode, ino) = (None, 0);
+    Ok(ReplicaEntry { kind, mode, mtime, ino })
+}
+
+fn temp_name(name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let short: String = name.chars().take(100).collect();
+    format!("{TEMP_PREFIX}{:x}-{n:x}.{short}", std::process::id())
+}
+
+fn set_mode_at(dir: &Dir, name: &str, mode: Option<u32>) -> io::Result<()> {
+    #[cfg(unix)]
+    if let Some(mode) = mode {
+        use cap_std::fs::PermissionsExt;
+        dir.set_permissions(name, cap_std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (dir, name, mode);
+    Ok(())
+}
+
+fn set_file_mode(file: &std::fs::File, mode: Option<u32>) -> io::Result<()> {
+    #[cfg(unix)]
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (file, mode);
+    Ok(())
+}
+
+/// The inode of an open file (0 where the platform has none).
+pub fn file_ino(file: &std::fs::File) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata().map(|m| m.ino()).unwrap_or(0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        0
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`.
+pub fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = file.seek_read(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Writes all of `buf` at `offset`.
+pub fn write_at(file: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            done += file.seek_write(&buf[done..], offset + done as u64)?;
+        }
+        Ok(())
+    }
+}

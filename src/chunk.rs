@@ -1,0 +1,288 @@
+//! Content-defined chunking and content ids.
+//!
+//! A file is a list of chunks cut by FastCDC (v2020, normalisation level 1)
+//! and named by their BLAKE3 hash; the file itself is named by the BLAKE3
+//! hash of its whole content. Chunk lists of large files are further cut into
+//! content-defined *groups* (a boundary after each chunk whose hash, read as
+//! a little-endian u32, is divisible by [`GROUP_AVG`]), so a peer can compare
+//! a few group hashes instead of every chunk hash.
+//!
+//! The parameters below are part of the on-disk and on-wire format: changing
+//! them means bumping [`CHUNKER_VERSION`] (the handshake refuses a mismatch and
+//! the replica index is rebuilt).
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read};
+
+/// Version of the chunking scheme (parameters, normalisation, grouping).
+pub const CHUNKER_VERSION: u16 = 1;
+pub const MIN_CHUNK: u32 = 4 * 1024;
+pub const AVG_CHUNK: u32 = 16 * 1024;
+pub const MAX_CHUNK: u32 = 64 * 1024;
+/// Expected chunks per group.
+pub const GROUP_AVG: u32 = 64;
+/// Hard cap on chunks per group.
+pub const GROUP_MAX: usize = 256;
+/// Files with at most this many chunks send their chunk list inline.
+pub const INLINE_CHUNKS: usize = 64;
+
+/// How much is read and chunked at a time.
+const READ_BLOCK: usize = 8 * 1024 * 1024;
+
+/// A BLAKE3 content hash.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    pub fn of(data: &[u8]) -> Self {
+        Hash(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn short(&self) -> String {
+        self.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hash({})", self.short())
+    }
+}
+
+/// One chunk of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub hash: Hash,
+    pub len: u32,
+}
+
+/// A run of consecutive chunks named by one hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRef {
+    pub hash: Hash,
+    /// Number of chunks in the group.
+    pub count: u32,
+}
+
+/// A file's content: its size, whole hash and chunk list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub size: u64,
+    pub hash: Hash,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl Digest {
+    /// Byte offset of each chunk, plus the total at the end.
+    pub fn offsets(&self) -> Vec<u64> {
+        offsets(&self.chunks)
+    }
+}
+
+/// Byte offset of each chunk, plus the total at the end.
+pub fn offsets(chunks: &[ChunkRef]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(chunks.len() + 1);
+    let mut at = 0u64;
+    for c in chunks {
+        out.push(at);
+        at += c.len as u64;
+    }
+    out.push(at);
+    out
+}
+
+/// Reads `r` to the end and returns its digest. Never holds more than a
+/// few megabytes; chunk hashes are computed on all cores.
+pub fn digest_reader<R: Read>(mut r: R) -> io::Result<Digest> {
+    let mut buf = vec![0u8; READ_BLOCK];
+    let mut filled = 0usize;
+    let mut file_hasher = blake3::Hasher::new();
+    let mut chunks = Vec::new();
+    let mut size = 0u64;
+    loop {
+        let mut eof = false;
+        while filled < buf.len() {
+            let n = r.read(&mut buf[filled..])?;
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        let cuts = cut_points(&buf[..filled], eof);
+        let consumed = cuts.last().map(|&(o, l)| o + l).unwrap_or(0);
+        let data = &buf[..consumed];
+        let (_, hashes) = rayon::join(
+            || {
+                file_hasher.update(data);
+            },
+            || {
+                cuts.par_iter()
+                    .map(|&(o, l)| ChunkRef {
+                        hash: Hash::of(&data[o..o + l]),
+                        len: l as u32,
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
+        chunks.extend(hashes);
+        size += consumed as u64;
+        buf.copy_within(consumed..filled, 0);
+        filled -= consumed;
+        if eof && filled == 0 {
+            break;
+        }
+    }
+    Ok(Digest {
+        size,
+        hash: Hash(*file_hasher.finalize().as_bytes()),
+        chunks,
+    })
+}
+
+/// Size and whole-file hash of everything `r` yields (no chunking).
+pub fn hash_reader<R: Read>(mut r: R) -> io::Result<(u64, Hash)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok((size, Hash(*h.finalize().as_bytes())));
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+}
+
+/// Digest of an in-memory buffer.
+pub fn digest_bytes(data: &[u8]) -> Digest {
+    digest_reader(data).expect("reading from memory cannot fail")
+}
+
+/// Chunk boundaries in `data` as (offset, len). Unless `eof`, the last
+/// (possibly truncated) chunk is left out, to be cut again with more data.
+fn cut_points(data: &[u8], eof: bool) -> Vec<(usize, usize)> {
+    let mut cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+        .map(|c| (c.offset as usize, c.length))
+        .collect();
+    if !eof {
+        cuts.pop();
+    }
+    cuts
+}
+
+/// Cuts a chunk list into groups.
+pub fn groups(chunks: &[ChunkRef]) -> Vec<GroupRef> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in chunks.iter().enumerate() {
+        let n = i + 1 - start;
+        let boundary = u32::from_le_bytes(c.hash.0[..4].try_into().unwrap()) % GROUP_AVG == 0;
+        if boundary || n >= GROUP_MAX || i + 1 == chunks.len() {
+            out.push(GroupRef {
+                hash: group_hash(&chunks[start..=i]),
+                count: n as u32,
+            });
+            start = i + 1;
+        }
+    }
+    out
+}
+
+/// The hash naming a run of chunks.
+pub fn group_hash(chunks: &[ChunkRef]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    for c in chunks {
+        h.update(&c.hash.0);
+        h.update(&c.len.to_le_bytes());
+    }
+    Hash(*h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes (xorshift), so tests need no files.
+    pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_cover_the_file_and_hash_matches() {
+        let data = noise(3 * READ_BLOCK + 12345, 7);
+        let d = digest_bytes(&data);
+        assert_eq!(d.size, data.len() as u64);
+        assert_eq!(d.hash, Hash::of(&data));
+        let offs = d.offsets();
+        assert_eq!(*offs.last().unwrap(), data.len() as u64);
+        for (i, c) in d.chunks.iter().enumerate() {
+            let (o, l) = (offs[i] as usize, c.len as usize);
+            assert_eq!(c.hash, Hash::of(&data[o..o + l]));
+            assert!(l <= MAX_CHUNK as usize);
+        }
+    }
+
+    #[test]
+    fn streaming_cut_equals_one_shot_cut() {
+        let data = noise(READ_BLOCK * 2 + 999, 3);
+        let streamed = digest_bytes(&data).chunks.iter().map(|c| c.len as usize).collect::<Vec<_>>();
+        let one_shot = cut_points(&data, true).iter().map(|c| c.1).collect::<Vec<_>>();
+        assert_eq!(streamed, one_shot);
+    }
+
+    #[test]
+    fn insertion_changes_only_nearby_chunks() {
+        let data = noise(2_000_000, 11);
+        let mut edited = b"sixteen bytes!!!".to_vec();
+        edited.extend_from_slice(&data);
+        let a = digest_bytes(&data).chunks;
+        let b = digest_bytes(&edited).chunks;
+        let known: std::collections::HashSet<_> = a.iter().map(|c| c.hash).collect();
+        let new = b.iter().filter(|c| !known.contains(&c.hash)).count();
+        assert!(new <= 2, "{new} new chunks after a 16-byte insert");
+        let ga = groups(&a);
+        let gb = groups(&b);
+        let kg: std::collections::HashSet<_> = ga.iter().map(|g| g.hash).collect();
+        assert!(gb.iter().filter(|g| !kg.contains(&g.hash)).count() <= 2);
+    }
+
+    #[test]
+    fn groups_cover_all_chunks() {
+        let d = digest_bytes(&noise(5_000_000, 5));
+        let g = groups(&d.chunks);
+        assert_eq!(g.iter().map(|g| g.count as usize).sum::<usize>(), d.chunks.len());
+        assert!(g.iter().all(|g| g.count as usize <= GROUP_MAX));
+    }
+
+    /// Pins the chunking format: if this changes, CHUNKER_VERSION must too.
+    #[test]
+    fn chunk_boundaries_are_pinned() {
+        let d = digest_bytes(&noise(200_000, 42));
+        let lens: Vec<u32> = d.chunks.iter().map(|c| c.len).collect();
+        assert_eq!(lens, PINNED_LENS, "chunker output changed: bump CHUNKER_VERSION");
+    }
+
+    const PINNED_LENS: &[u32] = &[];
+
+    #[test]
+    fn empty_file() {
+        let d = digest_bytes(&[]);
+        assert_eq!(d.size, 0);
+        assert!(d.chunks.is_empty());
+        assert_eq!(d.hash, Hash::of(&[]));
+    }
+}

@@ -1,0 +1,92 @@
+//! Error types.
+//!
+//! Rules:
+//! - Every error names what it concerns: a relative path, a peer address or the
+//!   file on disk, plus the cause, so it prints as one readable line.
+//! - [`FileError`] is "this entry failed, the pass goes on"; [`Error`] is "this
+//!   session failed, stop". The difference is a type, never a string.
+//! - The library never panics on input from a peer or from disk.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A session-level failure: the pass (or connection) stops.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connection to {peer}: {source}")]
+    Net {
+        peer: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("protocol error from {peer}: {reason}")]
+    Protocol { peer: String, reason: String },
+    #[error("refused by {peer}: {reason}")]
+    Refused { peer: String, reason: String },
+    #[error("index {path}: {reason}")]
+    Index { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn protocol(peer: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Protocol {
+            peer: peer.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A failure confined to one entry of the tree: reported, and the pass goes on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct FileError {
+    /// The path relative to the tree root, `/`-separated for display.
+    pub path: String,
+    pub reason: String,
+}
+
+impl FileError {
+    pub fn new(path: impl Into<String>, reason: impl ToString) -> Self {
+        FileError {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Short, lower-case description of an I/O error, without the "(os error N)" noise.
+pub fn describe_io(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    match e.kind() {
+        NotFound => "not found".into(),
+        PermissionDenied => "permission denied".into(),
+        AlreadyExists => "already exists".into(),
+        StorageFull => "no space left on device".into(),
+        _ => {
+            let s = e.to_string();
+            match s.find(" (os error") {
+                Some(i) => s[..i].to_lowercase(),
+                None => s,
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! replica: one-way directory replication, client to server over TCP or
+//! locally, sending only content the replica does not already hold.
+//!
+//! # Map of the crate
+//!
+//! Data flows top to bottom:
+//!
+//! - [`tree`]: what a tree is ([`tree::Manifest`] of [`tree::Entry`]) and
+//!   scanning a source directory into one (parallel walk, no symlink
+//!   following, excludes from [`filter`]).
+//! - [`chunk`]: content-defined chunking (FastCDC) and BLAKE3 content ids;
+//!   [`chunk::Digest`] is a file's hash plus its chunk list.
+//! - [`index`]: persistent redb indexes: the replica's (chunk, group and
+//!   whole-file hash -> where in the replica) and the source's (stat ->
+//!   digest, so unchanged files are never re-read).
+//! - [`plan`]: pure planning, source manifest x replica view -> operations.
+//! - [`apply`]: the replica on disk; every operation resolved below DEST
+//!   without following symlinks; atomic publication of files.
+//! - [`protocol`]: frames (length-prefixed, bounded) and typed messages.
+//! - [`transport`]: connections (framing, zstd, byte counters), handshake,
+//!   the server's accept loop, the client's dialer, the in-process pipe.
+//! - [`session`]: the two halves of a pass as blocking code over a link:
+//!   the server plans and pulls ([`session::server`]), the client answers.
+//! - [`syncer`]: the client driver (safety rails, reconnects, repeated passes).
+//! - [`watch`]: file-system events -> batches of changed paths -> scoped passes.
+//! - [`report`]: the operation log and pass summaries; [`status`]: server counters.
+//! - [`error`]: error types and the rules for them.
+//!
+//! The binary (`src/main.rs`) only parses arguments and prints.
+
+pub mod apply;
+pub mod chunk;
+pub mod error;
+pub mod filter;
+pub mod index;
+pub mod plan;
+pub mod protocol;
+pub mod report;
+pub mod session;
+pub mod status;
+pub mod syncer;
+pub mod transport;
+pub mod tree;
+
+pub use error::{Error, FileError, Result};
+pub use syncer::{SyncOptions, Syncer};

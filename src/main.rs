@@ -1,0 +1,248 @@
+//! The `replica` command: parses arguments into the library's option
+//! structs, runs, prints. Exit codes: 0 success, 1 failure, 2 usage error.
+
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use replica::report::{Reporter, Verbosity};
+use replica::syncer::{default_state_dir, SyncOptions, Syncer};
+use replica::transport::client::Target;
+use replica::transport::server::{is_loopback, serve_listener, ServerOptions, ServerShared};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "replica", version, about = "Keep an exact replica of a directory, locally or on a server, sending only what the replica lacks.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve a destination directory to replica clients.
+    #[command(after_help = "Example:\n  replica serve /backup/photos --listen 0.0.0.0:7420 --token \"$SECRET\"")]
+    Serve(ServeArgs),
+    /// Make the target equal to the source, once (or every DURATION).
+    #[command(after_help = "Examples:\n  replica sync ~/photos /mnt/usb/photos\n  replica sync ~/photos replica://nas.local:7420 --token \"$SECRET\"\n  replica sync ~/photos replica://[::1]:7420 --every 5m")]
+    Sync(SyncArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  replica completions bash > /etc/bash_completion.d/replica")]
+    Completions {
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Append every operation to this file (RFC 3339 timestamps).
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// Where replica keeps its indexes [default: the platform data dir, or $REPLICA_STATE_DIR].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// fsync every file before it is renamed into place (slower, strictest durability).
+    #[arg(long)]
+    fsync: bool,
+    /// Only errors and pass summaries.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Say why each operation happened and how many bytes it sent or rebuilt.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Destination directory (created if missing).
+    dest: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7420", value_name = "ADDR")]
+    listen: String,
+    /// Shared secret clients must present (required unless listening on loopback).
+    #[arg(long, env = "REPLICA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    /// Source directory.
+    src: PathBuf,
+    /// A local directory, or replica://HOST:PORT for a running server.
+    target: String,
+    /// Shared secret of the server.
+    #[arg(long, env = "REPLICA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Exclude paths matching this gitignore-style glob (repeatable); the
+    /// source's .replicaignore is read too.
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Repeat a pass every DURATION (e.g. 30s, 5m, 1h) until interrupted.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    every: Option<Duration>,
+    /// Compare content hashes even when size and modification time match.
+    #[arg(long)]
+    checksum: bool,
+    /// Show what a pass would do and send; change nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// Also delete excluded paths from the replica.
+    #[arg(long)]
+    delete_excluded: bool,
+    /// Stop a pass that would remove more than N entries.
+    #[arg(long, value_name = "N")]
+    max_delete: Option<u64>,
+    /// Allow a destination inside the source, a filesystem root or your home directory.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn verbosity(c: &Common) -> Verbosity {
+    if c.quiet {
+        Verbosity::Quiet
+    } else if c.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let reporter = Arc::new(Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common)).context("cannot open the log file")?);
+    let state_dir = a.common.state_dir.clone().unwrap_or_else(default_state_dir);
+    let opts = ServerOptions { dest: a.dest.clone(), state_dir, token: a.token.clone(), fsync: a.common.fsync };
+    let listener = rt.block_on(tokio::net::TcpListener::bind(&a.listen)).with_context(|| format!("cannot listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    if !is_loopback(&addr) && a.token.as_deref().unwrap_or("").is_empty() {
+        return Err(usage(format!(
+            "refusing to listen on non-loopback address {addr} without a token; pass --token or set REPLICA_TOKEN"
+        )));
+    }
+    let shared = ServerShared::open(&opts, reporter.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("listening on {addr}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    rt.block_on(serve_listener(listener, shared, shutdown_signal()));
+    reporter.info("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug)]
+struct UsageError(String);
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+fn usage(msg: String) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg))
+}
+
+fn lib_err(e: replica::Error) -> anyhow::Error {
+    match e {
+        replica::Error::Usage(m) => usage(m),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let target = Target::parse(&a.target).map_err(usage)?;
+    let reporter = Arc::new(Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common)).context("cannot open the log file")?);
+    let opts = SyncOptions {
+        src: a.src.clone(),
+        target: Some(target),
+        token: a.token.clone(),
+        excludes: a.exclude.clone(),
+        state_dir: a.common.state_dir.clone().unwrap_or_else(default_state_dir),
+        checksum: a.checksum,
+        dry_run: a.dry_run,
+        delete_excluded: a.delete_excluded,
+        max_delete: a.max_delete,
+        fsync: a.common.fsync,
+        force: a.force,
+    };
+    let mut syncer = Syncer::new(opts, reporter.clone(), rt.handle().clone()).map_err(lib_err)?;
+    let Some(period) = a.every else {
+        let s = syncer.pass(None).map_err(lib_err)?;
+        syncer.close();
+        reporter.always(&s.line());
+        if let Some(why) = &s.stats.stopped {
+            reporter.error(why);
+        }
+        return Ok(if s.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            shutdown_signal().await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    while !stopped() {
+        let started = std::time::Instant::now();
+        match syncer.pass(None) {
+            Ok(s) => reporter.always(&s.line()),
+            Err(e) => reporter.error(&format!("pass failed: {e}; retrying at the next period")),
+        }
+        while !stopped() && started.elapsed() < period {
+            std::thread::sleep(Duration::from_millis(50).min(period));
+        }
+    }
+    syncer.close();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Sync(a) => sync(a),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "replica", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("replica: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Planning: source manifest x replica view -> the operations that make the
+//! replica equal to the source. Pure: no I/O, exhaustively tested, and the
+//! same plan drives a real pass and a dry run.
+
+use crate::protocol::Reason;
+use crate::tree::{Kind, Manifest, Timestamp};
+use std::collections::{HashMap, HashSet};
+
+/// What the server found at one replica path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaEntry {
+    pub kind: Kind,
+    pub mode: Option<u32>,
+    pub mtime: Timestamp,
+    pub ino: u64,
+}
+
+/// The replica entries the server looked at, keyed by `/`-joined path
+/// (the root is `""`). Only paths the source manifest covers are listed:
+/// children of fully listed directories and the listed children of partial ones.
+pub type ReplicaView = HashMap<String, ReplicaEntry>;
+
+/// A file whose content must be checked or sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetch {
+    pub id: u32,
+    pub reason: Reason,
+    /// Whether a regular file is already at that path (compare hashes first).
+    pub has_old: bool,
+}
+
+/// The operations of one pass, in the order they are carried out.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// `/`-joined keys of every manifest entry, by id.
+    pub keys: Vec<String>,
+    /// Replica entries in the way of an entry of another type: removed first.
+    pub clear: Vec<String>,
+    /// Directories to create, parents first.
+    pub mkdirs: Vec<u32>,
+    /// Symlinks to create or replace.
+    pub symlinks: Vec<u32>,
+    /// Files whose content must be fetched or verified.
+    pub fetch: Vec<Fetch>,
+    /// Entries whose content is right but whose mode or mtime is not.
+    pub metadata: Vec<u32>,
+    /// Replica entries the source lacks (top-most only), removed last.
+    pub remove: Vec<String>,
+    /// Every directory of the manifest, deepest first: their mode and mtime
+    /// are (re)applied at the end of the pass.
+    pub dirs_deepest_first: Vec<u32>,
+}
+
+/// Whether a pass checks content even when size and mtime agree.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    pub checksum: bool,
+}
+
+/// Computes the `/`-joined key of every entry.
+pub fn keys_of(source: &Manifest) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::with_capacity(source.entries.len());
+    for (i, e) in source.entries.iter().enumerate() {
+        let key = if i == 0 {
+            String::new()
+        } else {
+            let parent = &keys[e.parent as usize];
+            if parent.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{parent}/{}", e.name)
+            }
+        };
+        keys.push(key);
+    }
+    keys
+}
+
+/// Plans one pass.
+pub fn plan(source: &Manifest, replica: &ReplicaView, opts: PlanOptions) -> Plan {
+    let keys = keys_of(source);
+    let mut p = Plan::default();
+    let mut depth = vec![0u32; source.entries.len()];
+    for (i, e) in source.entries.iter().enumerate() {
+        let id = i as u32;
+        if i > 0 {
+            depth[i] = depth[e.parent as usize] + 1;
+        }
+        if e.kind.is_dir() {
+            p.dirs_deepest_first.push(id);
+        }
+        let old = replica.get(&keys[i]);
+        if i == 0 {
+            if old.is_some_and(|o| o.mode != e.mode || o.mtime != e.mtime) {
+                p.metadata.push(id);
+            }
+            continue;
+        }
+        let old = match old {
+            Some(o) if same_type(&o.kind, &e.kind) => Some(o),
+            Some(_) => {
+                p.clear.push(keys[i].clone());
+                None
+            }
+            None => None,
+        };
+        let type_changed = old.is_none() && replica.contains_key(&keys[i]);
+        match (&e.kind, old) {
+            (Kind::Dir, None) => p.mkdirs.push(id),
+            (Kind::Dir, Some(o)) => {
+                if o.mode != e.mode || o.mtime != e.mtime {
+                    p.metadata.push(id);
+                }
+            }
+            (Kind::Symlink { .. }, None) => p.symlinks.push(id),
+            (Kind::Symlink { target }, Some(o)) => match &o.kind {
+                Kind::Symlink { target: t } if t == target => {
+                    if o.mtime != e.mtime {
+                        p.metadata.push(id);
+                    }
+                }
+                _ => p.symlinks.push(id),
+            },
+            (Kind::File { .. }, None) => p.fetch.push(Fetch {
+                id,
+                reason: if type_changed { Reason::TypeChanged } else { Reason::New },
+                has_old: false,
+            }),
+            (Kind::File { size }, Some(o)) => {
+                let same_size = matches!(o.kind, Kind::File { size: s } if s == *size);
+                if opts.checksum || !same_size || o.mtime != e.mtime {
+                    p.fetch.push(Fetch {
+                        id,
+                        reason: Reason::ContentChanged,
+                        has_old: true,
+                    });
+                } else if o.mode != e.mode {
+                    p.metadata.push(id);
+                }
+            }
+        }
+    }
+    let source_keys: HashSet<&str> = keys.iter().map(String::as_str).collect();
+    let mut extra: Vec<String> = replica
+        .keys()
+        .filter(|k| !source_keys.contains(k.as_str()))
+        .cloned()
+        .collect();
+    extra.sort();
+    p.remove = extra;
+    p.dirs_deepest_first.sort_by_key(|&id| std::cmp::Reverse(depth[id as usize]));
+    p.keys = keys;
+    p
+}
+
+fn same_type(a: &Kind, b: &Kind) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+/// Whether `key` is one of `doomed` or lies below one of them.
+pub fn is_below_any(key: &str, doomed: &HashSet<String>) -> bool {
+    let mut cur = key;
+    loop {
+        if doomed.contains(cur) {
+            return true;
+        }
+        match cur.rfind('/') {
+            Some(i) => cur = &cur[..i],
+            None => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,302 @@
+//! Typed messages. The handshake ([`Hello`], [`HelloReply`]) is sent
+//! uncompressed; after it, the client sends [`ClientMsg`] and the server
+//! [`ServerMsg`], each serialised with postcard into one frame.
+
+use crate::chunk::{ChunkRef, GroupRef, Hash};
+use crate::tree::Entry;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// First bytes of every session.
+pub const MAGIC: [u8; 8] = *b"REPLICA\x01";
+/// Bumped whenever a message changes shape or meaning.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Most manifest entries the server accepts in one pass.
+pub const MAX_ENTRIES: usize = 20_000_000;
+/// Most group hashes sent in one message.
+pub const GROUPS_PER_MSG: usize = 16_384;
+
+/// Client → server, first frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub chunker: u16,
+    pub token: String,
+    /// Whether the rest of the session is zstd-compressed (both directions).
+    pub compress: bool,
+    /// Free text naming the client, for the server's log.
+    pub client: String,
+}
+
+/// Server → client, answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Welcome { version: u32, server: String },
+    Refused { reason: String },
+}
+
+/// What a pass should do besides making the replica equal the source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassOptions {
+    /// Compare content hashes even when size and mtime match.
+    pub checksum: bool,
+    /// Plan and report, change nothing.
+    pub dry_run: bool,
+    /// Also remove replica entries matched by the exclude patterns.
+    pub delete_excluded: bool,
+    /// Stop the pass before removing more than this many entries.
+    pub max_delete: Option<u64>,
+    /// Exclude patterns (gitignore syntax) the client applied.
+    pub excludes: Vec<String>,
+}
+
+/// Client → server after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// Starts a pass; a manifest follows.
+    BeginPass(PassOptions),
+    /// A batch of manifest entries, in pre-order.
+    Entries(Vec<Entry>),
+    /// Ends the manifest. `opaque` directories are left alone inside;
+    /// `partial` directories list only some of their children (the others
+    /// are left alone).
+    EndManifest { opaque: Vec<u32>, partial: Vec<u32> },
+    /// A file's digest; `chunks` inline for small files, else requested by group.
+    Summary {
+        id: u32,
+        size: u64,
+        hash: Hash,
+        chunks: Option<Vec<ChunkRef>>,
+    },
+    /// A page of a large file's group list, starting at group `start`.
+    GroupHashes {
+        id: u32,
+        start: u32,
+        /// Number of groups in the whole list.
+        total: u32,
+        groups: Vec<GroupRef>,
+    },
+    /// The chunk list of one group.
+    GroupChunks {
+        id: u32,
+        group: u32,
+        chunks: Vec<ChunkRef>,
+    },
+    /// The bytes of one chunk.
+    Chunk {
+        id: u32,
+        index: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The client could not provide file `id` (unreadable, vanished).
+    FileFailed { id: u32, reason: String },
+    /// End of session.
+    Bye,
+}
+
+/// Server → client after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Send a [`ClientMsg::Summary`] for each of these manifest ids.
+    NeedFiles { ids: Vec<u32> },
+    /// Send the group list of file `id`.
+    NeedGroupHashes { id: u32 },
+    /// Send the chunk lists of these groups of file `id`.
+    NeedGroups { id: u32, groups: Vec<u32> },
+    /// Send these chunks of file `id`, as (first index, count) runs.
+    NeedChunks { id: u32, ranges: Vec<(u32, u32)> },
+    /// Nothing more is needed for file `id`.
+    Done { id: u32 },
+    /// One operation carried out (or planned, in a dry run).
+    Report(OpReport),
+    /// The pass is over.
+    PassDone(PassStats),
+    /// The session failed; the reason is for the user.
+    Fatal { reason: String },
+}
+
+/// The kind of an operation on the replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Created,
+    Updated,
+    /// Built entirely from content the replica already had.
+    Copied,
+    Moved,
+    Removed,
+    Metadata,
+    /// Failed for this entry; `detail` says why.
+    Error,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Created => "created",
+            Op::Updated => "updated",
+            Op::Copied => "copied",
+            Op::Moved => "moved",
+            Op::Removed => "removed",
+            Op::Metadata => "metadata",
+            Op::Error => "error",
+        }
+    }
+}
+
+/// Why an operation was needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    New,
+    ContentChanged,
+    MetadataChanged,
+    TypeChanged,
+    Extra,
+    Failed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::New => "new",
+            Reason::ContentChanged => "content changed",
+            Reason::MetadataChanged => "metadata changed",
+            Reason::TypeChanged => "type changed",
+            Reason::Extra => "extra in replica",
+            Reason::Failed => "failed",
+        }
+    }
+}
+
+/// One line of the operation log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpReport {
+    pub op: Op,
+    pub path: String,
+    /// For `moved` and `copied`: where the content came from.
+    pub from: Option<String>,
+    pub reason: Reason,
+    /// Content bytes received from the client for this entry.
+    pub received: u64,
+    /// Content bytes rebuilt from what the replica already had.
+    pub reused: u64,
+    /// Error text for [`Op::Error`].
+    pub detail: Option<String>,
+}
+
+/// Counts for one pass, as the server saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassStats {
+    pub ops: u64,
+    pub errors: u64,
+    /// Content bytes received in chunk messages.
+    pub received: u64,
+    /// Content bytes rebuilt from the replica instead of being sent.
+    pub reused: u64,
+    /// Set when the pass was stopped before removing (max-delete).
+    pub stopped: Option<String>,
+}
+
+/// Serialises a message into a frame payload.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    postcard::to_stdvec(msg).expect("messages always serialise")
+}
+
+/// Parses a frame payload; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let (msg, rest) = postcard::take_from_bytes(bytes).map_err(|e| format!("undecodable message: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes after message", rest.len()));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Kind, Timestamp};
+    use proptest::prelude::*;
+
+    fn hash() -> impl Strategy<Value = Hash> {
+        any::<[u8; 32]>().prop_map(Hash)
+    }
+
+    fn chunk_ref() -> impl Strategy<Value = ChunkRef> {
+        (hash(), any::<u32>()).prop_map(|(hash, len)| ChunkRef { hash, len })
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        let kind = prop_oneof![
+            Just(Kind::Dir),
+            any::<u64>().prop_map(|size| Kind::File { size }),
+            ".{0,20}".prop_map(|target| Kind::Symlink { target }),
+        ];
+        (any::<u32>(), ".{0,20}", kind, any::<Option<u32>>(), any::<i64>(), any::<u32>()).prop_map(
+            |(parent, name, kind, mode, secs, nanos)| Entry { parent, name, kind, mode, mtime: Timestamp { secs, nanos } },
+        )
+    }
+
+    fn client_msg() -> impl Strategy<Value = ClientMsg> {
+        prop_oneof![
+            (any::<bool>(), any::<bool>(), any::<Option<u64>>(), proptest::collection::vec(".{0,8}", 0..3)).prop_map(
+                |(checksum, dry_run, max_delete, excludes)| ClientMsg::BeginPass(PassOptions { checksum, dry_run, delete_excluded: false, max_delete, excludes })
+            ),
+            proptest::collection::vec(entry(), 0..5).prop_map(ClientMsg::Entries),
+            (proptest::collection::vec(any::<u32>(), 0..4), proptest::collection::vec(any::<u32>(), 0..4))
+                .prop_map(|(opaque, partial)| ClientMsg::EndManifest { opaque, partial }),
+            (any::<u32>(), any::<u64>(), hash(), proptest::option::of(proptest::collection::vec(chunk_ref(), 0..4)))
+                .prop_map(|(id, size, hash, chunks)| ClientMsg::Summary { id, size, hash, chunks }),
+            (any::<u32>(), any::<u32>(), proptest::collection::vec((hash(), any::<u32>()).prop_map(|(hash, count)| GroupRef { hash, count }), 0..4))
+                .prop_map(|(id, start, groups)| ClientMsg::GroupHashes { id, start, total: start, groups }),
+            (any::<u32>(), any::<u32>(), proptest::collection::vec(chunk_ref(), 0..4))
+                .prop_map(|(id, group, chunks)| ClientMsg::GroupChunks { id, group, chunks }),
+            (any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(id, index, data)| ClientMsg::Chunk { id, index, data }),
+            (any::<u32>(), ".{0,20}").prop_map(|(id, reason)| ClientMsg::FileFailed { id, reason }),
+            Just(ClientMsg::Bye),
+        ]
+    }
+
+    fn server_msg() -> impl Strategy<Value = ServerMsg> {
+        prop_oneof![
+            proptest::collection::vec(any::<u32>(), 0..5).prop_map(|ids| ServerMsg::NeedFiles { ids }),
+            any::<u32>().prop_map(|id| ServerMsg::NeedGroupHashes { id }),
+            (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..5)).prop_map(|(id, groups)| ServerMsg::NeedGroups { id, groups }),
+            (any::<u32>(), proptest::collection::vec((any::<u32>(), any::<u32>()), 0..5)).prop_map(|(id, ranges)| ServerMsg::NeedChunks { id, ranges }),
+            any::<u32>().prop_map(|id| ServerMsg::Done { id }),
+            (".{0,20}", any::<u64>(), any::<u64>()).prop_map(|(path, received, reused)| ServerMsg::Report(OpReport {
+                op: Op::Created, path, from: None, reason: Reason::New, received, reused, detail: None
+            })),
+            (any::<u64>(), any::<u64>(), proptest::option::of(".{0,10}")).prop_map(|(ops, received, stopped)| ServerMsg::PassDone(PassStats {
+                ops, errors: 0, received, reused: 0, stopped
+            })),
+            ".{0,20}".prop_map(|reason| ServerMsg::Fatal { reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn client_messages_round_trip(m in client_msg()) {
+            prop_assert_eq!(decode::<ClientMsg>(&encode(&m)).unwrap(), m);
+        }
+
+        #[test]
+        fn server_messages_round_trip(m in server_msg()) {
+            prop_assert_eq!(decode::<ServerMsg>(&encode(&m)).unwrap(), m);
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<ClientMsg>(&bytes);
+            let _ = decode::<ServerMsg>(&bytes);
+            let _ = decode::<Hello>(&bytes);
+        }
+    }
+
+    #[test]
+    fn hello_round_trips() {
+        let h = Hello { magic: MAGIC, version: PROTOCOL_VERSION, chunker: 1, token: "t".into(), compress: true, client: "c".into() };
+        assert_eq!(decode::<Hello>(&encode(&h)).unwrap(), h);
+        assert!(decode::<Hello>(&[1, 2, 3]).is_err());
+    }
+}

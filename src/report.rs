@@ -1,0 +1,214 @@
+//! The operation log: one line per operation, to the console and, with
+//! `--log-file`, appended to a file (RFC 3339 timestamps, written through
+//! and flushed line by line, never dropped). Progress bars, when shown,
+//! are drawn through the same object so log lines never tear them.
+
+use crate::protocol::{Op, OpReport, PassStats};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// How chatty the console is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verbosity {
+    /// Only errors and the pass summary.
+    Quiet,
+    #[default]
+    Normal,
+    /// Operation lines also say why and how many bytes were sent or rebuilt.
+    Verbose,
+}
+
+/// Where operation lines go.
+pub struct Reporter {
+    file: Option<Mutex<File>>,
+    verbosity: Verbosity,
+    /// Optional prefix naming the side or target (several targets).
+    prefix: String,
+    progress: Option<indicatif::MultiProgress>,
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// "1.5 MiB" style sizes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl Reporter {
+    pub fn new(log_file: Option<&Path>, verbosity: Verbosity) -> std::io::Result<Self> {
+        let file = match log_file {
+            Some(p) => Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?)),
+            None => None,
+        };
+        Ok(Reporter {
+            file,
+            verbosity,
+            prefix: String::new(),
+            progress: None,
+        })
+    }
+
+    /// A reporter that prints nothing (tests, dry internals).
+    pub fn silent() -> Self {
+        Reporter {
+            file: None,
+            verbosity: Verbosity::Quiet,
+            prefix: String::new(),
+            progress: None,
+        }
+    }
+
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    pub fn with_progress(mut self, mp: indicatif::MultiProgress) -> Self {
+        self.progress = Some(mp);
+        self
+    }
+
+    pub fn progress(&self) -> Option<&indicatif::MultiProgress> {
+        self.progress.as_ref()
+    }
+
+    pub fn verbosity(&self) -> Verbosity {
+        self.verbosity
+    }
+
+    fn write_file(&self, line: &str) {
+        if let Some(f) = &self.file {
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(f, "{} {}{line}", now_rfc3339(), self.prefix);
+            let _ = f.flush();
+        }
+    }
+
+    fn console(&self, line: &str, to_stderr: bool) {
+        let text = format!("{} {}{line}", now_rfc3339(), self.prefix);
+        match (&self.progress, to_stderr) {
+            (Some(mp), _) if !mp.is_hidden() => {
+                let _ = mp.println(text);
+            }
+            (_, true) => eprintln!("{text}"),
+            (_, false) => println!("{text}"),
+        }
+    }
+
+    /// One operation line.
+    pub fn op(&self, r: &OpReport) {
+        let mut line = format!("{} {}", r.op.as_str(), r.path);
+        if let Some(from) = &r.from {
+            line.push_str(&format!(" (from {from})"));
+        }
+        if let Some(d) = &r.detail {
+            line.push_str(&format!(": {d}"));
+        }
+        let detail = format!(
+            " [{}; {} sent, {} rebuilt locally]",
+            r.reason.as_str(),
+            human_bytes(r.received),
+            human_bytes(r.reused)
+        );
+        self.write_file(&format!("{line}{detail}"));
+        let is_error = r.op == Op::Error;
+        match self.verbosity {
+            Verbosity::Quiet if !is_error => {}
+            Verbosity::Verbose => self.console(&format!("{line}{detail}"), is_error),
+            _ => self.console(&line, is_error),
+        }
+    }
+
+    /// A problem with one entry or a transient failure; the work goes on.
+    pub fn error(&self, msg: &str) {
+        self.write_file(&format!("error {msg}"));
+        self.console(&format!("error {msg}"), true);
+    }
+
+    pub fn warn(&self, msg: &str) {
+        self.write_file(&format!("warning {msg}"));
+        if self.verbosity != Verbosity::Quiet {
+            self.console(&format!("warning {msg}"), true);
+        }
+    }
+
+    /// An informational line (suppressed by `--quiet`).
+    pub fn info(&self, msg: &str) {
+        self.write_file(msg);
+        if self.verbosity != Verbosity::Quiet {
+            self.console(msg, false);
+        }
+    }
+
+    /// A line shown even with `--quiet` (pass summaries).
+    pub fn always(&self, msg: &str) {
+        self.write_file(msg);
+        self.console(msg, false);
+    }
+}
+
+/// What one pass did, as the client reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    pub stats: PassStats,
+    pub wire_sent: u64,
+    pub wire_received: u64,
+    /// Entries the client could not read or name (the pass exits non-zero).
+    pub client_errors: u64,
+    pub dry_run: bool,
+}
+
+impl PassSummary {
+    pub fn failed(&self) -> bool {
+        self.client_errors > 0 || self.stats.errors > 0 || self.stats.stopped.is_some()
+    }
+
+    pub fn line(&self) -> String {
+        let verb = if self.dry_run { "would do" } else { "done" };
+        format!(
+            "summary: scanned {} files ({}), {} dirs; {} operations {verb}; {} sent on the wire, {} received; content sent {}, dedup saved {}; {} errors",
+            self.files,
+            human_bytes(self.bytes),
+            self.dirs,
+            self.stats.ops,
+            human_bytes(self.wire_sent),
+            human_bytes(self.wire_received),
+            human_bytes(self.stats.received),
+            human_bytes(self.stats.reused),
+            self.stats.errors + self.client_errors,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}

@@ -1,0 +1,296 @@
+//! The client's side of a pass: send the manifest, then answer the server's
+//! requests (digests, group lists, chunk bytes) until it reports the pass
+//! done. Digests come from the source index when the file's size, mtime and
+//! inode are unchanged; otherwise the file is read, and re-read if it changed
+//! while being read.
+
+use crate::chunk::{digest_reader, groups, Digest, Hash, INLINE_CHUNKS};
+use crate::error::{describe_io, Error, Result};
+use crate::index::{FileRecord, SourceIndex};
+use crate::protocol::{ClientMsg, Op, PassOptions, ServerMsg, GROUPS_PER_MSG};
+use crate::report::{PassSummary, Reporter};
+use crate::transport::Link;
+use crate::tree::{scan::mtime_of, Kind, SourceScan};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub type ClientLink = Link<ClientMsg, ServerMsg>;
+
+/// Most manifest entries per message.
+const ENTRIES_PER_MSG: usize = 2048;
+
+/// Optional observers of a pass (progress display).
+pub trait PassObserver: Sync {
+    fn manifest_sent(&self, _files: u64, _bytes: u64) {}
+    fn content_sent(&self, _bytes: u64) {}
+    fn file_done(&self) {}
+}
+
+struct NoObserver;
+impl PassObserver for NoObserver {}
+
+/// What the client keeps about a file the server is working on.
+struct Open {
+    digest: Digest,
+    group_starts: Option<Vec<usize>>,
+    file: Option<std::fs::File>,
+}
+
+pub struct ClientPass<'a> {
+    pub link: &'a ClientLink,
+    pub root: &'a Path,
+    pub scan: &'a SourceScan,
+    pub index: Option<&'a SourceIndex>,
+    pub reporter: &'a Reporter,
+    pub observer: Option<&'a dyn PassObserver>,
+}
+
+/// How a pass went, beyond the summary.
+pub struct PassOutcome {
+    pub summary: PassSummary,
+    /// Files that changed while being sent: a follow-up pass will fix them.
+    pub changed_during_pass: usize,
+}
+
+impl ClientPass<'_> {
+    fn observer(&self) -> &dyn PassObserver {
+        self.observer.unwrap_or(&NoObserver)
+    }
+
+    fn send(&self, m: ClientMsg) -> Result<()> {
+        if self.link.send(m) {
+            Ok(())
+        } else {
+            Err(self.link_error())
+        }
+    }
+
+    fn link_error(&self) -> Error {
+        Error::Net {
+            peer: self.link.peer.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection lost"),
+        }
+    }
+
+    pub fn run(&self, opts: PassOptions) -> Result<PassOutcome> {
+        let m = &self.scan.manifest;
+        let keys = crate::plan::keys_of(m);
+        let (wire0_sent, wire0_recv) = self.link.counters.total();
+        self.send(ClientMsg::BeginPass(opts.clone()))?;
+        for batch in m.entries.chunks(ENTRIES_PER_MSG) {
+            self.send(ClientMsg::Entries(batch.to_vec()))?;
+        }
+        self.send(ClientMsg::EndManifest { opaque: m.opaque.clone(), partial: m.partial.clone() })?;
+        let files = m.entries.iter().filter(|e| matches!(e.kind, Kind::File { .. })).count() as u64;
+        self.observer().manifest_sent(files, m.file_bytes());
+        let mut open: HashMap<u32, Open> = HashMap::new();
+        let mut new_records: Vec<(String, FileRecord)> = Vec::new();
+        let mut changed = 0usize;
+        let stats = loop {
+            let msg = self.link.recv().map_err(|e| Error::Net {
+                peer: self.link.peer.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e),
+            })?;
+            match msg {
+                ServerMsg::NeedFiles { ids } => {
+                    self.answer_need_files(&ids, &keys, opts.checksum, &mut open, &mut new_records)?
+                }
+                ServerMsg::NeedGroupHashes { id } => self.answer_group_hashes(id, &mut open)?,
+                ServerMsg::NeedGroups { id, groups } => self.answer_groups(id, &groups, &mut open)?,
+                ServerMsg::NeedChunks { id, ranges } => {
+                    if !self.answer_chunks(id, &ranges, &keys, &mut open)? {
+                        changed += 1;
+                    }
+                }
+                ServerMsg::Done { id } => {
+                    open.remove(&id);
+                    self.observer().file_done();
+                }
+                ServerMsg::Report(r) => {
+                    self.reporter.op(&r);
+                    if r.op == Op::Error {
+                        continue;
+                    }
+                }
+                ServerMsg::PassDone(stats) => break stats,
+                ServerMsg::Fatal { reason } => {
+                    return Err(Error::Refused { peer: self.link.peer.clone(), reason })
+                }
+            }
+        };
+        if let Some(idx) = self.index {
+            if let Err(e) = idx.store(&new_records) {
+                self.reporter.warn(&format!("source index not updated: {e}"));
+            }
+            if m.opaque.is_empty() && m.partial.is_empty() && self.scan.errors.is_empty() {
+                let keep = keys.iter().map(String::as_str).collect();
+                let _ = idx.retain(&keep);
+            }
+        }
+        let (s1, r1) = self.link.counters.total();
+        let summary = PassSummary {
+            files,
+            dirs: m.entries.iter().filter(|e| e.kind.is_dir()).count() as u64,
+            bytes: m.file_bytes(),
+            stats,
+            wire_sent: s1 - wire0_sent,
+            wire_received: r1 - wire0_recv,
+            client_errors: self.scan.errors.len() as u64,
+            dry_run: opts.dry_run,
+        };
+        Ok(PassOutcome { summary, changed_during_pass: changed })
+    }
+
+    fn answer_need_files(
+        &self,
+        ids: &[u32],
+        keys: &[String],
+        checksum: bool,
+        open: &mut HashMap<u32, Open>,
+        new_records: &mut Vec<(String, FileRecord)>,
+    ) -> Result<()> {
+        let m = &self.scan.manifest;
+        let results: Vec<(u32, std::result::Result<(Digest, Option<FileRecord>), String>)> = ids
+            .par_iter()
+            .map(|&id| {
+                let i = id as usize;
+                let r = match m.entries.get(i).map(|e| &e.kind) {
+                    Some(Kind::File { size }) => {
+                        let cached = (!checksum)
+                            .then(|| self.index.and_then(|x| x.lookup(&keys[i], *size, m.entries[i].mtime, self.scan.local[i].ino)))
+                            .flatten();
+                        match cached {
+                            Some(d) => Ok((d, None)),
+                            None => read_digest(&self.root.join(m.rel_path(i))),
+                        }
+                    }
+                    _ => Err("not a regular file in the manifest".to_string()),
+                };
+                (id, r)
+            })
+            .collect();
+        for (id, r) in results {
+            match r {
+                Ok((digest, record)) => {
+                    if let Some(rec) = record {
+                        new_records.push((keys[id as usize].clone(), rec));
+                    }
+                    let chunks = (digest.chunks.len() <= INLINE_CHUNKS).then(|| digest.chunks.clone());
+                    self.send(ClientMsg::Summary { id, size: digest.size, hash: digest.hash, chunks })?;
+                    open.insert(id, Open { digest, group_starts: None, file: None });
+                }
+                Err(reason) => {
+                    let key = keys.get(id as usize).cloned().unwrap_or_default();
+                    self.send(ClientMsg::FileFailed { id, reason: format!("cannot read {key}: {reason}") })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn answer_group_hashes(&self, id: u32, open: &mut HashMap<u32, Open>) -> Result<()> {
+        let Some(o) = open.get_mut(&id) else {
+            return self.send(ClientMsg::FileFailed { id, reason: "no longer available".into() });
+        };
+        let gs = groups(&o.digest.chunks);
+        let mut starts = Vec::with_capacity(gs.len());
+        let mut at = 0usize;
+        for g in &gs {
+            starts.push(at);
+            at += g.count as usize;
+        }
+        o.group_starts = Some(starts);
+        let total = gs.len() as u32;
+        for (n, page) in gs.chunks(GROUPS_PER_MSG).enumerate() {
+            let start = (n * GROUPS_PER_MSG) as u32;
+            self.send(ClientMsg::GroupHashes { id, start, total, groups: page.to_vec() })?;
+        }
+        if gs.is_empty() {
+            self.send(ClientMsg::GroupHashes { id, start: 0, total: 0, groups: Vec::new() })?;
+        }
+        Ok(())
+    }
+
+    fn answer_groups(&self, id: u32, wanted: &[u32], open: &mut HashMap<u32, Open>) -> Result<()> {
+        let Some(o) = open.get(&id) else {
+            return self.send(ClientMsg::FileFailed { id, reason: "no longer available".into() });
+        };
+        let Some(starts) = &o.group_starts else {
+            return Err(Error::protocol(&self.link.peer, "groups asked before the group list"));
+        };
+        for &g in wanted {
+            let g = g as usize;
+            let Some(&a) = starts.get(g) else {
+                return Err(Error::protocol(&self.link.peer, format!("group {g} out of range")));
+            };
+            let b = starts.get(g + 1).copied().unwrap_or(o.digest.chunks.len());
+            self.send(ClientMsg::GroupChunks { id, group: g as u32, chunks: o.digest.chunks[a..b].to_vec() })?;
+        }
+        Ok(())
+    }
+
+    /// Sends the asked chunks; false if the file changed since its digest.
+    fn answer_chunks(&self, id: u32, ranges: &[(u32, u32)], keys: &[String], open: &mut HashMap<u32, Open>) -> Result<bool> {
+        let Some(o) = open.get_mut(&id) else {
+            self.send(ClientMsg::FileFailed { id, reason: "no longer available".into() })?;
+            return Ok(false);
+        };
+        let key = &keys[id as usize];
+        if o.file.is_none() {
+            match std::fs::File::open(self.root.join(self.scan.manifest.rel_path(id as usize))) {
+                Ok(f) => o.file = Some(f),
+                Err(e) => {
+                    self.send(ClientMsg::FileFailed { id, reason: format!("cannot read {key}: {}", describe_io(&e)) })?;
+                    return Ok(true);
+                }
+            }
+        }
+        let offs = o.digest.offsets();
+        let file = o.file.as_ref().unwrap();
+        for &(start, count) in ranges {
+            for i in start..start.saturating_add(count) {
+                let Some(c) = o.digest.chunks.get(i as usize).copied() else {
+                    return Err(Error::protocol(&self.link.peer, format!("chunk {i} of {key} out of range")));
+                };
+                let mut data = vec![0u8; c.len as usize];
+                let ok = crate::apply::read_at(file, &mut data, offs[i as usize]).is_ok() && Hash::of(&data) == c.hash;
+                if !ok {
+                    self.send(ClientMsg::FileFailed {
+                        id,
+                        reason: format!("{key} changed while being sent; it will be sent again"),
+                    })?;
+                    open.remove(&id);
+                    return Ok(false);
+                }
+                self.observer().content_sent(c.len as u64);
+                self.send(ClientMsg::Chunk { id, index: i, data })?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Reads and digests a file, re-reading it if it changed meanwhile.
+pub fn read_digest(path: &PathBuf) -> std::result::Result<(Digest, Option<FileRecord>), String> {
+    for _ in 0..3 {
+        let file = std::fs::File::open(path).map_err(|e| describe_io(&e))?;
+        let before = file.metadata().map_err(|e| describe_io(&e))?;
+        let digest = digest_reader(&file).map_err(|e| describe_io(&e))?;
+        let after = std::fs::metadata(path).map_err(|e| describe_io(&e))?;
+        let stable = before.len() == after.len()
+            && mtime_of(&before) == mtime_of(&after)
+            && digest.size == after.len()
+            && crate::tree::scan::local_of(&before) == crate::tree::scan::local_of(&after);
+        if stable {
+            let rec = FileRecord {
+                size: digest.size,
+                mtime: mtime_of(&after),
+                ino: crate::tree::scan::local_of(&after).ino,
+                digest: digest.clone(),
+            };
+            return Ok((digest, Some(rec)));
+        }
+    }
+    Err("it kept changing while being read".into())
+}

@@ -1,0 +1,10 @@
+//! The two halves of a pass, as plain blocking code over a [`Link`]:
+//! [`server`] receives the manifest, plans against the replica and pulls
+//! what it lacks; [`client`] scans, answers the server's requests and logs
+//! what the server reports.
+//!
+//! [`Link`]: crate::transport::Link
+
+pub mod client;
+pub mod server;
+mod transfer;

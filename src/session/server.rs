@@ -1,0 +1,298 @@
+//! The server's side of a session: for each pass, receive the manifest,
+//! scan the replica, plan, carry the plan out and pull the content it lacks
+//! (see [`super::transfer`]), then report.
+
+use super::transfer::Transfer;
+use crate::apply::Replica;
+use crate::error::{describe_io, Error, Result};
+use crate::filter::Filter;
+use crate::index::{IndexTxn, ReplicaIndex};
+use crate::plan::{plan, PlanOptions};
+use crate::protocol::{ClientMsg, Op, OpReport, PassOptions, PassStats, Reason, ServerMsg, MAX_ENTRIES};
+use crate::report::Reporter;
+use crate::transport::Link;
+use crate::tree::{Kind, Manifest};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Everything a server session works on.
+pub struct ServerState {
+    pub replica: Replica,
+    pub index: ReplicaIndex,
+    pub reporter: Arc<Reporter>,
+    pub fsync: bool,
+    pub shutdown: Arc<AtomicBool>,
+    pub stats: Arc<crate::status::ServerStats>,
+}
+
+pub type ServerLink = Link<ServerMsg, ClientMsg>;
+
+/// Serves passes until the client says goodbye or the link fails.
+pub fn serve_session(link: &ServerLink, st: &ServerState) -> Result<()> {
+    loop {
+        match link.recv() {
+            Ok(ClientMsg::BeginPass(opts)) => {
+                if let Err(e) = run_pass(link, st, opts) {
+                    let _ = link.send(ServerMsg::Fatal { reason: e.to_string() });
+                    return Err(e);
+                }
+            }
+            Ok(ClientMsg::Bye) => return Ok(()),
+            Ok(other) => {
+                let reason = format!("unexpected {} between passes", msg_name(&other));
+                let _ = link.send(ServerMsg::Fatal { reason: reason.clone() });
+                return Err(Error::protocol(&link.peer, reason));
+            }
+            Err(e) if e == "connection closed" => return Ok(()),
+            Err(e) => return Err(Error::protocol(&link.peer, e)),
+        }
+    }
+}
+
+pub(crate) fn msg_name(m: &ClientMsg) -> &'static str {
+    match m {
+        ClientMsg::BeginPass(_) => "BeginPass",
+        ClientMsg::Entries(_) => "Entries",
+        ClientMsg::EndManifest { .. } => "EndManifest",
+        ClientMsg::Summary { .. } => "Summary",
+        ClientMsg::GroupHashes { .. } => "GroupHashes",
+        ClientMsg::GroupChunks { .. } => "GroupChunks",
+        ClientMsg::Chunk { .. } => "Chunk",
+        ClientMsg::FileFailed { .. } => "FileFailed",
+        ClientMsg::Bye => "Bye",
+    }
+}
+
+fn receive_manifest(link: &ServerLink) -> Result<Manifest> {
+    let mut m = Manifest::default();
+    loop {
+        match link.recv().map_err(|e| Error::protocol(&link.peer, e))? {
+            ClientMsg::Entries(batch) => {
+                if m.entries.len() + batch.len() > MAX_ENTRIES {
+                    return Err(Error::protocol(&link.peer, format!("manifest exceeds {MAX_ENTRIES} entries")));
+                }
+                m.entries.extend(batch);
+            }
+            ClientMsg::EndManifest { opaque, partial } => {
+                m.opaque = opaque;
+                m.partial = partial;
+                m.validate().map_err(|e| Error::protocol(&link.peer, format!("invalid manifest: {e}")))?;
+                return Ok(m);
+            }
+            other => {
+                return Err(Error::protocol(&link.peer, format!("unexpected {} in manifest", msg_name(&other))));
+            }
+        }
+    }
+}
+
+/// Sends a report to the client and logs it on the server.
+pub(crate) fn report(link: &ServerLink, st: &ServerState, stats: &mut PassStats, r: OpReport) {
+    if r.op == Op::Error {
+        stats.errors += 1;
+    } else {
+        stats.ops += 1;
+    }
+    st.reporter.op(&r);
+    st.stats.note_op();
+    link.send(ServerMsg::Report(r));
+}
+
+pub(crate) fn simple(op: Op, path: &str, reason: Reason) -> OpReport {
+    OpReport {
+        op,
+        path: path.to_string(),
+        from: None,
+        reason,
+        received: 0,
+        reused: 0,
+        detail: None,
+    }
+}
+
+pub(crate) fn failure(path: &str, what: &str, e: &std::io::Error) -> OpReport {
+    OpReport {
+        detail: Some(format!("cannot {what}: {}", describe_io(e))),
+        ..simple(Op::Error, path, Reason::Failed)
+    }
+}
+
+fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()> {
+    let manifest = receive_manifest(link)?;
+    let filter = Filter::new(opts.excludes.clone()).map_err(|e| Error::protocol(&link.peer, e))?;
+    let keys = crate::plan::keys_of(&manifest);
+    let (view, extras) = st.replica.scan(&manifest, &keys, &filter, opts.delete_excluded);
+    let mut stats = PassStats::default();
+    for (key, why) in &extras.problems {
+        report(link, st, &mut stats, OpReport { detail: Some(why.clone()), ..simple(Op::Error, key, Reason::Failed) });
+    }
+    if !opts.dry_run {
+        for t in &extras.stale_temps {
+            let _ = st.replica.remove(t);
+        }
+    }
+    let p = plan(&manifest, &view, PlanOptions { checksum: opts.checksum });
+    if let Some(max) = opts.max_delete {
+        let n: u64 = p.remove.iter().chain(&p.clear).map(|k| st.replica.count(k).unwrap_or(1)).sum();
+        if n > max {
+            stats.stopped = Some(format!(
+                "the pass would remove {n} entries, more than --max-delete {max}; nothing was changed"
+            ));
+            link.send(ServerMsg::PassDone(stats));
+            return Ok(());
+        }
+    }
+    let mut txn = st.index.begin()?;
+    let ctx = PassCtx { link, st, manifest: &manifest, keys: &p.keys, dry: opts.dry_run };
+    ctx.clear(&p.clear, &mut txn, &mut stats)?;
+    ctx.structure(&p, &mut txn, &mut stats);
+    let doomed = p.remove.iter().cloned().collect();
+    let mut transfer = Transfer::new(&ctx, &view, doomed, &p.fetch);
+    transfer.run(&mut txn, &mut stats)?;
+    let moved_away = transfer.into_moved();
+    ctx.remove_extras(&p.remove, &moved_away, &mut txn, &mut stats)?;
+    ctx.fix_dirs(&p.dirs_deepest_first);
+    txn.commit()?;
+    st.stats.note_pass(&stats);
+    if st.shutdown.load(Ordering::Relaxed) {
+        link.send(ServerMsg::Fatal { reason: "server is shutting down".into() });
+        return Err(Error::Interrupted);
+    }
+    link.send(ServerMsg::PassDone(stats));
+    Ok(())
+}
+
+/// What every step of a pass needs.
+pub(crate) struct PassCtx<'a> {
+    pub link: &'a ServerLink,
+    pub st: &'a ServerState,
+    pub manifest: &'a Manifest,
+    pub keys: &'a [String],
+    pub dry: bool,
+}
+
+impl PassCtx<'_> {
+    pub fn report(&self, stats: &mut PassStats, r: OpReport) {
+        report(self.link, self.st, stats, r)
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.st.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// Removes replica entries of the wrong type before anything is created.
+    fn clear(&self, keys: &[String], txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        for key in keys {
+            if !self.dry {
+                txn.remove_tree(key)?;
+                if let Err(e) = self.st.replica.remove(key) {
+                    self.report(stats, failure(key, "remove", &e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Directories, symlinks and metadata-only changes.
+    fn structure(&self, p: &crate::plan::Plan, txn: &mut IndexTxn, stats: &mut PassStats) {
+        let replica = &self.st.replica;
+        for &id in &p.mkdirs {
+            let key = &self.keys[id as usize];
+            match if self.dry { Ok(()) } else { replica.mkdir(key) } {
+                Ok(()) => self.report(stats, simple(Op::Created, key, Reason::New)),
+                Err(e) => self.report(stats, failure(key, "create directory", &e)),
+            }
+        }
+        for &id in &p.symlinks {
+            let key = &self.keys[id as usize];
+            let e = &self.manifest.entries[id as usize];
+            let Kind::Symlink { target } = &e.kind else { continue };
+            let existed = replica.stat(key).ok().flatten().is_some();
+            let r = if self.dry {
+                Ok(())
+            } else {
+                replica.symlink(key, target).and_then(|_| replica.set_meta(key, &e.kind, e.mode, e.mtime))
+            };
+            match r {
+                Ok(()) => {
+                    let (op, why) = if existed { (Op::Updated, Reason::ContentChanged) } else { (Op::Created, Reason::New) };
+                    self.report(stats, simple(op, key, why));
+                }
+                Err(err) => self.report(stats, failure(key, "create symlink", &err)),
+            }
+        }
+        for &id in &p.metadata {
+            let key = &self.keys[id as usize];
+            let e = &self.manifest.entries[id as usize];
+            if !self.dry && !e.kind.is_dir() {
+                if let Err(err) = replica.set_meta(key, &e.kind, e.mode, e.mtime) {
+                    self.report(stats, failure(key, "set metadata", &err));
+                    continue;
+                }
+                if let Kind::File { .. } = e.kind {
+                    refresh_record(txn, replica, key);
+                }
+            }
+            let shown = if key.is_empty() { "." } else { key.as_str() };
+            self.report(stats, simple(Op::Metadata, shown, Reason::MetadataChanged));
+        }
+    }
+
+    fn remove_extras(
+        &self,
+        keys: &[String],
+        moved_away: &std::collections::HashSet<String>,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
+        for key in keys {
+            if self.interrupted() {
+                return Ok(());
+            }
+            if moved_away.contains(key) {
+                continue;
+            }
+            if !self.dry {
+                txn.remove_tree(key)?;
+                match self.st.replica.remove(key) {
+                    Ok(0) => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.report(stats, failure(key, "remove", &e));
+                        continue;
+                    }
+                }
+                txn.checkpoint()?;
+            }
+            self.report(stats, simple(Op::Removed, key, Reason::Extra));
+        }
+        Ok(())
+    }
+
+    /// Re-applies directory modes and mtimes, deepest first (writes inside a
+    /// directory change its mtime, so this comes last).
+    fn fix_dirs(&self, dirs: &[u32]) {
+        if self.dry {
+            return;
+        }
+        for &id in dirs {
+            let key = &self.keys[id as usize];
+            let e = &self.manifest.entries[id as usize];
+            if let Ok(Some(cur)) = self.st.replica.stat(key) {
+                if cur.kind.is_dir() && (cur.mtime != e.mtime || cur.mode != e.mode) {
+                    let _ = self.st.replica.set_meta(key, &e.kind, e.mode, e.mtime);
+                }
+            }
+        }
+    }
+}
+
+/// After a metadata change the stat changed: keep the index record valid.
+fn refresh_record(txn: &mut IndexTxn, replica: &Replica, key: &str) {
+    if let (Ok(Some(rec)), Ok(Some(now))) = (txn.file(key), replica.stat(key)) {
+        let mut rec = rec;
+        rec.mtime = now.mtime;
+        rec.ino = now.ino;
+        let _ = txn.put_file(key, &rec);
+    }
+}

@@ -1,0 +1,643 @@
+//! The server's content engine: for each file the plan says to fetch, ask
+//! the client for its digest, find what the replica already holds (the same
+//! whole file, known groups, known chunks; all verified before use), pull
+//! only the missing chunks, assemble the file beside its target, verify the
+//! whole-file hash and publish it.
+//!
+//! Requests are pipelined within a window ([`MAX_OPEN`] files in flight), a
+//! chunk needed by several files in the same pass is requested once, and a
+//! file whose content sits at a path this pass removes is renamed, not copied.
+
+use super::server::{failure, simple, PassCtx};
+use crate::apply::{read_at, write_at, TempFile};
+use crate::chunk::{digest_reader, group_hash, hash_reader, offsets, ChunkRef, Digest, GroupRef, Hash, MAX_CHUNK, MIN_CHUNK};
+use crate::error::{Error, Result};
+use crate::index::{FileRecord, IndexTxn};
+use crate::plan::{is_below_any, Fetch, ReplicaView};
+use crate::protocol::{ClientMsg, Op, OpReport, PassStats, Reason, ServerMsg};
+use crate::tree::{Kind, Timestamp};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Most files in flight at once (digest requested, not yet published).
+const MAX_OPEN: usize = 128;
+/// Most summaries asked for in one message.
+const ASK_BATCH: usize = 64;
+
+struct Job {
+    fetch: Fetch,
+    size: u64,
+    hash: Hash,
+    /// Known chunk list (None for a large file until its groups are resolved).
+    chunks: Option<Vec<ChunkRef>>,
+    groups: Vec<GroupRef>,
+    group_total: u32,
+    group_chunks: Vec<Option<Vec<ChunkRef>>>,
+    groups_missing: usize,
+    offs: Vec<u64>,
+    tmp: Option<TempFile>,
+    /// Chunk indexes not yet written.
+    missing: usize,
+    /// Chunk indexes this job asked the client for.
+    asked: HashSet<u32>,
+    received: u64,
+    reused: u64,
+}
+
+pub(crate) struct Transfer<'c, 'a> {
+    ctx: &'c PassCtx<'a>,
+    view: &'c ReplicaView,
+    doomed: HashSet<String>,
+    moved_away: HashSet<String>,
+    queue: VecDeque<Fetch>,
+    jobs: HashMap<u32, Job>,
+    awaiting_summary: usize,
+    /// Chunks asked of the client this pass: hash -> (owner id, index).
+    owner: HashMap<Hash, (u32, u32)>,
+    /// Other (id, index) places waiting for a chunk asked by its owner.
+    waiters: HashMap<Hash, Vec<(u32, u32)>>,
+    reader: Option<(String, std::fs::File)>,
+}
+
+fn proto(ctx: &PassCtx, why: impl Into<String>) -> Error {
+    Error::protocol(&ctx.link.peer, why)
+}
+
+impl<'c, 'a> Transfer<'c, 'a> {
+    pub fn new(ctx: &'c PassCtx<'a>, view: &'c ReplicaView, doomed: HashSet<String>, fetch: &[Fetch]) -> Self {
+        Transfer {
+            ctx,
+            view,
+            doomed,
+            moved_away: HashSet::new(),
+            queue: fetch.iter().copied().collect(),
+            jobs: HashMap::new(),
+            awaiting_summary: 0,
+            owner: HashMap::new(),
+            waiters: HashMap::new(),
+            reader: None,
+        }
+    }
+
+    /// Paths whose content was moved elsewhere (no longer to be removed).
+    pub fn into_moved(self) -> HashSet<String> {
+        self.moved_away
+    }
+
+    fn key(&self, id: u32) -> &'a str {
+        &self.ctx.keys[id as usize]
+    }
+
+    fn entry(&self, id: u32) -> &'a crate::tree::Entry {
+        &self.ctx.manifest.entries[id as usize]
+    }
+
+    pub fn run(&mut self, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        loop {
+            self.ask_more();
+            if self.jobs.is_empty() && self.queue.is_empty() {
+                return Ok(());
+            }
+            if self.ctx.interrupted() {
+                self.jobs.clear(); // temp files are removed on drop
+                return Ok(());
+            }
+            let msg = self.ctx_recv()?;
+            self.handle(msg, txn, stats)?;
+            txn.checkpoint()?;
+        }
+    }
+
+    fn ctx_recv(&self) -> Result<ClientMsg> {
+        self.ctx.link.recv().map_err(|e| proto(self.ctx, e))
+    }
+
+    fn ask_more(&mut self) {
+        let mut ids = Vec::new();
+        while self.jobs.len() < MAX_OPEN && ids.len() < ASK_BATCH {
+            let Some(f) = self.queue.pop_front() else { break };
+            ids.push(f.id);
+            self.jobs.insert(f.id, Job::new(f));
+            self.awaiting_summary += 1;
+        }
+        if !ids.is_empty() {
+            self.ctx.link.send(ServerMsg::NeedFiles { ids });
+        }
+    }
+
+    fn handle(&mut self, msg: ClientMsg, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        match msg {
+            ClientMsg::Summary { id, size, hash, chunks } => self.on_summary(id, size, hash, chunks, txn, stats),
+            ClientMsg::GroupHashes { id, start, total, groups } => self.on_group_hashes(id, start, total, groups, txn, stats),
+            ClientMsg::GroupChunks { id, group, chunks } => self.on_group_chunks(id, group, chunks, txn, stats),
+            ClientMsg::Chunk { id, index, data } => self.on_chunk(id, index, data, txn, stats),
+            ClientMsg::FileFailed { id, reason } => {
+                if self.jobs.contains_key(&id) {
+                    self.drop_job(id);
+                    let r = OpReport { detail: Some(reason), ..simple(Op::Error, self.key(id), Reason::Failed) };
+                    self.ctx.report(stats, r);
+                }
+                Ok(())
+            }
+            other => Err(proto(self.ctx, format!("unexpected {} during transfer", super::server::msg_name(&other)))),
+        }
+    }
+
+    fn job(&mut self, id: u32) -> Result<&mut Job> {
+        let ctx = self.ctx;
+        self.jobs.get_mut(&id).ok_or_else(|| proto(ctx, format!("message for file {id}, which was not asked for")))
+    }
+
+    fn on_summary(&mut self, id: u32, size: u64, hash: Hash, chunks: Option<Vec<ChunkRef>>, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        let job = self.job(id)?;
+        if job.size != u64::MAX {
+            return Err(proto(self.ctx, format!("second summary for file {id}")));
+        }
+        job.size = size;
+        job.hash = hash;
+        let has_old = job.fetch.has_old;
+        self.awaiting_summary = self.awaiting_summary.saturating_sub(1);
+        if let Some(c) = &chunks {
+            check_chunk_list(c, size).map_err(|e| proto(self.ctx, e))?;
+        }
+        if has_old && self.old_content_matches(id, &hash, txn) {
+            return self.finish_metadata_only(id, txn, stats);
+        }
+        if self.try_move(id, &hash, txn, stats)? {
+            return Ok(());
+        }
+        match chunks {
+            Some(c) => {
+                self.job(id)?.chunks = Some(c);
+                self.assemble(id, txn, stats)
+            }
+            None => {
+                self.ctx.link.send(ServerMsg::NeedGroupHashes { id });
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the replica file already at the path has this content.
+    fn old_content_matches(&mut self, id: u32, hash: &Hash, txn: &mut IndexTxn) -> bool {
+        let key = self.key(id);
+        let Some(v) = self.view.get(key) else { return false };
+        let Kind::File { size } = v.kind else { return false };
+        if let Ok(Some(rec)) = txn.file(key) {
+            if rec.matches(size, v.mtime, v.ino) {
+                return rec.digest.hash == *hash;
+            }
+        }
+        // Not indexed (or stale): digest it locally, which also indexes it.
+        let Ok(file) = self.ctx.st.replica.open_read(key) else { return false };
+        let Ok(d) = digest_reader(std::io::BufReader::with_capacity(1 << 20, file)) else { return false };
+        let same = d.hash == *hash;
+        let _ = txn.put_file(key, &FileRecord { size: d.size, mtime: v.mtime, ino: v.ino, digest: d });
+        same
+    }
+
+    fn finish_metadata_only(&mut self, id: u32, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        let key = self.key(id);
+        let e = self.entry(id);
+        let v = &self.view[key];
+        self.jobs.remove(&id);
+        self.ctx.link.send(ServerMsg::Done { id });
+        if v.mtime == e.mtime && v.mode == e.mode {
+            return Ok(());
+        }
+        if !self.ctx.dry {
+            if let Err(err) = self.ctx.st.replica.set_meta(key, &e.kind, e.mode, e.mtime) {
+                self.ctx.report(stats, failure(key, "set metadata", &err));
+                return Ok(());
+            }
+            if let (Ok(Some(mut rec)), Ok(Some(now))) = (txn.file(key), self.ctx.st.replica.stat(key)) {
+                rec.mtime = now.mtime;
+                rec.ino = now.ino;
+                txn.put_file(key, &rec)?;
+            }
+        }
+        self.ctx.report(stats, simple(Op::Metadata, key, Reason::MetadataChanged));
+        Ok(())
+    }
+
+    /// If a file this pass removes holds exactly this content, rename it here.
+    fn try_move(&mut self, id: u32, hash: &Hash, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<bool> {
+        let Some(from) = txn.find_whole(hash)? else { return Ok(false) };
+        if !is_below_any(&from, &self.doomed) || self.moved_away.contains(&from) {
+            return Ok(false);
+        }
+        let Some(rec) = txn.file(&from)? else { return Ok(false) };
+        let Ok(Some(now)) = self.ctx.st.replica.stat(&from) else { return Ok(false) };
+        if !matches!(now.kind, Kind::File { .. }) || !rec.matches(rec.size, now.mtime, now.ino) || rec.size != now_size(&now.kind) {
+            return Ok(false);
+        }
+        let key = self.key(id);
+        let e = self.entry(id);
+        let size = rec.size;
+        if !self.ctx.dry {
+            let r = self.ctx.st.replica.rename(&from, key).and_then(|_| self.ctx.st.replica.set_meta(key, &e.kind, e.mode, e.mtime));
+            if let Err(err) = r {
+                self.ctx.report(stats, failure(key, "move", &err));
+                self.jobs.remove(&id);
+                self.ctx.link.send(ServerMsg::Done { id });
+                return Ok(true);
+            }
+            let ino = self.ctx.st.replica.stat(key).ok().flatten().map(|s| s.ino).unwrap_or(0);
+            let mut rec = rec;
+            rec.mtime = e.mtime;
+            txn.rename_file(&from, key, rec, ino)?;
+        }
+        self.moved_away.insert(from.clone());
+        self.jobs.remove(&id);
+        self.ctx.link.send(ServerMsg::Done { id });
+        let r = OpReport { from: Some(from), reused: size, ..simple(Op::Moved, key, self.reason(id)) };
+        stats.reused += size;
+        self.ctx.report(stats, r);
+        Ok(true)
+    }
+
+    fn reason(&self, id: u32) -> Reason {
+        self.jobs.get(&id).map(|j| j.fetch.reason).unwrap_or(Reason::New)
+    }
+
+    fn on_group_hashes(&mut self, id: u32, start: u32, total: u32, groups: Vec<GroupRef>, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        let ctx = self.ctx;
+        let job = self.job(id)?;
+        let max_groups = job.size / MIN_CHUNK as u64 + 1;
+        if start as usize != job.groups.len() || total as u64 > max_groups || job.groups.len() + groups.len() > total as usize {
+            return Err(proto(ctx, format!("inconsistent group list for file {id}")));
+        }
+        job.group_total = total;
+        job.groups.extend(groups);
+        if job.groups.len() < total as usize {
+            return Ok(());
+        }
+        let mut resolved = Vec::with_capacity(job.groups.len());
+        let mut need = Vec::new();
+        let groups = job.groups.clone();
+        for (i, g) in groups.iter().enumerate() {
+            match txn.find_group(&g.hash)? {
+                Some(c) if c.len() == g.count as usize => resolved.push(Some(c)),
+                _ => {
+                    resolved.push(None);
+                    need.push(i as u32);
+                }
+            }
+        }
+        let job = self.job(id)?;
+        job.groups_missing = need.len();
+        job.group_chunks = resolved;
+        if need.is_empty() {
+            return self.groups_done(id, txn, stats);
+        }
+        for page in need.chunks(4096) {
+            ctx.link.send(ServerMsg::NeedGroups { id, groups: page.to_vec() });
+        }
+        Ok(())
+    }
+
+    fn on_group_chunks(&mut self, id: u32, group: u32, chunks: Vec<ChunkRef>, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        let ctx = self.ctx;
+        let job = self.job(id)?;
+        let Some(g) = job.groups.get(group as usize).copied() else {
+            return Err(proto(ctx, format!("group {group} out of range for file {id}")));
+        };
+        if job.group_chunks[group as usize].is_some() || g.count as usize != chunks.len() || group_hash(&chunks) != g.hash {
+            return Err(proto(ctx, format!("group {group} of file {id} does not match its hash")));
+        }
+        job.group_chunks[group as usize] = Some(chunks);
+        job.groups_missing -= 1;
+        if job.groups_missing == 0 {
+            return self.groups_done(id, txn, stats);
+        }
+        Ok(())
+    }
+
+    fn groups_done(&mut self, id: u32, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        let ctx = self.ctx;
+        let job = self.job(id)?;
+        let chunks: Vec<ChunkRef> = job.group_chunks.drain(..).flatten().flatten().collect();
+        check_chunk_list(&chunks, job.size).map_err(|e| proto(ctx, e))?;
+        job.chunks = Some(chunks);
+        self.assemble(id, txn, stats)
+    }
+
+    /// Builds the file from local content where possible and asks for the rest.
+    fn assemble(&mut self, id: u32, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        let key = self.key(id);
+        let dry = self.ctx.dry;
+        let tmp = if dry {
+            None
+        } else {
+            match self.ctx.st.replica.create_temp(key) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.ctx.report(stats, failure(key, "create file", &e));
+                    self.jobs.remove(&id);
+                    self.ctx.link.send(ServerMsg::Done { id });
+                    return Ok(());
+                }
+            }
+        };
+        let job = self.jobs.get_mut(&id).expect("job exists");
+        let chunks = job.chunks.clone().expect("chunk list known");
+        job.offs = offsets(&chunks);
+        if let Some(t) = &tmp {
+            if let Err(e) = t.file.set_len(job.size) {
+                self.ctx.report(stats, failure(key, "allocate file", &e));
+                self.jobs.remove(&id);
+                self.ctx.link.send(ServerMsg::Done { id });
+                return Ok(());
+            }
+        }
+        job.tmp = tmp;
+        job.missing = chunks.len();
+        let mut ask: Vec<u32> = Vec::new();
+        let mut written_here: HashMap<Hash, u32> = HashMap::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let i = i as u32;
+            if let Some(&first) = written_here.get(&c.hash) {
+                // Repeated inside this file and already written: copy from the temp file.
+                if self.copy_within(id, first, i) {
+                    continue;
+                }
+            }
+            if self.owner.contains_key(&c.hash) {
+                self.waiters.entry(c.hash).or_default().push((id, i));
+                continue;
+            }
+            if self.copy_local(id, i, c, txn) {
+                written_here.insert(c.hash, i);
+                continue;
+            }
+            self.owner.insert(c.hash, (id, i));
+            ask.push(i);
+        }
+        let job = self.jobs.get_mut(&id).expect("job exists");
+        job.asked = ask.iter().copied().collect();
+        if dry {
+            let would_send: u64 = ask.iter().map(|&i| chunks[i as usize].len as u64).sum();
+            for &i in &ask {
+                self.owner.remove(&chunks[i as usize].hash);
+            }
+            job.received = would_send;
+            return self.publish(id, txn, stats);
+        }
+        if !ask.is_empty() {
+            self.ctx.link.send(ServerMsg::NeedChunks { id, ranges: runs(&ask) });
+        }
+        if self.jobs[&id].missing == 0 {
+            return self.publish(id, txn, stats);
+        }
+        Ok(())
+    }
+
+    fn copy_within(&mut self, id: u32, from: u32, to: u32) -> bool {
+        let job = self.jobs.get_mut(&id).expect("job exists");
+        let Some(t) = &job.tmp else {
+            job.missing -= 1;
+            return true;
+        };
+        let len = (job.offs[to as usize + 1] - job.offs[to as usize]) as usize;
+        let mut buf = vec![0u8; len];
+        if read_at(&t.file, &mut buf, job.offs[from as usize]).is_err() || write_at(&t.file, &buf, job.offs[to as usize]).is_err() {
+            return false;
+        }
+        job.missing -= 1;
+        job.reused += len as u64;
+        true
+    }
+
+    /// Copies chunk `i` from wherever the replica holds it, after checking its hash.
+    fn copy_local(&mut self, id: u32, i: u32, c: &ChunkRef, txn: &mut IndexTxn) -> bool {
+        let Ok(Some(loc)) = txn.find_chunk(&c.hash) else { return false };
+        if loc.len != c.len {
+            return false;
+        }
+        let dry = self.ctx.dry;
+        if dry {
+            // A dry run trusts the index: nothing is read.
+            let job = self.jobs.get_mut(&id).expect("job exists");
+            job.missing -= 1;
+            job.reused += c.len as u64;
+            return true;
+        }
+        let mut buf = vec![0u8; c.len as usize];
+        if !self.read_replica(&loc.path, &mut buf, loc.offset) || Hash::of(&buf) != c.hash {
+            return false;
+        }
+        let job = self.jobs.get_mut(&id).expect("job exists");
+        let t = job.tmp.as_ref().expect("temp file open");
+        if write_at(&t.file, &buf, job.offs[i as usize]).is_err() {
+            return false;
+        }
+        job.missing -= 1;
+        job.reused += c.len as u64;
+        true
+    }
+
+    fn read_replica(&mut self, key: &str, buf: &mut [u8], offset: u64) -> bool {
+        if self.reader.as_ref().is_none_or(|(k, _)| k != key) {
+            match self.ctx.st.replica.open_read(key) {
+                Ok(f) => self.reader = Some((key.to_string(), f)),
+                Err(_) => return false,
+            }
+        }
+        let (_, f) = self.reader.as_ref().unwrap();
+        read_at(f, buf, offset).is_ok()
+    }
+
+    fn on_chunk(&mut self, id: u32, index: u32, data: Vec<u8>, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        let ctx = self.ctx;
+        let job = self.job(id)?;
+        if !job.asked.remove(&index) {
+            return Err(proto(ctx, format!("chunk {index} of file {id} was not asked for")));
+        }
+        let c = job.chunks.as_ref().expect("chunk list known")[index as usize];
+        if data.len() != c.len as usize || Hash::of(&data) != c.hash {
+            return Err(proto(ctx, format!("chunk {index} of file {id} does not match its hash")));
+        }
+        self.owner.remove(&c.hash);
+        let mut done = Vec::new();
+        let mut places = vec![(id, index)];
+        places.extend(self.waiters.remove(&c.hash).unwrap_or_default());
+        for (n, (jid, ji)) in places.into_iter().enumerate() {
+            let Some(job) = self.jobs.get_mut(&jid) else { continue };
+            let Some(t) = &job.tmp else { continue };
+            if let Err(e) = write_at(&t.file, &data, job.offs[ji as usize]) {
+                let key = self.key(jid);
+                self.ctx.report(stats, failure(key, "write", &e));
+                self.drop_job(jid);
+                continue;
+            }
+            if n == 0 {
+                job.received += data.len() as u64;
+                stats.received += data.len() as u64;
+                self.ctx.st.stats.note_received(data.len() as u64);
+            } else {
+                job.reused += data.len() as u64;
+            }
+            job.missing -= 1;
+            if job.missing == 0 {
+                done.push(jid);
+            }
+        }
+        for jid in done {
+            self.publish(jid, txn, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Verifies the assembled file and renames it into place.
+    fn publish(&mut self, id: u32, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        let Some(mut job) = self.jobs.remove(&id) else { return Ok(()) };
+        self.ctx.link.send(ServerMsg::Done { id });
+        let key = self.key(id);
+        let e = self.entry(id);
+        let op = if job.received == 0 && job.size > 0 {
+            Op::Copied
+        } else if job.fetch.has_old || job.fetch.reason == Reason::TypeChanged {
+            Op::Updated
+        } else {
+            Op::Created
+        };
+        let report = OpReport { received: job.received, reused: job.reused, ..simple(op, key, job.fetch.reason) };
+        stats.reused += job.reused;
+        if let Some(tmp) = job.tmp.take() {
+            let check = std::fs::File::try_clone(&tmp.file).and_then(|f| {
+                use std::io::{Seek, SeekFrom};
+                let mut f = f;
+                f.seek(SeekFrom::Start(0))?;
+                hash_reader(f)
+            });
+            match check {
+                Ok((size, hash)) if hash == job.hash && size == job.size => {}
+                Ok(_) => {
+                    let r = OpReport { detail: Some("assembled content does not match the source hash; left unchanged".into()), ..simple(Op::Error, key, Reason::Failed) };
+                    self.ctx.report(stats, r);
+                    return Ok(());
+                }
+                Err(err) => {
+                    self.ctx.report(stats, failure(key, "verify", &err));
+                    return Ok(());
+                }
+            }
+            let mtime: Timestamp = e.mtime;
+            match self.ctx.st.replica.publish(tmp, key, e.mode, mtime, self.ctx.st.fsync) {
+                Ok(ino) => {
+                    let digest = Digest { size: job.size, hash: job.hash, chunks: job.chunks.take().unwrap_or_default() };
+                    txn.put_file(key, &FileRecord { size: job.size, mtime, ino, digest })?;
+                }
+                Err(err) => {
+                    self.ctx.report(stats, failure(key, "rename into place", &err));
+                    return Ok(());
+                }
+            }
+        }
+        self.ctx.st.stats.note_reused(job.reused);
+        self.ctx.report(stats, report);
+        Ok(())
+    }
+
+    /// Forgets a job; chunks it owned are asked again through a waiter.
+    fn drop_job(&mut self, id: u32) {
+        let Some(job) = self.jobs.remove(&id) else { return };
+        if job.size == u64::MAX {
+            self.awaiting_summary -= 1;
+        }
+        let owned: Vec<Hash> = self.owner.iter().filter(|(_, (o, _))| *o == id).map(|(h, _)| *h).collect();
+        for h in owned {
+            self.owner.remove(&h);
+            let mut ws = self.waiters.remove(&h).unwrap_or_default();
+            ws.retain(|(w, _)| *w != id && self.jobs.contains_key(w));
+            if let Some((wid, wi)) = ws.first().copied() {
+                self.owner.insert(h, (wid, wi));
+                if let Some(j) = self.jobs.get_mut(&wid) {
+                    j.asked.insert(wi);
+                }
+                self.waiters.insert(h, ws[1..].to_vec());
+                self.ctx.link.send(ServerMsg::NeedChunks { id: wid, ranges: vec![(wi, 1)] });
+            }
+        }
+        for ws in self.waiters.values_mut() {
+            ws.retain(|(w, _)| *w != id);
+        }
+        self.ctx.link.send(ServerMsg::Done { id });
+    }
+}
+
+impl Job {
+    fn new(fetch: Fetch) -> Self {
+        Job {
+            fetch,
+            size: u64::MAX,
+            hash: Hash([0; 32]),
+            chunks: None,
+            groups: Vec::new(),
+            group_total: 0,
+            group_chunks: Vec::new(),
+            groups_missing: 0,
+            offs: Vec::new(),
+            tmp: None,
+            missing: 0,
+            asked: HashSet::new(),
+            received: 0,
+            reused: 0,
+        }
+    }
+}
+
+fn now_size(k: &Kind) -> u64 {
+    match k {
+        Kind::File { size } => *size,
+        _ => u64::MAX,
+    }
+}
+
+/// Checks a peer's chunk list against the file size and the chunker bounds.
+fn check_chunk_list(chunks: &[ChunkRef], size: u64) -> std::result::Result<(), String> {
+    let mut total = 0u64;
+    for (i, c) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        if c.len == 0 || c.len > MAX_CHUNK || (!last && c.len < MIN_CHUNK) {
+            return Err(format!("chunk {i} has an impossible length {}", c.len));
+        }
+        total += c.len as u64;
+    }
+    if total != size {
+        return Err(format!("chunks add up to {total} bytes, not {size}"));
+    }
+    Ok(())
+}
+
+/// Sorted indexes -> (first, count) runs.
+fn runs(idx: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &i in idx {
+        match out.last_mut() {
+            Some((s, n)) if *s + *n == i => *n += 1,
+            _ => out.push((i, 1)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_compress_consecutive_indexes() {
+        assert_eq!(runs(&[0, 1, 2, 5, 7, 8]), vec![(0, 3), (5, 1), (7, 2)]);
+        assert!(runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn chunk_lists_are_checked() {
+        let c = |len| ChunkRef { hash: Hash([0; 32]), len };
+        assert!(check_chunk_list(&[c(MIN_CHUNK), c(10)], MIN_CHUNK as u64 + 10).is_ok());
+        assert!(check_chunk_list(&[c(10), c(MIN_CHUNK)], MIN_CHUNK as u64 + 10).is_err());
+        assert!(check_chunk_list(&[c(MAX_CHUNK + 1)], MAX_CHUNK as u64 + 1).is_err());
+        assert!(check_chunk_list(&[c(5)], 6).is_err());
+        assert!(check_chunk_list(&[], 0).is_ok());
+    }
+}

@@ -1,0 +1,262 @@
+//! The client's driver: safety rails, state locations, connecting (over
+//! TCP or to an in-process server for a local target), running passes with
+//! reconnection, and repeating passes for `--every`.
+
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::index::SourceIndex;
+use crate::protocol::PassOptions;
+use crate::report::{PassSummary, Reporter};
+use crate::session::client::{ClientLink, ClientPass, PassObserver};
+use crate::transport::client::{connect, connect_local, ConnectOptions, Target};
+use crate::transport::server::{ServerOptions, ServerShared};
+use crate::tree::{scan_source, ScanOptions, SourceScan};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Everything `replica sync` and `replica watch` need to know.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    pub src: PathBuf,
+    pub target: Option<Target>,
+    pub token: Option<String>,
+    pub excludes: Vec<String>,
+    pub state_dir: PathBuf,
+    pub checksum: bool,
+    pub dry_run: bool,
+    pub delete_excluded: bool,
+    pub max_delete: Option<u64>,
+    pub fsync: bool,
+    pub force: bool,
+}
+
+/// The default place for replica's own state (indexes, keys).
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("REPLICA_STATE_DIR") {
+        return d.into();
+    }
+    directories::ProjectDirs::from("", "", "replica")
+        .map(|p| p.data_dir().to_path_buf())
+        .unwrap_or_else(|| std::env::temp_dir().join("replica-state"))
+}
+
+/// Refuses dangerous source/destination pairs (unless `force`). Returns
+/// the canonical source and, for a local target, the canonical destination.
+pub fn check_paths(src: &Path, target: &Target, force: bool) -> Result<(PathBuf, Option<PathBuf>)> {
+    let src_c = std::fs::canonicalize(src).map_err(|e| Error::io(src, e))?;
+    if !src_c.is_dir() {
+        return Err(Error::Usage(format!("{}: source is not a directory", src.display())));
+    }
+    let Target::Local(dest) = target else { return Ok((src_c, None)) };
+    let dest_c = canonical_even_if_missing(dest);
+    if dest_c == src_c {
+        return Err(Error::Usage(format!("{}: destination is the source itself", dest.display())));
+    }
+    if !force {
+        if dest_c.starts_with(&src_c) {
+            return Err(Error::Usage(format!(
+                "{}: destination lies inside the source {}; use --force to allow it (the destination is then skipped when scanning)",
+                dest.display(),
+                src.display()
+            )));
+        }
+        if src_c.starts_with(&dest_c) {
+            return Err(Error::Usage(format!(
+                "{}: the source lies inside the destination, whose other contents would be deleted; use --force to allow it",
+                dest.display()
+            )));
+        }
+        if dest_c.parent().is_none() {
+            return Err(Error::Usage(format!("{}: refusing to replicate onto a filesystem root; use --force", dest.display())));
+        }
+        if let Some(home) = directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf()) {
+            if std::fs::canonicalize(&home).map(|h| h == dest_c).unwrap_or(false) {
+                return Err(Error::Usage(format!(
+                    "{}: refusing to replicate onto your home directory; use --force",
+                    dest.display()
+                )));
+            }
+        }
+    }
+    Ok((src_c, Some(dest_c)))
+}
+
+fn canonical_even_if_missing(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => canonical_even_if_missing(parent).join(name),
+        _ => abs,
+    }
+}
+
+/// A client bound to one source and one target, keeping its connection and
+/// source index between passes.
+pub struct Syncer {
+    pub opts: SyncOptions,
+    pub src: PathBuf,
+    target: Target,
+    rt: tokio::runtime::Handle,
+    link: Option<ClientLink>,
+    local: Option<Arc<ServerShared>>,
+    index: Option<SourceIndex>,
+    filter: Filter,
+    skip: Vec<PathBuf>,
+    pub reporter: Arc<Reporter>,
+}
+
+impl Syncer {
+    pub fn new(opts: SyncOptions, reporter: Arc<Reporter>, rt: tokio::runtime::Handle) -> Result<Self> {
+        let target = opts.target.clone().ok_or_else(|| Error::Usage("no target given".into()))?;
+        let (src, dest) = check_paths(&opts.src, &target, opts.force)?;
+        let filter = Filter::for_source(&src, &opts.excludes).map_err(Error::Usage)?;
+        let id = blake3::hash(format!("{}\n{}", src.display(), target.describe()).as_bytes()).to_hex();
+        let index_path = opts.state_dir.join("sources").join(&id[..16]).join("source.redb");
+        let index = match SourceIndex::open(&index_path) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                reporter.warn(&format!("working without a source index: {e}"));
+                None
+            }
+        };
+        let local = match &dest {
+            Some(d) => {
+                let so = ServerOptions { dest: d.clone(), state_dir: opts.state_dir.clone(), token: None, fsync: opts.fsync };
+                Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
+            }
+            None => None,
+        };
+        Ok(Syncer {
+            skip: dest.into_iter().collect(),
+            opts,
+            src,
+            target,
+            rt,
+            link: None,
+            local,
+            index,
+            filter,
+            reporter,
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    /// The paths a scan must never enter (a replica inside the source).
+    pub fn skip(&self) -> &[PathBuf] {
+        &self.skip
+    }
+
+    fn connect(&mut self) -> Result<()> {
+        if self.link.is_none() {
+            let link = match &self.local {
+                Some(shared) => self.rt.block_on(connect_local(shared.clone()))?,
+                None => {
+                    let Target::Remote(addr) = &self.target else { unreachable!() };
+                    let co = ConnectOptions { token: self.opts.token.clone() };
+                    self.rt.block_on(connect(addr, &co))?
+                }
+            };
+            self.link = Some(link);
+        }
+        Ok(())
+    }
+
+    /// Drops the connection (after a failure).
+    pub fn disconnect(&mut self) {
+        self.link = None;
+    }
+
+    /// Scans the whole source tree.
+    pub fn scan(&self) -> Result<SourceScan> {
+        let so = ScanOptions { filter: self.filter.clone(), skip: self.skip.clone() };
+        scan_source(&self.src, &so).map_err(|e| Error::io(&self.src, e))
+    }
+
+    fn pass_options(&self) -> PassOptions {
+        PassOptions {
+            checksum: self.opts.checksum,
+            dry_run: self.opts.dry_run,
+            delete_excluded: self.opts.delete_excluded,
+            max_delete: self.opts.max_delete,
+            excludes: self.filter.patterns().to_vec(),
+        }
+    }
+
+    /// One pass over a given scan. Files that changed while being sent are
+    /// picked up by up to two follow-up passes.
+    pub fn pass_with(&mut self, scan: &SourceScan, observer: Option<&dyn PassObserver>) -> Result<PassSummary> {
+        for w in &scan.warnings {
+            self.reporter.warn(&w.to_string());
+        }
+        for e in &scan.errors {
+            self.reporter.error(&e.to_string());
+        }
+        let opts = self.pass_options();
+        let mut total: Option<PassSummary> = None;
+        let mut scan_owned: Option<SourceScan> = None;
+        for attempt in 0..3 {
+            let current = scan_owned.as_ref().unwrap_or(scan);
+            self.connect()?;
+            let result = {
+                let pass = ClientPass {
+                    link: self.link.as_ref().expect("connected"),
+                    root: &self.src,
+                    scan: current,
+                    index: self.index.as_ref(),
+                    reporter: &self.reporter,
+                    observer,
+                };
+                pass.run(opts.clone())
+            };
+            let outcome = match result {
+                Ok(o) => o,
+                Err(e) => {
+                    self.disconnect();
+                    return Err(e);
+                }
+            };
+            let mut s = outcome.summary;
+            if let Some(prev) = total.take() {
+                s.wire_sent += prev.wire_sent;
+                s.wire_received += prev.wire_received;
+                s.stats.ops += prev.stats.ops;
+                s.stats.received += prev.stats.received;
+                s.stats.reused += prev.stats.reused;
+            }
+            let retry = outcome.changed_during_pass > 0 && attempt < 2 && !opts.dry_run;
+            if retry {
+                // The errors were transient: the follow-up pass decides.
+                s.stats.errors = s.stats.errors.saturating_sub(outcome.changed_during_pass as u64);
+                total = Some(s);
+                scan_owned = Some(self.scan()?);
+                continue;
+            }
+            return Ok(s);
+        }
+        Ok(total.unwrap_or_default())
+    }
+
+    /// Scans, then runs one pass.
+    pub fn pass(&mut self, observer: Option<&dyn PassObserver>) -> Result<PassSummary> {
+        let scan = self.scan()?;
+        self.pass_with(&scan, observer)
+    }
+
+    /// Ends the session politely.
+    pub fn close(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.send(crate::protocol::ClientMsg::Bye);
+            let writer = link.close();
+            let _ = self.rt.block_on(async move { tokio::time::timeout(std::time::Duration::from_secs(5), writer).await });
+        }
+    }
+}

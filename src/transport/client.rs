@@ -1,0 +1,114 @@
+//! Dialing a server (or starting an in-process one) and the client's half
+//! of the handshake.
+
+use super::connection::{recv_plain, send_plain, spawn_link, BoxStream, Counted, Counters, LinkCaps};
+use super::server::{accept_session, ServerShared};
+use crate::chunk::CHUNKER_VERSION;
+use crate::error::{Error, Result};
+use crate::protocol::{Hello, HelloReply, MAGIC, PROTOCOL_VERSION};
+use crate::session::client::ClientLink;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a client sends its tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `replica://HOST:PORT`: `host:port` as given (IPv6 in brackets).
+    Remote(String),
+    /// A local directory.
+    Local(std::path::PathBuf),
+}
+
+impl Target {
+    /// Parses `replica://HOST:PORT` or a local path.
+    pub fn parse(s: &str) -> std::result::Result<Target, String> {
+        let Some(rest) = s.strip_prefix("replica://") else {
+            return Ok(Target::Local(s.into()));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s}: expected replica://HOST:PORT"))?;
+        if host.is_empty() || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']'))) {
+            return Err(format!("{s}: bad host (write IPv6 addresses in brackets, e.g. replica://[::1]:7420)"));
+        }
+        port.parse::<u16>().map_err(|_| format!("{s}: bad port {port:?}"))?;
+        Ok(Target::Remote(rest.to_string()))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Remote(a) => format!("replica://{a}"),
+            Target::Local(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// Client-side connection settings.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub token: Option<String>,
+}
+
+fn hello(token: &Option<String>, compress: bool) -> Hello {
+    Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        chunker: CHUNKER_VERSION,
+        token: token.clone().unwrap_or_default(),
+        compress,
+        client: format!("replica {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+const CLIENT_CAPS: LinkCaps = LinkCaps { outgoing: 64, incoming: 1 << 20 };
+
+async fn handshake(mut s: BoxStream, peer: &str, h: Hello, counters: Arc<Counters>) -> Result<ClientLink> {
+    let net = |e: std::io::Error| Error::Net { peer: peer.to_string(), source: e };
+    send_plain(&mut s, &h).await.map_err(net)?;
+    match recv_plain::<HelloReply>(&mut s, Duration::from_secs(30)).await {
+        Ok(HelloReply::Welcome { .. }) => Ok(spawn_link(s, h.compress, CLIENT_CAPS, counters, peer.to_string())),
+        Ok(HelloReply::Refused { reason }) => Err(Error::Refused { peer: peer.to_string(), reason }),
+        Err(e) => Err(Error::protocol(peer, e)),
+    }
+}
+
+/// Connects to a server over TCP and completes the handshake.
+pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<ClientLink> {
+    let peer = format!("replica://{addr}");
+    let tcp = tokio::time::timeout(Duration::from_secs(20), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| Error::Net { peer: peer.clone(), source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out") })?
+        .map_err(|e| Error::Net { peer: peer.clone(), source: e })?;
+    let _ = tcp.set_nodelay(true);
+    let counters = Arc::new(Counters::default());
+    let s: BoxStream = Box::new(Counted::new(tcp, counters.clone()));
+    handshake(s, &peer, hello(&opts.token, true), counters).await
+}
+
+/// Starts an in-process server session on `shared` and connects to it
+/// through a pipe: a local sync runs the same code as a remote one.
+pub async fn connect_local(shared: Arc<ServerShared>) -> Result<ClientLink> {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let peer = "local".to_string();
+    tokio::spawn(accept_session(Box::new(b), peer.clone(), shared));
+    let counters = Arc::new(Counters::default());
+    let s: BoxStream = Box::new(Counted::new(a, counters.clone()));
+    handshake(s, &peer, hello(&None, false), counters).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(Target::parse("replica://127.0.0.1:7420"), Ok(Target::Remote("127.0.0.1:7420".into())));
+        assert_eq!(Target::parse("replica://[::1]:7420/"), Ok(Target::Remote("[::1]:7420".into())));
+        assert_eq!(Target::parse("replica://example.org:1"), Ok(Target::Remote("example.org:1".into())));
+        assert!(Target::parse("replica://::1:7420").is_err());
+        assert!(Target::parse("replica://host").is_err());
+        assert!(Target::parse("replica://host:99999").is_err());
+        assert_eq!(Target::parse("some/dir"), Ok(Target::Local("some/dir".into())));
+    }
+}

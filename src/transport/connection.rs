@@ -1,0 +1,217 @@
+//! A [`Link`]: one owner per socket. Two tasks own the stream, a reader
+//! that turns frames into messages and a writer that turns messages into
+//! frames (batched, then flushed when the queue runs dry); session logic
+//! talks to them through channels, so it can be plain blocking code.
+//!
+//! Zero-length frames are keep-alives: the writer sends one after
+//! [`KEEPALIVE`] of silence, the reader drops the link after [`IDLE_LIMIT`]
+//! without any frame.
+
+use crate::protocol::{decode, encode, read_frame, write_frame};
+use async_compression::tokio::{bufread::ZstdDecoder, write::ZstdEncoder};
+use async_compression::zstd::CParameter;
+use async_compression::Level;
+use serde::{de::DeserializeOwned, Serialize};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::sync::mpsc;
+
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
+pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Anything a link can run over: TCP, TLS, or an in-process pipe.
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
+
+pub type BoxStream = Box<dyn AsyncStream>;
+
+/// Bytes that crossed the socket, both ways.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+impl Counters {
+    pub fn total(&self) -> (u64, u64) {
+        (self.sent.load(Ordering::Relaxed), self.received.load(Ordering::Relaxed))
+    }
+}
+
+/// A stream wrapper that counts bytes read and written.
+pub struct Counted<S> {
+    inner: S,
+    counters: Arc<Counters>,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S, counters: Arc<Counters>) -> Self {
+        Counted { inner, counters }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.counters.received.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = r {
+            self.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Sends one handshake message (uncompressed) and flushes.
+pub async fn send_plain<T: Serialize>(s: &mut BoxStream, msg: &T) -> std::io::Result<()> {
+    write_frame(s, &encode(msg)).await.map_err(std::io::Error::other)?;
+    s.flush().await
+}
+
+/// Reads one handshake message (uncompressed), within `limit`.
+pub async fn recv_plain<T: DeserializeOwned>(s: &mut BoxStream, limit: Duration) -> Result<T, String> {
+    let mut buf = Vec::new();
+    match tokio::time::timeout(limit, read_frame(s, &mut buf)).await {
+        Err(_) => Err("no handshake within the time limit".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(false)) => Err("connection closed during the handshake".into()),
+        Ok(Ok(true)) => decode(&buf),
+    }
+}
+
+/// How deep each side's queues are.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkCaps {
+    pub outgoing: usize,
+    pub incoming: usize,
+}
+
+/// The session logic's end of a connection.
+pub struct Link<Out, In> {
+    pub tx: mpsc::Sender<Out>,
+    rx: std::sync::Mutex<mpsc::Receiver<Result<In, String>>>,
+    pub counters: Arc<Counters>,
+    pub peer: String,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl<Out: Send + 'static, In> Link<Out, In> {
+    /// Sends from blocking code; false if the connection is gone.
+    pub fn send(&self, msg: Out) -> bool {
+        self.tx.blocking_send(msg).is_ok()
+    }
+
+    /// Closes the sending side and returns the writer task, which ends once
+    /// everything queued is on the wire.
+    pub fn close(self) -> tokio::task::JoinHandle<()> {
+        self.writer
+    }
+
+    /// Receives from blocking code; `Err` names the cause when the link broke.
+    pub fn recv(&self) -> Result<In, String> {
+        let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        match rx.blocking_recv() {
+            Some(r) => r,
+            None => Err("connection closed".into()),
+        }
+    }
+}
+
+/// Starts the reader and writer tasks on `stream` (after the handshake).
+pub fn spawn_link<Out, In>(
+    stream: BoxStream,
+    compress: bool,
+    caps: LinkCaps,
+    counters: Arc<Counters>,
+    peer: String,
+) -> Link<Out, In>
+where
+    Out: Serialize + Send + 'static,
+    In: DeserializeOwned + Send + 'static,
+{
+    let (out_tx, out_rx) = mpsc::channel::<Out>(caps.outgoing);
+    let (in_tx, in_rx) = mpsc::channel::<Result<In, String>>(caps.incoming);
+    let (r, w) = tokio::io::split(stream);
+    let writer = if compress {
+        let enc = ZstdEncoder::with_quality_and_params(w, Level::Precise(3), &[CParameter::window_log(24)]);
+        tokio::spawn(read_loop(ZstdDecoder::new(BufReader::new(r)), in_tx));
+        tokio::spawn(write_loop(enc, out_rx))
+    } else {
+        tokio::spawn(read_loop(BufReader::with_capacity(256 * 1024, r), in_tx));
+        tokio::spawn(write_loop(tokio::io::BufWriter::with_capacity(256 * 1024, w), out_rx))
+    };
+    Link {
+        tx: out_tx,
+        rx: std::sync::Mutex::new(in_rx),
+        counters,
+        peer,
+        writer,
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(mut w: W, mut rx: mpsc::Receiver<Out>) {
+    loop {
+        let first = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+            Err(_) => {
+                if write_frame(&mut w, &[]).await.is_err() || w.flush().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => break,
+            Ok(Some(m)) => m,
+        };
+        if write_frame(&mut w, &encode(&first)).await.is_err() {
+            return;
+        }
+        let mut batched = 0usize;
+        while let Ok(m) = rx.try_recv() {
+            if write_frame(&mut w, &encode(&m)).await.is_err() {
+                return;
+            }
+            batched += 1;
+            if batched >= 256 {
+                break;
+            }
+        }
+        if rx.is_empty() && w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned>(mut r: R, tx: mpsc::Sender<Result<In, String>>) {
+    let mut buf = Vec::new();
+    loop {
+        let got = match tokio::time::timeout(IDLE_LIMIT, read_frame(&mut r, &mut buf)).await {
+            Err(_) => Err(format!("no data for {} s", IDLE_LIMIT.as_secs())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(false)) => Err("connection closed".into()),
+            Ok(Ok(true)) if buf.is_empty() => continue,
+            Ok(Ok(true)) => decode::<In>(&buf),
+        };
+        let stop = got.is_err();
+        if tx.send(got).await.is_err() || stop {
+            return;
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The server: accept loop, the server's half of the handshake, and one
+//! session at a time per destination (a second client is refused with a
+//! reason). Shutdown is an input: when it fires, no new connection is
+//! accepted and the running session stops after the file in flight.
+
+use super::connection::{recv_plain, send_plain, spawn_link, BoxStream, Counted, Counters, LinkCaps};
+use crate::apply::Replica;
+use crate::chunk::CHUNKER_VERSION;
+use crate::error::{Error, Result};
+use crate::index::ReplicaIndex;
+use crate::protocol::{Hello, HelloReply, MAGIC, PROTOCOL_VERSION};
+use crate::report::Reporter;
+use crate::session::server::{serve_session, ServerState};
+use crate::status::ServerStats;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Most connections open at once (handshaking or refused included).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a peer has to send its hello.
+pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+const SERVER_CAPS: LinkCaps = LinkCaps { outgoing: 1 << 20, incoming: 256 };
+
+/// What every connection of one server shares.
+pub struct ServerShared {
+    pub state: Mutex<ServerState>,
+    pub busy: AtomicBool,
+    pub token: Option<String>,
+    pub reporter: Arc<Reporter>,
+    pub stats: Arc<ServerStats>,
+    pub shutdown: Arc<AtomicBool>,
+    pub conns: AtomicUsize,
+    pub dest: PathBuf,
+}
+
+/// Settings of a server (or of the server half of a local sync).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub dest: PathBuf,
+    pub state_dir: PathBuf,
+    pub token: Option<String>,
+    pub fsync: bool,
+}
+
+/// Where the index of a destination lives inside the state directory.
+pub fn index_path(state_dir: &Path, dest: &Path) -> PathBuf {
+    let id = blake3::hash(dest.to_string_lossy().as_bytes()).to_hex();
+    state_dir.join("replicas").join(&id[..16]).join("index.redb")
+}
+
+impl ServerShared {
+    pub fn open(opts: &ServerOptions, reporter: Arc<Reporter>) -> Result<Arc<Self>> {
+        let replica = Replica::open(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
+        let dest = std::fs::canonicalize(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
+        let index = ReplicaIndex::open(&index_path(&opts.state_dir, &dest))?;
+        if let Some(why) = &index.rebuilt {
+            reporter.warn(&format!("replica index {why}; it is being rebuilt"));
+        }
+        let stats = Arc::new(ServerStats::default());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let state = ServerState {
+            replica,
+            index,
+            reporter: reporter.clone(),
+            fsync: opts.fsync,
+            shutdown: shutdown.clone(),
+            stats: stats.clone(),
+        };
+        Ok(Arc::new(ServerShared {
+            state: Mutex::new(state),
+            busy: AtomicBool::new(false),
+            token: opts.token.clone().filter(|t| !t.is_empty()),
+            reporter,
+            stats,
+            shutdown,
+            conns: AtomicUsize::new(0),
+            dest,
+        }))
+    }
+}
+
+/// Checks a hello; the error is the reason sent back.
+fn check_hello(h: &Hello, token: &Option<String>) -> std::result::Result<(), String> {
+    if h.magic != MAGIC {
+        return Err("not a replica client (bad magic bytes)".into());
+    }
+    if h.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} is not supported (this server speaks {PROTOCOL_VERSION}); use the same replica version on both sides",
+            h.version
+        ));
+    }
+    if h.chunker != CHUNKER_VERSION {
+        return Err(format!("chunker version {} differs from the server's {CHUNKER_VERSION}", h.chunker));
+    }
+    if let Some(t) = token {
+        // blake3::Hash compares in constant time.
+        if blake3::hash(t.as_bytes()) != blake3::hash(h.token.as_bytes()) {
+            return Err("wrong token".into());
+        }
+    }
+    Ok(())
+}
+
+/// Runs one connection: handshake, then a session if the destination is free.
+pub async fn accept_session(mut s: BoxStream, peer: String, shared: Arc<ServerShared>) {
+    let hello = match recv_plain::<Hello>(&mut s, HANDSHAKE_LIMIT).await {
+        Ok(h) => h,
+        Err(e) => {
+            shared.reporter.warn(&format!("{peer}: connection dropped: {e}"));
+            let _ = send_plain(&mut s, &HelloReply::Refused { reason: e }).await;
+            return;
+        }
+    };
+    if let Err(reason) = check_hello(&hello, &shared.token) {
+        shared.reporter.warn(&format!("{peer}: refused: {reason}"));
+        let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
+        return;
+    }
+    if shared.shutdown.load(Ordering::Relaxed) {
+        let _ = send_plain(&mut s, &HelloReply::Refused { reason: "server is shutting down".into() }).await;
+        return;
+    }
+    if shared.busy.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        let reason = format!("another client is already syncing {}; try again when it is done", shared.dest.display());
+        shared.reporter.warn(&format!("{peer}: refused: {reason}"));
+        let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
+        return;
+    }
+    let welcome = HelloReply::Welcome { version: PROTOCOL_VERSION, server: format!("replica {}", env!("CARGO_PKG_VERSION")) };
+    if send_plain(&mut s, &welcome).await.is_err() {
+        shared.busy.store(false, Ordering::Release);
+        return;
+    }
+    shared.reporter.info(&format!("session from {peer} ({})", hello.client));
+    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
+    let counters = Arc::new(Counters::default());
+    let link = spawn_link(s, hello.compress, SERVER_CAPS, counters, peer.clone());
+    let sh = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let state = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        serve_session(&link, &state)
+    })
+    .await;
+    shared.busy.store(false, Ordering::Release);
+    match result {
+        Ok(Ok(())) => shared.reporter.info(&format!("session from {peer} ended")),
+        Ok(Err(Error::Interrupted)) => shared.reporter.info(&format!("session from {peer} stopped for shutdown")),
+        Ok(Err(e)) => shared.reporter.error(&format!("session from {peer} failed: {e}")),
+        Err(e) => shared.reporter.error(&format!("session from {peer} crashed: {e}")),
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, then waits for the running
+/// session to stop (it finishes or discards the file in flight).
+pub async fn serve_listener(listener: TcpListener, shared: Arc<ServerShared>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (tcp, addr) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        shared.reporter.warn(&format!("accept failed: {e}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if shared.conns.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                    shared.reporter.warn(&format!("{addr}: refused: too many connections"));
+                    continue;
+                }
+                let _ = tcp.set_nodelay(true);
+                shared.conns.fetch_add(1, Ordering::Relaxed);
+                shared.stats.clients.fetch_add(1, Ordering::Relaxed);
+                let sh = shared.clone();
+                tokio::spawn(async move {
+                    let counters = Arc::new(Counters::default());
+                    let s: BoxStream = Box::new(Counted::new(tcp, counters));
+                    accept_session(s, addr.to_string(), sh.clone()).await;
+                    sh.conns.fetch_sub(1, Ordering::Relaxed);
+                    sh.stats.clients.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+    shared.shutdown.store(true, Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while shared.busy.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether an address is loopback-only (a token is then optional).
+pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> Hello {
+        Hello { magic: MAGIC, version: PROTOCOL_VERSION, chunker: CHUNKER_VERSION, token: "s3cret".into(), compress: true, client: "t".into() }
+    }
+
+    #[test]
+    fn hello_checks() {
+        let tok = Some("s3cret".to_string());
+        assert!(check_hello(&good(), &tok).is_ok());
+        assert!(check_hello(&good(), &None).is_ok());
+        let mut h = good();
+        h.token = "nope".into();
+        assert_eq!(check_hello(&h, &tok).unwrap_err(), "wrong token");
+        let mut h = good();
+        h.version = 99;
+        assert!(check_hello(&h, &tok).unwrap_err().contains("version 99"));
+        let mut h = good();
+        h.magic = *b"GET / HT";
+        assert!(check_hello(&h, &tok).unwrap_err().contains("magic"));
+    }
+}

@@ -1,0 +1,217 @@
+//! What a tree is: entries, the manifest that lists them, and scanning a
+//! directory into one.
+//!
+//! A [`Manifest`] lists a tree in pre-order (a directory before its
+//! children, siblings sorted by name). Entry 0 is the root. Every other entry
+//! names its parent by index and carries one path component, so a path is a
+//! sequence of validated components, never a string glued with `/`.
+
+mod name;
+pub mod scan;
+
+pub use name::{validate_name, windows_can_hold, NameError};
+pub use scan::{scan_source, LocalStat, ScanOptions, SourceScan};
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A modification time to the nanosecond, as seconds and nanoseconds since
+/// the Unix epoch (seconds may be negative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn from_system(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (mut secs, mut nanos) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if nanos > 0 {
+                    secs -= 1;
+                    nanos = 1_000_000_000 - nanos;
+                }
+                Timestamp { secs, nanos }
+            }
+        }
+    }
+
+    pub fn to_system(self) -> SystemTime {
+        let nanos = Duration::from_nanos(self.nanos.min(999_999_999) as u64);
+        if self.secs >= 0 {
+            UNIX_EPOCH + Duration::from_secs(self.secs as u64) + nanos
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.secs.unsigned_abs()) + nanos
+        }
+    }
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Dir,
+    File { size: u64 },
+    /// The link's target text, never followed.
+    Symlink { target: String },
+}
+
+impl Kind {
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Kind::Dir)
+    }
+}
+
+/// One entry of a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Index of the parent directory in the manifest (0 for children of the root).
+    pub parent: u32,
+    /// One path component (empty only for the root).
+    pub name: String,
+    pub kind: Kind,
+    /// Permission bits (`mode & 0o7777`) where the platform has them.
+    pub mode: Option<u32>,
+    pub mtime: Timestamp,
+}
+
+/// A whole tree, in pre-order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub entries: Vec<Entry>,
+    /// Directories whose contents could not be read: the replica keeps
+    /// whatever it holds below them.
+    pub opaque: Vec<u32>,
+    /// Directories that list only some of their children: the replica
+    /// keeps the children not listed.
+    pub partial: Vec<u32>,
+}
+
+impl Manifest {
+    /// The components of entry `i`'s path relative to the root.
+    pub fn components(&self, i: usize) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut cur = i;
+        while cur != 0 {
+            let e = &self.entries[cur];
+            out.push(e.name.as_str());
+            cur = e.parent as usize;
+        }
+        out.reverse();
+        out
+    }
+
+    /// The `/`-joined display form of entry `i`'s path (also the index key).
+    pub fn display(&self, i: usize) -> String {
+        self.components(i).join("/")
+    }
+
+    /// Entry `i`'s path as a relative platform path.
+    pub fn rel_path(&self, i: usize) -> PathBuf {
+        self.components(i).iter().collect()
+    }
+
+    /// Checks the structure a peer sent: root first, parents are earlier
+    /// directories, names are valid single components, no duplicate names.
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(root) = self.entries.first() else {
+            return Err("empty manifest".into());
+        };
+        if !root.kind.is_dir() || !root.name.is_empty() {
+            return Err("manifest does not start with the root directory".into());
+        }
+        let not_dir = |&i: &u32| !self.entries.get(i as usize).is_some_and(|e| e.kind.is_dir());
+        if self.opaque.iter().any(not_dir) || self.partial.iter().any(not_dir) {
+            return Err("opaque entry is not a directory".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, e) in self.entries.iter().enumerate().skip(1) {
+            let p = e.parent as usize;
+            if p >= i || !self.entries[p].kind.is_dir() {
+                return Err(format!("entry {i} has an invalid parent"));
+            }
+            validate_name(&e.name).map_err(|err| format!("entry {i}: {err}"))?;
+            if !seen.insert((e.parent, e.name.as_str())) {
+                return Err(format!("duplicate name {:?}", self.display(i)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Total bytes of the regular files.
+    pub fn file_bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| match e.kind {
+                Kind::File { size } => size,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// Splits a `/`-joined index key back into a relative platform path.
+pub fn key_to_path(key: &str) -> PathBuf {
+    key.split('/').filter(|c| !c.is_empty()).collect()
+}
+
+/// Joins the components of a relative path into its `/`-joined key form.
+/// Returns `None` if a component is not valid UTF-8 or not a normal component.
+pub fn path_to_key(rel: &Path) -> Option<String> {
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(s) => parts.push(s.to_str()?.to_string()),
+            _ => return None,
+        }
+    }
+    Some(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_round_trips_before_and_after_epoch() {
+        for (s, n) in [(0i64, 0u32), (1, 5), (-1, 999_999_999), (-100, 1), (1_700_000_000, 123_456_789)] {
+            let t = Timestamp { secs: s, nanos: n };
+            assert_eq!(Timestamp::from_system(t.to_system()), t);
+        }
+    }
+
+    fn entry(parent: u32, name: &str, kind: Kind) -> Entry {
+        Entry { parent, name: name.into(), kind, mode: None, mtime: Timestamp::default() }
+    }
+
+    #[test]
+    fn manifest_paths_and_validation() {
+        let m = Manifest {
+            entries: vec![
+                entry(0, "", Kind::Dir),
+                entry(0, "a", Kind::Dir),
+                entry(1, "b.txt", Kind::File { size: 3 }),
+            ],
+            opaque: vec![],
+            partial: vec![],
+        };
+        assert_eq!(m.display(2), "a/b.txt");
+        assert_eq!(m.rel_path(2), Path::new("a").join("b.txt"));
+        assert!(m.validate().is_ok());
+        let mut bad = m.clone();
+        bad.entries[2].parent = 2;
+        assert!(bad.validate().is_err());
+        let mut bad = m.clone();
+        bad.entries[2].name = "..".into();
+        assert!(bad.validate().is_err());
+        let mut bad = m;
+        bad.entries.push(entry(1, "b.txt", Kind::Dir));
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! Scanning a source directory into a [`Manifest`]: a parallel walk that
+//! never follows symlinks, skips special files with a warning and applies the
+//! exclude rules (`--exclude` globs and the root's `.replicaignore`).
+
+use super::{Entry, Kind, Manifest, Timestamp};
+use crate::error::{describe_io, FileError};
+use crate::filter::Filter;
+use rayon::prelude::*;
+use std::fs::{self, Metadata};
+use std::path::{Path, PathBuf};
+
+/// What the scan needs besides the root.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    pub filter: Filter,
+    /// Absolute paths never descended into (a replica sitting inside the source).
+    pub skip: Vec<PathBuf>,
+}
+
+/// Facts about a source entry that stay on this machine (quick check).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalStat {
+    pub ino: u64,
+}
+
+/// The result of scanning a source tree.
+#[derive(Debug, Default)]
+pub struct SourceScan {
+    pub manifest: Manifest,
+    /// Parallel to `manifest.entries`.
+    pub local: Vec<LocalStat>,
+    /// Reported, do not fail the pass (special files skipped).
+    pub warnings: Vec<FileError>,
+    /// Reported, and the pass exits non-zero (unreadable entries, bad names).
+    pub errors: Vec<FileError>,
+}
+
+struct Node {
+    /// Index in the subtree's vector, or `None` for the directory walked.
+    parent: Option<usize>,
+    entry: Entry,
+    local: LocalStat,
+    /// A directory whose children could not be listed.
+    opaque: bool,
+}
+
+#[derive(Default)]
+struct SubTree {
+    nodes: Vec<Node>,
+    unreadable: bool,
+    warnings: Vec<FileError>,
+    errors: Vec<FileError>,
+}
+
+/// Scans `root` (which must be a directory) into a manifest.
+pub fn scan_source(root: &Path, opts: &ScanOptions) -> std::io::Result<SourceScan> {
+    let meta = fs::metadata(root)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "not a directory",
+        ));
+    }
+    let root_entry = Entry {
+        parent: 0,
+        name: String::new(),
+        kind: Kind::Dir,
+        mode: mode_of(&meta),
+        mtime: mtime_of(&meta),
+    };
+    let sub = walk(root, "", opts);
+    if sub.unreadable {
+        let e = fs::read_dir(root).err();
+        return Err(e.unwrap_or_else(|| std::io::Error::other("cannot list directory")));
+    }
+    let mut scan = SourceScan {
+        manifest: Manifest {
+            entries: Vec::with_capacity(sub.nodes.len() + 1),
+            ..Manifest::default()
+        },
+        local: Vec::with_capacity(sub.nodes.len() + 1),
+        warnings: sub.warnings,
+        errors: sub.errors,
+    };
+    scan.manifest.entries.push(root_entry);
+    scan.local.push(local_of(&meta));
+    for n in sub.nodes {
+        if n.opaque {
+            scan.manifest.opaque.push(scan.manifest.entries.len() as u32);
+        }
+        let mut e = n.entry;
+        e.parent = n.parent.map(|p| p as u32 + 1).unwrap_or(0);
+        scan.manifest.entries.push(e);
+        scan.local.push(n.local);
+    }
+    Ok(scan)
+}
+
+/// Walks the children of `dir` (display path `rel`), subdirectories in parallel.
+fn walk(dir: &Path, rel: &str, opts: &ScanOptions) -> SubTree {
+    let mut out = SubTree::default();
+    let mut children = match read_children(dir, rel, &mut out) {
+        Some(c) => c,
+        None => return out,
+    };
+    children.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut kept = Vec::with_capacity(children.len());
+    for (name, path, meta) in children {
+        let child_rel = join_rel(rel, &name);
+        if opts.filter.is_excluded(&child_rel, meta.is_dir()) {
+            continue;
+        }
+        if meta.is_dir() && opts.skip.iter().any(|s| s == &path) {
+            continue;
+        }
+        match entry_of(&path, &child_rel, name, &meta) {
+            Ok(Some(entry)) => kept.push((path, child_rel, entry, local_of(&meta))),
+            Ok(None) => out.warnings.push(FileError::new(
+                child_rel,
+                "special file (FIFO, socket or device) skipped",
+            )),
+            Err(e) => out.errors.push(e),
+        }
+    }
+    let subtrees: Vec<Option<SubTree>> = kept
+        .par_iter()
+        .map(|(path, child_rel, entry, _)| entry.kind.is_dir().then(|| walk(path, child_rel, opts)))
+        .collect();
+    for ((_, _, entry, local), sub) in kept.into_iter().zip(subtrees) {
+        let pos = out.nodes.len();
+        out.nodes.push(Node {
+            parent: None,
+            entry,
+            local,
+            opaque: sub.as_ref().is_some_and(|s| s.unreadable),
+        });
+        if let Some(sub) = sub {
+            let base = out.nodes.len();
+            out.warnings.extend(sub.warnings);
+            out.errors.extend(sub.errors);
+            out.nodes.extend(sub.nodes.into_iter().map(|mut n| {
+                n.parent = Some(n.parent.map(|p| p + base).unwrap_or(pos));
+                n
+            }));
+        }
+    }
+    out
+}
+
+fn read_children(dir: &Path, rel: &str, out: &mut SubTree) -> Option<Vec<(String, PathBuf, Metadata)>> {
+    let shown = if rel.is_empty() { "." } else { rel };
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => {
+            out.errors.push(FileError::new(shown, format!("cannot read directory: {}", describe_io(&e))));
+            out.unreadable = true;
+            return None;
+        }
+    };
+    let mut children = Vec::new();
+    for item in rd {
+        let item = match item {
+            Ok(i) => i,
+            Err(e) => {
+                out.errors.push(FileError::new(shown, format!("cannot list directory: {}", describe_io(&e))));
+                continue;
+            }
+        };
+        let os_name = item.file_name();
+        let Some(name) = os_name.to_str() else {
+            out.errors.push(FileError::new(
+                join_rel(rel, &os_name.to_string_lossy()),
+                "name is not valid UTF-8; skipped",
+            ));
+            continue;
+        };
+        let path = item.path();
+        match fs::symlink_metadata(&path) {
+            Ok(meta) => children.push((name.to_string(), path, meta)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // vanished meanwhile
+            Err(e) => out.errors.push(FileError::new(join_rel(rel, name), format!("cannot stat: {}", describe_io(&e)))),
+        }
+    }
+    Some(children)
+}
+
+fn entry_of(path: &Path, rel: &str, name: String, meta: &Metadata) -> Result<Option<Entry>, FileError> {
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_file() {
+        Kind::File { size: meta.len() }
+    } else if ft.is_symlink() {
+        let target = fs::read_link(path)
+            .map_err(|e| FileError::new(rel, format!("cannot read link: {}", describe_io(&e))))?;
+        let target = target
+            .to_str()
+            .ok_or_else(|| FileError::new(rel, "symlink target is not valid UTF-8; skipped"))?
+            .to_string();
+        Kind::Symlink { target }
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Entry {
+        parent: 0,
+        name,
+        kind,
+        mode: mode_of(meta),
+        mtime: mtime_of(meta),
+    }))
+}
+
+fn join_rel(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_string()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+/// Permission bits where the platform has them.
+pub fn mode_of(meta: &Metadata) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        Some(meta.permissions().mode() & 0o7777)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+pub fn mtime_of(meta: &Metadata) -> Timestamp {
+    meta.modified()
+        .map(Timestamp::from_system)
+        .unwrap_or_default()
+}
+
+pub fn local_of(meta: &Metadata) -> LocalStat {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        LocalStat { ino: meta.ino() }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        LocalStat { ino: 0 }
+    }
+}
