@@ -189,7 +189,7 @@ impl Replica {
     /// Sets mode and mtime of a directory or symlink (files get theirs before publishing).
     pub fn set_meta(&self, key: &str, kind: &Kind, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
         if key.is_empty() {
-            let f = self.root.try_clone()?.into_std_file();
+            let f = open_dir_handle(&self.root_path)?;
             set_file_mode(&f, mode)?;
             return f.set_times(std::fs::FileTimes::new().set_modified(mtime.to_system()));
         }
@@ -422,6 +422,20 @@ fn set_file_mode(file: &std::fs::File, mode: Option<u32>) -> io::Result<()> {
     #[cfg(not(unix))]
     let _ = (file, mode);
     Ok(())
+}
+
+/// A handle on a directory that can change its times and mode.
+fn open_dir_handle(path: &Path) -> io::Result<std::fs::File> {
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        // FILE_FLAG_BACKUP_SEMANTICS is required to open a directory.
+        std::fs::OpenOptions::new().write(true).custom_flags(0x0200_0000).open(path)
+    }
+    #[cfg(not(windows))]
+    {
+        std::fs::File::open(path)
+    }
 }
 
 /// The inode of an open file (0 where the platform has none).

@@ -183,18 +183,27 @@ impl PassSummary {
         self.client_errors > 0 || self.stats.errors > 0 || self.stats.stopped.is_some()
     }
 
+    /// The pass summary line. Byte counts are exact (`N B`), with a
+    /// human-readable size in parentheses when large.
     pub fn line(&self) -> String {
-        let verb = if self.dry_run { "would do" } else { "done" };
+        let b = |n: u64| {
+            if n < 10 * 1024 {
+                format!("{n} B")
+            } else {
+                format!("{n} B ({})", human_bytes(n))
+            }
+        };
+        let verb = if self.dry_run { "would be done" } else { "done" };
         format!(
-            "summary: scanned {} files ({}), {} dirs; {} operations {verb}; {} sent on the wire, {} received; content sent {}, dedup saved {}; {} errors",
+            "summary: scanned {} files of {} and {} dirs; {} operations {verb}; wire: {} sent, {} received; content: {} sent, {} rebuilt from the replica (dedup); {} errors",
             self.files,
-            human_bytes(self.bytes),
+            b(self.bytes),
             self.dirs,
             self.stats.ops,
-            human_bytes(self.wire_sent),
-            human_bytes(self.wire_received),
-            human_bytes(self.stats.received),
-            human_bytes(self.stats.reused),
+            b(self.wire_sent),
+            b(self.wire_received),
+            b(self.stats.received),
+            b(self.stats.reused),
             self.stats.errors + self.client_errors,
         )
     }
