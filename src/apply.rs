@@ -57,7 +57,10 @@ fn split_key(key: &str) -> (&str, &str) {
 }
 
 fn not_dir(key: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::NotADirectory, format!("{key} is not a directory"))
+    io::Error::new(
+        io::ErrorKind::NotADirectory,
+        format!("{key} is not a directory"),
+    )
 }
 
 /// What a replica scan found besides the view.
@@ -125,7 +128,14 @@ impl Replica {
         }
         let (dir, name) = match self.parent_of(key) {
             Ok(x) => x,
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(e),
         };
         match dir.symlink_metadata(name) {
@@ -169,7 +179,12 @@ impl Replica {
     pub fn mkdir(&self, key: &str) -> io::Result<()> {
         let (dir, name) = self.parent_of(key)?;
         match dir.create_dir(name) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.symlink_metadata(name)?.is_dir() => Ok(()),
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && dir.symlink_metadata(name)?.is_dir() =>
+            {
+                Ok(())
+            }
             r => r,
         }
     }
@@ -187,14 +202,22 @@ impl Replica {
     }
 
     /// Sets mode and mtime of a directory or symlink (files get theirs before publishing).
-    pub fn set_meta(&self, key: &str, kind: &Kind, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
+    pub fn set_meta(
+        &self,
+        key: &str,
+        kind: &Kind,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<()> {
         if key.is_empty() {
             let f = open_dir_handle(&self.root_path)?;
             set_file_mode(&f, mode)?;
             return f.set_times(std::fs::FileTimes::new().set_modified(mtime.to_system()));
         }
         let (dir, name) = self.parent_of(key)?;
-        let when = Some(SystemTimeSpec::Absolute(cap_std::time::SystemTime::from_std(mtime.to_system())));
+        let when = Some(SystemTimeSpec::Absolute(
+            cap_std::time::SystemTime::from_std(mtime.to_system()),
+        ));
         match kind {
             Kind::Symlink { .. } => dir.set_symlink_times(name, None, when),
             Kind::Dir => {
@@ -213,7 +236,10 @@ impl Replica {
         let (dir, name) = self.parent_of(key)?;
         let tmp = temp_name(name);
         let file = dir
-            .open_with(&tmp, OpenOptions::new().read(true).write(true).create_new(true))?
+            .open_with(
+                &tmp,
+                OpenOptions::new().read(true).write(true).create_new(true),
+            )?
             .into_std();
         Ok(TempFile {
             file,
@@ -224,7 +250,14 @@ impl Replica {
     }
 
     /// Gives a finished temporary file its mode and mtime and renames it over `key`.
-    pub fn publish(&self, mut tmp: TempFile, key: &str, mode: Option<u32>, mtime: Timestamp, fsync: bool) -> io::Result<u64> {
+    pub fn publish(
+        &self,
+        mut tmp: TempFile,
+        key: &str,
+        mode: Option<u32>,
+        mtime: Timestamp,
+        fsync: bool,
+    ) -> io::Result<u64> {
         set_file_mode(&tmp.file, mode)?;
         tmp.file
             .set_times(std::fs::FileTimes::new().set_modified(mtime.to_system()))?;
@@ -250,7 +283,10 @@ impl Replica {
     pub fn open_read(&self, key: &str) -> io::Result<std::fs::File> {
         let (dir, name) = self.parent_of(key)?;
         if !dir.symlink_metadata(name)?.is_file() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
         }
         let mut opts = OpenOptions::new();
         opts.read(true);
@@ -258,7 +294,13 @@ impl Replica {
     }
 
     /// Scans the parts of the replica the source manifest covers.
-    pub fn scan(&self, source: &Manifest, keys: &[String], filter: &Filter, delete_excluded: bool) -> (ReplicaView, ScanExtras) {
+    pub fn scan(
+        &self,
+        source: &Manifest,
+        keys: &[String],
+        filter: &Filter,
+        delete_excluded: bool,
+    ) -> (ReplicaView, ScanExtras) {
         let mut view = ReplicaView::new();
         let mut extras = ScanExtras::default();
         let opaque: HashSet<u32> = source.opaque.iter().copied().collect();
@@ -269,7 +311,13 @@ impl Replica {
         }
         if let Ok(m) = self.root.dir_metadata() {
             if let Ok(e) = entry_of(&self.root, ".", &m) {
-                view.insert(String::new(), ReplicaEntry { kind: Kind::Dir, ..e });
+                view.insert(
+                    String::new(),
+                    ReplicaEntry {
+                        kind: Kind::Dir,
+                        ..e
+                    },
+                );
             }
         }
         let mut stack: Vec<(u32, Dir)> = Vec::new();
@@ -279,7 +327,15 @@ impl Replica {
                 continue;
             }
             let key = &keys[i];
-            if i > 0 && !matches!(view.get(key), Some(ReplicaEntry { kind: Kind::Dir, .. })) {
+            if i > 0
+                && !matches!(
+                    view.get(key),
+                    Some(ReplicaEntry {
+                        kind: Kind::Dir,
+                        ..
+                    })
+                )
+            {
                 continue;
             }
             while stack.last().is_some_and(|(top, _)| *top != e.parent) {
@@ -301,18 +357,27 @@ impl Replica {
                 }
             };
             let names: Vec<String> = if partial.contains(&id) {
-                children[i].iter().map(|&c| source.entries[c as usize].name.clone()).collect()
+                children[i]
+                    .iter()
+                    .map(|&c| source.entries[c as usize].name.clone())
+                    .collect()
             } else {
                 match list_names(&dir) {
                     Ok(n) => n,
                     Err(err) => {
-                        extras.problems.push((key.clone(), format!("cannot list: {}", describe_io(&err))));
+                        extras
+                            .problems
+                            .push((key.clone(), format!("cannot list: {}", describe_io(&err))));
                         Vec::new()
                     }
                 }
             };
             for name in names {
-                let child_key = if key.is_empty() { name.clone() } else { format!("{key}/{name}") };
+                let child_key = if key.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{key}/{name}")
+                };
                 if name.starts_with(TEMP_PREFIX) {
                     extras.stale_temps.push(child_key);
                     continue;
@@ -392,7 +457,12 @@ fn entry_of(dir: &Dir, name: &str, m: &cap_std::fs::Metadata) -> io::Result<Repl
     };
     #[cfg(not(unix))]
     let (mode, ino) = (None, 0);
-    Ok(ReplicaEntry { kind, mode, mtime, ino })
+    Ok(ReplicaEntry {
+        kind,
+        mode,
+        mtime,
+        ino,
+    })
 }
 
 fn temp_name(name: &str) -> String {
@@ -430,7 +500,10 @@ fn open_dir_handle(path: &Path) -> io::Result<std::fs::File> {
     {
         use std::os::windows::fs::OpenOptionsExt;
         // FILE_FLAG_BACKUP_SEMANTICS is required to open a directory.
-        std::fs::OpenOptions::new().write(true).custom_flags(0x0200_0000).open(path)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(0x0200_0000)
+            .open(path)
     }
     #[cfg(not(windows))]
     {

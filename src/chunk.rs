@@ -167,9 +167,10 @@ pub fn digest_bytes(data: &[u8]) -> Digest {
 /// Chunk boundaries in `data` as (offset, len). Unless `eof`, the last
 /// (possibly truncated) chunk is left out, to be cut again with more data.
 fn cut_points(data: &[u8], eof: bool) -> Vec<(usize, usize)> {
-    let mut cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
-        .map(|c| (c.offset as usize, c.length))
-        .collect();
+    let mut cuts: Vec<(usize, usize)> =
+        fastcdc::v2020::FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+            .map(|c| (c.offset as usize, c.length))
+            .collect();
     if !eof {
         cuts.pop();
     }
@@ -239,8 +240,15 @@ mod tests {
     #[test]
     fn streaming_cut_equals_one_shot_cut() {
         let data = noise(READ_BLOCK * 2 + 999, 3);
-        let streamed = digest_bytes(&data).chunks.iter().map(|c| c.len as usize).collect::<Vec<_>>();
-        let one_shot = cut_points(&data, true).iter().map(|c| c.1).collect::<Vec<_>>();
+        let streamed = digest_bytes(&data)
+            .chunks
+            .iter()
+            .map(|c| c.len as usize)
+            .collect::<Vec<_>>();
+        let one_shot = cut_points(&data, true)
+            .iter()
+            .map(|c| c.1)
+            .collect::<Vec<_>>();
         assert_eq!(streamed, one_shot);
     }
 
@@ -264,7 +272,10 @@ mod tests {
     fn groups_cover_all_chunks() {
         let d = digest_bytes(&noise(5_000_000, 5));
         let g = groups(&d.chunks);
-        assert_eq!(g.iter().map(|g| g.count as usize).sum::<usize>(), d.chunks.len());
+        assert_eq!(
+            g.iter().map(|g| g.count as usize).sum::<usize>(),
+            d.chunks.len()
+        );
         assert!(g.iter().all(|g| g.count as usize <= GROUP_MAX));
     }
 
@@ -273,7 +284,10 @@ mod tests {
     fn chunk_boundaries_are_pinned() {
         let d = digest_bytes(&noise(200_000, 42));
         let lens: Vec<u32> = d.chunks.iter().map(|c| c.len).collect();
-        assert_eq!(lens, PINNED_LENS, "chunker output changed: bump CHUNKER_VERSION");
+        assert_eq!(
+            lens, PINNED_LENS,
+            "chunker output changed: bump CHUNKER_VERSION"
+        );
     }
 
     const PINNED_LENS: &[u32] = &[];

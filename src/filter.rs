@@ -34,7 +34,9 @@ impl Filter {
             b.add_line(None, p)
                 .map_err(|e| format!("bad exclude pattern {p:?}: {e}"))?;
         }
-        let matcher = b.build().map_err(|e| format!("bad exclude patterns: {e}"))?;
+        let matcher = b
+            .build()
+            .map_err(|e| format!("bad exclude patterns: {e}"))?;
         Ok(Filter { patterns, matcher })
     }
 
@@ -80,7 +82,13 @@ mod tests {
 
     #[test]
     fn globs_match_like_gitignore() {
-        let f = Filter::new(vec!["*.tmp".into(), "build/".into(), "/top.txt".into(), "!keep.tmp".into()]).unwrap();
+        let f = Filter::new(vec![
+            "*.tmp".into(),
+            "build/".into(),
+            "/top.txt".into(),
+            "!keep.tmp".into(),
+        ])
+        .unwrap();
         assert!(f.is_excluded("a.tmp", false));
         assert!(f.is_excluded("x/y/a.tmp", false));
         assert!(!f.is_excluded("keep.tmp", false));

@@ -91,7 +91,10 @@ fn open_db(path: &Path) -> Result<(Database, Option<String>)> {
     let version = {
         let r = db.begin_read().map_err(|e| index_err(path, e))?;
         match r.open_table(META) {
-            Ok(t) => t.get("version").map_err(|e| index_err(path, e))?.map(|v| v.value()),
+            Ok(t) => t
+                .get("version")
+                .map_err(|e| index_err(path, e))?
+                .map(|v| v.value()),
             Err(_) => None,
         }
     };
@@ -134,7 +137,10 @@ impl ReplicaIndex {
 
     /// Starts the pass's transaction.
     pub fn begin(&self) -> Result<IndexTxn<'_>> {
-        let txn = self.db.begin_write().map_err(|e| index_err(&self.path, e))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| index_err(&self.path, e))?;
         Ok(IndexTxn {
             index: self,
             txn: Some(txn),
@@ -156,7 +162,9 @@ impl IndexTxn<'_> {
     }
 
     fn txn(&self) -> &WriteTransaction {
-        self.txn.as_ref().expect("transaction is open until dropped")
+        self.txn
+            .as_ref()
+            .expect("transaction is open until dropped")
     }
 
     pub fn file(&self, path: &str) -> Result<Option<FileRecord>> {
@@ -185,9 +193,13 @@ impl IndexTxn<'_> {
             v.and_then(|v| postcard::from_bytes(v.value()).ok())
         };
         let Some(loc) = loc else { return Ok(None) };
-        let Some(rec) = self.file(&loc.path)? else { return Ok(None) };
+        let Some(rec) = self.file(&loc.path)? else {
+            return Ok(None);
+        };
         let (a, n) = (loc.first as usize, loc.count as usize);
-        let Some(run) = rec.digest.chunks.get(a..a + n) else { return Ok(None) };
+        let Some(run) = rec.digest.chunks.get(a..a + n) else {
+            return Ok(None);
+        };
         Ok((crate::chunk::group_hash(run) == *hash).then(|| run.to_vec()))
     }
 
@@ -198,26 +210,41 @@ impl IndexTxn<'_> {
         let e = |e: redb::Error| index_err(&self.index.path, e);
         {
             let mut files = txn.open_table(FILES).map_err(|x| e(x.into()))?;
-            files.insert(path, postcard::to_stdvec(rec).unwrap().as_slice()).map_err(|x| e(x.into()))?;
+            files
+                .insert(path, postcard::to_stdvec(rec).unwrap().as_slice())
+                .map_err(|x| e(x.into()))?;
         }
         {
             let mut chunks = txn.open_table(CHUNKS).map_err(|x| e(x.into()))?;
             let offs = offsets(&rec.digest.chunks);
             for (c, off) in rec.digest.chunks.iter().zip(offs) {
-                let loc = ChunkLoc { path: path.to_string(), offset: off, len: c.len };
-                chunks.insert(&c.hash.0[..], postcard::to_stdvec(&loc).unwrap().as_slice()).map_err(|x| e(x.into()))?;
+                let loc = ChunkLoc {
+                    path: path.to_string(),
+                    offset: off,
+                    len: c.len,
+                };
+                chunks
+                    .insert(&c.hash.0[..], postcard::to_stdvec(&loc).unwrap().as_slice())
+                    .map_err(|x| e(x.into()))?;
             }
         }
         {
             let mut whole = txn.open_table(WHOLE).map_err(|x| e(x.into()))?;
-            whole.insert(&rec.digest.hash.0[..], path).map_err(|x| e(x.into()))?;
+            whole
+                .insert(&rec.digest.hash.0[..], path)
+                .map_err(|x| e(x.into()))?;
         }
         if rec.digest.chunks.len() > INLINE_CHUNKS {
             let mut gt = txn.open_table(GROUPS).map_err(|x| e(x.into()))?;
             let mut first = 0u32;
             for g in groups(&rec.digest.chunks) {
-                let loc = GroupLoc { path: path.to_string(), first, count: g.count };
-                gt.insert(&g.hash.0[..], postcard::to_stdvec(&loc).unwrap().as_slice()).map_err(|x| e(x.into()))?;
+                let loc = GroupLoc {
+                    path: path.to_string(),
+                    first,
+                    count: g.count,
+                };
+                gt.insert(&g.hash.0[..], postcard::to_stdvec(&loc).unwrap().as_slice())
+                    .map_err(|x| e(x.into()))?;
                 first += g.count;
             }
         }
@@ -227,7 +254,9 @@ impl IndexTxn<'_> {
 
     /// Forgets a file, and every reverse entry that pointed into it.
     pub fn remove_file(&mut self, path: &str) -> Result<()> {
-        let Some(rec) = self.file(path)? else { return Ok(()) };
+        let Some(rec) = self.file(path)? else {
+            return Ok(());
+        };
         let txn = self.txn.as_ref().unwrap();
         let e = |e: redb::Error| index_err(&self.index.path, e);
         txn.open_table(FILES)
@@ -249,9 +278,14 @@ impl IndexTxn<'_> {
         }
         {
             let mut whole = txn.open_table(WHOLE).map_err(|x| e(x.into()))?;
-            let here = whole.get(&rec.digest.hash.0[..]).map_err(|x| e(x.into()))?.is_some_and(|v| v.value() == path);
+            let here = whole
+                .get(&rec.digest.hash.0[..])
+                .map_err(|x| e(x.into()))?
+                .is_some_and(|v| v.value() == path);
             if here {
-                whole.remove(&rec.digest.hash.0[..]).map_err(|x| e(x.into()))?;
+                whole
+                    .remove(&rec.digest.hash.0[..])
+                    .map_err(|x| e(x.into()))?;
             }
         }
         self.writes += 1;
@@ -259,7 +293,13 @@ impl IndexTxn<'_> {
     }
 
     /// Renames a file's record (after a rename on disk), keeping its digest.
-    pub fn rename_file(&mut self, from: &str, to: &str, mut rec: FileRecord, ino: u64) -> Result<()> {
+    pub fn rename_file(
+        &mut self,
+        from: &str,
+        to: &str,
+        mut rec: FileRecord,
+        ino: u64,
+    ) -> Result<()> {
         self.remove_file(from)?;
         rec.ino = ino;
         self.put_file(to, &rec)
@@ -346,7 +386,8 @@ impl SourceIndex {
         {
             let mut t = w.open_table(FILES).map_err(|x| e(x.into()))?;
             for (p, rec) in records {
-                t.insert(p.as_str(), postcard::to_stdvec(rec).unwrap().as_slice()).map_err(|x| e(x.into()))?;
+                t.insert(p.as_str(), postcard::to_stdvec(rec).unwrap().as_slice())
+                    .map_err(|x| e(x.into()))?;
             }
         }
         w.commit().map_err(|x| e(x.into()))
@@ -370,19 +411,29 @@ mod tests {
     use crate::chunk::digest_bytes;
 
     fn rec(data: &[u8]) -> FileRecord {
-        FileRecord { size: data.len() as u64, mtime: Timestamp::default(), ino: 1, digest: digest_bytes(data) }
+        FileRecord {
+            size: data.len() as u64,
+            mtime: Timestamp::default(),
+            ino: 1,
+            digest: digest_bytes(data),
+        }
     }
 
     #[test]
     fn put_find_remove() {
         let dir = tempfile::tempdir().unwrap();
         let idx = ReplicaIndex::open(&dir.path().join("i.redb")).unwrap();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let r = rec(&data);
         let mut t = idx.begin().unwrap();
         t.put_file("a/b", &r).unwrap();
         assert_eq!(t.file("a/b").unwrap(), Some(r.clone()));
-        assert_eq!(t.find_whole(&r.digest.hash).unwrap().as_deref(), Some("a/b"));
+        assert_eq!(
+            t.find_whole(&r.digest.hash).unwrap().as_deref(),
+            Some("a/b")
+        );
         let loc = t.find_chunk(&r.digest.chunks[1].hash).unwrap().unwrap();
         assert_eq!(loc.offset, r.digest.chunks[0].len as u64);
         t.commit().unwrap();
@@ -400,7 +451,10 @@ mod tests {
         let idx = SourceIndex::open(&dir.path().join("s.redb")).unwrap();
         let r = rec(b"hello");
         idx.store(&[("x".into(), r.clone())]).unwrap();
-        assert_eq!(idx.lookup("x", 5, Timestamp::default(), 1), Some(r.digest.clone()));
+        assert_eq!(
+            idx.lookup("x", 5, Timestamp::default(), 1),
+            Some(r.digest.clone())
+        );
         assert_eq!(idx.lookup("x", 6, Timestamp::default(), 1), None);
         assert_eq!(idx.lookup("x", 5, Timestamp::default(), 2), None);
     }

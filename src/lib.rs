@@ -41,6 +41,7 @@ pub mod status;
 pub mod syncer;
 pub mod transport;
 pub mod tree;
+pub mod watch;
 
 pub use error::{Error, FileError, Result};
 pub use syncer::{SyncOptions, Syncer};

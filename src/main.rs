@@ -13,7 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "replica", version, about = "Keep an exact replica of a directory, locally or on a server, sending only what the replica lacks.")]
+#[command(
+    name = "replica",
+    version,
+    about = "Keep an exact replica of a directory, locally or on a server, sending only what the replica lacks."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -22,16 +26,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve a destination directory to replica clients.
-    #[command(after_help = "Example:\n  replica serve /backup/photos --listen 0.0.0.0:7420 --token \"$SECRET\"")]
+    #[command(
+        after_help = "Example:\n  replica serve /backup/photos --listen 0.0.0.0:7420 --token \"$SECRET\""
+    )]
     Serve(ServeArgs),
     /// Make the target equal to the source, once (or every DURATION).
-    #[command(after_help = "Examples:\n  replica sync ~/photos /mnt/usb/photos\n  replica sync ~/photos replica://nas.local:7420 --token \"$SECRET\"\n  replica sync ~/photos replica://[::1]:7420 --every 5m")]
+    #[command(
+        after_help = "Examples:\n  replica sync ~/photos /mnt/usb/photos\n  replica sync ~/photos replica://nas.local:7420 --token \"$SECRET\"\n  replica sync ~/photos replica://[::1]:7420 --every 5m"
+    )]
     Sync(SyncArgs),
+    /// Keep one or more targets in sync continuously (initial pass, then every change).
+    #[command(
+        after_help = "Examples:\n  replica watch ~/notes replica://nas.local:7420 --token \"$SECRET\"\n  replica watch ~/notes /mnt/usb/notes replica://[::1]:7420"
+    )]
+    Watch(WatchArgs),
     /// Print a shell completion script.
-    #[command(after_help = "Example:\n  replica completions bash > /etc/bash_completion.d/replica")]
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    #[command(
+        after_help = "Example:\n  replica completions bash > /etc/bash_completion.d/replica"
+    )]
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Args)]
@@ -102,6 +115,38 @@ struct SyncArgs {
     common: Common,
 }
 
+#[derive(Args)]
+struct WatchArgs {
+    /// Source directory.
+    src: PathBuf,
+    /// Targets: local directories and/or replica://HOST:PORT (each kept in sync independently).
+    #[arg(required = true)]
+    targets: Vec<String>,
+    /// Shared secret of the server(s).
+    #[arg(long, env = "REPLICA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Exclude paths matching this gitignore-style glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Full rescan period, catching changes no watcher reports (network filesystems).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    rescan_every: Duration,
+    /// Compare content hashes even when size and modification time match.
+    #[arg(long)]
+    checksum: bool,
+    /// Also delete excluded paths from the replica.
+    #[arg(long)]
+    delete_excluded: bool,
+    /// Stop a pass that would remove more than N entries.
+    #[arg(long, value_name = "N")]
+    max_delete: Option<u64>,
+    /// Allow a destination inside the source, a filesystem root or your home directory.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
 fn verbosity(c: &Common) -> Verbosity {
     if c.quiet {
         Verbosity::Quiet
@@ -113,7 +158,10 @@ fn verbosity(c: &Common) -> Verbosity {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -123,7 +171,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -135,10 +184,20 @@ async fn shutdown_signal() {
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
-    let reporter = Arc::new(Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common)).context("cannot open the log file")?);
+    let reporter = Arc::new(
+        Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common))
+            .context("cannot open the log file")?,
+    );
     let state_dir = a.common.state_dir.clone().unwrap_or_else(default_state_dir);
-    let opts = ServerOptions { dest: a.dest.clone(), state_dir, token: a.token.clone(), fsync: a.common.fsync };
-    let listener = rt.block_on(tokio::net::TcpListener::bind(&a.listen)).with_context(|| format!("cannot listen on {}", a.listen))?;
+    let opts = ServerOptions {
+        dest: a.dest.clone(),
+        state_dir,
+        token: a.token.clone(),
+        fsync: a.common.fsync,
+    };
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&a.listen))
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
     if !is_loopback(&addr) && a.token.as_deref().unwrap_or("").is_empty() {
         return Err(usage(format!(
@@ -177,7 +236,10 @@ fn lib_err(e: replica::Error) -> anyhow::Error {
 fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let target = Target::parse(&a.target).map_err(usage)?;
-    let reporter = Arc::new(Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common)).context("cannot open the log file")?);
+    let reporter = Arc::new(
+        Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common))
+            .context("cannot open the log file")?,
+    );
     let opts = SyncOptions {
         src: a.src.clone(),
         target: Some(target),
@@ -199,7 +261,11 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
         if let Some(why) = &s.stats.stopped {
             reporter.error(why);
         }
-        return Ok(if s.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        return Ok(if s.failed() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -224,13 +290,68 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let reporter = Arc::new(
+        Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common))
+            .context("cannot open the log file")?,
+    );
+    let mut syncers = Vec::new();
+    for t in &a.targets {
+        let target = Target::parse(t).map_err(usage)?;
+        let opts = SyncOptions {
+            src: a.src.clone(),
+            target: Some(target),
+            token: a.token.clone(),
+            excludes: a.exclude.clone(),
+            state_dir: a.common.state_dir.clone().unwrap_or_else(default_state_dir),
+            checksum: a.checksum,
+            dry_run: false,
+            delete_excluded: a.delete_excluded,
+            max_delete: a.max_delete,
+            fsync: a.common.fsync,
+            force: a.force,
+        };
+        let prefix = if a.targets.len() > 1 {
+            format!("[{t}] ")
+        } else {
+            String::new()
+        };
+        let r = Arc::new(
+            Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common))?.with_prefix(prefix),
+        );
+        syncers.push(Syncer::new(opts, r, rt.handle().clone()).map_err(lib_err)?);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            shutdown_signal().await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let opts = replica::watch::WatchOptions {
+        rescan_every: a.rescan_every,
+        ..Default::default()
+    };
+    replica::watch::watch(syncers, opts, stop).map_err(lib_err)?;
+    reporter.info("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Sync(a) => sync(a),
+        Cmd::Watch(a) => watch(a),
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "replica", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "replica",
+                &mut std::io::stdout(),
+            );
             Ok(ExitCode::SUCCESS)
         }
     };

@@ -54,7 +54,12 @@ pub fn human_bytes(n: u64) -> String {
 impl Reporter {
     pub fn new(log_file: Option<&Path>, verbosity: Verbosity) -> std::io::Result<Self> {
         let file = match log_file {
-            Some(p) => Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?)),
+            Some(p) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            )),
             None => None,
         };
         Ok(Reporter {
@@ -193,7 +198,11 @@ impl PassSummary {
                 format!("{n} B ({})", human_bytes(n))
             }
         };
-        let verb = if self.dry_run { "would be done" } else { "done" };
+        let verb = if self.dry_run {
+            "would be done"
+        } else {
+            "done"
+        };
         format!(
             "summary: scanned {} files of {} and {} dirs; {} operations {verb}; wire: {} sent, {} received; content: {} sent, {} rebuilt from the replica (dedup); {} errors",
             self.files,

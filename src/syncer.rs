@@ -45,12 +45,20 @@ pub fn default_state_dir() -> PathBuf {
 pub fn check_paths(src: &Path, target: &Target, force: bool) -> Result<(PathBuf, Option<PathBuf>)> {
     let src_c = std::fs::canonicalize(src).map_err(|e| Error::io(src, e))?;
     if !src_c.is_dir() {
-        return Err(Error::Usage(format!("{}: source is not a directory", src.display())));
+        return Err(Error::Usage(format!(
+            "{}: source is not a directory",
+            src.display()
+        )));
     }
-    let Target::Local(dest) = target else { return Ok((src_c, None)) };
+    let Target::Local(dest) = target else {
+        return Ok((src_c, None));
+    };
     let dest_c = canonical_even_if_missing(dest);
     if dest_c == src_c {
-        return Err(Error::Usage(format!("{}: destination is the source itself", dest.display())));
+        return Err(Error::Usage(format!(
+            "{}: destination is the source itself",
+            dest.display()
+        )));
     }
     if !force {
         if dest_c.starts_with(&src_c) {
@@ -67,10 +75,16 @@ pub fn check_paths(src: &Path, target: &Target, force: bool) -> Result<(PathBuf,
             )));
         }
         if dest_c.parent().is_none() {
-            return Err(Error::Usage(format!("{}: refusing to replicate onto a filesystem root; use --force", dest.display())));
+            return Err(Error::Usage(format!(
+                "{}: refusing to replicate onto a filesystem root; use --force",
+                dest.display()
+            )));
         }
         if let Some(home) = directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf()) {
-            if std::fs::canonicalize(&home).map(|h| h == dest_c).unwrap_or(false) {
+            if std::fs::canonicalize(&home)
+                .map(|h| h == dest_c)
+                .unwrap_or(false)
+            {
                 return Err(Error::Usage(format!(
                     "{}: refusing to replicate onto your home directory; use --force",
                     dest.display()
@@ -105,15 +119,29 @@ pub struct Syncer {
     filter: Filter,
     skip: Vec<PathBuf>,
     pub reporter: Arc<Reporter>,
+    /// Files still being written (set by the watcher).
+    pub hold: Option<Arc<std::sync::Mutex<std::collections::HashSet<String>>>>,
 }
 
 impl Syncer {
-    pub fn new(opts: SyncOptions, reporter: Arc<Reporter>, rt: tokio::runtime::Handle) -> Result<Self> {
-        let target = opts.target.clone().ok_or_else(|| Error::Usage("no target given".into()))?;
+    pub fn new(
+        opts: SyncOptions,
+        reporter: Arc<Reporter>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Self> {
+        let target = opts
+            .target
+            .clone()
+            .ok_or_else(|| Error::Usage("no target given".into()))?;
         let (src, dest) = check_paths(&opts.src, &target, opts.force)?;
         let filter = Filter::for_source(&src, &opts.excludes).map_err(Error::Usage)?;
-        let id = blake3::hash(format!("{}\n{}", src.display(), target.describe()).as_bytes()).to_hex();
-        let index_path = opts.state_dir.join("sources").join(&id[..16]).join("source.redb");
+        let id =
+            blake3::hash(format!("{}\n{}", src.display(), target.describe()).as_bytes()).to_hex();
+        let index_path = opts
+            .state_dir
+            .join("sources")
+            .join(&id[..16])
+            .join("source.redb");
         let index = match SourceIndex::open(&index_path) {
             Ok(i) => Some(i),
             Err(e) => {
@@ -123,7 +151,12 @@ impl Syncer {
         };
         let local = match &dest {
             Some(d) => {
-                let so = ServerOptions { dest: d.clone(), state_dir: opts.state_dir.clone(), token: None, fsync: opts.fsync };
+                let so = ServerOptions {
+                    dest: d.clone(),
+                    state_dir: opts.state_dir.clone(),
+                    token: None,
+                    fsync: opts.fsync,
+                };
                 Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
             }
             None => None,
@@ -139,6 +172,7 @@ impl Syncer {
             index,
             filter,
             reporter,
+            hold: None,
         })
     }
 
@@ -160,8 +194,12 @@ impl Syncer {
             let link = match &self.local {
                 Some(shared) => self.rt.block_on(connect_local(shared.clone()))?,
                 None => {
-                    let Target::Remote(addr) = &self.target else { unreachable!() };
-                    let co = ConnectOptions { token: self.opts.token.clone() };
+                    let Target::Remote(addr) = &self.target else {
+                        unreachable!()
+                    };
+                    let co = ConnectOptions {
+                        token: self.opts.token.clone(),
+                    };
                     self.rt.block_on(connect(addr, &co))?
                 }
             };
@@ -177,7 +215,10 @@ impl Syncer {
 
     /// Scans the whole source tree.
     pub fn scan(&self) -> Result<SourceScan> {
-        let so = ScanOptions { filter: self.filter.clone(), skip: self.skip.clone() };
+        let so = ScanOptions {
+            filter: self.filter.clone(),
+            skip: self.skip.clone(),
+        };
         scan_source(&self.src, &so).map_err(|e| Error::io(&self.src, e))
     }
 
@@ -193,7 +234,11 @@ impl Syncer {
 
     /// One pass over a given scan. Files that changed while being sent are
     /// picked up by up to two follow-up passes.
-    pub fn pass_with(&mut self, scan: &SourceScan, observer: Option<&dyn PassObserver>) -> Result<PassSummary> {
+    pub fn pass_with(
+        &mut self,
+        scan: &SourceScan,
+        observer: Option<&dyn PassObserver>,
+    ) -> Result<PassSummary> {
         for w in &scan.warnings {
             self.reporter.warn(&w.to_string());
         }
@@ -214,6 +259,7 @@ impl Syncer {
                     index: self.index.as_ref(),
                     reporter: &self.reporter,
                     observer,
+                    hold: self.hold.as_deref(),
                 };
                 pass.run(opts.clone())
             };
@@ -235,7 +281,10 @@ impl Syncer {
             let retry = outcome.changed_during_pass > 0 && attempt < 2 && !opts.dry_run;
             if retry {
                 // The errors were transient: the follow-up pass decides.
-                s.stats.errors = s.stats.errors.saturating_sub(outcome.changed_during_pass as u64);
+                s.stats.errors = s
+                    .stats
+                    .errors
+                    .saturating_sub(outcome.changed_during_pass as u64);
                 total = Some(s);
                 scan_owned = Some(self.scan()?);
                 continue;
@@ -256,7 +305,9 @@ impl Syncer {
         if let Some(link) = self.link.take() {
             link.send(crate::protocol::ClientMsg::Bye);
             let writer = link.close();
-            let _ = self.rt.block_on(async move { tokio::time::timeout(std::time::Duration::from_secs(5), writer).await });
+            let _ = self.rt.block_on(async move {
+                tokio::time::timeout(std::time::Duration::from_secs(5), writer).await
+            });
         }
     }
 }

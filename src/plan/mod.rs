@@ -123,7 +123,11 @@ pub fn plan(source: &Manifest, replica: &ReplicaView, opts: PlanOptions) -> Plan
             },
             (Kind::File { .. }, None) => p.fetch.push(Fetch {
                 id,
-                reason: if type_changed { Reason::TypeChanged } else { Reason::New },
+                reason: if type_changed {
+                    Reason::TypeChanged
+                } else {
+                    Reason::New
+                },
                 has_old: false,
             }),
             (Kind::File { size }, Some(o)) => {
@@ -148,7 +152,8 @@ pub fn plan(source: &Manifest, replica: &ReplicaView, opts: PlanOptions) -> Plan
         .collect();
     extra.sort();
     p.remove = extra;
-    p.dirs_deepest_first.sort_by_key(|&id| std::cmp::Reverse(depth[id as usize]));
+    p.dirs_deepest_first
+        .sort_by_key(|&id| std::cmp::Reverse(depth[id as usize]));
     p.keys = keys;
     p
 }

@@ -13,7 +13,16 @@ fn manifest_of(m: &Model) -> Manifest {
     keys.sort_by(|a, b| a.split('/').cmp(b.split('/')));
     let mut ids: HashMap<&str, u32> = HashMap::new();
     let root = m.get("").unwrap();
-    let mut entries = vec![Entry { parent: 0, name: String::new(), kind: Kind::Dir, mode: root.1, mtime: Timestamp { secs: root.2, nanos: 0 } }];
+    let mut entries = vec![Entry {
+        parent: 0,
+        name: String::new(),
+        kind: Kind::Dir,
+        mode: root.1,
+        mtime: Timestamp {
+            secs: root.2,
+            nanos: 0,
+        },
+    }];
     ids.insert("", 0);
     for k in keys.into_iter().filter(|k| !k.is_empty()) {
         let (parent, name) = match k.rfind('/') {
@@ -26,9 +35,19 @@ fn manifest_of(m: &Model) -> Manifest {
             other => other,
         };
         ids.insert(k, entries.len() as u32);
-        entries.push(Entry { parent: ids[parent], name: name.into(), kind, mode, mtime: Timestamp { secs, nanos: 0 } });
+        entries.push(Entry {
+            parent: ids[parent],
+            name: name.into(),
+            kind,
+            mode,
+            mtime: Timestamp { secs, nanos: 0 },
+        });
     }
-    Manifest { entries, opaque: vec![], partial: vec![] }
+    Manifest {
+        entries,
+        opaque: vec![],
+        partial: vec![],
+    }
 }
 
 /// What the server's scan sees: entries whose parent is a directory on both sides.
@@ -43,15 +62,36 @@ fn view_of(replica: &Model, source: &Model) -> ReplicaView {
                     // every ancestor must be a dir on both sides too
                     let mut cur = parent;
                     loop {
-                        if !(is_dir(replica, cur) && is_dir(source, cur)) { break false; }
-                        match cur.rfind('/') { Some(i) => cur = &cur[..i], None => break cur.is_empty() || (is_dir(replica, "") && is_dir(source, "")) }
+                        if !(is_dir(replica, cur) && is_dir(source, cur)) {
+                            break false;
+                        }
+                        match cur.rfind('/') {
+                            Some(i) => cur = &cur[..i],
+                            None => {
+                                break cur.is_empty() || (is_dir(replica, "") && is_dir(source, ""))
+                            }
+                        }
                     }
                 }
             }
         })
         .map(|(k, (kind, mode, secs, tag))| {
-            let kind = match kind { Kind::File { .. } => Kind::File { size: *tag as u64 }, o => o.clone() };
-            (k.clone(), ReplicaEntry { kind, mode: *mode, mtime: Timestamp { secs: *secs, nanos: 0 }, ino: 0 })
+            let kind = match kind {
+                Kind::File { .. } => Kind::File { size: *tag as u64 },
+                o => o.clone(),
+            };
+            (
+                k.clone(),
+                ReplicaEntry {
+                    kind,
+                    mode: *mode,
+                    mtime: Timestamp {
+                        secs: *secs,
+                        nanos: 0,
+                    },
+                    ino: 0,
+                },
+            )
         })
         .collect()
 }
@@ -64,13 +104,27 @@ fn remove_subtree(m: &mut Model, key: &str) {
 /// Carries a plan out on the model the way the server does.
 fn apply(plan: &Plan, source: &Model, man: &Manifest, replica: &mut Model) {
     let get = |id: u32| source[&plan.keys[id as usize]].clone();
-    for k in &plan.clear { remove_subtree(replica, k); }
-    for &id in &plan.mkdirs { replica.insert(plan.keys[id as usize].clone(), get(id)); }
-    for &id in &plan.symlinks { replica.insert(plan.keys[id as usize].clone(), get(id)); }
-    for f in &plan.fetch { replica.insert(plan.keys[f.id as usize].clone(), get(f.id)); }
-    for &id in &plan.metadata { replica.insert(plan.keys[id as usize].clone(), get(id)); }
-    for k in &plan.remove { remove_subtree(replica, k); }
-    for &id in &plan.dirs_deepest_first { replica.insert(plan.keys[id as usize].clone(), get(id)); }
+    for k in &plan.clear {
+        remove_subtree(replica, k);
+    }
+    for &id in &plan.mkdirs {
+        replica.insert(plan.keys[id as usize].clone(), get(id));
+    }
+    for &id in &plan.symlinks {
+        replica.insert(plan.keys[id as usize].clone(), get(id));
+    }
+    for f in &plan.fetch {
+        replica.insert(plan.keys[f.id as usize].clone(), get(f.id));
+    }
+    for &id in &plan.metadata {
+        replica.insert(plan.keys[id as usize].clone(), get(id));
+    }
+    for k in &plan.remove {
+        remove_subtree(replica, k);
+    }
+    for &id in &plan.dirs_deepest_first {
+        replica.insert(plan.keys[id as usize].clone(), get(id));
+    }
     let _ = man;
 }
 
@@ -82,7 +136,13 @@ fn model() -> impl Strategy<Value = Model> {
         Just(Kind::File { size: 0 }),
         prop_oneof![Just("x"), Just("y")].prop_map(|t| Kind::Symlink { target: t.into() }),
     ];
-    let item = (path, kind, prop_oneof![Just(None), Just(Some(0o644)), Just(Some(0o755))], 0i64..3, 0u8..3);
+    let item = (
+        path,
+        kind,
+        prop_oneof![Just(None), Just(Some(0o644)), Just(Some(0o755))],
+        0i64..3,
+        0u8..3,
+    );
     proptest::collection::vec(item, 0..25).prop_map(|items| {
         let mut m = Model::new();
         m.insert(String::new(), (Kind::Dir, Some(0o755), 0, 0));
@@ -94,8 +154,13 @@ fn model() -> impl Strategy<Value = Model> {
                 let anc = parts[..n].join("/");
                 match m.get(&anc) {
                     Some((Kind::Dir, ..)) => {}
-                    Some(_) => { ok = false; break; }
-                    None => { m.insert(anc, (Kind::Dir, Some(0o755), 1, 0)); }
+                    Some(_) => {
+                        ok = false;
+                        break;
+                    }
+                    None => {
+                        m.insert(anc, (Kind::Dir, Some(0o755), 1, 0));
+                    }
                 }
             }
             if ok && !m.contains_key(&p) {

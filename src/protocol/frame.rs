@@ -35,13 +35,20 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, FrameError> {
 }
 
 /// Reads one frame into `buf` (reused between calls).
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> Result<bool, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<bool, FrameError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
         let n = r.read(&mut len[got..]).await?;
         if n == 0 {
-            return if got == 0 { Ok(false) } else { Err(FrameError::Truncated) };
+            return if got == 0 {
+                Ok(false)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
         got += n;
     }
@@ -59,7 +66,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> R
 }
 
 /// Writes one frame (not flushed).
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<(), FrameError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+) -> Result<(), FrameError> {
     if payload.len() > MAX_FRAME {
         return Err(FrameError::TooLarge(payload.len() as u64));
     }
@@ -85,9 +95,15 @@ mod tests {
         let mut buf = Vec::new();
         assert!(!read_frame(&mut empty, &mut buf).await.unwrap());
         let mut cut: &[u8] = &[5, 0, 0, 0, 1, 2];
-        assert!(matches!(read_frame(&mut cut, &mut buf).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut cut, &mut buf).await,
+            Err(FrameError::Truncated)
+        ));
         let mut half_len: &[u8] = &[5, 0];
-        assert!(matches!(read_frame(&mut half_len, &mut buf).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut half_len, &mut buf).await,
+            Err(FrameError::Truncated)
+        ));
     }
 
     proptest! {

@@ -91,6 +91,9 @@ pub enum ClientMsg {
     },
     /// The client could not provide file `id` (unreadable, vanished).
     FileFailed { id: u32, reason: String },
+    /// File `id` is still being written: leave the replica's version alone
+    /// for now (a later pass sends it).
+    Skip { id: u32 },
     /// End of session.
     Bye,
 }
@@ -204,7 +207,8 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 
 /// Parses a frame payload; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (msg, rest) = postcard::take_from_bytes(bytes).map_err(|e| format!("undecodable message: {e}"))?;
+    let (msg, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| format!("undecodable message: {e}"))?;
     if !rest.is_empty() {
         return Err(format!("{} trailing bytes after message", rest.len()));
     }
@@ -231,45 +235,127 @@ mod tests {
             any::<u64>().prop_map(|size| Kind::File { size }),
             ".{0,20}".prop_map(|target| Kind::Symlink { target }),
         ];
-        (any::<u32>(), ".{0,20}", kind, any::<Option<u32>>(), any::<i64>(), any::<u32>()).prop_map(
-            |(parent, name, kind, mode, secs, nanos)| Entry { parent, name, kind, mode, mtime: Timestamp { secs, nanos } },
+        (
+            any::<u32>(),
+            ".{0,20}",
+            kind,
+            any::<Option<u32>>(),
+            any::<i64>(),
+            any::<u32>(),
         )
+            .prop_map(|(parent, name, kind, mode, secs, nanos)| Entry {
+                parent,
+                name,
+                kind,
+                mode,
+                mtime: Timestamp { secs, nanos },
+            })
     }
 
     fn client_msg() -> impl Strategy<Value = ClientMsg> {
         prop_oneof![
-            (any::<bool>(), any::<bool>(), any::<Option<u64>>(), proptest::collection::vec(".{0,8}", 0..3)).prop_map(
-                |(checksum, dry_run, max_delete, excludes)| ClientMsg::BeginPass(PassOptions { checksum, dry_run, delete_excluded: false, max_delete, excludes })
-            ),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<Option<u64>>(),
+                proptest::collection::vec(".{0,8}", 0..3)
+            )
+                .prop_map(|(checksum, dry_run, max_delete, excludes)| {
+                    ClientMsg::BeginPass(PassOptions {
+                        checksum,
+                        dry_run,
+                        delete_excluded: false,
+                        max_delete,
+                        excludes,
+                    })
+                }),
             proptest::collection::vec(entry(), 0..5).prop_map(ClientMsg::Entries),
-            (proptest::collection::vec(any::<u32>(), 0..4), proptest::collection::vec(any::<u32>(), 0..4))
+            (
+                proptest::collection::vec(any::<u32>(), 0..4),
+                proptest::collection::vec(any::<u32>(), 0..4)
+            )
                 .prop_map(|(opaque, partial)| ClientMsg::EndManifest { opaque, partial }),
-            (any::<u32>(), any::<u64>(), hash(), proptest::option::of(proptest::collection::vec(chunk_ref(), 0..4)))
-                .prop_map(|(id, size, hash, chunks)| ClientMsg::Summary { id, size, hash, chunks }),
-            (any::<u32>(), any::<u32>(), proptest::collection::vec((hash(), any::<u32>()).prop_map(|(hash, count)| GroupRef { hash, count }), 0..4))
-                .prop_map(|(id, start, groups)| ClientMsg::GroupHashes { id, start, total: start, groups }),
-            (any::<u32>(), any::<u32>(), proptest::collection::vec(chunk_ref(), 0..4))
-                .prop_map(|(id, group, chunks)| ClientMsg::GroupChunks { id, group, chunks }),
-            (any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..64))
+            (
+                any::<u32>(),
+                any::<u64>(),
+                hash(),
+                proptest::option::of(proptest::collection::vec(chunk_ref(), 0..4))
+            )
+                .prop_map(|(id, size, hash, chunks)| ClientMsg::Summary {
+                    id,
+                    size,
+                    hash,
+                    chunks
+                }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(
+                    (hash(), any::<u32>()).prop_map(|(hash, count)| GroupRef { hash, count }),
+                    0..4
+                )
+            )
+                .prop_map(|(id, start, groups)| ClientMsg::GroupHashes {
+                    id,
+                    start,
+                    total: start,
+                    groups
+                }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(chunk_ref(), 0..4)
+            )
+                .prop_map(|(id, group, chunks)| ClientMsg::GroupChunks {
+                    id,
+                    group,
+                    chunks
+                }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
                 .prop_map(|(id, index, data)| ClientMsg::Chunk { id, index, data }),
             (any::<u32>(), ".{0,20}").prop_map(|(id, reason)| ClientMsg::FileFailed { id, reason }),
+            any::<u32>().prop_map(|id| ClientMsg::Skip { id }),
             Just(ClientMsg::Bye),
         ]
     }
 
     fn server_msg() -> impl Strategy<Value = ServerMsg> {
         prop_oneof![
-            proptest::collection::vec(any::<u32>(), 0..5).prop_map(|ids| ServerMsg::NeedFiles { ids }),
+            proptest::collection::vec(any::<u32>(), 0..5)
+                .prop_map(|ids| ServerMsg::NeedFiles { ids }),
             any::<u32>().prop_map(|id| ServerMsg::NeedGroupHashes { id }),
-            (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..5)).prop_map(|(id, groups)| ServerMsg::NeedGroups { id, groups }),
-            (any::<u32>(), proptest::collection::vec((any::<u32>(), any::<u32>()), 0..5)).prop_map(|(id, ranges)| ServerMsg::NeedChunks { id, ranges }),
+            (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..5))
+                .prop_map(|(id, groups)| ServerMsg::NeedGroups { id, groups }),
+            (
+                any::<u32>(),
+                proptest::collection::vec((any::<u32>(), any::<u32>()), 0..5)
+            )
+                .prop_map(|(id, ranges)| ServerMsg::NeedChunks { id, ranges }),
             any::<u32>().prop_map(|id| ServerMsg::Done { id }),
-            (".{0,20}", any::<u64>(), any::<u64>()).prop_map(|(path, received, reused)| ServerMsg::Report(OpReport {
-                op: Op::Created, path, from: None, reason: Reason::New, received, reused, detail: None
-            })),
-            (any::<u64>(), any::<u64>(), proptest::option::of(".{0,10}")).prop_map(|(ops, received, stopped)| ServerMsg::PassDone(PassStats {
-                ops, errors: 0, received, reused: 0, stopped
-            })),
+            (".{0,20}", any::<u64>(), any::<u64>()).prop_map(|(path, received, reused)| {
+                ServerMsg::Report(OpReport {
+                    op: Op::Created,
+                    path,
+                    from: None,
+                    reason: Reason::New,
+                    received,
+                    reused,
+                    detail: None,
+                })
+            }),
+            (any::<u64>(), any::<u64>(), proptest::option::of(".{0,10}")).prop_map(
+                |(ops, received, stopped)| ServerMsg::PassDone(PassStats {
+                    ops,
+                    errors: 0,
+                    received,
+                    reused: 0,
+                    stopped
+                })
+            ),
             ".{0,20}".prop_map(|reason| ServerMsg::Fatal { reason }),
         ]
     }
@@ -295,7 +381,14 @@ mod tests {
 
     #[test]
     fn hello_round_trips() {
-        let h = Hello { magic: MAGIC, version: PROTOCOL_VERSION, chunker: 1, token: "t".into(), compress: true, client: "c".into() };
+        let h = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            chunker: 1,
+            token: "t".into(),
+            compress: true,
+            client: "c".into(),
+        };
         assert_eq!(decode::<Hello>(&encode(&h)).unwrap(), h);
         assert!(decode::<Hello>(&[1, 2, 3]).is_err());
     }

@@ -44,6 +44,8 @@ pub struct ClientPass<'a> {
     pub index: Option<&'a SourceIndex>,
     pub reporter: &'a Reporter,
     pub observer: Option<&'a dyn PassObserver>,
+    /// Files still being written (watch mode): not sent this pass.
+    pub hold: Option<&'a std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// How a pass went, beyond the summary.
@@ -81,8 +83,15 @@ impl ClientPass<'_> {
         for batch in m.entries.chunks(ENTRIES_PER_MSG) {
             self.send(ClientMsg::Entries(batch.to_vec()))?;
         }
-        self.send(ClientMsg::EndManifest { opaque: m.opaque.clone(), partial: m.partial.clone() })?;
-        let files = m.entries.iter().filter(|e| matches!(e.kind, Kind::File { .. })).count() as u64;
+        self.send(ClientMsg::EndManifest {
+            opaque: m.opaque.clone(),
+            partial: m.partial.clone(),
+        })?;
+        let files = m
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::File { .. }))
+            .count() as u64;
         self.observer().manifest_sent(files, m.file_bytes());
         let mut open: HashMap<u32, Open> = HashMap::new();
         let mut new_records: Vec<(String, FileRecord)> = Vec::new();
@@ -97,7 +106,9 @@ impl ClientPass<'_> {
                     self.answer_need_files(&ids, &keys, opts.checksum, &mut open, &mut new_records)?
                 }
                 ServerMsg::NeedGroupHashes { id } => self.answer_group_hashes(id, &mut open)?,
-                ServerMsg::NeedGroups { id, groups } => self.answer_groups(id, &groups, &mut open)?,
+                ServerMsg::NeedGroups { id, groups } => {
+                    self.answer_groups(id, &groups, &mut open)?
+                }
                 ServerMsg::NeedChunks { id, ranges } => {
                     if !self.answer_chunks(id, &ranges, &keys, &mut open)? {
                         changed += 1;
@@ -115,13 +126,17 @@ impl ClientPass<'_> {
                 }
                 ServerMsg::PassDone(stats) => break stats,
                 ServerMsg::Fatal { reason } => {
-                    return Err(Error::Refused { peer: self.link.peer.clone(), reason })
+                    return Err(Error::Refused {
+                        peer: self.link.peer.clone(),
+                        reason,
+                    })
                 }
             }
         };
         if let Some(idx) = self.index {
             if let Err(e) = idx.store(&new_records) {
-                self.reporter.warn(&format!("source index not updated: {e}"));
+                self.reporter
+                    .warn(&format!("source index not updated: {e}"));
             }
             if m.opaque.is_empty() && m.partial.is_empty() && self.scan.errors.is_empty() {
                 let keep = keys.iter().map(String::as_str).collect();
@@ -139,7 +154,10 @@ impl ClientPass<'_> {
             client_errors: self.scan.errors.len() as u64,
             dry_run: opts.dry_run,
         };
-        Ok(PassOutcome { summary, changed_during_pass: changed })
+        Ok(PassOutcome {
+            summary,
+            changed_during_pass: changed,
+        })
     }
 
     fn answer_need_files(
@@ -151,14 +169,36 @@ impl ClientPass<'_> {
         new_records: &mut Vec<(String, FileRecord)>,
     ) -> Result<()> {
         let m = &self.scan.manifest;
-        let results: Vec<(u32, std::result::Result<(Digest, Option<FileRecord>), String>)> = ids
+        let held: std::collections::HashSet<String> = self
+            .hold
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        let (skipped, ids): (Vec<u32>, Vec<u32>) = ids
+            .iter()
+            .partition(|&&id| keys.get(id as usize).is_some_and(|k| held.contains(k)));
+        for id in skipped {
+            self.send(ClientMsg::Skip { id })?;
+        }
+        let results: Vec<(
+            u32,
+            std::result::Result<(Digest, Option<FileRecord>), String>,
+        )> = ids
             .par_iter()
             .map(|&id| {
                 let i = id as usize;
                 let r = match m.entries.get(i).map(|e| &e.kind) {
                     Some(Kind::File { size }) => {
                         let cached = (!checksum)
-                            .then(|| self.index.and_then(|x| x.lookup(&keys[i], *size, m.entries[i].mtime, self.scan.local[i].ino)))
+                            .then(|| {
+                                self.index.and_then(|x| {
+                                    x.lookup(
+                                        &keys[i],
+                                        *size,
+                                        m.entries[i].mtime,
+                                        self.scan.local[i].ino,
+                                    )
+                                })
+                            })
                             .flatten();
                         match cached {
                             Some(d) => Ok((d, None)),
@@ -176,13 +216,29 @@ impl ClientPass<'_> {
                     if let Some(rec) = record {
                         new_records.push((keys[id as usize].clone(), rec));
                     }
-                    let chunks = (digest.chunks.len() <= INLINE_CHUNKS).then(|| digest.chunks.clone());
-                    self.send(ClientMsg::Summary { id, size: digest.size, hash: digest.hash, chunks })?;
-                    open.insert(id, Open { digest, group_starts: None, file: None });
+                    let chunks =
+                        (digest.chunks.len() <= INLINE_CHUNKS).then(|| digest.chunks.clone());
+                    self.send(ClientMsg::Summary {
+                        id,
+                        size: digest.size,
+                        hash: digest.hash,
+                        chunks,
+                    })?;
+                    open.insert(
+                        id,
+                        Open {
+                            digest,
+                            group_starts: None,
+                            file: None,
+                        },
+                    );
                 }
                 Err(reason) => {
                     let key = keys.get(id as usize).cloned().unwrap_or_default();
-                    self.send(ClientMsg::FileFailed { id, reason: format!("cannot read {key}: {reason}") })?;
+                    self.send(ClientMsg::FileFailed {
+                        id,
+                        reason: format!("cannot read {key}: {reason}"),
+                    })?;
                 }
             }
         }
@@ -191,7 +247,10 @@ impl ClientPass<'_> {
 
     fn answer_group_hashes(&self, id: u32, open: &mut HashMap<u32, Open>) -> Result<()> {
         let Some(o) = open.get_mut(&id) else {
-            return self.send(ClientMsg::FileFailed { id, reason: "no longer available".into() });
+            return self.send(ClientMsg::FileFailed {
+                id,
+                reason: "no longer available".into(),
+            });
         };
         let gs = groups(&o.digest.chunks);
         let mut starts = Vec::with_capacity(gs.len());
@@ -204,36 +263,68 @@ impl ClientPass<'_> {
         let total = gs.len() as u32;
         for (n, page) in gs.chunks(GROUPS_PER_MSG).enumerate() {
             let start = (n * GROUPS_PER_MSG) as u32;
-            self.send(ClientMsg::GroupHashes { id, start, total, groups: page.to_vec() })?;
+            self.send(ClientMsg::GroupHashes {
+                id,
+                start,
+                total,
+                groups: page.to_vec(),
+            })?;
         }
         if gs.is_empty() {
-            self.send(ClientMsg::GroupHashes { id, start: 0, total: 0, groups: Vec::new() })?;
+            self.send(ClientMsg::GroupHashes {
+                id,
+                start: 0,
+                total: 0,
+                groups: Vec::new(),
+            })?;
         }
         Ok(())
     }
 
     fn answer_groups(&self, id: u32, wanted: &[u32], open: &mut HashMap<u32, Open>) -> Result<()> {
         let Some(o) = open.get(&id) else {
-            return self.send(ClientMsg::FileFailed { id, reason: "no longer available".into() });
+            return self.send(ClientMsg::FileFailed {
+                id,
+                reason: "no longer available".into(),
+            });
         };
         let Some(starts) = &o.group_starts else {
-            return Err(Error::protocol(&self.link.peer, "groups asked before the group list"));
+            return Err(Error::protocol(
+                &self.link.peer,
+                "groups asked before the group list",
+            ));
         };
         for &g in wanted {
             let g = g as usize;
             let Some(&a) = starts.get(g) else {
-                return Err(Error::protocol(&self.link.peer, format!("group {g} out of range")));
+                return Err(Error::protocol(
+                    &self.link.peer,
+                    format!("group {g} out of range"),
+                ));
             };
             let b = starts.get(g + 1).copied().unwrap_or(o.digest.chunks.len());
-            self.send(ClientMsg::GroupChunks { id, group: g as u32, chunks: o.digest.chunks[a..b].to_vec() })?;
+            self.send(ClientMsg::GroupChunks {
+                id,
+                group: g as u32,
+                chunks: o.digest.chunks[a..b].to_vec(),
+            })?;
         }
         Ok(())
     }
 
     /// Sends the asked chunks; false if the file changed since its digest.
-    fn answer_chunks(&self, id: u32, ranges: &[(u32, u32)], keys: &[String], open: &mut HashMap<u32, Open>) -> Result<bool> {
+    fn answer_chunks(
+        &self,
+        id: u32,
+        ranges: &[(u32, u32)],
+        keys: &[String],
+        open: &mut HashMap<u32, Open>,
+    ) -> Result<bool> {
         let Some(o) = open.get_mut(&id) else {
-            self.send(ClientMsg::FileFailed { id, reason: "no longer available".into() })?;
+            self.send(ClientMsg::FileFailed {
+                id,
+                reason: "no longer available".into(),
+            })?;
             return Ok(false);
         };
         let key = &keys[id as usize];
@@ -241,7 +332,10 @@ impl ClientPass<'_> {
             match std::fs::File::open(self.root.join(self.scan.manifest.rel_path(id as usize))) {
                 Ok(f) => o.file = Some(f),
                 Err(e) => {
-                    self.send(ClientMsg::FileFailed { id, reason: format!("cannot read {key}: {}", describe_io(&e)) })?;
+                    self.send(ClientMsg::FileFailed {
+                        id,
+                        reason: format!("cannot read {key}: {}", describe_io(&e)),
+                    })?;
                     return Ok(true);
                 }
             }
@@ -251,10 +345,14 @@ impl ClientPass<'_> {
         for &(start, count) in ranges {
             for i in start..start.saturating_add(count) {
                 let Some(c) = o.digest.chunks.get(i as usize).copied() else {
-                    return Err(Error::protocol(&self.link.peer, format!("chunk {i} of {key} out of range")));
+                    return Err(Error::protocol(
+                        &self.link.peer,
+                        format!("chunk {i} of {key} out of range"),
+                    ));
                 };
                 let mut data = vec![0u8; c.len as usize];
-                let ok = crate::apply::read_at(file, &mut data, offs[i as usize]).is_ok() && Hash::of(&data) == c.hash;
+                let ok = crate::apply::read_at(file, &mut data, offs[i as usize]).is_ok()
+                    && Hash::of(&data) == c.hash;
                 if !ok {
                     self.send(ClientMsg::FileFailed {
                         id,

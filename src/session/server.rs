@@ -8,7 +8,9 @@ use crate::error::{describe_io, Error, Result};
 use crate::filter::Filter;
 use crate::index::{IndexTxn, ReplicaIndex};
 use crate::plan::{plan, PlanOptions};
-use crate::protocol::{ClientMsg, Op, OpReport, PassOptions, PassStats, Reason, ServerMsg, MAX_ENTRIES};
+use crate::protocol::{
+    ClientMsg, Op, OpReport, PassOptions, PassStats, Reason, ServerMsg, MAX_ENTRIES,
+};
 use crate::report::Reporter;
 use crate::transport::Link;
 use crate::tree::{Kind, Manifest};
@@ -33,14 +35,18 @@ pub fn serve_session(link: &ServerLink, st: &ServerState) -> Result<()> {
         match link.recv() {
             Ok(ClientMsg::BeginPass(opts)) => {
                 if let Err(e) = run_pass(link, st, opts) {
-                    let _ = link.send(ServerMsg::Fatal { reason: e.to_string() });
+                    let _ = link.send(ServerMsg::Fatal {
+                        reason: e.to_string(),
+                    });
                     return Err(e);
                 }
             }
             Ok(ClientMsg::Bye) => return Ok(()),
             Ok(other) => {
                 let reason = format!("unexpected {} between passes", msg_name(&other));
-                let _ = link.send(ServerMsg::Fatal { reason: reason.clone() });
+                let _ = link.send(ServerMsg::Fatal {
+                    reason: reason.clone(),
+                });
                 return Err(Error::protocol(&link.peer, reason));
             }
             Err(e) if e == "connection closed" => return Ok(()),
@@ -59,6 +65,7 @@ pub(crate) fn msg_name(m: &ClientMsg) -> &'static str {
         ClientMsg::GroupChunks { .. } => "GroupChunks",
         ClientMsg::Chunk { .. } => "Chunk",
         ClientMsg::FileFailed { .. } => "FileFailed",
+        ClientMsg::Skip { .. } => "Skip",
         ClientMsg::Bye => "Bye",
     }
 }
@@ -69,18 +76,25 @@ fn receive_manifest(link: &ServerLink) -> Result<Manifest> {
         match link.recv().map_err(|e| Error::protocol(&link.peer, e))? {
             ClientMsg::Entries(batch) => {
                 if m.entries.len() + batch.len() > MAX_ENTRIES {
-                    return Err(Error::protocol(&link.peer, format!("manifest exceeds {MAX_ENTRIES} entries")));
+                    return Err(Error::protocol(
+                        &link.peer,
+                        format!("manifest exceeds {MAX_ENTRIES} entries"),
+                    ));
                 }
                 m.entries.extend(batch);
             }
             ClientMsg::EndManifest { opaque, partial } => {
                 m.opaque = opaque;
                 m.partial = partial;
-                m.validate().map_err(|e| Error::protocol(&link.peer, format!("invalid manifest: {e}")))?;
+                m.validate()
+                    .map_err(|e| Error::protocol(&link.peer, format!("invalid manifest: {e}")))?;
                 return Ok(m);
             }
             other => {
-                return Err(Error::protocol(&link.peer, format!("unexpected {} in manifest", msg_name(&other))));
+                return Err(Error::protocol(
+                    &link.peer,
+                    format!("unexpected {} in manifest", msg_name(&other)),
+                ));
             }
         }
     }
@@ -121,19 +135,40 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     let manifest = receive_manifest(link)?;
     let filter = Filter::new(opts.excludes.clone()).map_err(|e| Error::protocol(&link.peer, e))?;
     let keys = crate::plan::keys_of(&manifest);
-    let (view, extras) = st.replica.scan(&manifest, &keys, &filter, opts.delete_excluded);
+    let (view, extras) = st
+        .replica
+        .scan(&manifest, &keys, &filter, opts.delete_excluded);
     let mut stats = PassStats::default();
     for (key, why) in &extras.problems {
-        report(link, st, &mut stats, OpReport { detail: Some(why.clone()), ..simple(Op::Error, key, Reason::Failed) });
+        report(
+            link,
+            st,
+            &mut stats,
+            OpReport {
+                detail: Some(why.clone()),
+                ..simple(Op::Error, key, Reason::Failed)
+            },
+        );
     }
     if !opts.dry_run {
         for t in &extras.stale_temps {
             let _ = st.replica.remove(t);
         }
     }
-    let p = plan(&manifest, &view, PlanOptions { checksum: opts.checksum });
+    let p = plan(
+        &manifest,
+        &view,
+        PlanOptions {
+            checksum: opts.checksum,
+        },
+    );
     if let Some(max) = opts.max_delete {
-        let n: u64 = p.remove.iter().chain(&p.clear).map(|k| st.replica.count(k).unwrap_or(1)).sum();
+        let n: u64 = p
+            .remove
+            .iter()
+            .chain(&p.clear)
+            .map(|k| st.replica.count(k).unwrap_or(1))
+            .sum();
         if n > max {
             stats.stopped = Some(format!(
                 "the pass would remove {n} entries, more than --max-delete {max}; nothing was changed"
@@ -143,7 +178,13 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
         }
     }
     let mut txn = st.index.begin()?;
-    let ctx = PassCtx { link, st, manifest: &manifest, keys: &p.keys, dry: opts.dry_run };
+    let ctx = PassCtx {
+        link,
+        st,
+        manifest: &manifest,
+        keys: &p.keys,
+        dry: opts.dry_run,
+    };
     ctx.clear(&p.clear, &mut txn, &mut stats)?;
     ctx.structure(&p, &mut txn, &mut stats);
     let doomed = p.remove.iter().cloned().collect();
@@ -155,7 +196,9 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     txn.commit()?;
     st.stats.note_pass(&stats);
     if st.shutdown.load(Ordering::Relaxed) {
-        link.send(ServerMsg::Fatal { reason: "server is shutting down".into() });
+        link.send(ServerMsg::Fatal {
+            reason: "server is shutting down".into(),
+        });
         return Err(Error::Interrupted);
     }
     link.send(ServerMsg::PassDone(stats));
@@ -206,16 +249,24 @@ impl PassCtx<'_> {
         for &id in &p.symlinks {
             let key = &self.keys[id as usize];
             let e = &self.manifest.entries[id as usize];
-            let Kind::Symlink { target } = &e.kind else { continue };
+            let Kind::Symlink { target } = &e.kind else {
+                continue;
+            };
             let existed = replica.stat(key).ok().flatten().is_some();
             let r = if self.dry {
                 Ok(())
             } else {
-                replica.symlink(key, target).and_then(|_| replica.set_meta(key, &e.kind, e.mode, e.mtime))
+                replica
+                    .symlink(key, target)
+                    .and_then(|_| replica.set_meta(key, &e.kind, e.mode, e.mtime))
             };
             match r {
                 Ok(()) => {
-                    let (op, why) = if existed { (Op::Updated, Reason::ContentChanged) } else { (Op::Created, Reason::New) };
+                    let (op, why) = if existed {
+                        (Op::Updated, Reason::ContentChanged)
+                    } else {
+                        (Op::Created, Reason::New)
+                    };
                     self.report(stats, simple(op, key, why));
                 }
                 Err(err) => self.report(stats, failure(key, "create symlink", &err)),

@@ -10,7 +10,10 @@
 
 use super::server::{failure, simple, PassCtx};
 use crate::apply::{read_at, write_at, TempFile};
-use crate::chunk::{digest_reader, group_hash, hash_reader, offsets, ChunkRef, Digest, GroupRef, Hash, MAX_CHUNK, MIN_CHUNK};
+use crate::chunk::{
+    digest_reader, group_hash, hash_reader, offsets, ChunkRef, Digest, GroupRef, Hash, MAX_CHUNK,
+    MIN_CHUNK,
+};
 use crate::error::{Error, Result};
 use crate::index::{FileRecord, IndexTxn};
 use crate::plan::{is_below_any, Fetch, ReplicaView};
@@ -63,7 +66,12 @@ fn proto(ctx: &PassCtx, why: impl Into<String>) -> Error {
 }
 
 impl<'c, 'a> Transfer<'c, 'a> {
-    pub fn new(ctx: &'c PassCtx<'a>, view: &'c ReplicaView, doomed: HashSet<String>, fetch: &[Fetch]) -> Self {
+    pub fn new(
+        ctx: &'c PassCtx<'a>,
+        view: &'c ReplicaView,
+        doomed: HashSet<String>,
+        fetch: &[Fetch],
+    ) -> Self {
         Transfer {
             ctx,
             view,
@@ -114,7 +122,9 @@ impl<'c, 'a> Transfer<'c, 'a> {
     fn ask_more(&mut self) {
         let mut ids = Vec::new();
         while self.jobs.len() < MAX_OPEN && ids.len() < ASK_BATCH {
-            let Some(f) = self.queue.pop_front() else { break };
+            let Some(f) = self.queue.pop_front() else {
+                break;
+            };
             ids.push(f.id);
             self.jobs.insert(f.id, Job::new(f));
             self.awaiting_summary += 1;
@@ -126,28 +136,68 @@ impl<'c, 'a> Transfer<'c, 'a> {
 
     fn handle(&mut self, msg: ClientMsg, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
         match msg {
-            ClientMsg::Summary { id, size, hash, chunks } => self.on_summary(id, size, hash, chunks, txn, stats),
-            ClientMsg::GroupHashes { id, start, total, groups } => self.on_group_hashes(id, start, total, groups, txn, stats),
-            ClientMsg::GroupChunks { id, group, chunks } => self.on_group_chunks(id, group, chunks, txn, stats),
+            ClientMsg::Summary {
+                id,
+                size,
+                hash,
+                chunks,
+            } => self.on_summary(id, size, hash, chunks, txn, stats),
+            ClientMsg::GroupHashes {
+                id,
+                start,
+                total,
+                groups,
+            } => self.on_group_hashes(id, start, total, groups, txn, stats),
+            ClientMsg::GroupChunks { id, group, chunks } => {
+                self.on_group_chunks(id, group, chunks, txn, stats)
+            }
             ClientMsg::Chunk { id, index, data } => self.on_chunk(id, index, data, txn, stats),
             ClientMsg::FileFailed { id, reason } => {
                 if self.jobs.contains_key(&id) {
                     self.drop_job(id);
-                    let r = OpReport { detail: Some(reason), ..simple(Op::Error, self.key(id), Reason::Failed) };
+                    let r = OpReport {
+                        detail: Some(reason),
+                        ..simple(Op::Error, self.key(id), Reason::Failed)
+                    };
                     self.ctx.report(stats, r);
                 }
                 Ok(())
             }
-            other => Err(proto(self.ctx, format!("unexpected {} during transfer", super::server::msg_name(&other)))),
+            ClientMsg::Skip { id } => {
+                if self.jobs.contains_key(&id) {
+                    self.drop_job(id);
+                }
+                Ok(())
+            }
+            other => Err(proto(
+                self.ctx,
+                format!(
+                    "unexpected {} during transfer",
+                    super::server::msg_name(&other)
+                ),
+            )),
         }
     }
 
     fn job(&mut self, id: u32) -> Result<&mut Job> {
         let ctx = self.ctx;
-        self.jobs.get_mut(&id).ok_or_else(|| proto(ctx, format!("message for file {id}, which was not asked for")))
+        self.jobs.get_mut(&id).ok_or_else(|| {
+            proto(
+                ctx,
+                format!("message for file {id}, which was not asked for"),
+            )
+        })
     }
 
-    fn on_summary(&mut self, id: u32, size: u64, hash: Hash, chunks: Option<Vec<ChunkRef>>, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+    fn on_summary(
+        &mut self,
+        id: u32,
+        size: u64,
+        hash: Hash,
+        chunks: Option<Vec<ChunkRef>>,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
         let job = self.job(id)?;
         if job.size != u64::MAX {
             return Err(proto(self.ctx, format!("second summary for file {id}")));
@@ -180,22 +230,43 @@ impl<'c, 'a> Transfer<'c, 'a> {
     /// Whether the replica file already at the path has this content.
     fn old_content_matches(&mut self, id: u32, hash: &Hash, txn: &mut IndexTxn) -> bool {
         let key = self.key(id);
-        let Some(v) = self.view.get(key) else { return false };
-        let Kind::File { size } = v.kind else { return false };
+        let Some(v) = self.view.get(key) else {
+            return false;
+        };
+        let Kind::File { size } = v.kind else {
+            return false;
+        };
         if let Ok(Some(rec)) = txn.file(key) {
             if rec.matches(size, v.mtime, v.ino) {
                 return rec.digest.hash == *hash;
             }
         }
         // Not indexed (or stale): digest it locally, which also indexes it.
-        let Ok(file) = self.ctx.st.replica.open_read(key) else { return false };
-        let Ok(d) = digest_reader(std::io::BufReader::with_capacity(1 << 20, file)) else { return false };
+        let Ok(file) = self.ctx.st.replica.open_read(key) else {
+            return false;
+        };
+        let Ok(d) = digest_reader(std::io::BufReader::with_capacity(1 << 20, file)) else {
+            return false;
+        };
         let same = d.hash == *hash;
-        let _ = txn.put_file(key, &FileRecord { size: d.size, mtime: v.mtime, ino: v.ino, digest: d });
+        let _ = txn.put_file(
+            key,
+            &FileRecord {
+                size: d.size,
+                mtime: v.mtime,
+                ino: v.ino,
+                digest: d,
+            },
+        );
         same
     }
 
-    fn finish_metadata_only(&mut self, id: u32, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+    fn finish_metadata_only(
+        &mut self,
+        id: u32,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
         let key = self.key(id);
         let e = self.entry(id);
         let v = &self.view[key];
@@ -209,39 +280,70 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 self.ctx.report(stats, failure(key, "set metadata", &err));
                 return Ok(());
             }
-            if let (Ok(Some(mut rec)), Ok(Some(now))) = (txn.file(key), self.ctx.st.replica.stat(key)) {
+            if let (Ok(Some(mut rec)), Ok(Some(now))) =
+                (txn.file(key), self.ctx.st.replica.stat(key))
+            {
                 rec.mtime = now.mtime;
                 rec.ino = now.ino;
                 txn.put_file(key, &rec)?;
             }
         }
-        self.ctx.report(stats, simple(Op::Metadata, key, Reason::MetadataChanged));
+        self.ctx
+            .report(stats, simple(Op::Metadata, key, Reason::MetadataChanged));
         Ok(())
     }
 
     /// If a file this pass removes holds exactly this content, rename it here.
-    fn try_move(&mut self, id: u32, hash: &Hash, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<bool> {
-        let Some(from) = txn.find_whole(hash)? else { return Ok(false) };
+    fn try_move(
+        &mut self,
+        id: u32,
+        hash: &Hash,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<bool> {
+        let Some(from) = txn.find_whole(hash)? else {
+            return Ok(false);
+        };
         if !is_below_any(&from, &self.doomed) || self.moved_away.contains(&from) {
             return Ok(false);
         }
-        let Some(rec) = txn.file(&from)? else { return Ok(false) };
-        let Ok(Some(now)) = self.ctx.st.replica.stat(&from) else { return Ok(false) };
-        if !matches!(now.kind, Kind::File { .. }) || !rec.matches(rec.size, now.mtime, now.ino) || rec.size != now_size(&now.kind) {
+        let Some(rec) = txn.file(&from)? else {
+            return Ok(false);
+        };
+        let Ok(Some(now)) = self.ctx.st.replica.stat(&from) else {
+            return Ok(false);
+        };
+        if !matches!(now.kind, Kind::File { .. })
+            || !rec.matches(rec.size, now.mtime, now.ino)
+            || rec.size != now_size(&now.kind)
+        {
             return Ok(false);
         }
         let key = self.key(id);
         let e = self.entry(id);
         let size = rec.size;
         if !self.ctx.dry {
-            let r = self.ctx.st.replica.rename(&from, key).and_then(|_| self.ctx.st.replica.set_meta(key, &e.kind, e.mode, e.mtime));
+            let r = self
+                .ctx
+                .st
+                .replica
+                .rename(&from, key)
+                .and_then(|_| self.ctx.st.replica.set_meta(key, &e.kind, e.mode, e.mtime));
             if let Err(err) = r {
                 self.ctx.report(stats, failure(key, "move", &err));
                 self.jobs.remove(&id);
                 self.ctx.link.send(ServerMsg::Done { id });
                 return Ok(true);
             }
-            let ino = self.ctx.st.replica.stat(key).ok().flatten().map(|s| s.ino).unwrap_or(0);
+            let ino = self
+                .ctx
+                .st
+                .replica
+                .stat(key)
+                .ok()
+                .flatten()
+                .map(|s| s.ino)
+                .unwrap_or(0);
             let mut rec = rec;
             rec.mtime = e.mtime;
             txn.rename_file(&from, key, rec, ino)?;
@@ -249,21 +351,39 @@ impl<'c, 'a> Transfer<'c, 'a> {
         self.moved_away.insert(from.clone());
         self.jobs.remove(&id);
         self.ctx.link.send(ServerMsg::Done { id });
-        let r = OpReport { from: Some(from), reused: size, ..simple(Op::Moved, key, self.reason(id)) };
+        let r = OpReport {
+            from: Some(from),
+            reused: size,
+            ..simple(Op::Moved, key, self.reason(id))
+        };
         stats.reused += size;
         self.ctx.report(stats, r);
         Ok(true)
     }
 
     fn reason(&self, id: u32) -> Reason {
-        self.jobs.get(&id).map(|j| j.fetch.reason).unwrap_or(Reason::New)
+        self.jobs
+            .get(&id)
+            .map(|j| j.fetch.reason)
+            .unwrap_or(Reason::New)
     }
 
-    fn on_group_hashes(&mut self, id: u32, start: u32, total: u32, groups: Vec<GroupRef>, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+    fn on_group_hashes(
+        &mut self,
+        id: u32,
+        start: u32,
+        total: u32,
+        groups: Vec<GroupRef>,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
         let ctx = self.ctx;
         let job = self.job(id)?;
         let max_groups = job.size / MIN_CHUNK as u64 + 1;
-        if start as usize != job.groups.len() || total as u64 > max_groups || job.groups.len() + groups.len() > total as usize {
+        if start as usize != job.groups.len()
+            || total as u64 > max_groups
+            || job.groups.len() + groups.len() > total as usize
+        {
             return Err(proto(ctx, format!("inconsistent group list for file {id}")));
         }
         job.group_total = total;
@@ -290,19 +410,38 @@ impl<'c, 'a> Transfer<'c, 'a> {
             return self.groups_done(id, txn, stats);
         }
         for page in need.chunks(4096) {
-            ctx.link.send(ServerMsg::NeedGroups { id, groups: page.to_vec() });
+            ctx.link.send(ServerMsg::NeedGroups {
+                id,
+                groups: page.to_vec(),
+            });
         }
         Ok(())
     }
 
-    fn on_group_chunks(&mut self, id: u32, group: u32, chunks: Vec<ChunkRef>, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+    fn on_group_chunks(
+        &mut self,
+        id: u32,
+        group: u32,
+        chunks: Vec<ChunkRef>,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
         let ctx = self.ctx;
         let job = self.job(id)?;
         let Some(g) = job.groups.get(group as usize).copied() else {
-            return Err(proto(ctx, format!("group {group} out of range for file {id}")));
+            return Err(proto(
+                ctx,
+                format!("group {group} out of range for file {id}"),
+            ));
         };
-        if job.group_chunks[group as usize].is_some() || g.count as usize != chunks.len() || group_hash(&chunks) != g.hash {
-            return Err(proto(ctx, format!("group {group} of file {id} does not match its hash")));
+        if job.group_chunks[group as usize].is_some()
+            || g.count as usize != chunks.len()
+            || group_hash(&chunks) != g.hash
+        {
+            return Err(proto(
+                ctx,
+                format!("group {group} of file {id} does not match its hash"),
+            ));
         }
         job.group_chunks[group as usize] = Some(chunks);
         job.groups_missing -= 1;
@@ -383,7 +522,10 @@ impl<'c, 'a> Transfer<'c, 'a> {
             return self.publish(id, txn, stats);
         }
         if !ask.is_empty() {
-            self.ctx.link.send(ServerMsg::NeedChunks { id, ranges: runs(&ask) });
+            self.ctx.link.send(ServerMsg::NeedChunks {
+                id,
+                ranges: runs(&ask),
+            });
         }
         if self.jobs[&id].missing == 0 {
             return self.publish(id, txn, stats);
@@ -399,7 +541,9 @@ impl<'c, 'a> Transfer<'c, 'a> {
         };
         let len = (job.offs[to as usize + 1] - job.offs[to as usize]) as usize;
         let mut buf = vec![0u8; len];
-        if read_at(&t.file, &mut buf, job.offs[from as usize]).is_err() || write_at(&t.file, &buf, job.offs[to as usize]).is_err() {
+        if read_at(&t.file, &mut buf, job.offs[from as usize]).is_err()
+            || write_at(&t.file, &buf, job.offs[to as usize]).is_err()
+        {
             return false;
         }
         job.missing -= 1;
@@ -409,7 +553,9 @@ impl<'c, 'a> Transfer<'c, 'a> {
 
     /// Copies chunk `i` from wherever the replica holds it, after checking its hash.
     fn copy_local(&mut self, id: u32, i: u32, c: &ChunkRef, txn: &mut IndexTxn) -> bool {
-        let Ok(Some(loc)) = txn.find_chunk(&c.hash) else { return false };
+        let Ok(Some(loc)) = txn.find_chunk(&c.hash) else {
+            return false;
+        };
         if loc.len != c.len {
             return false;
         }
@@ -446,22 +592,37 @@ impl<'c, 'a> Transfer<'c, 'a> {
         read_at(f, buf, offset).is_ok()
     }
 
-    fn on_chunk(&mut self, id: u32, index: u32, data: Vec<u8>, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+    fn on_chunk(
+        &mut self,
+        id: u32,
+        index: u32,
+        data: Vec<u8>,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
         let ctx = self.ctx;
         let job = self.job(id)?;
         if !job.asked.remove(&index) {
-            return Err(proto(ctx, format!("chunk {index} of file {id} was not asked for")));
+            return Err(proto(
+                ctx,
+                format!("chunk {index} of file {id} was not asked for"),
+            ));
         }
         let c = job.chunks.as_ref().expect("chunk list known")[index as usize];
         if data.len() != c.len as usize || Hash::of(&data) != c.hash {
-            return Err(proto(ctx, format!("chunk {index} of file {id} does not match its hash")));
+            return Err(proto(
+                ctx,
+                format!("chunk {index} of file {id} does not match its hash"),
+            ));
         }
         self.owner.remove(&c.hash);
         let mut done = Vec::new();
         let mut places = vec![(id, index)];
         places.extend(self.waiters.remove(&c.hash).unwrap_or_default());
         for (n, (jid, ji)) in places.into_iter().enumerate() {
-            let Some(job) = self.jobs.get_mut(&jid) else { continue };
+            let Some(job) = self.jobs.get_mut(&jid) else {
+                continue;
+            };
             let Some(t) = &job.tmp else { continue };
             if let Err(e) = write_at(&t.file, &data, job.offs[ji as usize]) {
                 let key = self.key(jid);
@@ -489,7 +650,9 @@ impl<'c, 'a> Transfer<'c, 'a> {
 
     /// Verifies the assembled file and renames it into place.
     fn publish(&mut self, id: u32, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
-        let Some(mut job) = self.jobs.remove(&id) else { return Ok(()) };
+        let Some(mut job) = self.jobs.remove(&id) else {
+            return Ok(());
+        };
         self.ctx.link.send(ServerMsg::Done { id });
         let key = self.key(id);
         let e = self.entry(id);
@@ -500,7 +663,11 @@ impl<'c, 'a> Transfer<'c, 'a> {
         } else {
             Op::Created
         };
-        let report = OpReport { received: job.received, reused: job.reused, ..simple(op, key, job.fetch.reason) };
+        let report = OpReport {
+            received: job.received,
+            reused: job.reused,
+            ..simple(op, key, job.fetch.reason)
+        };
         stats.reused += job.reused;
         if let Some(tmp) = job.tmp.take() {
             let check = std::fs::File::try_clone(&tmp.file).and_then(|f| {
@@ -512,7 +679,13 @@ impl<'c, 'a> Transfer<'c, 'a> {
             match check {
                 Ok((size, hash)) if hash == job.hash && size == job.size => {}
                 Ok(_) => {
-                    let r = OpReport { detail: Some("assembled content does not match the source hash; left unchanged".into()), ..simple(Op::Error, key, Reason::Failed) };
+                    let r = OpReport {
+                        detail: Some(
+                            "assembled content does not match the source hash; left unchanged"
+                                .into(),
+                        ),
+                        ..simple(Op::Error, key, Reason::Failed)
+                    };
                     self.ctx.report(stats, r);
                     return Ok(());
                 }
@@ -522,13 +695,31 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 }
             }
             let mtime: Timestamp = e.mtime;
-            match self.ctx.st.replica.publish(tmp, key, e.mode, mtime, self.ctx.st.fsync) {
+            match self
+                .ctx
+                .st
+                .replica
+                .publish(tmp, key, e.mode, mtime, self.ctx.st.fsync)
+            {
                 Ok(ino) => {
-                    let digest = Digest { size: job.size, hash: job.hash, chunks: job.chunks.take().unwrap_or_default() };
-                    txn.put_file(key, &FileRecord { size: job.size, mtime, ino, digest })?;
+                    let digest = Digest {
+                        size: job.size,
+                        hash: job.hash,
+                        chunks: job.chunks.take().unwrap_or_default(),
+                    };
+                    txn.put_file(
+                        key,
+                        &FileRecord {
+                            size: job.size,
+                            mtime,
+                            ino,
+                            digest,
+                        },
+                    )?;
                 }
                 Err(err) => {
-                    self.ctx.report(stats, failure(key, "rename into place", &err));
+                    self.ctx
+                        .report(stats, failure(key, "rename into place", &err));
                     return Ok(());
                 }
             }
@@ -540,11 +731,18 @@ impl<'c, 'a> Transfer<'c, 'a> {
 
     /// Forgets a job; chunks it owned are asked again through a waiter.
     fn drop_job(&mut self, id: u32) {
-        let Some(job) = self.jobs.remove(&id) else { return };
+        let Some(job) = self.jobs.remove(&id) else {
+            return;
+        };
         if job.size == u64::MAX {
             self.awaiting_summary -= 1;
         }
-        let owned: Vec<Hash> = self.owner.iter().filter(|(_, (o, _))| *o == id).map(|(h, _)| *h).collect();
+        let owned: Vec<Hash> = self
+            .owner
+            .iter()
+            .filter(|(_, (o, _))| *o == id)
+            .map(|(h, _)| *h)
+            .collect();
         for h in owned {
             self.owner.remove(&h);
             let mut ws = self.waiters.remove(&h).unwrap_or_default();
@@ -555,7 +753,10 @@ impl<'c, 'a> Transfer<'c, 'a> {
                     j.asked.insert(wi);
                 }
                 self.waiters.insert(h, ws[1..].to_vec());
-                self.ctx.link.send(ServerMsg::NeedChunks { id: wid, ranges: vec![(wi, 1)] });
+                self.ctx.link.send(ServerMsg::NeedChunks {
+                    id: wid,
+                    ranges: vec![(wi, 1)],
+                });
             }
         }
         for ws in self.waiters.values_mut() {
@@ -633,7 +834,10 @@ mod tests {
 
     #[test]
     fn chunk_lists_are_checked() {
-        let c = |len| ChunkRef { hash: Hash([0; 32]), len };
+        let c = |len| ChunkRef {
+            hash: Hash([0; 32]),
+            len,
+        };
         assert!(check_chunk_list(&[c(MIN_CHUNK), c(10)], MIN_CHUNK as u64 + 10).is_ok());
         assert!(check_chunk_list(&[c(10), c(MIN_CHUNK)], MIN_CHUNK as u64 + 10).is_err());
         assert!(check_chunk_list(&[c(MAX_CHUNK + 1)], MAX_CHUNK as u64 + 1).is_err());

@@ -1,7 +1,9 @@
 //! Dialing a server (or starting an in-process one) and the client's half
 //! of the handshake.
 
-use super::connection::{recv_plain, send_plain, spawn_link, BoxStream, Counted, Counters, LinkCaps};
+use super::connection::{
+    recv_plain, send_plain, spawn_link, BoxStream, Counted, Counters, LinkCaps,
+};
 use super::server::{accept_session, ServerShared};
 use crate::chunk::CHUNKER_VERSION;
 use crate::error::{Error, Result};
@@ -29,10 +31,15 @@ impl Target {
         let (host, port) = rest
             .rsplit_once(':')
             .ok_or_else(|| format!("{s}: expected replica://HOST:PORT"))?;
-        if host.is_empty() || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']'))) {
-            return Err(format!("{s}: bad host (write IPv6 addresses in brackets, e.g. replica://[::1]:7420)"));
+        if host.is_empty()
+            || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']')))
+        {
+            return Err(format!(
+                "{s}: bad host (write IPv6 addresses in brackets, e.g. replica://[::1]:7420)"
+            ));
         }
-        port.parse::<u16>().map_err(|_| format!("{s}: bad port {port:?}"))?;
+        port.parse::<u16>()
+            .map_err(|_| format!("{s}: bad port {port:?}"))?;
         Ok(Target::Remote(rest.to_string()))
     }
 
@@ -61,14 +68,34 @@ fn hello(token: &Option<String>, compress: bool) -> Hello {
     }
 }
 
-const CLIENT_CAPS: LinkCaps = LinkCaps { outgoing: 64, incoming: 1 << 20 };
+const CLIENT_CAPS: LinkCaps = LinkCaps {
+    outgoing: 64,
+    incoming: 1 << 20,
+};
 
-async fn handshake(mut s: BoxStream, peer: &str, h: Hello, counters: Arc<Counters>) -> Result<ClientLink> {
-    let net = |e: std::io::Error| Error::Net { peer: peer.to_string(), source: e };
+async fn handshake(
+    mut s: BoxStream,
+    peer: &str,
+    h: Hello,
+    counters: Arc<Counters>,
+) -> Result<ClientLink> {
+    let net = |e: std::io::Error| Error::Net {
+        peer: peer.to_string(),
+        source: e,
+    };
     send_plain(&mut s, &h).await.map_err(net)?;
     match recv_plain::<HelloReply>(&mut s, Duration::from_secs(30)).await {
-        Ok(HelloReply::Welcome { .. }) => Ok(spawn_link(s, h.compress, CLIENT_CAPS, counters, peer.to_string())),
-        Ok(HelloReply::Refused { reason }) => Err(Error::Refused { peer: peer.to_string(), reason }),
+        Ok(HelloReply::Welcome { .. }) => Ok(spawn_link(
+            s,
+            h.compress,
+            CLIENT_CAPS,
+            counters,
+            peer.to_string(),
+        )),
+        Ok(HelloReply::Refused { reason }) => Err(Error::Refused {
+            peer: peer.to_string(),
+            reason,
+        }),
         Err(e) => Err(Error::protocol(peer, e)),
     }
 }
@@ -76,10 +103,19 @@ async fn handshake(mut s: BoxStream, peer: &str, h: Hello, counters: Arc<Counter
 /// Connects to a server over TCP and completes the handshake.
 pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<ClientLink> {
     let peer = format!("replica://{addr}");
-    let tcp = tokio::time::timeout(Duration::from_secs(20), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| Error::Net { peer: peer.clone(), source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out") })?
-        .map_err(|e| Error::Net { peer: peer.clone(), source: e })?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| Error::Net {
+        peer: peer.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"),
+    })?
+    .map_err(|e| Error::Net {
+        peer: peer.clone(),
+        source: e,
+    })?;
     let _ = tcp.set_nodelay(true);
     let counters = Arc::new(Counters::default());
     let s: BoxStream = Box::new(Counted::new(tcp, counters.clone()));
@@ -103,12 +139,24 @@ mod tests {
 
     #[test]
     fn targets_parse() {
-        assert_eq!(Target::parse("replica://127.0.0.1:7420"), Ok(Target::Remote("127.0.0.1:7420".into())));
-        assert_eq!(Target::parse("replica://[::1]:7420/"), Ok(Target::Remote("[::1]:7420".into())));
-        assert_eq!(Target::parse("replica://example.org:1"), Ok(Target::Remote("example.org:1".into())));
+        assert_eq!(
+            Target::parse("replica://127.0.0.1:7420"),
+            Ok(Target::Remote("127.0.0.1:7420".into()))
+        );
+        assert_eq!(
+            Target::parse("replica://[::1]:7420/"),
+            Ok(Target::Remote("[::1]:7420".into()))
+        );
+        assert_eq!(
+            Target::parse("replica://example.org:1"),
+            Ok(Target::Remote("example.org:1".into()))
+        );
         assert!(Target::parse("replica://::1:7420").is_err());
         assert!(Target::parse("replica://host").is_err());
         assert!(Target::parse("replica://host:99999").is_err());
-        assert_eq!(Target::parse("some/dir"), Ok(Target::Local("some/dir".into())));
+        assert_eq!(
+            Target::parse("some/dir"),
+            Ok(Target::Local("some/dir".into()))
+        );
     }
 }

@@ -38,7 +38,10 @@ pub struct Counters {
 
 impl Counters {
     pub fn total(&self) -> (u64, u64) {
-        (self.sent.load(Ordering::Relaxed), self.received.load(Ordering::Relaxed))
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -55,17 +58,27 @@ impl<S> Counted<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        self.counters.received.fetch_add(n as u64, Ordering::Relaxed);
+        self.counters
+            .received
+            .fetch_add(n as u64, Ordering::Relaxed);
         r
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = r {
             self.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -82,12 +95,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
 /// Sends one handshake message (uncompressed) and flushes.
 pub async fn send_plain<T: Serialize>(s: &mut BoxStream, msg: &T) -> std::io::Result<()> {
-    write_frame(s, &encode(msg)).await.map_err(std::io::Error::other)?;
+    write_frame(s, &encode(msg))
+        .await
+        .map_err(std::io::Error::other)?;
     s.flush().await
 }
 
 /// Reads one handshake message (uncompressed), within `limit`.
-pub async fn recv_plain<T: DeserializeOwned>(s: &mut BoxStream, limit: Duration) -> Result<T, String> {
+pub async fn recv_plain<T: DeserializeOwned>(
+    s: &mut BoxStream,
+    limit: Duration,
+) -> Result<T, String> {
     let mut buf = Vec::new();
     match tokio::time::timeout(limit, read_frame(s, &mut buf)).await {
         Err(_) => Err("no handshake within the time limit".into()),
@@ -151,12 +169,19 @@ where
     let (in_tx, in_rx) = mpsc::channel::<Result<In, String>>(caps.incoming);
     let (r, w) = tokio::io::split(stream);
     let writer = if compress {
-        let enc = ZstdEncoder::with_quality_and_params(w, Level::Precise(3), &[CParameter::window_log(24)]);
+        let enc = ZstdEncoder::with_quality_and_params(
+            w,
+            Level::Precise(3),
+            &[CParameter::window_log(24)],
+        );
         tokio::spawn(read_loop(ZstdDecoder::new(BufReader::new(r)), in_tx));
         tokio::spawn(write_loop(enc, out_rx))
     } else {
         tokio::spawn(read_loop(BufReader::with_capacity(256 * 1024, r), in_tx));
-        tokio::spawn(write_loop(tokio::io::BufWriter::with_capacity(256 * 1024, w), out_rx))
+        tokio::spawn(write_loop(
+            tokio::io::BufWriter::with_capacity(256 * 1024, w),
+            out_rx,
+        ))
     };
     Link {
         tx: out_tx,
@@ -199,7 +224,10 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(mut w: W, mut rx: mps
     let _ = w.shutdown().await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned>(mut r: R, tx: mpsc::Sender<Result<In, String>>) {
+async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned>(
+    mut r: R,
+    tx: mpsc::Sender<Result<In, String>>,
+) {
     let mut buf = Vec::new();
     loop {
         let got = match tokio::time::timeout(IDLE_LIMIT, read_frame(&mut r, &mut buf)).await {

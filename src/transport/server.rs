@@ -3,7 +3,9 @@
 //! reason). Shutdown is an input: when it fires, no new connection is
 //! accepted and the running session stops after the file in flight.
 
-use super::connection::{recv_plain, send_plain, spawn_link, BoxStream, Counted, Counters, LinkCaps};
+use super::connection::{
+    recv_plain, send_plain, spawn_link, BoxStream, Counted, Counters, LinkCaps,
+};
 use crate::apply::Replica;
 use crate::chunk::CHUNKER_VERSION;
 use crate::error::{Error, Result};
@@ -23,7 +25,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Time a peer has to send its hello.
 pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
-const SERVER_CAPS: LinkCaps = LinkCaps { outgoing: 1 << 20, incoming: 256 };
+const SERVER_CAPS: LinkCaps = LinkCaps {
+    outgoing: 1 << 20,
+    incoming: 256,
+};
 
 /// What every connection of one server shares.
 pub struct ServerShared {
@@ -49,7 +54,10 @@ pub struct ServerOptions {
 /// Where the index of a destination lives inside the state directory.
 pub fn index_path(state_dir: &Path, dest: &Path) -> PathBuf {
     let id = blake3::hash(dest.to_string_lossy().as_bytes()).to_hex();
-    state_dir.join("replicas").join(&id[..16]).join("index.redb")
+    state_dir
+        .join("replicas")
+        .join(&id[..16])
+        .join("index.redb")
 }
 
 impl ServerShared {
@@ -95,7 +103,10 @@ fn check_hello(h: &Hello, token: &Option<String>) -> std::result::Result<(), Str
         ));
     }
     if h.chunker != CHUNKER_VERSION {
-        return Err(format!("chunker version {} differs from the server's {CHUNKER_VERSION}", h.chunker));
+        return Err(format!(
+            "chunker version {} differs from the server's {CHUNKER_VERSION}",
+            h.chunker
+        ));
     }
     if let Some(t) = token {
         // blake3::Hash compares in constant time.
@@ -111,7 +122,9 @@ pub async fn accept_session(mut s: BoxStream, peer: String, shared: Arc<ServerSh
     let hello = match recv_plain::<Hello>(&mut s, HANDSHAKE_LIMIT).await {
         Ok(h) => h,
         Err(e) => {
-            shared.reporter.warn(&format!("{peer}: connection dropped: {e}"));
+            shared
+                .reporter
+                .warn(&format!("{peer}: connection dropped: {e}"));
             let _ = send_plain(&mut s, &HelloReply::Refused { reason: e }).await;
             return;
         }
@@ -122,21 +135,39 @@ pub async fn accept_session(mut s: BoxStream, peer: String, shared: Arc<ServerSh
         return;
     }
     if shared.shutdown.load(Ordering::Relaxed) {
-        let _ = send_plain(&mut s, &HelloReply::Refused { reason: "server is shutting down".into() }).await;
+        let _ = send_plain(
+            &mut s,
+            &HelloReply::Refused {
+                reason: "server is shutting down".into(),
+            },
+        )
+        .await;
         return;
     }
-    if shared.busy.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        let reason = format!("another client is already syncing {}; try again when it is done", shared.dest.display());
+    if shared
+        .busy
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        let reason = format!(
+            "another client is already syncing {}; try again when it is done",
+            shared.dest.display()
+        );
         shared.reporter.warn(&format!("{peer}: refused: {reason}"));
         let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
         return;
     }
-    let welcome = HelloReply::Welcome { version: PROTOCOL_VERSION, server: format!("replica {}", env!("CARGO_PKG_VERSION")) };
+    let welcome = HelloReply::Welcome {
+        version: PROTOCOL_VERSION,
+        server: format!("replica {}", env!("CARGO_PKG_VERSION")),
+    };
     if send_plain(&mut s, &welcome).await.is_err() {
         shared.busy.store(false, Ordering::Release);
         return;
     }
-    shared.reporter.info(&format!("session from {peer} ({})", hello.client));
+    shared
+        .reporter
+        .info(&format!("session from {peer} ({})", hello.client));
     shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
     let counters = Arc::new(Counters::default());
     let link = spawn_link(s, hello.compress, SERVER_CAPS, counters, peer.clone());
@@ -149,15 +180,25 @@ pub async fn accept_session(mut s: BoxStream, peer: String, shared: Arc<ServerSh
     shared.busy.store(false, Ordering::Release);
     match result {
         Ok(Ok(())) => shared.reporter.info(&format!("session from {peer} ended")),
-        Ok(Err(Error::Interrupted)) => shared.reporter.info(&format!("session from {peer} stopped for shutdown")),
-        Ok(Err(e)) => shared.reporter.error(&format!("session from {peer} failed: {e}")),
-        Err(e) => shared.reporter.error(&format!("session from {peer} crashed: {e}")),
+        Ok(Err(Error::Interrupted)) => shared
+            .reporter
+            .info(&format!("session from {peer} stopped for shutdown")),
+        Ok(Err(e)) => shared
+            .reporter
+            .error(&format!("session from {peer} failed: {e}")),
+        Err(e) => shared
+            .reporter
+            .error(&format!("session from {peer} crashed: {e}")),
     }
 }
 
 /// Accepts connections until `shutdown` resolves, then waits for the running
 /// session to stop (it finishes or discards the file in flight).
-pub async fn serve_listener(listener: TcpListener, shared: Arc<ServerShared>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve_listener(
+    listener: TcpListener,
+    shared: Arc<ServerShared>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -206,7 +247,14 @@ mod tests {
     use super::*;
 
     fn good() -> Hello {
-        Hello { magic: MAGIC, version: PROTOCOL_VERSION, chunker: CHUNKER_VERSION, token: "s3cret".into(), compress: true, client: "t".into() }
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            chunker: CHUNKER_VERSION,
+            token: "s3cret".into(),
+            compress: true,
+            client: "t".into(),
+        }
     }
 
     #[test]

@@ -8,9 +8,11 @@
 
 mod name;
 pub mod scan;
+mod scoped;
 
 pub use name::{validate_name, windows_can_hold, NameError};
 pub use scan::{scan_source, LocalStat, ScanOptions, SourceScan};
+pub use scoped::{scan_scoped, Scopes};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -18,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A modification time to the nanosecond, as seconds and nanoseconds since
 /// the Unix epoch (seconds may be negative).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Timestamp {
     pub secs: i64,
     pub nanos: u32,
@@ -57,9 +61,13 @@ impl Timestamp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     Dir,
-    File { size: u64 },
+    File {
+        size: u64,
+    },
     /// The link's target text, never followed.
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
 }
 
 impl Kind {
@@ -126,7 +134,12 @@ impl Manifest {
         if !root.kind.is_dir() || !root.name.is_empty() {
             return Err("manifest does not start with the root directory".into());
         }
-        let not_dir = |&i: &u32| !self.entries.get(i as usize).is_some_and(|e| e.kind.is_dir());
+        let not_dir = |&i: &u32| {
+            !self
+                .entries
+                .get(i as usize)
+                .is_some_and(|e| e.kind.is_dir())
+        };
         if self.opaque.iter().any(not_dir) || self.partial.iter().any(not_dir) {
             return Err("opaque entry is not a directory".into());
         }
@@ -180,14 +193,26 @@ mod tests {
 
     #[test]
     fn timestamp_round_trips_before_and_after_epoch() {
-        for (s, n) in [(0i64, 0u32), (1, 5), (-1, 999_999_999), (-100, 1), (1_700_000_000, 123_456_789)] {
+        for (s, n) in [
+            (0i64, 0u32),
+            (1, 5),
+            (-1, 999_999_999),
+            (-100, 1),
+            (1_700_000_000, 123_456_789),
+        ] {
             let t = Timestamp { secs: s, nanos: n };
             assert_eq!(Timestamp::from_system(t.to_system()), t);
         }
     }
 
     fn entry(parent: u32, name: &str, kind: Kind) -> Entry {
-        Entry { parent, name: name.into(), kind, mode: None, mtime: Timestamp::default() }
+        Entry {
+            parent,
+            name: name.into(),
+            kind,
+            mode: None,
+            mtime: Timestamp::default(),
+        }
     }
 
     #[test]

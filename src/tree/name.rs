@@ -48,14 +48,16 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
 /// dot or space, reserved characters). Used to report per file on Windows.
 pub fn windows_can_hold(name: &str) -> bool {
     const RESERVED: &[&str] = &[
-        "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7",
-        "COM8", "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+        "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+        "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
     ];
     let stem = name.split('.').next().unwrap_or("").to_ascii_uppercase();
     !(RESERVED.contains(&stem.as_str())
         || name.ends_with('.')
         || name.ends_with(' ')
-        || name.chars().any(|c| "<>:\"|?*".contains(c) || (c as u32) < 32))
+        || name
+            .chars()
+            .any(|c| "<>:\"|?*".contains(c) || (c as u32) < 32))
 }
 
 #[cfg(test)]
@@ -64,7 +66,17 @@ mod tests {
 
     #[test]
     fn rejects_every_trick() {
-        for bad in ["", ".", "..", "a/b", "a\\b", "C:", "c:x", "a\0b", "\\\\server"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "C:",
+            "c:x",
+            "a\0b",
+            "\\\\server",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(validate_name(&"x".repeat(256)), Err(NameError::TooLong));
@@ -72,7 +84,15 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for ok in ["a", ".hidden", "...", "a b", "naïve.txt", "1:2", &"x".repeat(255)] {
+        for ok in [
+            "a",
+            ".hidden",
+            "...",
+            "a b",
+            "naïve.txt",
+            "1:2",
+            &"x".repeat(255),
+        ] {
             assert!(validate_name(ok).is_ok(), "{ok:?} refused");
         }
     }

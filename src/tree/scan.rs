@@ -45,11 +45,11 @@ struct Node {
 }
 
 #[derive(Default)]
-struct SubTree {
+pub(super) struct SubTree {
     nodes: Vec<Node>,
-    unreadable: bool,
+    pub(super) unreadable: bool,
     warnings: Vec<FileError>,
-    errors: Vec<FileError>,
+    pub(super) errors: Vec<FileError>,
 }
 
 /// Scans `root` (which must be a directory) into a manifest.
@@ -73,31 +73,33 @@ pub fn scan_source(root: &Path, opts: &ScanOptions) -> std::io::Result<SourceSca
         let e = fs::read_dir(root).err();
         return Err(e.unwrap_or_else(|| std::io::Error::other("cannot list directory")));
     }
-    let mut scan = SourceScan {
-        manifest: Manifest {
-            entries: Vec::with_capacity(sub.nodes.len() + 1),
-            ..Manifest::default()
-        },
-        local: Vec::with_capacity(sub.nodes.len() + 1),
-        warnings: sub.warnings,
-        errors: sub.errors,
-    };
+    let mut scan = SourceScan::default();
     scan.manifest.entries.push(root_entry);
     scan.local.push(local_of(&meta));
-    for n in sub.nodes {
-        if n.opaque {
-            scan.manifest.opaque.push(scan.manifest.entries.len() as u32);
-        }
-        let mut e = n.entry;
-        e.parent = n.parent.map(|p| p as u32 + 1).unwrap_or(0);
-        scan.manifest.entries.push(e);
-        scan.local.push(n.local);
-    }
+    splice(&mut scan, sub, 0);
     Ok(scan)
 }
 
+/// Appends a walked subtree below entry `parent`.
+pub(super) fn splice(scan: &mut SourceScan, sub: SubTree, parent: u32) {
+    let base = scan.manifest.entries.len() as u32;
+    scan.warnings.extend(sub.warnings);
+    scan.errors.extend(sub.errors);
+    for n in sub.nodes {
+        if n.opaque {
+            scan.manifest
+                .opaque
+                .push(scan.manifest.entries.len() as u32);
+        }
+        let mut e = n.entry;
+        e.parent = n.parent.map(|p| p as u32 + base).unwrap_or(parent);
+        scan.manifest.entries.push(e);
+        scan.local.push(n.local);
+    }
+}
+
 /// Walks the children of `dir` (display path `rel`), subdirectories in parallel.
-fn walk(dir: &Path, rel: &str, opts: &ScanOptions) -> SubTree {
+pub(super) fn walk(dir: &Path, rel: &str, opts: &ScanOptions) -> SubTree {
     let mut out = SubTree::default();
     let mut children = match read_children(dir, rel, &mut out) {
         Some(c) => c,
@@ -147,12 +149,19 @@ fn walk(dir: &Path, rel: &str, opts: &ScanOptions) -> SubTree {
     out
 }
 
-fn read_children(dir: &Path, rel: &str, out: &mut SubTree) -> Option<Vec<(String, PathBuf, Metadata)>> {
+pub(super) fn read_children(
+    dir: &Path,
+    rel: &str,
+    out: &mut SubTree,
+) -> Option<Vec<(String, PathBuf, Metadata)>> {
     let shown = if rel.is_empty() { "." } else { rel };
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) => {
-            out.errors.push(FileError::new(shown, format!("cannot read directory: {}", describe_io(&e))));
+            out.errors.push(FileError::new(
+                shown,
+                format!("cannot read directory: {}", describe_io(&e)),
+            ));
             out.unreadable = true;
             return None;
         }
@@ -162,7 +171,10 @@ fn read_children(dir: &Path, rel: &str, out: &mut SubTree) -> Option<Vec<(String
         let item = match item {
             Ok(i) => i,
             Err(e) => {
-                out.errors.push(FileError::new(shown, format!("cannot list directory: {}", describe_io(&e))));
+                out.errors.push(FileError::new(
+                    shown,
+                    format!("cannot list directory: {}", describe_io(&e)),
+                ));
                 continue;
             }
         };
@@ -178,13 +190,21 @@ fn read_children(dir: &Path, rel: &str, out: &mut SubTree) -> Option<Vec<(String
         match fs::symlink_metadata(&path) {
             Ok(meta) => children.push((name.to_string(), path, meta)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // vanished meanwhile
-            Err(e) => out.errors.push(FileError::new(join_rel(rel, name), format!("cannot stat: {}", describe_io(&e)))),
+            Err(e) => out.errors.push(FileError::new(
+                join_rel(rel, name),
+                format!("cannot stat: {}", describe_io(&e)),
+            )),
         }
     }
     Some(children)
 }
 
-fn entry_of(path: &Path, rel: &str, name: String, meta: &Metadata) -> Result<Option<Entry>, FileError> {
+pub(super) fn entry_of(
+    path: &Path,
+    rel: &str,
+    name: String,
+    meta: &Metadata,
+) -> Result<Option<Entry>, FileError> {
     let ft = meta.file_type();
     let kind = if ft.is_dir() {
         Kind::Dir
@@ -210,7 +230,7 @@ fn entry_of(path: &Path, rel: &str, name: String, meta: &Metadata) -> Result<Opt
     }))
 }
 
-fn join_rel(rel: &str, name: &str) -> String {
+pub(super) fn join_rel(rel: &str, name: &str) -> String {
     if rel.is_empty() {
         name.to_string()
     } else {

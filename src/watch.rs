@@ -1,0 +1,424 @@
+//! Continuous sync: file-system events -> batches of changed paths ->
+//! scoped passes, one worker per target.
+//!
+//! - The watcher ([`notify`]) watches each directory of the source on its
+//!   own (non-recursive), so the set of watches is ours: a new directory
+//!   gains a watch, a removed one loses it, and the count is logged.
+//! - Events go through a bounded channel; when it overflows, when the
+//!   watcher asks for a rescan, or when a watch cannot be added (inotify
+//!   limit), the next batch is a full rescan. Overflow never drops a change.
+//! - The batcher waits for a short quiet period (or a maximum delay), turns
+//!   the paths into [`Scopes`] and hands the batch to every target's worker.
+//!   Files still open for writing (Linux reports closes) are held back until
+//!   closed, so a half-written file is never sent.
+//! - A worker merges the batches queued for it and runs one pass; if its
+//!   server is unreachable it keeps merging, retries with backoff, and on
+//!   reconnection runs a full pass. One dead target never blocks another.
+
+use crate::error::Result;
+use crate::syncer::Syncer;
+use crate::tree::{path_to_key, scan_scoped, ScanOptions, Scopes};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+use notify::{RecursiveMode, Watcher};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Timing of the watch loop.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Quiet time after the last event before a batch is sent.
+    pub quiet: Duration,
+    /// Longest a change waits while events keep coming.
+    pub max_delay: Duration,
+    /// Full rescan period (catches what no watcher reports).
+    pub rescan_every: Duration,
+    /// Longest a file still open for writing is held back.
+    pub max_hold: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            quiet: Duration::from_millis(20),
+            max_delay: Duration::from_millis(300),
+            rescan_every: Duration::from_secs(300),
+            max_hold: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a worker is asked to do.
+#[derive(Debug, Clone)]
+enum Batch {
+    Scoped(Scopes),
+    Full(String),
+}
+
+impl Batch {
+    fn merge(self, other: Batch) -> Batch {
+        match (self, other) {
+            (Batch::Full(why), _) | (_, Batch::Full(why)) => Batch::Full(why),
+            (Batch::Scoped(mut a), Batch::Scoped(b)) => {
+                a.merge(b);
+                Batch::Scoped(a)
+            }
+        }
+    }
+}
+
+enum Raw {
+    Event(notify::Event),
+    Rescan(String),
+}
+
+/// The set of watched directories.
+struct Watches {
+    watcher: notify::RecommendedWatcher,
+    dirs: HashSet<PathBuf>,
+    failed: bool,
+    last_logged: usize,
+}
+
+impl Watches {
+    fn add(&mut self, dir: &Path, reporter: &crate::report::Reporter) {
+        if self.dirs.contains(dir) {
+            return;
+        }
+        match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                self.dirs.insert(dir.to_path_buf());
+            }
+            Err(e) => {
+                if !self.failed {
+                    let hint = if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                        "; the inotify watch limit is reached: raise it with `sudo sysctl fs.inotify.max_user_watches=1048576` (and in /etc/sysctl.conf); meanwhile the tree is rescanned periodically"
+                    } else {
+                        "; that part is rescanned periodically instead"
+                    };
+                    reporter.error(&format!("cannot watch {}: {e}{hint}", dir.display()));
+                }
+                self.failed = true;
+            }
+        }
+    }
+
+    fn remove_under(&mut self, path: &Path) {
+        let gone: Vec<PathBuf> = self
+            .dirs
+            .iter()
+            .filter(|d| d.starts_with(path))
+            .cloned()
+            .collect();
+        for d in gone {
+            let _ = self.watcher.unwatch(&d);
+            self.dirs.remove(&d);
+        }
+    }
+
+    /// Watches every directory below `dir` (inclusive) that the filter keeps.
+    fn add_tree(
+        &mut self,
+        root: &Path,
+        dir: &Path,
+        opts: &ScanOptions,
+        reporter: &crate::report::Reporter,
+    ) {
+        self.add(dir, reporter);
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for item in rd.flatten() {
+            let p = item.path();
+            let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if !is_dir || opts.skip.contains(&p) {
+                continue;
+            }
+            let rel = p.strip_prefix(root).ok().and_then(path_to_key);
+            if rel
+                .as_deref()
+                .is_some_and(|r| opts.filter.is_excluded(r, true))
+            {
+                continue;
+            }
+            self.add_tree(root, &p, opts, reporter);
+        }
+    }
+
+    fn log_count(&mut self, reporter: &crate::report::Reporter) {
+        if self.dirs.len() != self.last_logged {
+            self.last_logged = self.dirs.len();
+            reporter.info(&format!("watching {} directories", self.dirs.len()));
+        }
+    }
+}
+
+/// Runs until `stop` is set: an initial full pass per target, then passes
+/// for every batch of changes.
+pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) -> Result<()> {
+    let first = syncers.first().expect("at least one target");
+    let root = first.src.clone();
+    let scan_opts = ScanOptions {
+        filter: first.filter().clone(),
+        skip: syncers.iter().flat_map(|s| s.skip().to_vec()).collect(),
+    };
+    let reporter = first.reporter.clone();
+    let hold: Arc<Mutex<HashSet<String>>> = Arc::default();
+
+    let (tx, rx) = mpsc::sync_channel::<Raw>(65_536);
+    let overflow = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let tx = tx.clone();
+        let overflow = overflow.clone();
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let raw = match res {
+                Ok(ev) if ev.need_rescan() => Raw::Rescan("the watcher asked for a rescan".into()),
+                Ok(ev) => Raw::Event(ev),
+                Err(e) => Raw::Rescan(format!("watcher error: {e}")),
+            };
+            if let Err(TrySendError::Full(_)) = tx.try_send(raw) {
+                overflow.store(true, Ordering::Relaxed);
+            }
+        })
+        .map_err(|e| crate::Error::Usage(format!("cannot start the file watcher: {e}")))?
+    };
+    let mut watches = Watches {
+        watcher,
+        dirs: HashSet::new(),
+        failed: false,
+        last_logged: 0,
+    };
+    watches.add_tree(&root, &root, &scan_opts, &reporter);
+    watches.log_count(&reporter);
+
+    let mut workers = Vec::new();
+    let mut queues: Vec<mpsc::Sender<Batch>> = Vec::new();
+    for mut s in syncers {
+        s.hold = Some(hold.clone());
+        let (qtx, qrx) = mpsc::channel::<Batch>();
+        queues.push(qtx);
+        let stop = stop.clone();
+        let scan_opts = scan_opts.clone();
+        workers.push(std::thread::spawn(move || worker(s, qrx, scan_opts, stop)));
+    }
+    for q in &queues {
+        let _ = q.send(Batch::Full("initial pass".into()));
+    }
+
+    let mut pending: HashSet<PathBuf> = HashSet::new();
+    let mut writing: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut rescan: Option<String> = None;
+    let mut first_event: Option<Instant> = None;
+    let mut last_event = Instant::now();
+    let mut last_full = Instant::now();
+    let tick = Duration::from_millis(10);
+    while !stop.load(Ordering::Relaxed) {
+        match rx.recv_timeout(tick) {
+            Ok(Raw::Event(ev)) => {
+                note_event(&ev, &mut pending, &mut writing);
+                first_event.get_or_insert_with(Instant::now);
+                last_event = Instant::now();
+            }
+            Ok(Raw::Rescan(why)) => {
+                rescan = Some(why);
+                first_event.get_or_insert_with(Instant::now);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if overflow.swap(false, Ordering::Relaxed) {
+            rescan = Some("too many events at once (event queue overflow)".into());
+            first_event.get_or_insert_with(Instant::now);
+        }
+        if watches.failed && last_full.elapsed() >= Duration::from_secs(10) {
+            rescan.get_or_insert_with(|| "some directories could not be watched".into());
+            first_event.get_or_insert_with(Instant::now);
+        }
+        if last_full.elapsed() >= opts.rescan_every {
+            rescan.get_or_insert_with(|| "periodic safety rescan".into());
+            first_event.get_or_insert_with(Instant::now);
+        }
+        let Some(t0) = first_event else { continue };
+        let quiet = last_event.elapsed() >= opts.quiet;
+        if !(quiet || t0.elapsed() >= opts.max_delay) {
+            continue;
+        }
+        // Files still open for writing wait for their close (or max_hold).
+        writing.retain(|_, since| since.elapsed() < opts.max_hold);
+        {
+            let mut h = hold.lock().unwrap_or_else(|e| e.into_inner());
+            h.clear();
+            h.extend(
+                writing
+                    .keys()
+                    .filter_map(|p| p.strip_prefix(&root).ok().and_then(path_to_key)),
+            );
+        }
+        let batch = if let Some(why) = rescan.take() {
+            reporter.info(&format!("rescanning the whole tree: {why}"));
+            pending.clear();
+            last_full = Instant::now();
+            watches.failed = false;
+            watches.add_tree(&root, &root, &scan_opts, &reporter);
+            let gone: Vec<PathBuf> = watches
+                .dirs
+                .iter()
+                .filter(|d| !d.is_dir())
+                .cloned()
+                .collect();
+            for d in gone {
+                watches.remove_under(&d);
+            }
+            Batch::Full(why)
+        } else {
+            let ready: Vec<PathBuf> = pending
+                .iter()
+                .filter(|p| !writing.contains_key(*p))
+                .cloned()
+                .collect();
+            if ready.is_empty() {
+                first_event = if pending.is_empty() {
+                    None
+                } else {
+                    Some(Instant::now())
+                };
+                continue;
+            }
+            let mut scopes = Scopes::default();
+            for p in &ready {
+                pending.remove(p);
+                let meta = std::fs::symlink_metadata(p).ok();
+                let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
+                if is_dir {
+                    watches.add_tree(&root, p, &scan_opts, &reporter);
+                } else {
+                    watches.remove_under(p);
+                }
+                if scan_opts.skip.iter().any(|s| p.starts_with(s)) {
+                    continue;
+                }
+                let Some(rel) = p.strip_prefix(&root).ok().and_then(path_to_key) else {
+                    continue;
+                };
+                scopes.add_changed(&rel, is_dir);
+            }
+            Batch::Scoped(scopes)
+        };
+        watches.log_count(&reporter);
+        first_event = if pending.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        for q in &queues {
+            let _ = q.send(batch.clone());
+        }
+    }
+    drop(queues);
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
+}
+
+/// Records the paths an event touches and tracks files open for writing.
+fn note_event(
+    ev: &notify::Event,
+    pending: &mut HashSet<PathBuf>,
+    writing: &mut HashMap<PathBuf, Instant>,
+) {
+    match ev.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            for p in &ev.paths {
+                writing.remove(p);
+            }
+        }
+        EventKind::Access(_) => return,
+        EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_))
+            if cfg!(target_os = "linux") =>
+        {
+            for p in &ev.paths {
+                writing.entry(p.clone()).or_insert_with(Instant::now);
+            }
+        }
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
+            for p in &ev.paths {
+                writing.remove(p);
+            }
+        }
+        _ => {}
+    }
+    pending.extend(ev.paths.iter().cloned());
+}
+
+/// One target's loop: merge queued batches, run a pass, retry on failure.
+fn worker(mut s: Syncer, rx: mpsc::Receiver<Batch>, scan_opts: ScanOptions, stop: Arc<AtomicBool>) {
+    let mut backlog: Option<Batch> = None;
+    let mut backoff = Duration::from_millis(250);
+    let mut failing = false;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let next = if backlog.is_some() {
+            rx.try_recv().ok()
+        } else {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(b) => Some(b),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        };
+        if let Some(b) = next {
+            backlog = Some(match backlog.take() {
+                Some(prev) => prev.merge(b),
+                None => b,
+            });
+            while let Ok(more) = rx.try_recv() {
+                backlog = Some(backlog.take().unwrap().merge(more));
+            }
+        }
+        let Some(batch) = backlog.take() else {
+            continue;
+        };
+        let result = match &batch {
+            Batch::Full(_) => s.pass(None),
+            Batch::Scoped(scopes) => match scan_scoped(&s.src, scopes, &scan_opts) {
+                Ok(scan) => s.pass_with(&scan, None),
+                Err(e) => Err(crate::Error::io(&s.src, e)),
+            },
+        };
+        match result {
+            Ok(summary) => {
+                if failing {
+                    s.reporter
+                        .info(&format!("{}: reachable again", s.target().describe()));
+                }
+                failing = false;
+                backoff = Duration::from_millis(250);
+                if summary.stats.ops > 0 || summary.failed() || matches!(batch, Batch::Full(_)) {
+                    s.reporter.always(&summary.line());
+                }
+            }
+            Err(e) => {
+                s.reporter.error(&format!(
+                    "{}: pass failed: {e}; retrying in {:.1} s",
+                    s.target().describe(),
+                    backoff.as_secs_f64()
+                ));
+                failing = true;
+                // After a failure the replica's state is unknown: the next pass is a full one.
+                backlog = Some(Batch::Full("reconnected".into()));
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    s.close();
+}
