@@ -40,6 +40,20 @@ enum Cmd {
         after_help = "Examples:\n  replica watch ~/notes replica://nas.local:7420 --token \"$SECRET\"\n  replica watch ~/notes /mnt/usb/notes replica://[::1]:7420"
     )]
     Watch(WatchArgs),
+    /// Show a running server's status.
+    #[command(
+        after_help = "Example:\n  replica status replica://nas.local:7420 --token \"$SECRET\""
+    )]
+    Status {
+        /// replica://HOST:PORT
+        server: String,
+        /// Shared secret of the server.
+        #[arg(long, env = "REPLICA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  replica completions bash > /etc/bash_completion.d/replica"
@@ -76,6 +90,13 @@ struct ServeArgs {
     /// Shared secret clients must present (required unless listening on loopback).
     #[arg(long, env = "REPLICA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve GET /status (JSON) and GET /metrics (Prometheus) on this address.
+    #[arg(long, value_name = "ADDR")]
+    status_addr: Option<String>,
+    /// Warn when free space drops below this, and refuse files that would not
+    /// leave it free: bytes with an optional K/M/G/T suffix, or a percentage.
+    #[arg(long, value_name = "SIZE|PCT", default_value = "1G")]
+    min_free: String,
     #[command(flatten)]
     common: Common,
 }
@@ -194,6 +215,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         state_dir,
         token: a.token.clone(),
         fsync: a.common.fsync,
+        min_free: replica::transport::server::MinFree::parse(&a.min_free).map_err(usage)?,
     };
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&a.listen))
@@ -205,6 +227,18 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         )));
     }
     let shared = ServerShared::open(&opts, reporter.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    rt.spawn(shared.stats.clone().track_speed());
+    if let Some(sa) = &a.status_addr {
+        let l = rt
+            .block_on(tokio::net::TcpListener::bind(sa))
+            .with_context(|| format!("cannot listen on {sa} for status"))?;
+        println!("status on http://{}/status", l.local_addr()?);
+        rt.spawn(replica::status::serve_http(
+            l,
+            shared.stats.clone(),
+            std::future::pending(),
+        ));
+    }
     println!("listening on {addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -252,6 +286,7 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
         max_delete: a.max_delete,
         fsync: a.common.fsync,
         force: a.force,
+        min_free: replica::transport::server::MinFree::Bytes(0),
     };
     let mut syncer = Syncer::new(opts, reporter.clone(), rt.handle().clone()).map_err(lib_err)?;
     let Some(period) = a.every else {
@@ -311,6 +346,7 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
             max_delete: a.max_delete,
             fsync: a.common.fsync,
             force: a.force,
+            min_free: replica::transport::server::MinFree::Bytes(0),
         };
         let prefix = if a.targets.len() > 1 {
             format!("[{t}] ")
@@ -339,12 +375,36 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn status(server: &str, token: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let Target::Remote(addr) = Target::parse(server).map_err(usage)? else {
+        return Err(usage(format!("{server}: expected replica://HOST:PORT")));
+    };
+    let rt = runtime()?;
+    let co = replica::transport::client::ConnectOptions { token };
+    let text = rt
+        .block_on(replica::transport::client::query_status(&addr, &co))
+        .map_err(lib_err)?;
+    if json {
+        println!("{text}");
+    } else {
+        let snap: replica::status::StatusSnapshot =
+            serde_json::from_str(&text).context("unreadable status")?;
+        print!("{}", snap.to_human());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Sync(a) => sync(a),
         Cmd::Watch(a) => watch(a),
+        Cmd::Status {
+            server,
+            token,
+            json,
+        } => status(&server, token, json),
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,

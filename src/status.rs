@@ -1,9 +1,13 @@
-//! Live counters of a running server, for its status endpoint and log.
+//! Live counters of a running server, and the ways to read them: a small
+//! HTTP endpoint (`GET /status` as JSON, `GET /metrics` in Prometheus text
+//! format) and a status request over the replica protocol itself.
 
 use crate::protocol::PassStats;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Counters updated by sessions, read by the status endpoint.
 #[derive(Debug)]
@@ -15,7 +19,12 @@ pub struct ServerStats {
     pub ops: AtomicU64,
     pub received: AtomicU64,
     pub reused: AtomicU64,
+    pub replica_files: AtomicU64,
+    pub replica_bytes: AtomicU64,
+    /// Content bytes received per second, over the last second.
+    pub speed: AtomicU64,
     pub last_change: Mutex<Option<SystemTime>>,
+    pub dest: Mutex<String>,
 }
 
 impl Default for ServerStats {
@@ -28,9 +37,31 @@ impl Default for ServerStats {
             ops: AtomicU64::new(0),
             received: AtomicU64::new(0),
             reused: AtomicU64::new(0),
+            replica_files: AtomicU64::new(0),
+            replica_bytes: AtomicU64::new(0),
+            speed: AtomicU64::new(0),
             last_change: Mutex::new(None),
+            dest: Mutex::new(String::new()),
         }
     }
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub dest: String,
+    pub uptime_seconds: u64,
+    pub connected_clients: u64,
+    pub sessions: u64,
+    pub passes: u64,
+    pub operations: u64,
+    pub replica_files: u64,
+    pub replica_bytes: u64,
+    pub last_change: Option<String>,
+    pub bytes_received: u64,
+    pub bytes_saved_by_dedup: u64,
+    pub transfer_bytes_per_second: u64,
+    pub free_bytes: Option<u64>,
 }
 
 impl ServerStats {
@@ -47,7 +78,212 @@ impl ServerStats {
         self.reused.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn note_pass(&self, _s: &PassStats) {
+    /// Records a finished pass; `totals` (files, bytes) when it covered the whole tree.
+    pub fn note_pass(&self, _s: &PassStats, totals: Option<(u64, u64)>) {
         self.passes.fetch_add(1, Ordering::Relaxed);
+        if let Some((files, bytes)) = totals {
+            self.replica_files.store(files, Ordering::Relaxed);
+            self.replica_bytes.store(bytes, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let dest = self.dest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let last = *self.last_change.lock().unwrap_or_else(|e| e.into_inner());
+        StatusSnapshot {
+            free_bytes: fs4::available_space(&dest).ok(),
+            dest,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            connected_clients: self.clients.load(Ordering::Relaxed),
+            sessions: self.sessions.load(Ordering::Relaxed),
+            passes: self.passes.load(Ordering::Relaxed),
+            operations: self.ops.load(Ordering::Relaxed),
+            replica_files: self.replica_files.load(Ordering::Relaxed),
+            replica_bytes: self.replica_bytes.load(Ordering::Relaxed),
+            last_change: last.map(|t| {
+                time::OffsetDateTime::from(t)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            }),
+            bytes_received: self.received.load(Ordering::Relaxed),
+            bytes_saved_by_dedup: self.reused.load(Ordering::Relaxed),
+            transfer_bytes_per_second: self.speed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Keeps `speed` current (call from a spawned task).
+    pub async fn track_speed(self: Arc<Self>) {
+        let mut last = self.received.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.received.load(Ordering::Relaxed);
+            self.speed.store(now - last, Ordering::Relaxed);
+            last = now;
+        }
+    }
+}
+
+impl StatusSnapshot {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("status serialises")
+    }
+
+    /// Prometheus text exposition format.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP replica_{name} {help}\n# TYPE replica_{name} {kind}\nreplica_{name} {v}\n"
+            ));
+        };
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since the server started.",
+            self.uptime_seconds,
+        );
+        metric(
+            "connected_clients",
+            "gauge",
+            "Open client connections.",
+            self.connected_clients,
+        );
+        metric(
+            "sessions_total",
+            "counter",
+            "Sessions served.",
+            self.sessions,
+        );
+        metric("passes_total", "counter", "Passes completed.", self.passes);
+        metric(
+            "operations_total",
+            "counter",
+            "Operations carried out on the replica.",
+            self.operations,
+        );
+        metric(
+            "replica_files",
+            "gauge",
+            "Regular files in the replica after the last full pass.",
+            self.replica_files,
+        );
+        metric(
+            "replica_bytes",
+            "gauge",
+            "Bytes in the replica's files after the last full pass.",
+            self.replica_bytes,
+        );
+        metric(
+            "received_bytes_total",
+            "counter",
+            "Content bytes received from clients.",
+            self.bytes_received,
+        );
+        metric(
+            "dedup_saved_bytes_total",
+            "counter",
+            "Content bytes rebuilt from the replica instead of received.",
+            self.bytes_saved_by_dedup,
+        );
+        metric(
+            "transfer_bytes_per_second",
+            "gauge",
+            "Content bytes received over the last second.",
+            self.transfer_bytes_per_second,
+        );
+        if let Some(f) = self.free_bytes {
+            metric(
+                "free_bytes",
+                "gauge",
+                "Free space on the destination's filesystem.",
+                f,
+            );
+        }
+        out
+    }
+
+    /// A few lines for a person.
+    pub fn to_human(&self) -> String {
+        use crate::report::human_bytes;
+        format!(
+            "destination:      {}\nuptime:           {} s\nclients:          {} connected, {} sessions, {} passes\nreplica:          {} files, {}\nlast change:      {}\nreceived:         {}\nsaved by dedup:   {}\ntransfer speed:   {}/s\nfree space:       {}\n",
+            self.dest,
+            self.uptime_seconds,
+            self.connected_clients,
+            self.sessions,
+            self.passes,
+            self.replica_files,
+            human_bytes(self.replica_bytes),
+            self.last_change.as_deref().unwrap_or("none yet"),
+            human_bytes(self.bytes_received),
+            human_bytes(self.bytes_saved_by_dedup),
+            human_bytes(self.transfer_bytes_per_second),
+            self.free_bytes.map(human_bytes).unwrap_or_else(|| "unknown".into()),
+        )
+    }
+}
+
+/// Serves `GET /status` and `GET /metrics` until `shutdown` resolves.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    stats: Arc<ServerStats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            acc = listener.accept() => {
+                let Ok((mut s, _)) = acc else { continue };
+                let stats = stats.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 2048];
+                    let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                        Ok(Ok(n)) => n,
+                        _ => return,
+                    };
+                    let req = String::from_utf8_lossy(&buf[..n]);
+                    let path = req.split_whitespace().nth(1).unwrap_or("");
+                    let (code, ctype, body) = match (req.starts_with("GET "), path) {
+                        (true, "/status") => ("200 OK", "application/json", stats.snapshot().to_json()),
+                        (true, "/metrics") => ("200 OK", "text/plain; version=0.0.4", stats.snapshot().to_prometheus()),
+                        _ => ("404 Not Found", "text/plain", "try /status or /metrics\n".to_string()),
+                    };
+                    let resp = format!("HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    let _ = s.write_all(resp.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_carry_the_counts() {
+        let s = ServerStats::default();
+        s.note_received(100);
+        s.note_reused(50);
+        s.note_op();
+        s.note_pass(&PassStats::default(), Some((3, 300)));
+        let snap = s.snapshot();
+        assert_eq!(
+            (
+                snap.bytes_received,
+                snap.bytes_saved_by_dedup,
+                snap.replica_files,
+                snap.operations
+            ),
+            (100, 50, 3, 1)
+        );
+        let json: serde_json::Value = serde_json::from_str(&snap.to_json()).unwrap();
+        assert_eq!(json["replica_bytes"], 300);
+        assert!(snap
+            .to_prometheus()
+            .contains("replica_received_bytes_total 100\n"));
+        assert!(snap.to_human().contains("3 files"));
     }
 }

@@ -28,6 +28,8 @@ pub struct SyncOptions {
     pub max_delete: Option<u64>,
     pub fsync: bool,
     pub force: bool,
+    /// For a local target: free space to keep on the destination.
+    pub min_free: crate::transport::server::MinFree,
 }
 
 /// The default place for replica's own state (indexes, keys).
@@ -156,6 +158,7 @@ impl Syncer {
                     state_dir: opts.state_dir.clone(),
                     token: None,
                     fsync: opts.fsync,
+                    min_free: opts.min_free,
                 };
                 Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
             }

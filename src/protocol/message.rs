@@ -26,13 +26,33 @@ pub struct Hello {
     pub compress: bool,
     /// Free text naming the client, for the server's log.
     pub client: String,
+    /// What the connection is for.
+    pub purpose: Purpose,
+}
+
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Purpose {
+    /// Passes follow the handshake.
+    Sync,
+    /// Only the server's status is wanted (answered in the handshake).
+    Status,
 }
 
 /// Server → client, answer to [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
-    Welcome { version: u32, server: String },
-    Refused { reason: String },
+    Welcome {
+        version: u32,
+        server: String,
+    },
+    Refused {
+        reason: String,
+    },
+    /// Answer to a [`Purpose::Status`] hello: the status as JSON.
+    Status {
+        json: String,
+    },
 }
 
 /// What a pass should do besides making the replica equal the source.

@@ -23,6 +23,7 @@ pub struct ServerState {
     pub index: ReplicaIndex,
     pub reporter: Arc<Reporter>,
     pub fsync: bool,
+    pub min_free: crate::transport::server::MinFree,
     pub shutdown: Arc<AtomicBool>,
     pub stats: Arc<crate::status::ServerStats>,
 }
@@ -177,6 +178,20 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
             return Ok(());
         }
     }
+    if let (Ok(free), Ok(total)) = (
+        fs4::available_space(st.replica.root_path()),
+        fs4::total_space(st.replica.root_path()),
+    ) {
+        let keep = st.min_free.bytes(total);
+        if free < keep {
+            let msg = format!(
+                "free space on the destination is low: {} free, --min-free is {}",
+                crate::report::human_bytes(free),
+                crate::report::human_bytes(keep)
+            );
+            st.reporter.warn(&msg);
+        }
+    }
     let mut txn = st.index.begin()?;
     let ctx = PassCtx {
         link,
@@ -194,7 +209,14 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     ctx.remove_extras(&p.remove, &moved_away, &mut txn, &mut stats)?;
     ctx.fix_dirs(&p.dirs_deepest_first);
     txn.commit()?;
-    st.stats.note_pass(&stats);
+    let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
+    let files = manifest
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File { .. }))
+        .count() as u64;
+    st.stats
+        .note_pass(&stats, full.then(|| (files, manifest.file_bytes())));
     if st.shutdown.load(Ordering::Relaxed) {
         link.send(ServerMsg::Fatal {
             reason: "server is shutting down".into(),

@@ -464,6 +464,15 @@ impl<'c, 'a> Transfer<'c, 'a> {
     fn assemble(&mut self, id: u32, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
         let key = self.key(id);
         let dry = self.ctx.dry;
+        if let Some(why) = self.no_room(id) {
+            let r = OpReport {
+                detail: Some(why),
+                ..simple(Op::Error, key, Reason::Failed)
+            };
+            self.ctx.report(stats, r);
+            self.drop_job(id);
+            return Ok(());
+        }
         let tmp = if dry {
             None
         } else {
@@ -531,6 +540,23 @@ impl<'c, 'a> Transfer<'c, 'a> {
             return self.publish(id, txn, stats);
         }
         Ok(())
+    }
+
+    /// Why file `id` must be refused for lack of space, if it must.
+    fn no_room(&self, id: u32) -> Option<String> {
+        let size = self.jobs.get(&id)?.size;
+        let root = self.ctx.st.replica.root_path();
+        let free = fs4::available_space(root).ok()?;
+        let keep = self.ctx.st.min_free.bytes(fs4::total_space(root).ok()?);
+        (size.saturating_add(keep) > free).then(|| {
+            use crate::report::human_bytes;
+            format!(
+                "not enough space on the destination: the file needs {}, {} is free and --min-free keeps {}",
+                human_bytes(size),
+                human_bytes(free),
+                human_bytes(keep)
+            )
+        })
     }
 
     fn copy_within(&mut self, id: u32, from: u32, to: u32) -> bool {

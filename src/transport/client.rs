@@ -7,7 +7,7 @@ use super::connection::{
 use super::server::{accept_session, ServerShared};
 use crate::chunk::CHUNKER_VERSION;
 use crate::error::{Error, Result};
-use crate::protocol::{Hello, HelloReply, MAGIC, PROTOCOL_VERSION};
+use crate::protocol::{Hello, HelloReply, Purpose, MAGIC, PROTOCOL_VERSION};
 use crate::session::client::ClientLink;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +65,7 @@ fn hello(token: &Option<String>, compress: bool) -> Hello {
         token: token.clone().unwrap_or_default(),
         compress,
         client: format!("replica {}", env!("CARGO_PKG_VERSION")),
+        purpose: Purpose::Sync,
     }
 }
 
@@ -96,7 +97,39 @@ async fn handshake(
             peer: peer.to_string(),
             reason,
         }),
+        Ok(HelloReply::Status { .. }) => Err(Error::protocol(peer, "status reply to a sync hello")),
         Err(e) => Err(Error::protocol(peer, e)),
+    }
+}
+
+/// Asks a server for its status (JSON) without starting a session.
+pub async fn query_status(addr: &str, opts: &ConnectOptions) -> Result<String> {
+    let peer = format!("replica://{addr}");
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| Error::Net {
+        peer: peer.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"),
+    })?
+    .map_err(|e| Error::Net {
+        peer: peer.clone(),
+        source: e,
+    })?;
+    let mut s: BoxStream = Box::new(tcp);
+    let mut h = hello(&opts.token, false);
+    h.purpose = Purpose::Status;
+    send_plain(&mut s, &h).await.map_err(|e| Error::Net {
+        peer: peer.clone(),
+        source: e,
+    })?;
+    match recv_plain::<HelloReply>(&mut s, Duration::from_secs(30)).await {
+        Ok(HelloReply::Status { json }) => Ok(json),
+        Ok(HelloReply::Refused { reason }) => Err(Error::Refused { peer, reason }),
+        Ok(HelloReply::Welcome { .. }) => Err(Error::protocol(&peer, "unexpected welcome")),
+        Err(e) => Err(Error::protocol(&peer, e)),
     }
 }
 

@@ -6,5 +6,6 @@
 pub mod client;
 pub mod connection;
 pub mod server;
+pub mod tls;
 
 pub use connection::{BoxStream, Counters, Link};

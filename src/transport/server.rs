@@ -10,7 +10,7 @@ use crate::apply::Replica;
 use crate::chunk::CHUNKER_VERSION;
 use crate::error::{Error, Result};
 use crate::index::ReplicaIndex;
-use crate::protocol::{Hello, HelloReply, MAGIC, PROTOCOL_VERSION};
+use crate::protocol::{Hello, HelloReply, Purpose, MAGIC, PROTOCOL_VERSION};
 use crate::report::Reporter;
 use crate::session::server::{serve_session, ServerState};
 use crate::status::ServerStats;
@@ -49,6 +49,64 @@ pub struct ServerOptions {
     pub state_dir: PathBuf,
     pub token: Option<String>,
     pub fsync: bool,
+    pub min_free: MinFree,
+}
+
+/// Free space the server keeps on DEST's filesystem.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl Default for MinFree {
+    fn default() -> Self {
+        MinFree::Bytes(1 << 30)
+    }
+}
+
+impl MinFree {
+    /// Parses `512M`, `1G`, `1073741824` or `5%`.
+    pub fn parse(s: &str) -> std::result::Result<MinFree, String> {
+        let t = s.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad --min-free {s:?}"))?;
+            if !(0.0..=100.0).contains(&v) {
+                return Err(format!("--min-free {s:?} is not a percentage"));
+            }
+            return Ok(MinFree::Percent(v));
+        }
+        let (num, mult) = match t.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => {
+                let m = match c.to_ascii_uppercase() {
+                    'K' => 1u64 << 10,
+                    'M' => 1 << 20,
+                    'G' => 1 << 30,
+                    'T' => 1 << 40,
+                    'B' => 1,
+                    _ => return Err(format!("bad --min-free {s:?}: unknown unit {c}")),
+                };
+                (&t[..i], m)
+            }
+            _ => (t, 1),
+        };
+        let v: f64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad --min-free {s:?}"))?;
+        Ok(MinFree::Bytes((v * mult as f64) as u64))
+    }
+
+    /// The number of bytes to keep free on a filesystem of `total` bytes.
+    pub fn bytes(&self, total: u64) -> u64 {
+        match *self {
+            MinFree::Bytes(b) => b,
+            MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
 }
 
 /// Where the index of a destination lives inside the state directory.
@@ -69,12 +127,14 @@ impl ServerShared {
             reporter.warn(&format!("replica index {why}; it is being rebuilt"));
         }
         let stats = Arc::new(ServerStats::default());
+        *stats.dest.lock().unwrap_or_else(|e| e.into_inner()) = dest.display().to_string();
         let shutdown = Arc::new(AtomicBool::new(false));
         let state = ServerState {
             replica,
             index,
             reporter: reporter.clone(),
             fsync: opts.fsync,
+            min_free: opts.min_free,
             shutdown: shutdown.clone(),
             stats: stats.clone(),
         };
@@ -132,6 +192,11 @@ pub async fn accept_session(mut s: BoxStream, peer: String, shared: Arc<ServerSh
     if let Err(reason) = check_hello(&hello, &shared.token) {
         shared.reporter.warn(&format!("{peer}: refused: {reason}"));
         let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
+        return;
+    }
+    if hello.purpose == Purpose::Status {
+        let json = shared.stats.snapshot().to_json();
+        let _ = send_plain(&mut s, &HelloReply::Status { json }).await;
         return;
     }
     if shared.shutdown.load(Ordering::Relaxed) {
@@ -255,6 +320,17 @@ mod tests {
             compress: true,
             client: "t".into(),
         }
+    }
+
+    #[test]
+    fn min_free_parses() {
+        assert_eq!(MinFree::parse("1G"), Ok(MinFree::Bytes(1 << 30)));
+        assert_eq!(MinFree::parse("512m"), Ok(MinFree::Bytes(512 << 20)));
+        assert_eq!(MinFree::parse("1000"), Ok(MinFree::Bytes(1000)));
+        assert_eq!(MinFree::parse("5%"), Ok(MinFree::Percent(5.0)));
+        assert!(MinFree::parse("5x").is_err());
+        assert!(MinFree::parse("200%").is_err());
+        assert_eq!(MinFree::Percent(5.0).bytes(1000), 50);
     }
 
     #[test]
