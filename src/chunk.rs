@@ -94,8 +94,15 @@ pub fn offsets(chunks: &[ChunkRef]) -> Vec<u64> {
 
 /// Reads `r` to the end and returns its digest. Never holds more than a
 /// few megabytes; chunk hashes are computed on all cores.
-pub fn digest_reader<R: Read>(mut r: R) -> io::Result<Digest> {
-    let mut buf = vec![0u8; READ_BLOCK];
+pub fn digest_reader<R: Read>(r: R) -> io::Result<Digest> {
+    digest_reader_sized(r, READ_BLOCK as u64)
+}
+
+/// [`digest_reader`] for input of about `size_hint` bytes (a smaller
+/// buffer for small files; the result does not depend on the hint).
+pub fn digest_reader_sized<R: Read>(mut r: R, size_hint: u64) -> io::Result<Digest> {
+    let cap = (size_hint.saturating_add(1)).clamp(MAX_CHUNK as u64 * 2, READ_BLOCK as u64) as usize;
+    let mut buf = vec![0u8; cap];
     let mut filled = 0usize;
     let mut file_hasher = blake3::Hasher::new();
     let mut chunks = Vec::new();
@@ -145,9 +152,9 @@ pub fn digest_reader<R: Read>(mut r: R) -> io::Result<Digest> {
 }
 
 /// Size and whole-file hash of everything `r` yields (no chunking).
-pub fn hash_reader<R: Read>(mut r: R) -> io::Result<(u64, Hash)> {
+pub fn hash_reader<R: Read>(mut r: R, size_hint: u64) -> io::Result<(u64, Hash)> {
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; size_hint.saturating_add(1).clamp(4096, 1 << 20) as usize];
     let mut size = 0u64;
     loop {
         let n = r.read(&mut buf)?;
@@ -169,7 +176,7 @@ pub fn digest_bytes(data: &[u8]) -> Digest {
 fn cut_points(data: &[u8], eof: bool) -> Vec<(usize, usize)> {
     let mut cuts: Vec<(usize, usize)> =
         fastcdc::v2020::FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
-            .map(|c| (c.offset as usize, c.length))
+            .map(|c| (c.offset, c.length))
             .collect();
     if !eof {
         cuts.pop();

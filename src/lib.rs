@@ -34,6 +34,7 @@ pub mod error;
 pub mod filter;
 pub mod index;
 pub mod plan;
+pub mod progress;
 pub mod protocol;
 pub mod report;
 pub mod session;

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use replica::progress::Progress;
 use replica::report::{Reporter, Verbosity};
 use replica::syncer::{default_state_dir, SyncOptions, Syncer};
 use replica::transport::client::Target;
@@ -47,12 +48,20 @@ enum Cmd {
     Status {
         /// replica://HOST:PORT
         server: String,
-        /// Shared secret of the server.
-        #[arg(long, env = "REPLICA_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Where replica keeps its state (known server fingerprints).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print this client's certificate fingerprint (for a server's --allow-client).
+    Identity {
+        /// Where replica keeps its state.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Print a shell completion script.
     #[command(
@@ -80,6 +89,21 @@ struct Common {
     verbose: bool,
 }
 
+/// How a client reaches a server.
+#[derive(Args, Clone)]
+struct RemoteArgs {
+    /// Shared secret of the server.
+    #[arg(long, env = "REPLICA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The server certificate's fingerprint (as `replica serve` prints it);
+    /// without it the first certificate seen is trusted and remembered.
+    #[arg(long, value_name = "FINGERPRINT")]
+    fingerprint: Option<String>,
+    /// Speak plaintext to a server started with --insecure-plaintext (loopback testing only).
+    #[arg(long)]
+    insecure_plaintext: bool,
+}
+
 #[derive(Args)]
 struct ServeArgs {
     /// Destination directory (created if missing).
@@ -90,6 +114,12 @@ struct ServeArgs {
     /// Shared secret clients must present (required unless listening on loopback).
     #[arg(long, env = "REPLICA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Accept clients presenting this certificate fingerprint (see `replica identity`) without the token (repeatable).
+    #[arg(long, value_name = "FINGERPRINT")]
+    allow_client: Vec<String>,
+    /// Speak plaintext instead of TLS. For loopback testing only: refused on other addresses.
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Serve GET /status (JSON) and GET /metrics (Prometheus) on this address.
     #[arg(long, value_name = "ADDR")]
     status_addr: Option<String>,
@@ -107,9 +137,8 @@ struct SyncArgs {
     src: PathBuf,
     /// A local directory, or replica://HOST:PORT for a running server.
     target: String,
-    /// Shared secret of the server.
-    #[arg(long, env = "REPLICA_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Exclude paths matching this gitignore-style glob (repeatable); the
     /// source's .replicaignore is read too.
     #[arg(long, value_name = "GLOB")]
@@ -143,9 +172,8 @@ struct WatchArgs {
     /// Targets: local directories and/or replica://HOST:PORT (each kept in sync independently).
     #[arg(required = true)]
     targets: Vec<String>,
-    /// Shared secret of the server(s).
-    #[arg(long, env = "REPLICA_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Exclude paths matching this gitignore-style glob (repeatable).
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
@@ -216,6 +244,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         token: a.token.clone(),
         fsync: a.common.fsync,
         min_free: replica::transport::server::MinFree::parse(&a.min_free).map_err(usage)?,
+        tls: !a.insecure_plaintext,
+        allowed_clients: a.allow_client.clone(),
     };
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&a.listen))
@@ -226,7 +256,16 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             "refusing to listen on non-loopback address {addr} without a token; pass --token or set REPLICA_TOKEN"
         )));
     }
+    if a.insecure_plaintext && !is_loopback(&addr) {
+        return Err(usage(format!(
+            "--insecure-plaintext is for loopback testing only; refusing to serve plaintext on {addr}"
+        )));
+    }
     let shared = ServerShared::open(&opts, reporter.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match &shared.fingerprint {
+        Some(fp) => println!("certificate fingerprint {fp}"),
+        None => println!("WARNING: plaintext mode (--insecure-plaintext): traffic is neither encrypted nor authenticated; for loopback testing only"),
+    }
     rt.spawn(shared.stats.clone().track_speed());
     if let Some(sa) = &a.status_addr {
         let l = rt
@@ -267,17 +306,37 @@ fn lib_err(e: replica::Error) -> anyhow::Error {
     }
 }
 
+/// One pass, with a scanning spinner and a transfer bar on a terminal.
+fn pass_with_progress(
+    syncer: &mut Syncer,
+    progress: &Progress,
+) -> replica::Result<replica::report::PassSummary> {
+    let counter = Arc::new(replica::tree::ScanCounter::default());
+    let scan = {
+        let _spinner = progress.scanning(counter.clone());
+        syncer.scan_counting(Some(counter))?
+    };
+    let bar = progress.transfer();
+    let result = syncer.pass_with(&scan, Some(&bar));
+    bar.finish();
+    result
+}
+
 fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let target = Target::parse(&a.target).map_err(usage)?;
+    let progress = Progress::new(!a.common.quiet);
     let reporter = Arc::new(
         Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common))
-            .context("cannot open the log file")?,
+            .context("cannot open the log file")?
+            .with_progress(progress.multi.clone()),
     );
     let opts = SyncOptions {
         src: a.src.clone(),
         target: Some(target),
-        token: a.token.clone(),
+        token: a.remote.token.clone(),
+        fingerprint: a.remote.fingerprint.clone(),
+        insecure_plaintext: a.remote.insecure_plaintext,
         excludes: a.exclude.clone(),
         state_dir: a.common.state_dir.clone().unwrap_or_else(default_state_dir),
         checksum: a.checksum,
@@ -290,7 +349,7 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     };
     let mut syncer = Syncer::new(opts, reporter.clone(), rt.handle().clone()).map_err(lib_err)?;
     let Some(period) = a.every else {
-        let s = syncer.pass(None).map_err(lib_err)?;
+        let s = pass_with_progress(&mut syncer, &progress).map_err(lib_err)?;
         syncer.close();
         reporter.always(&s.line());
         if let Some(why) = &s.stats.stopped {
@@ -313,7 +372,7 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
     while !stopped() {
         let started = std::time::Instant::now();
-        match syncer.pass(None) {
+        match pass_with_progress(&mut syncer, &progress) {
             Ok(s) => reporter.always(&s.line()),
             Err(e) => reporter.error(&format!("pass failed: {e}; retrying at the next period")),
         }
@@ -337,7 +396,9 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
         let opts = SyncOptions {
             src: a.src.clone(),
             target: Some(target),
-            token: a.token.clone(),
+            token: a.remote.token.clone(),
+            fingerprint: a.remote.fingerprint.clone(),
+            insecure_plaintext: a.remote.insecure_plaintext,
             excludes: a.exclude.clone(),
             state_dir: a.common.state_dir.clone().unwrap_or_else(default_state_dir),
             checksum: a.checksum,
@@ -375,12 +436,24 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(server: &str, token: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+fn status(
+    server: &str,
+    remote: RemoteArgs,
+    state_dir: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let Target::Remote(addr) = Target::parse(server).map_err(usage)? else {
         return Err(usage(format!("{server}: expected replica://HOST:PORT")));
     };
     let rt = runtime()?;
-    let co = replica::transport::client::ConnectOptions { token };
+    let so = SyncOptions {
+        token: remote.token,
+        fingerprint: remote.fingerprint,
+        insecure_plaintext: remote.insecure_plaintext,
+        state_dir: state_dir.unwrap_or_else(default_state_dir),
+        ..Default::default()
+    };
+    let co = replica::syncer::client_connect_options(&so, &addr).map_err(lib_err)?;
     let text = rt
         .block_on(replica::transport::client::query_status(&addr, &co))
         .map_err(lib_err)?;
@@ -402,9 +475,20 @@ fn main() -> ExitCode {
         Cmd::Watch(a) => watch(a),
         Cmd::Status {
             server,
-            token,
+            remote,
+            state_dir,
             json,
-        } => status(&server, token, json),
+        } => status(&server, remote, state_dir, json),
+        Cmd::Identity { state_dir } => {
+            let dir = state_dir.unwrap_or_else(default_state_dir).join("client");
+            match replica::transport::tls::load_or_create_identity(&dir) {
+                Ok(id) => {
+                    println!("{}", id.fingerprint);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            }
+        }
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -30,6 +30,10 @@ pub struct SyncOptions {
     pub force: bool,
     /// For a local target: free space to keep on the destination.
     pub min_free: crate::transport::server::MinFree,
+    /// Speak plaintext to the server (loopback testing only).
+    pub insecure_plaintext: bool,
+    /// The server certificate's expected fingerprint (else trust on first use).
+    pub fingerprint: Option<String>,
 }
 
 /// The default place for replica's own state (indexes, keys).
@@ -108,6 +112,36 @@ fn canonical_even_if_missing(p: &Path) -> PathBuf {
     }
 }
 
+/// Where trusted server fingerprints are remembered.
+pub fn known_hosts(state_dir: &Path) -> PathBuf {
+    state_dir.join("known_hosts")
+}
+
+/// How a client connects to `addr`, from its options.
+pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectOptions> {
+    use crate::transport::tls::{load_or_create_identity, Pin};
+    if opts.insecure_plaintext {
+        return Ok(ConnectOptions {
+            token: opts.token.clone(),
+            pin: None,
+            identity: None,
+        });
+    }
+    let pin = match &opts.fingerprint {
+        Some(fp) => Pin::Exact(fp.clone()),
+        None => Pin::TrustOnFirstUse {
+            known_hosts: known_hosts(&opts.state_dir),
+            host: addr.to_string(),
+        },
+    };
+    let identity = load_or_create_identity(&opts.state_dir.join("client")).ok();
+    Ok(ConnectOptions {
+        token: opts.token.clone(),
+        pin: Some(pin),
+        identity,
+    })
+}
+
 /// A client bound to one source and one target, keeping its connection and
 /// source index between passes.
 pub struct Syncer {
@@ -159,6 +193,8 @@ impl Syncer {
                     token: None,
                     fsync: opts.fsync,
                     min_free: opts.min_free,
+                    tls: false,
+                    allowed_clients: Vec::new(),
                 };
                 Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
             }
@@ -200,10 +236,16 @@ impl Syncer {
                     let Target::Remote(addr) = &self.target else {
                         unreachable!()
                     };
-                    let co = ConnectOptions {
-                        token: self.opts.token.clone(),
-                    };
-                    self.rt.block_on(connect(addr, &co))?
+                    let co = client_connect_options(&self.opts, addr)?;
+                    let (link, trust) = self.rt.block_on(connect(addr, &co))?;
+                    if let Some(t) = trust.filter(|t| t.newly_trusted) {
+                        self.reporter.info(&format!(
+                            "trusting new server {addr} with certificate {} (remembered in {}); compare it with the fingerprint the server printed",
+                            t.fingerprint,
+                            known_hosts(&self.opts.state_dir).display()
+                        ));
+                    }
+                    link
                 }
             };
             self.link = Some(link);
@@ -218,9 +260,18 @@ impl Syncer {
 
     /// Scans the whole source tree.
     pub fn scan(&self) -> Result<SourceScan> {
+        self.scan_counting(None)
+    }
+
+    /// Scans the whole source tree, counting what it finds.
+    pub fn scan_counting(
+        &self,
+        counter: Option<Arc<crate::tree::ScanCounter>>,
+    ) -> Result<SourceScan> {
         let so = ScanOptions {
             filter: self.filter.clone(),
             skip: self.skip.clone(),
+            counter,
         };
         scan_source(&self.src, &so).map_err(|e| Error::io(&self.src, e))
     }

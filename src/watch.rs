@@ -164,6 +164,7 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
     let scan_opts = ScanOptions {
         filter: first.filter().clone(),
         skip: syncers.iter().flat_map(|s| s.skip().to_vec()).collect(),
+        counter: None,
     };
     let reporter = first.reporter.clone();
     let hold: Arc<Mutex<HashSet<String>>> = Arc::default();

@@ -408,6 +408,7 @@ mod tests {
             token: "t".into(),
             compress: true,
             client: "c".into(),
+            purpose: Purpose::Sync,
         };
         assert_eq!(decode::<Hello>(&encode(&h)).unwrap(), h);
         assert!(decode::<Hello>(&[1, 2, 3]).is_err());

@@ -4,7 +4,7 @@
 //! inode are unchanged; otherwise the file is read, and re-read if it changed
 //! while being read.
 
-use crate::chunk::{digest_reader, groups, Digest, Hash, INLINE_CHUNKS};
+use crate::chunk::{digest_reader_sized, groups, Digest, Hash, INLINE_CHUNKS};
 use crate::error::{describe_io, Error, Result};
 use crate::index::{FileRecord, SourceIndex};
 use crate::protocol::{ClientMsg, Op, PassOptions, ServerMsg, GROUPS_PER_MSG};
@@ -17,14 +17,20 @@ use std::path::{Path, PathBuf};
 
 pub type ClientLink = Link<ClientMsg, ServerMsg>;
 
+/// A file's digest, and the record to store in the source index if it was read.
+type DigestResult = std::result::Result<(Digest, Option<FileRecord>), String>;
+
 /// Most manifest entries per message.
 const ENTRIES_PER_MSG: usize = 2048;
 
 /// Optional observers of a pass (progress display).
 pub trait PassObserver: Sync {
-    fn manifest_sent(&self, _files: u64, _bytes: u64) {}
+    /// The server asked about `files` files of `bytes` bytes in all.
+    fn files_asked(&self, _files: u64, _bytes: u64) {}
+    /// Chunk bytes sent.
     fn content_sent(&self, _bytes: u64) {}
-    fn file_done(&self) {}
+    /// The server is done with a file of `bytes` bytes.
+    fn file_done(&self, _bytes: u64) {}
 }
 
 struct NoObserver;
@@ -92,7 +98,6 @@ impl ClientPass<'_> {
             .iter()
             .filter(|e| matches!(e.kind, Kind::File { .. }))
             .count() as u64;
-        self.observer().manifest_sent(files, m.file_bytes());
         let mut open: HashMap<u32, Open> = HashMap::new();
         let mut new_records: Vec<(String, FileRecord)> = Vec::new();
         let mut changed = 0usize;
@@ -103,6 +108,8 @@ impl ClientPass<'_> {
             })?;
             match msg {
                 ServerMsg::NeedFiles { ids } => {
+                    let bytes = ids.iter().map(|&i| file_size(m, i)).sum();
+                    self.observer().files_asked(ids.len() as u64, bytes);
                     self.answer_need_files(&ids, &keys, opts.checksum, &mut open, &mut new_records)?
                 }
                 ServerMsg::NeedGroupHashes { id } => self.answer_group_hashes(id, &mut open)?,
@@ -116,7 +123,7 @@ impl ClientPass<'_> {
                 }
                 ServerMsg::Done { id } => {
                     open.remove(&id);
-                    self.observer().file_done();
+                    self.observer().file_done(file_size(m, id));
                 }
                 ServerMsg::Report(r) => {
                     self.reporter.op(&r);
@@ -179,10 +186,7 @@ impl ClientPass<'_> {
         for id in skipped {
             self.send(ClientMsg::Skip { id })?;
         }
-        let results: Vec<(
-            u32,
-            std::result::Result<(Digest, Option<FileRecord>), String>,
-        )> = ids
+        let results: Vec<(u32, DigestResult)> = ids
             .par_iter()
             .map(|&id| {
                 let i = id as usize;
@@ -369,12 +373,19 @@ impl ClientPass<'_> {
     }
 }
 
+fn file_size(m: &crate::tree::Manifest, id: u32) -> u64 {
+    match m.entries.get(id as usize).map(|e| &e.kind) {
+        Some(Kind::File { size }) => *size,
+        _ => 0,
+    }
+}
+
 /// Reads and digests a file, re-reading it if it changed meanwhile.
 pub fn read_digest(path: &PathBuf) -> std::result::Result<(Digest, Option<FileRecord>), String> {
     for _ in 0..3 {
         let file = std::fs::File::open(path).map_err(|e| describe_io(&e))?;
         let before = file.metadata().map_err(|e| describe_io(&e))?;
-        let digest = digest_reader(&file).map_err(|e| describe_io(&e))?;
+        let digest = digest_reader_sized(&file, before.len()).map_err(|e| describe_io(&e))?;
         let after = std::fs::metadata(path).map_err(|e| describe_io(&e))?;
         let stable = before.len() == after.len()
             && mtime_of(&before) == mtime_of(&after)

@@ -700,7 +700,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 use std::io::{Seek, SeekFrom};
                 let mut f = f;
                 f.seek(SeekFrom::Start(0))?;
-                hash_reader(f)
+                hash_reader(f, job.size)
             });
             match check {
                 Ok((size, hash)) if hash == job.hash && size == job.size => {}

@@ -55,6 +55,11 @@ impl Target {
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     pub token: Option<String>,
+    /// How to trust the server's certificate; `None` speaks plaintext
+    /// (`--insecure-plaintext`, loopback testing only).
+    pub pin: Option<super::tls::Pin>,
+    /// The client's own certificate, presented to servers with an allow-list.
+    pub identity: Option<super::tls::ServerIdentity>,
 }
 
 fn hello(token: &Option<String>, compress: bool) -> Hello {
@@ -102,39 +107,13 @@ async fn handshake(
     }
 }
 
-/// Asks a server for its status (JSON) without starting a session.
-pub async fn query_status(addr: &str, opts: &ConnectOptions) -> Result<String> {
-    let peer = format!("replica://{addr}");
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .map_err(|_| Error::Net {
-        peer: peer.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"),
-    })?
-    .map_err(|e| Error::Net {
-        peer: peer.clone(),
-        source: e,
-    })?;
-    let mut s: BoxStream = Box::new(tcp);
-    let mut h = hello(&opts.token, false);
-    h.purpose = Purpose::Status;
-    send_plain(&mut s, &h).await.map_err(|e| Error::Net {
-        peer: peer.clone(),
-        source: e,
-    })?;
-    match recv_plain::<HelloReply>(&mut s, Duration::from_secs(30)).await {
-        Ok(HelloReply::Status { json }) => Ok(json),
-        Ok(HelloReply::Refused { reason }) => Err(Error::Refused { peer, reason }),
-        Ok(HelloReply::Welcome { .. }) => Err(Error::protocol(&peer, "unexpected welcome")),
-        Err(e) => Err(Error::protocol(&peer, e)),
-    }
-}
-
-/// Connects to a server over TCP and completes the handshake.
-pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<ClientLink> {
+/// Opens a TCP connection, wrapped in TLS unless plaintext was asked for.
+/// Returns the stream, its byte counters and, with TLS, what was learned
+/// about the server's certificate.
+async fn dial(
+    addr: &str,
+    opts: &ConnectOptions,
+) -> Result<(BoxStream, Arc<Counters>, Option<super::tls::ServerTrust>)> {
     let peer = format!("replica://{addr}");
     let tcp = tokio::time::timeout(
         Duration::from_secs(20),
@@ -152,7 +131,29 @@ pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<ClientLink> {
     let _ = tcp.set_nodelay(true);
     let counters = Arc::new(Counters::default());
     let s: BoxStream = Box::new(Counted::new(tcp, counters.clone()));
-    handshake(s, &peer, hello(&opts.token, true), counters).await
+    match &opts.pin {
+        None => Ok((s, counters, None)),
+        Some(pin) => {
+            let (s, trust) = super::tls::connect_tls_with(s, pin, opts.identity.as_ref())
+                .await
+                .map_err(|e| Error::Refused {
+                    peer: peer.clone(),
+                    reason: e.to_string(),
+                })?;
+            Ok((s, counters, Some(trust)))
+        }
+    }
+}
+
+/// Connects to a server and completes the handshake.
+pub async fn connect(
+    addr: &str,
+    opts: &ConnectOptions,
+) -> Result<(ClientLink, Option<super::tls::ServerTrust>)> {
+    let peer = format!("replica://{addr}");
+    let (s, counters, trust) = dial(addr, opts).await?;
+    let link = handshake(s, &peer, hello(&opts.token, true), counters).await?;
+    Ok((link, trust))
 }
 
 /// Starts an in-process server session on `shared` and connects to it
@@ -160,10 +161,28 @@ pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<ClientLink> {
 pub async fn connect_local(shared: Arc<ServerShared>) -> Result<ClientLink> {
     let (a, b) = tokio::io::duplex(1 << 20);
     let peer = "local".to_string();
-    tokio::spawn(accept_session(Box::new(b), peer.clone(), shared));
+    tokio::spawn(accept_session(Box::new(b), peer.clone(), shared, None));
     let counters = Arc::new(Counters::default());
     let s: BoxStream = Box::new(Counted::new(a, counters.clone()));
     handshake(s, &peer, hello(&None, false), counters).await
+}
+
+/// Asks a server for its status (JSON) without starting a session.
+pub async fn query_status(addr: &str, opts: &ConnectOptions) -> Result<String> {
+    let peer = format!("replica://{addr}");
+    let (mut s, _, _) = dial(addr, opts).await?;
+    let mut h = hello(&opts.token, false);
+    h.purpose = Purpose::Status;
+    send_plain(&mut s, &h).await.map_err(|e| Error::Net {
+        peer: peer.clone(),
+        source: e,
+    })?;
+    match recv_plain::<HelloReply>(&mut s, Duration::from_secs(30)).await {
+        Ok(HelloReply::Status { json }) => Ok(json),
+        Ok(HelloReply::Refused { reason }) => Err(Error::Refused { peer, reason }),
+        Ok(HelloReply::Welcome { .. }) => Err(Error::protocol(&peer, "unexpected welcome")),
+        Err(e) => Err(Error::protocol(&peer, e)),
+    }
 }
 
 #[cfg(test)]

@@ -40,6 +40,12 @@ pub struct ServerShared {
     pub shutdown: Arc<AtomicBool>,
     pub conns: AtomicUsize,
     pub dest: PathBuf,
+    /// TLS acceptor (None with --insecure-plaintext).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The server certificate's fingerprint, for the user to pin.
+    pub fingerprint: Option<String>,
+    /// Client certificate fingerprints accepted without a token.
+    pub allowed_clients: Vec<String>,
 }
 
 /// Settings of a server (or of the server half of a local sync).
@@ -50,6 +56,10 @@ pub struct ServerOptions {
     pub token: Option<String>,
     pub fsync: bool,
     pub min_free: MinFree,
+    /// Speak TLS (the default); false only for loopback testing.
+    pub tls: bool,
+    /// Client certificate fingerprints accepted in place of the token.
+    pub allowed_clients: Vec<String>,
 }
 
 /// Free space the server keeps on DEST's filesystem.
@@ -126,6 +136,22 @@ impl ServerShared {
         if let Some(why) = &index.rebuilt {
             reporter.warn(&format!("replica index {why}; it is being rebuilt"));
         }
+        let (tls, fingerprint) = if opts.tls {
+            let id = super::tls::load_or_create_identity(&opts.state_dir).map_err(Error::Usage)?;
+            (
+                Some(super::tls::acceptor(&id).map_err(Error::Usage)?),
+                Some(id.fingerprint),
+            )
+        } else {
+            (None, None)
+        };
+        let mut allowed_clients = Vec::new();
+        for fp in &opts.allowed_clients {
+            allowed_clients.push(
+                super::tls::normalize_fingerprint(fp)
+                    .map_err(|e| Error::Usage(format!("--allow-client {fp}: {e}")))?,
+            );
+        }
         let stats = Arc::new(ServerStats::default());
         *stats.dest.lock().unwrap_or_else(|e| e.into_inner()) = dest.display().to_string();
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -147,12 +173,22 @@ impl ServerShared {
             shutdown,
             conns: AtomicUsize::new(0),
             dest,
+            tls,
+            fingerprint,
+            allowed_clients,
         }))
     }
 }
 
-/// Checks a hello; the error is the reason sent back.
-fn check_hello(h: &Hello, token: &Option<String>) -> std::result::Result<(), String> {
+/// Checks a hello; the error is the reason sent back. With a token set, a
+/// client must present it or a certificate on the allow-list; with only an
+/// allow-list, the certificate is required.
+fn check_hello(
+    h: &Hello,
+    token: &Option<String>,
+    allowed: &[String],
+    client_fp: Option<&str>,
+) -> std::result::Result<(), String> {
     if h.magic != MAGIC {
         return Err("not a replica client (bad magic bytes)".into());
     }
@@ -168,17 +204,25 @@ fn check_hello(h: &Hello, token: &Option<String>) -> std::result::Result<(), Str
             h.chunker
         ));
     }
+    let cert_ok = client_fp.is_some_and(|fp| allowed.iter().any(|a| a == fp));
     if let Some(t) = token {
         // blake3::Hash compares in constant time.
-        if blake3::hash(t.as_bytes()) != blake3::hash(h.token.as_bytes()) {
+        if blake3::hash(t.as_bytes()) != blake3::hash(h.token.as_bytes()) && !cert_ok {
             return Err("wrong token".into());
         }
+    } else if !allowed.is_empty() && !cert_ok {
+        return Err("this client's certificate is not on the server's --allow-client list".into());
     }
     Ok(())
 }
 
 /// Runs one connection: handshake, then a session if the destination is free.
-pub async fn accept_session(mut s: BoxStream, peer: String, shared: Arc<ServerShared>) {
+pub async fn accept_session(
+    mut s: BoxStream,
+    peer: String,
+    shared: Arc<ServerShared>,
+    client_fp: Option<String>,
+) {
     let hello = match recv_plain::<Hello>(&mut s, HANDSHAKE_LIMIT).await {
         Ok(h) => h,
         Err(e) => {
@@ -189,7 +233,12 @@ pub async fn accept_session(mut s: BoxStream, peer: String, shared: Arc<ServerSh
             return;
         }
     };
-    if let Err(reason) = check_hello(&hello, &shared.token) {
+    if let Err(reason) = check_hello(
+        &hello,
+        &shared.token,
+        &shared.allowed_clients,
+        client_fp.as_deref(),
+    ) {
         shared.reporter.warn(&format!("{peer}: refused: {reason}"));
         let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
         return;
@@ -286,9 +335,9 @@ pub async fn serve_listener(
                 shared.stats.clients.fetch_add(1, Ordering::Relaxed);
                 let sh = shared.clone();
                 tokio::spawn(async move {
-                    let counters = Arc::new(Counters::default());
-                    let s: BoxStream = Box::new(Counted::new(tcp, counters));
-                    accept_session(s, addr.to_string(), sh.clone()).await;
+                    if let Some((s, fp)) = secure(tcp, addr, &sh).await {
+                        accept_session(s, addr.to_string(), sh.clone(), fp).await;
+                    }
                     sh.conns.fetch_sub(1, Ordering::Relaxed);
                     sh.stats.clients.fetch_sub(1, Ordering::Relaxed);
                 });
@@ -299,6 +348,56 @@ pub async fn serve_listener(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while shared.busy.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wraps a fresh connection in TLS (or refuses a plaintext client with a
+/// readable reason); returns the stream and the client certificate's fingerprint.
+async fn secure(
+    tcp: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    sh: &ServerShared,
+) -> Option<(BoxStream, Option<String>)> {
+    let mut first = [0u8; 1];
+    let looks_tls = match tokio::time::timeout(HANDSHAKE_LIMIT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == 0x16,
+        _ => {
+            sh.reporter.warn(&format!(
+                "{addr}: connection dropped: nothing received within {} s",
+                HANDSHAKE_LIMIT.as_secs()
+            ));
+            return None;
+        }
+    };
+    let counters = Arc::new(Counters::default());
+    let mut s: BoxStream = Box::new(Counted::new(tcp, counters));
+    match (&sh.tls, looks_tls) {
+        (Some(acc), true) => match super::tls::accept_tls(acc, s).await {
+            Ok((s, fp)) => Some((s, fp)),
+            Err(e) => {
+                sh.reporter
+                    .warn(&format!("{addr}: connection dropped: {e}"));
+                None
+            }
+        },
+        (Some(_), false) => {
+            let reason =
+                "this server requires TLS; connect without --insecure-plaintext".to_string();
+            sh.reporter.warn(&format!(
+                "{addr}: refused: plaintext connection to a TLS server"
+            ));
+            // Read the client's hello first, so closing does not reset the
+            // connection before the client reads the reason.
+            let _ = recv_plain::<Hello>(&mut s, HANDSHAKE_LIMIT).await;
+            let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
+            None
+        }
+        (None, true) => {
+            sh.reporter.warn(&format!("{addr}: refused: TLS connection to a plaintext server (started with --insecure-plaintext)"));
+            None
+        }
+        (None, false) => Some((s, None)),
     }
 }
 
@@ -319,6 +418,7 @@ mod tests {
             token: "s3cret".into(),
             compress: true,
             client: "t".into(),
+            purpose: Purpose::Sync,
         }
     }
 
@@ -336,16 +436,24 @@ mod tests {
     #[test]
     fn hello_checks() {
         let tok = Some("s3cret".to_string());
-        assert!(check_hello(&good(), &tok).is_ok());
-        assert!(check_hello(&good(), &None).is_ok());
+        assert!(check_hello(&good(), &tok, &[], None).is_ok());
+        assert!(check_hello(&good(), &None, &[], None).is_ok());
         let mut h = good();
         h.token = "nope".into();
-        assert_eq!(check_hello(&h, &tok).unwrap_err(), "wrong token");
+        assert_eq!(check_hello(&h, &tok, &[], None).unwrap_err(), "wrong token");
+        let allowed = vec!["blake3:aa".to_string()];
+        assert!(check_hello(&h, &tok, &allowed, Some("blake3:aa")).is_ok());
+        assert!(check_hello(&h, &tok, &allowed, Some("blake3:bb")).is_err());
+        assert!(check_hello(&h, &None, &allowed, None).is_err());
         let mut h = good();
         h.version = 99;
-        assert!(check_hello(&h, &tok).unwrap_err().contains("version 99"));
+        assert!(check_hello(&h, &tok, &[], None)
+            .unwrap_err()
+            .contains("version 99"));
         let mut h = good();
         h.magic = *b"GET / HT";
-        assert!(check_hello(&h, &tok).unwrap_err().contains("magic"));
+        assert!(check_hello(&h, &tok, &[], None)
+            .unwrap_err()
+            .contains("magic"));
     }
 }

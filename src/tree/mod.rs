@@ -11,7 +11,7 @@ pub mod scan;
 mod scoped;
 
 pub use name::{validate_name, windows_can_hold, NameError};
-pub use scan::{scan_source, LocalStat, ScanOptions, SourceScan};
+pub use scan::{scan_source, LocalStat, ScanCounter, ScanOptions, SourceScan};
 pub use scoped::{scan_scoped, Scopes};
 
 use serde::{Deserialize, Serialize};

@@ -15,6 +15,15 @@ pub struct ScanOptions {
     pub filter: Filter,
     /// Absolute paths never descended into (a replica sitting inside the source).
     pub skip: Vec<PathBuf>,
+    /// Counts entries as they are found (for a progress display).
+    pub counter: Option<std::sync::Arc<ScanCounter>>,
+}
+
+/// Files and bytes found so far by a running scan.
+#[derive(Debug, Default)]
+pub struct ScanCounter {
+    pub files: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Facts about a source entry that stay on this machine (quick check).
@@ -116,7 +125,14 @@ pub(super) fn walk(dir: &Path, rel: &str, opts: &ScanOptions) -> SubTree {
             continue;
         }
         match entry_of(&path, &child_rel, name, &meta) {
-            Ok(Some(entry)) => kept.push((path, child_rel, entry, local_of(&meta))),
+            Ok(Some(entry)) => {
+                if let (Some(c), Kind::File { size }) = (&opts.counter, &entry.kind) {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    c.files.fetch_add(1, Relaxed);
+                    c.bytes.fetch_add(*size, Relaxed);
+                }
+                kept.push((path, child_rel, entry, local_of(&meta)))
+            }
             Ok(None) => out.warnings.push(FileError::new(
                 child_rel,
                 "special file (FIFO, socket or device) skipped",
