@@ -297,7 +297,9 @@ mod tests {
         );
     }
 
-    const PINNED_LENS: &[u32] = &[];
+    const PINNED_LENS: &[u32] = &[
+        12941, 10627, 9460, 19780, 17283, 18842, 35064, 16949, 14127, 13692, 31235,
+    ];
 
     #[test]
     fn empty_file() {

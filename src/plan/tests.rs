@@ -179,8 +179,16 @@ proptest! {
         let view = view_of(&replica, &source);
         let p = plan(&man, &view, PlanOptions { checksum });
         apply(&p, &source, &man, &mut replica);
-        // Normalise file sizes (the model keeps the tag as content).
-        prop_assert_eq!(&replica, &source);
+        // Symlink permission bits are not meaningful (always 0777 on Linux).
+        let norm = |m: &Model| -> Model {
+            m.iter().map(|(k, v)| {
+                let mut v = v.clone();
+                if matches!(v.0, Kind::Symlink { .. }) { v.1 = None; }
+                if !matches!(v.0, Kind::File { .. }) { v.3 = 0; }
+                (k.clone(), v)
+            }).collect()
+        };
+        prop_assert_eq!(norm(&replica), norm(&source));
     }
 
     #[test]
