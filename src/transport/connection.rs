@@ -22,6 +22,10 @@ use tokio::sync::mpsc;
 
 pub const KEEPALIVE: Duration = Duration::from_secs(10);
 pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// How long the writer waits for more messages before flushing a batch.
+const LINGER: Duration = Duration::from_millis(1);
+/// Longest a written message waits for its flush.
+const MAX_HOLD: Duration = Duration::from_millis(10);
 
 /// Anything a link can run over: TCP, TLS, or an in-process pipe.
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -207,18 +211,35 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(mut w: W, mut rx: mps
         if write_frame(&mut w, &encode(&first)).await.is_err() {
             return;
         }
-        let mut batched = 0usize;
-        while let Ok(m) = rx.try_recv() {
-            if write_frame(&mut w, &encode(&m)).await.is_err() {
-                return;
+        // Batch what follows closely: every flush ends a compressed block,
+        // so flushing per message would cost ratio. Linger briefly for more,
+        // but never hold data longer than MAX_HOLD.
+        let started = tokio::time::Instant::now();
+        let mut closed = false;
+        loop {
+            while let Ok(m) = rx.try_recv() {
+                if write_frame(&mut w, &encode(&m)).await.is_err() {
+                    return;
+                }
             }
-            batched += 1;
-            if batched >= 256 {
+            if started.elapsed() >= MAX_HOLD {
                 break;
             }
+            match tokio::time::timeout(LINGER, rx.recv()).await {
+                Ok(Some(m)) => {
+                    if write_frame(&mut w, &encode(&m)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    closed = true;
+                    break;
+                }
+                Err(_) => break,
+            }
         }
-        if rx.is_empty() && w.flush().await.is_err() {
-            return;
+        if w.flush().await.is_err() || closed {
+            break;
         }
     }
     let _ = w.shutdown().await;
