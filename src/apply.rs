@@ -192,8 +192,10 @@ impl Replica {
     pub fn symlink(&self, key: &str, target: &str) -> io::Result<()> {
         let (dir, name) = self.parent_of(key)?;
         let tmp = temp_name(name);
+        // The target is only text: create it verbatim (cap-std's own
+        // symlink refuses absolute targets, which are legitimate here).
         #[cfg(unix)]
-        dir.symlink(target, &tmp)?;
+        rustix::fs::symlinkat(target, &dir, tmp.as_str()).map_err(io::Error::from)?;
         #[cfg(windows)]
         dir.symlink_file(target, &tmp)?;
         dir.rename(&tmp, &dir, name).inspect_err(|_| {
@@ -219,16 +221,40 @@ impl Replica {
             cap_std::time::SystemTime::from_std(mtime.to_system()),
         ));
         match kind {
-            Kind::Symlink { .. } => dir.set_symlink_times(name, None, when),
+            Kind::Symlink { .. } => set_mtime_at(&dir, name, mtime, when, true),
             Kind::Dir => {
                 set_mode_at(&dir, name, mode)?;
-                dir.set_times(name, None, when)
+                set_mtime_at(&dir, name, mtime, when, false)
             }
             Kind::File { .. } => {
+                let m = dir.symlink_metadata(name)?;
+                if !m.is_file() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "not a regular file",
+                    ));
+                }
+                #[cfg(unix)]
+                {
+                    use cap_std::fs::MetadataExt;
+                    if m.nlink() > 1 {
+                        // A hard link (maybe planted from outside DEST): changing
+                        // its metadata in place would change the other name too.
+                        return self.rewrite_as_copy(key, mode, mtime);
+                    }
+                }
                 set_mode_at(&dir, name, mode)?;
-                dir.set_times(name, None, when)
+                set_mtime_at(&dir, name, mtime, when, false)
             }
         }
+    }
+
+    /// Replaces the file at `key` by a private copy with the given metadata.
+    fn rewrite_as_copy(&self, key: &str, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
+        let mut src = self.open_read(key)?;
+        let tmp = self.create_temp(key)?;
+        io::copy(&mut src, &mut &tmp.file)?;
+        self.publish(tmp, key, mode, mtime, false).map(|_| ())
     }
 
     /// Creates a temporary file beside `key`.
@@ -269,6 +295,20 @@ impl Replica {
         tmp.dir.rename(&tmp.name, &tmp.dir, name)?;
         tmp.published = true;
         Ok(ino)
+    }
+
+    /// Hard-links the file at `key` under a temporary name beside it and
+    /// returns that name's key.
+    pub fn link_aside(&self, key: &str) -> io::Result<String> {
+        let (dir, name) = self.parent_of(key)?;
+        let tmp = temp_name(name);
+        dir.hard_link(name, &dir, &tmp)?;
+        let (parent, _) = split_key(key);
+        Ok(if parent.is_empty() {
+            tmp
+        } else {
+            format!("{parent}/{tmp}")
+        })
     }
 
     /// Renames `from` to `to` (a move inside the replica).
@@ -356,6 +396,10 @@ impl Replica {
                     continue;
                 }
             };
+            let source_names: HashSet<&str> = children[i]
+                .iter()
+                .map(|&c| source.entries[c as usize].name.as_str())
+                .collect();
             let names: Vec<String> = if partial.contains(&id) {
                 children[i]
                     .iter()
@@ -378,7 +422,7 @@ impl Replica {
                 } else {
                     format!("{key}/{name}")
                 };
-                if name.starts_with(TEMP_PREFIX) {
+                if name.starts_with(TEMP_PREFIX) && !source_names.contains(name.as_str()) {
                     extras.stale_temps.push(child_key);
                     continue;
                 }
@@ -468,8 +512,52 @@ fn entry_of(dir: &Dir, name: &str, m: &cap_std::fs::Metadata) -> io::Result<Repl
 fn temp_name(name: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let short: String = name.chars().take(100).collect();
+    let mut cut = name.len().min(100);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let short = &name[..cut];
     format!("{TEMP_PREFIX}{:x}-{n:x}.{short}", std::process::id())
+}
+
+/// Sets the mtime of `name` in `dir` (of the link itself with `nofollow`),
+/// leaving the access time alone. Times before 1970 work.
+#[allow(unused_variables)]
+fn set_mtime_at(
+    dir: &Dir,
+    name: &str,
+    mtime: Timestamp,
+    when: Option<SystemTimeSpec>,
+    nofollow: bool,
+) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use rustix::fs::{AtFlags, Timespec, Timestamps, UTIME_OMIT};
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: mtime.secs as _,
+                tv_nsec: mtime.nanos as _,
+            },
+        };
+        let flags = if nofollow {
+            AtFlags::SYMLINK_NOFOLLOW
+        } else {
+            AtFlags::empty()
+        };
+        rustix::fs::utimensat(dir, name, &times, flags).map_err(io::Error::from)
+    }
+    #[cfg(not(unix))]
+    {
+        if nofollow {
+            dir.set_symlink_times(name, None, when)
+        } else {
+            dir.set_times(name, None, when)
+        }
+    }
 }
 
 fn set_mode_at(dir: &Dir, name: &str, mode: Option<u32>) -> io::Result<()> {

@@ -27,6 +27,9 @@ pub struct Reporter {
     /// Optional prefix naming the side or target (several targets).
     prefix: String,
     progress: Option<indicatif::MultiProgress>,
+    /// Prints nothing at all (the in-process server of a local sync,
+    /// whose reports reach the console through the client).
+    muted: bool,
 }
 
 pub fn now_rfc3339() -> String {
@@ -67,6 +70,7 @@ impl Reporter {
             verbosity,
             prefix: String::new(),
             progress: None,
+            muted: false,
         })
     }
 
@@ -77,6 +81,7 @@ impl Reporter {
             verbosity: Verbosity::Quiet,
             prefix: String::new(),
             progress: None,
+            muted: true,
         }
     }
 
@@ -107,6 +112,9 @@ impl Reporter {
     }
 
     fn console(&self, line: &str, to_stderr: bool) {
+        if self.muted {
+            return;
+        }
         let text = format!("{} {}{line}", now_rfc3339(), self.prefix);
         match (&self.progress, to_stderr) {
             (Some(mp), _) if !mp.is_hidden() => {

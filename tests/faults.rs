@@ -545,14 +545,12 @@ fn write_error_on_one_file(remote: bool) {
 
 #[cfg(target_os = "linux")]
 #[test]
-#[ignore = "bug: after a write error (ENOSPC) on one file the server drops the job, then treats that file's chunks already in flight as a protocol violation (`message for file N, which was not asked for`) and aborts the whole session instead of failing only that file"]
 fn write_error_on_one_file_does_not_abort_a_local_session() {
     write_error_on_one_file(false);
 }
 
 #[cfg(target_os = "linux")]
 #[test]
-#[ignore = "bug: as for the local session, the server aborts the session on chunks in flight for a file whose write failed; and the remote client then prints only `connection to replica://…: connection lost` (it fails on send before reading the server's reports and Fatal, so neither `no space left on device` nor the reason is shown)"]
 fn write_error_on_one_file_does_not_abort_a_remote_session() {
     write_error_on_one_file(true);
 }

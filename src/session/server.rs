@@ -204,7 +204,9 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     ctx.structure(&p, &mut txn, &mut stats);
     let doomed = p.remove.iter().cloned().collect();
     let mut transfer = Transfer::new(&ctx, &view, doomed, &p.fetch);
-    transfer.run(&mut txn, &mut stats)?;
+    let run = transfer.run(&mut txn, &mut stats);
+    transfer.clean_stash(&mut txn)?;
+    run?;
     let moved_away = transfer.into_moved();
     ctx.remove_extras(&p.remove, &moved_away, &mut txn, &mut stats)?;
     ctx.fix_dirs(&p.dirs_deepest_first);

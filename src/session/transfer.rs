@@ -28,6 +28,8 @@ const ASK_BATCH: usize = 64;
 
 struct Job {
     fetch: Fetch,
+    /// Whether the client's summary arrived.
+    summarized: bool,
     size: u64,
     hash: Hash,
     /// Known chunk list (None for a large file until its groups are resolved).
@@ -59,6 +61,10 @@ pub(crate) struct Transfer<'c, 'a> {
     /// Other (id, index) places waiting for a chunk asked by its owner.
     waiters: HashMap<Hash, Vec<(u32, u32)>>,
     reader: Option<(String, std::fs::File)>,
+    /// Files given up on during this pass (their late messages are ignored).
+    dropped: HashSet<u32>,
+    /// Old versions linked aside, removed at the end of the pass.
+    stashed: Vec<String>,
 }
 
 fn proto(ctx: &PassCtx, why: impl Into<String>) -> Error {
@@ -83,12 +89,47 @@ impl<'c, 'a> Transfer<'c, 'a> {
             owner: HashMap::new(),
             waiters: HashMap::new(),
             reader: None,
+            dropped: HashSet::new(),
+            stashed: Vec::new(),
         }
     }
 
     /// Paths whose content was moved elsewhere (no longer to be removed).
     pub fn into_moved(self) -> HashSet<String> {
         self.moved_away
+    }
+
+    /// Removes the old versions kept aside during the pass.
+    pub fn clean_stash(&mut self, txn: &mut IndexTxn) -> Result<()> {
+        for key in std::mem::take(&mut self.stashed) {
+            txn.remove_file(&key)?;
+            let _ = self.ctx.st.replica.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Keeps the version of `key` about to be replaced reachable (a hard
+    /// link beside it) until the end of the pass: a later file of the same
+    /// pass may be built from it (names swapped, content moved elsewhere).
+    fn stash_old(&mut self, key: &str, txn: &mut IndexTxn) -> Result<()> {
+        let Some(rec) = txn.file(key)? else {
+            return Ok(());
+        };
+        let replica = &self.ctx.st.replica;
+        let Ok(Some(now)) = replica.stat(key) else {
+            return Ok(());
+        };
+        let Kind::File { size } = now.kind else {
+            return Ok(());
+        };
+        if !rec.matches(size, now.mtime, now.ino) {
+            return Ok(());
+        }
+        if let Ok(stash) = replica.link_aside(key) {
+            txn.put_file(&stash, &rec)?;
+            self.stashed.push(stash);
+        }
+        Ok(())
     }
 
     fn key(&self, id: u32) -> &'a str {
@@ -135,6 +176,19 @@ impl<'c, 'a> Transfer<'c, 'a> {
     }
 
     fn handle(&mut self, msg: ClientMsg, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        // Messages still in flight for a file the server gave up on are dropped.
+        let about = match &msg {
+            ClientMsg::Summary { id, .. }
+            | ClientMsg::GroupHashes { id, .. }
+            | ClientMsg::GroupChunks { id, .. }
+            | ClientMsg::Chunk { id, .. }
+            | ClientMsg::FileFailed { id, .. }
+            | ClientMsg::Skip { id } => Some(*id),
+            _ => None,
+        };
+        if about.is_some_and(|id| self.dropped.contains(&id) && !self.jobs.contains_key(&id)) {
+            return Ok(());
+        }
         match msg {
             ClientMsg::Summary {
                 id,
@@ -199,9 +253,10 @@ impl<'c, 'a> Transfer<'c, 'a> {
         stats: &mut PassStats,
     ) -> Result<()> {
         let job = self.job(id)?;
-        if job.size != u64::MAX {
+        if job.summarized {
             return Err(proto(self.ctx, format!("second summary for file {id}")));
         }
+        job.summarized = true;
         job.size = size;
         job.hash = hash;
         let has_old = job.fetch.has_old;
@@ -323,6 +378,9 @@ impl<'c, 'a> Transfer<'c, 'a> {
         let e = self.entry(id);
         let size = rec.size;
         if !self.ctx.dry {
+            if self.jobs.get(&id).is_some_and(|j| j.fetch.has_old) {
+                self.stash_old(key, txn)?;
+            }
             let r = self
                 .ctx
                 .st
@@ -434,6 +492,12 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 format!("group {group} out of range for file {id}"),
             ));
         };
+        if job.group_chunks.len() != job.groups.len() {
+            return Err(proto(
+                ctx,
+                format!("group chunks for file {id} before its group list"),
+            ));
+        }
         if job.group_chunks[group as usize].is_some()
             || g.count as usize != chunks.len()
             || group_hash(&chunks) != g.hash
@@ -721,6 +785,9 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 }
             }
             let mtime: Timestamp = e.mtime;
+            if job.fetch.has_old {
+                self.stash_old(key, txn)?;
+            }
             match self
                 .ctx
                 .st
@@ -760,9 +827,10 @@ impl<'c, 'a> Transfer<'c, 'a> {
         let Some(job) = self.jobs.remove(&id) else {
             return;
         };
-        if job.size == u64::MAX {
-            self.awaiting_summary -= 1;
+        if !job.summarized {
+            self.awaiting_summary = self.awaiting_summary.saturating_sub(1);
         }
+        self.dropped.insert(id);
         let owned: Vec<Hash> = self
             .owner
             .iter()
@@ -796,7 +864,8 @@ impl Job {
     fn new(fetch: Fetch) -> Self {
         Job {
             fetch,
-            size: u64::MAX,
+            size: 0,
+            summarized: false,
             hash: Hash([0; 32]),
             chunks: None,
             groups: Vec::new(),
