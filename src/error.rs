@@ -13,13 +13,13 @@ use std::path::PathBuf;
 /// A session-level failure: the pass (or connection) stops.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{}: {}", path.display(), describe_io(source))]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("connection to {peer}: {source}")]
+    #[error("connection to {peer}: {}", describe_io(source))]
     Net {
         peer: String,
         #[source]

@@ -62,7 +62,7 @@ impl Progress {
         let pb = self.multi.add(ProgressBar::new(0));
         pb.set_style(
             ProgressStyle::with_template(
-                "{bar:30} {bytes}/{total_bytes} checked, {msg} sent  {binary_bytes_per_sec}  ETA {eta}  {prefix} files",
+                "{bar:30} {bytes}/{total_bytes} done, {msg} sent  {binary_bytes_per_sec}  ETA {eta}  files {prefix}",
             )
             .unwrap(),
         );
@@ -113,7 +113,7 @@ impl TransferBar {
 }
 
 impl PassObserver for TransferBar {
-    fn files_asked(&self, files: u64, bytes: u64) {
+    fn planned(&self, files: u64, bytes: u64) {
         self.files_total.fetch_add(files, Ordering::Relaxed);
         self.pb.inc_length(bytes);
         self.refresh_prefix();

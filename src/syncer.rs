@@ -49,7 +49,13 @@ pub fn default_state_dir() -> PathBuf {
 /// Refuses dangerous source/destination pairs (unless `force`). Returns
 /// the canonical source and, for a local target, the canonical destination.
 pub fn check_paths(src: &Path, target: &Target, force: bool) -> Result<(PathBuf, Option<PathBuf>)> {
-    let src_c = std::fs::canonicalize(src).map_err(|e| Error::io(src, e))?;
+    let src_c = std::fs::canonicalize(src).map_err(|e| {
+        Error::Usage(format!(
+            "cannot read source {}: {}",
+            src.display(),
+            crate::error::describe_io(&e)
+        ))
+    })?;
     if !src_c.is_dir() {
         return Err(Error::Usage(format!(
             "{}: source is not a directory",

@@ -121,6 +121,8 @@ pub enum ClientMsg {
 /// Server → client after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMsg {
+    /// What the pass will fetch: files whose content must be checked or sent.
+    Plan { files: u64, bytes: u64 },
     /// Send a [`ClientMsg::Summary`] for each of these manifest ids.
     NeedFiles { ids: Vec<u32> },
     /// Send the group list of file `id`.
@@ -356,6 +358,8 @@ mod tests {
             )
                 .prop_map(|(id, ranges)| ServerMsg::NeedChunks { id, ranges }),
             any::<u32>().prop_map(|id| ServerMsg::Done { id }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(files, bytes)| ServerMsg::Plan { files, bytes }),
             (".{0,20}", any::<u64>(), any::<u64>()).prop_map(|(path, received, reused)| {
                 ServerMsg::Report(OpReport {
                     op: Op::Created,

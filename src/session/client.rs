@@ -25,8 +25,8 @@ const ENTRIES_PER_MSG: usize = 2048;
 
 /// Optional observers of a pass (progress display).
 pub trait PassObserver: Sync {
-    /// The server asked about `files` files of `bytes` bytes in all.
-    fn files_asked(&self, _files: u64, _bytes: u64) {}
+    /// The server will check or fetch `files` files of `bytes` bytes in all.
+    fn planned(&self, _files: u64, _bytes: u64) {}
     /// Chunk bytes sent.
     fn content_sent(&self, _bytes: u64) {}
     /// The server is done with a file of `bytes` bytes.
@@ -107,9 +107,8 @@ impl ClientPass<'_> {
                 source: std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e),
             })?;
             match msg {
+                ServerMsg::Plan { files, bytes } => self.observer().planned(files, bytes),
                 ServerMsg::NeedFiles { ids } => {
-                    let bytes = ids.iter().map(|&i| file_size(m, i)).sum();
-                    self.observer().files_asked(ids.len() as u64, bytes);
                     self.answer_need_files(&ids, &keys, opts.checksum, &mut open, &mut new_records)?
                 }
                 ServerMsg::NeedGroupHashes { id } => self.answer_group_hashes(id, &mut open)?,

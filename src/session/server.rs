@@ -192,6 +192,18 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
             st.reporter.warn(&msg);
         }
     }
+    let fetch_bytes = p
+        .fetch
+        .iter()
+        .map(|f| match manifest.entries[f.id as usize].kind {
+            Kind::File { size } => size,
+            _ => 0,
+        })
+        .sum();
+    link.send(ServerMsg::Plan {
+        files: p.fetch.len() as u64,
+        bytes: fetch_bytes,
+    });
     let mut txn = st.index.begin()?;
     let ctx = PassCtx {
         link,
