@@ -460,15 +460,25 @@ fn temp_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// The next message from the server that is not an operation report.
+/// The next request (or end of pass) from the server, skipping operation
+/// reports and any other informational message.
 fn next_request(s: &mut TcpStream) -> ServerMsg {
     loop {
         let bytes = read_message(s)
             .expect("read from the server")
             .expect("server closed the session");
-        match decode::<ServerMsg>(&bytes).expect("a decodable server message") {
-            ServerMsg::Report(_) => continue,
-            other => return other,
+        let msg = decode::<ServerMsg>(&bytes).expect("a decodable server message");
+        if matches!(
+            msg,
+            ServerMsg::NeedFiles { .. }
+                | ServerMsg::NeedGroupHashes { .. }
+                | ServerMsg::NeedGroups { .. }
+                | ServerMsg::NeedChunks { .. }
+                | ServerMsg::Done { .. }
+                | ServerMsg::PassDone(_)
+                | ServerMsg::Fatal { .. }
+        ) {
+            return msg;
         }
     }
 }
