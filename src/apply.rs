@@ -165,6 +165,38 @@ impl Replica {
         }
     }
 
+    /// Removes `key` like [`Replica::remove`], except entries for which
+    /// `keep(key, is_dir)` holds (excluded paths), and the directories
+    /// holding them. Returns the number of entries removed and whether
+    /// anything was kept.
+    pub fn remove_keeping(
+        &self,
+        key: &str,
+        keep: &dyn Fn(&str, bool) -> bool,
+    ) -> io::Result<(u64, bool)> {
+        let Some(entry) = self.stat(key)? else {
+            return Ok((0, false));
+        };
+        let is_dir = entry.kind.is_dir();
+        if keep(key, is_dir) {
+            return Ok((0, true));
+        }
+        if !is_dir {
+            return self.remove(key).map(|n| (n, false));
+        }
+        let names = list_names(&self.open_dir(key)?)?;
+        let (mut removed, mut kept) = (0, false);
+        for name in names {
+            let (n, k) = self.remove_keeping(&format!("{key}/{name}"), keep)?;
+            removed += n;
+            kept |= k;
+        }
+        if !kept {
+            removed += self.remove(key)?;
+        }
+        Ok((removed, kept))
+    }
+
     /// Counts the entries a removal of `key` would remove.
     pub fn count(&self, key: &str) -> io::Result<u64> {
         let (dir, name) = self.parent_of(key)?;

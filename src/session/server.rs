@@ -211,6 +211,7 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
         manifest: &manifest,
         keys: &p.keys,
         dry: opts.dry_run,
+        keep_excluded: (!opts.delete_excluded && !filter.is_empty()).then_some(&filter),
     };
     ctx.clear(&p.clear, &mut txn, &mut stats)?;
     ctx.structure(&p, &mut txn, &mut stats);
@@ -248,6 +249,8 @@ pub(crate) struct PassCtx<'a> {
     pub manifest: &'a Manifest,
     pub keys: &'a [String],
     pub dry: bool,
+    /// Excluded paths inside removed directories are kept (unless --delete-excluded).
+    pub keep_excluded: Option<&'a Filter>,
 }
 
 impl PassCtx<'_> {
@@ -341,7 +344,15 @@ impl PassCtx<'_> {
             }
             if !self.dry {
                 txn.remove_tree(key)?;
-                match self.st.replica.remove(key) {
+                let removed = match self.keep_excluded {
+                    Some(f) => self
+                        .st
+                        .replica
+                        .remove_keeping(key, &|k, d| f.is_excluded(k, d))
+                        .map(|(n, _)| n),
+                    None => self.st.replica.remove(key),
+                };
+                match removed {
                     Ok(0) => continue,
                     Ok(_) => {}
                     Err(e) => {
