@@ -160,7 +160,7 @@ impl Peer {
                     });
                 }
                 Some(ServerMsg::Report(r)) => reports.push(r),
-                Some(ServerMsg::Done { .. }) => {}
+                Some(ServerMsg::Done { .. }) | Some(ServerMsg::Plan { .. }) => {}
                 Some(ServerMsg::PassDone(stats)) => return PassOutcome { reports, stats },
                 Some(ServerMsg::Fatal { reason }) => panic!("fatal in an honest pass: {reason}"),
                 Some(other) => panic!("unexpected {other:?}"),
@@ -508,7 +508,7 @@ fn start_one_file(a: &Arena, size: u64) -> Peer {
                 assert_eq!(ids, vec![1]);
                 return p;
             }
-            ServerMsg::Report(_) | ServerMsg::Done { .. } => {}
+            ServerMsg::Report(_) | ServerMsg::Done { .. } | ServerMsg::Plan { .. } => {}
             other => panic!("expected NeedFiles, got {other:?}"),
         }
     }

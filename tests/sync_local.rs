@@ -459,7 +459,6 @@ fn an_entry_that_cannot_be_removed_is_one_error_printed_once() {
 }
 
 #[test]
-#[ignore = "bug: without --delete-excluded, an excluded replica file inside a directory removed from the source is deleted with that directory"]
 fn excluded_files_inside_a_removed_directory_are_kept() {
     let env = Env::new(Where::Local);
     build_tree(&env.src, &[f("a", "a"), f("olddir/x", "x")]);
