@@ -327,6 +327,28 @@ impl IndexTxn<'_> {
         Ok(())
     }
 
+    /// Re-keys every record at or below `from` to the same place below `to`
+    /// (after a directory rename on disk).
+    pub fn rename_tree(&mut self, from: &str, to: &str) -> Result<()> {
+        let keys: Vec<String> = {
+            let t = self.txn().open_table(FILES).map_err(|e| self.err(e))?;
+            let start = format!("{from}/");
+            let end = format!("{from}0");
+            t.range(start.as_str()..end.as_str())
+                .map_err(|e| self.err(e))?
+                .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
+                .collect()
+        };
+        for k in keys {
+            if let Some(rec) = self.file(&k)? {
+                let new_key = format!("{to}{}", &k[from.len()..]);
+                self.remove_file(&k)?;
+                self.put_file(&new_key, &rec)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Commits if many writes piled up since the last commit.
     pub fn checkpoint(&mut self) -> Result<()> {
         if self.writes >= 5000 {

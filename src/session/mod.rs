@@ -6,5 +6,6 @@
 //! [`Link`]: crate::transport::Link
 
 pub mod client;
+mod renames;
 pub mod server;
 mod transfer;

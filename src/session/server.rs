@@ -156,13 +156,35 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
             let _ = st.replica.remove(t);
         }
     }
-    let p = plan(
-        &manifest,
-        &view,
-        PlanOptions {
-            checksum: opts.checksum,
-        },
-    );
+    let plan_opts = PlanOptions {
+        checksum: opts.checksum,
+    };
+    let mut p = plan(&manifest, &view, plan_opts);
+    let mut view = view;
+    let mut dir_moves = Vec::new();
+    if !opts.dry_run && opts.max_delete.is_none() {
+        dir_moves = super::renames::detect(&manifest, &p, &view, &st.replica);
+        if !dir_moves.is_empty() {
+            let mut txn = st.index.begin()?;
+            dir_moves.retain(|(from, to)| match st.replica.rename(from, to) {
+                Ok(()) => txn.rename_tree(from, to).is_ok(),
+                Err(_) => false,
+            });
+            txn.commit()?;
+            view = st
+                .replica
+                .scan(&manifest, &keys, &filter, opts.delete_excluded)
+                .0;
+            p = plan(&manifest, &view, plan_opts);
+        }
+    }
+    for (from, to) in &dir_moves {
+        let r = OpReport {
+            from: Some(from.clone()),
+            ..simple(Op::Moved, to, Reason::New)
+        };
+        report(link, st, &mut stats, r);
+    }
     if let Some(max) = opts.max_delete {
         let n: u64 = p
             .remove
