@@ -10,6 +10,8 @@
 //!   following, excludes from [`filter`]).
 //! - [`chunk`]: content-defined chunking (FastCDC) and BLAKE3 content ids;
 //!   [`chunk::Digest`] is a file's hash plus its chunk list.
+//! - [`delta`]: small changed files sent as copies of the replica's old
+//!   version's fine pieces plus literal bytes.
 //! - [`index`]: persistent redb indexes: the replica's (chunk, group and
 //!   whole-file hash -> where in the replica) and the source's (stat ->
 //!   digest, so unchanged files are never re-read).
@@ -30,6 +32,7 @@
 
 pub mod apply;
 pub mod chunk;
+pub mod delta;
 pub mod error;
 pub mod filter;
 pub mod index;

@@ -102,6 +102,12 @@ pub enum ClientMsg {
         group: u32,
         chunks: Vec<ChunkRef>,
     },
+    /// One chunk, as copies of the file's basis pieces plus literal bytes.
+    ChunkDelta {
+        id: u32,
+        index: u32,
+        ops: Vec<crate::delta::DeltaOp>,
+    },
     /// The bytes of one chunk.
     Chunk {
         id: u32,
@@ -123,6 +129,10 @@ pub enum ClientMsg {
 pub enum ServerMsg {
     /// What the pass will fetch: files whose content must be checked or sent.
     Plan { files: u64, bytes: u64 },
+    /// The replica's old version of file `id`, as truncated hashes of its
+    /// fine pieces: chunks of `id` may be sent as [`ClientMsg::ChunkDelta`].
+    /// An empty list withdraws the basis.
+    Basis { id: u32, hashes: Vec<u32> },
     /// Send a [`ClientMsg::Summary`] for each of these manifest ids.
     NeedFiles { ids: Vec<u32> },
     /// Send the group list of file `id`.
@@ -341,6 +351,20 @@ mod tests {
                 .prop_map(|(id, index, data)| ClientMsg::Chunk { id, index, data }),
             (any::<u32>(), ".{0,20}").prop_map(|(id, reason)| ClientMsg::FileFailed { id, reason }),
             any::<u32>().prop_map(|id| ClientMsg::Skip { id }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u32>(), 0..3)
+            )
+                .prop_map(|(id, index, c)| ClientMsg::ChunkDelta {
+                    id,
+                    index,
+                    ops: c
+                        .into_iter()
+                        .map(crate::delta::DeltaOp::Copy)
+                        .chain([crate::delta::DeltaOp::Literal(vec![1, 2])])
+                        .collect()
+                }),
             Just(ClientMsg::Bye),
         ]
     }
@@ -358,6 +382,8 @@ mod tests {
             )
                 .prop_map(|(id, ranges)| ServerMsg::NeedChunks { id, ranges }),
             any::<u32>().prop_map(|id| ServerMsg::Done { id }),
+            (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..5))
+                .prop_map(|(id, hashes)| ServerMsg::Basis { id, hashes }),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(files, bytes)| ServerMsg::Plan { files, bytes }),
             (".{0,20}", any::<u64>(), any::<u64>()).prop_map(|(path, received, reused)| {

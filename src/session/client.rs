@@ -99,6 +99,7 @@ impl ClientPass<'_> {
             .filter(|e| matches!(e.kind, Kind::File { .. }))
             .count() as u64;
         let mut open: HashMap<u32, Open> = HashMap::new();
+        let mut bases: HashMap<u32, HashMap<u32, u32>> = HashMap::new();
         let mut new_records: Vec<(String, FileRecord)> = Vec::new();
         let mut changed = 0usize;
         let stats = loop {
@@ -108,6 +109,23 @@ impl ClientPass<'_> {
             })?;
             match msg {
                 ServerMsg::Plan { files, bytes } => self.observer().planned(files, bytes),
+                ServerMsg::Basis { id, hashes } => {
+                    if hashes.len() > crate::delta::MAX_PIECES {
+                        return Err(Error::protocol(
+                            &self.link.peer,
+                            "basis with too many pieces",
+                        ));
+                    }
+                    if hashes.is_empty() {
+                        bases.remove(&id);
+                    } else {
+                        let mut map = HashMap::with_capacity(hashes.len());
+                        for (i, h) in hashes.into_iter().enumerate() {
+                            map.entry(h).or_insert(i as u32);
+                        }
+                        bases.insert(id, map);
+                    }
+                }
                 ServerMsg::NeedFiles { ids } => {
                     self.answer_need_files(&ids, &keys, opts.checksum, &mut open, &mut new_records)?
                 }
@@ -116,12 +134,13 @@ impl ClientPass<'_> {
                     self.answer_groups(id, &groups, &mut open)?
                 }
                 ServerMsg::NeedChunks { id, ranges } => {
-                    if !self.answer_chunks(id, &ranges, &keys, &mut open)? {
+                    if !self.answer_chunks(id, &ranges, &keys, &mut open, bases.get(&id))? {
                         changed += 1;
                     }
                 }
                 ServerMsg::Done { id } => {
                     open.remove(&id);
+                    bases.remove(&id);
                     self.observer().file_done(file_size(m, id));
                 }
                 ServerMsg::Report(r) => {
@@ -322,6 +341,7 @@ impl ClientPass<'_> {
         ranges: &[(u32, u32)],
         keys: &[String],
         open: &mut HashMap<u32, Open>,
+        basis: Option<&HashMap<u32, u32>>,
     ) -> Result<bool> {
         let Some(o) = open.get_mut(&id) else {
             self.send(ClientMsg::FileFailed {
@@ -363,6 +383,18 @@ impl ClientPass<'_> {
                     })?;
                     open.remove(&id);
                     return Ok(false);
+                }
+                if let Some(ops) = basis.and_then(|b| crate::delta::make_delta(&data, b)) {
+                    let literal: usize = ops
+                        .iter()
+                        .map(|o| match o {
+                            crate::delta::DeltaOp::Literal(b) => b.len(),
+                            crate::delta::DeltaOp::Copy(_) => 0,
+                        })
+                        .sum();
+                    self.observer().content_sent(literal as u64);
+                    self.send(ClientMsg::ChunkDelta { id, index: i, ops })?;
+                    continue;
                 }
                 self.observer().content_sent(c.len as u64);
                 self.send(ClientMsg::Chunk { id, index: i, data })?;

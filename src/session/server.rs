@@ -65,6 +65,7 @@ pub(crate) fn msg_name(m: &ClientMsg) -> &'static str {
         ClientMsg::GroupHashes { .. } => "GroupHashes",
         ClientMsg::GroupChunks { .. } => "GroupChunks",
         ClientMsg::Chunk { .. } => "Chunk",
+        ClientMsg::ChunkDelta { .. } => "ChunkDelta",
         ClientMsg::FileFailed { .. } => "FileFailed",
         ClientMsg::Skip { .. } => "Skip",
         ClientMsg::Bye => "Bye",

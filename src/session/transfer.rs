@@ -28,6 +28,8 @@ const ASK_BATCH: usize = 64;
 
 struct Job {
     fetch: Fetch,
+    /// Fine pieces (offset, len) of the replica's old version, if offered as a basis.
+    basis: Option<Vec<(u64, u32)>>,
     /// Whether the client's summary arrived.
     summarized: bool,
     size: u64,
@@ -167,11 +169,87 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 break;
             };
             ids.push(f.id);
-            self.jobs.insert(f.id, Job::new(f));
+            let mut job = Job::new(f);
+            if f.has_old && !self.ctx.dry {
+                job.basis = self.offer_basis(f.id);
+            }
+            self.jobs.insert(f.id, job);
             self.awaiting_summary += 1;
         }
         if !ids.is_empty() {
             self.ctx.link.send(ServerMsg::NeedFiles { ids });
+        }
+    }
+
+    /// Describes the old version at the file's path to the client, if small.
+    fn offer_basis(&mut self, id: u32) -> Option<Vec<(u64, u32)>> {
+        use crate::delta::{basis_of, BASIS_MAX_FILE, BASIS_MIN_FILE};
+        let key = self.key(id);
+        let Kind::File { size } = self.view.get(key)?.kind else {
+            return None;
+        };
+        if !(BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&size) {
+            return None;
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        let f = self.ctx.st.replica.open_read(key).ok()?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, BASIS_MAX_FILE), &mut data).ok()?;
+        let (places, hashes) = basis_of(&data);
+        self.ctx.link.send(ServerMsg::Basis { id, hashes });
+        Some(places)
+    }
+
+    /// Rebuilds a chunk sent as a delta; asks for it whole if that fails.
+    fn on_chunk_delta(
+        &mut self,
+        id: u32,
+        index: u32,
+        ops: Vec<crate::delta::DeltaOp>,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
+        let ctx = self.ctx;
+        let key = self.key(id);
+        let job = self.job(id)?;
+        if !job.asked.contains(&index) {
+            return Err(proto(
+                ctx,
+                format!("chunk {index} of file {id} was not asked for"),
+            ));
+        }
+        let c = job.chunks.as_ref().expect("chunk list known")[index as usize];
+        let places = job.basis.clone().unwrap_or_default();
+        let literal: u64 = ops
+            .iter()
+            .map(|o| match o {
+                crate::delta::DeltaOp::Literal(b) => b.len() as u64,
+                crate::delta::DeltaOp::Copy(_) => 0,
+            })
+            .sum();
+        let rebuilt = crate::delta::apply_delta(&ops, c.len as usize, |i| {
+            let &(off, len) = places.get(i as usize)?;
+            let mut buf = vec![0u8; len as usize];
+            self.read_replica(key, &mut buf, off).then_some(buf)
+        });
+        match rebuilt {
+            Ok(data) if data.len() == c.len as usize && Hash::of(&data) == c.hash => {
+                self.on_chunk(id, index, data, literal, txn, stats)
+            }
+            _ => {
+                // A truncated-hash collision or a changed old version: ask for it whole.
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.basis = None;
+                }
+                ctx.link.send(ServerMsg::Basis {
+                    id,
+                    hashes: Vec::new(),
+                });
+                ctx.link.send(ServerMsg::NeedChunks {
+                    id,
+                    ranges: vec![(index, 1)],
+                });
+                Ok(())
+            }
         }
     }
 
@@ -182,6 +260,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             | ClientMsg::GroupHashes { id, .. }
             | ClientMsg::GroupChunks { id, .. }
             | ClientMsg::Chunk { id, .. }
+            | ClientMsg::ChunkDelta { id, .. }
             | ClientMsg::FileFailed { id, .. }
             | ClientMsg::Skip { id } => Some(*id),
             _ => None,
@@ -205,7 +284,13 @@ impl<'c, 'a> Transfer<'c, 'a> {
             ClientMsg::GroupChunks { id, group, chunks } => {
                 self.on_group_chunks(id, group, chunks, txn, stats)
             }
-            ClientMsg::Chunk { id, index, data } => self.on_chunk(id, index, data, txn, stats),
+            ClientMsg::Chunk { id, index, data } => {
+                let sent = data.len() as u64;
+                self.on_chunk(id, index, data, sent, txn, stats)
+            }
+            ClientMsg::ChunkDelta { id, index, ops } => {
+                self.on_chunk_delta(id, index, ops, txn, stats)
+            }
             ClientMsg::FileFailed { id, reason } => {
                 if self.jobs.contains_key(&id) {
                     self.drop_job(id);
@@ -687,6 +772,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
         id: u32,
         index: u32,
         data: Vec<u8>,
+        sent: u64,
         txn: &mut IndexTxn,
         stats: &mut PassStats,
     ) -> Result<()> {
@@ -721,9 +807,11 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 continue;
             }
             if n == 0 {
-                job.received += data.len() as u64;
-                stats.received += data.len() as u64;
-                self.ctx.st.stats.note_received(data.len() as u64);
+                let sent = sent.min(data.len() as u64);
+                job.received += sent;
+                job.reused += data.len() as u64 - sent;
+                stats.received += sent;
+                self.ctx.st.stats.note_received(sent);
             } else {
                 job.reused += data.len() as u64;
             }
@@ -866,6 +954,7 @@ impl Job {
             fetch,
             size: 0,
             summarized: false,
+            basis: None,
             hash: Hash([0; 32]),
             chunks: None,
             groups: Vec::new(),
