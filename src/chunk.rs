@@ -154,15 +154,27 @@ pub fn digest_reader_sized<R: Read>(mut r: R, size_hint: u64) -> io::Result<Dige
 /// Size and whole-file hash of everything `r` yields (no chunking).
 pub fn hash_reader<R: Read>(mut r: R, size_hint: u64) -> io::Result<(u64, Hash)> {
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; size_hint.saturating_add(1).clamp(4096, 1 << 20) as usize];
+    let cap = size_hint.saturating_add(1).clamp(4096, READ_BLOCK as u64) as usize;
+    let mut buf = vec![0u8; cap];
     let mut size = 0u64;
     loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = r.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
             return Ok((size, Hash(*h.finalize().as_bytes())));
         }
-        size += n as u64;
-        h.update(&buf[..n]);
+        size += filled as u64;
+        if filled >= 1 << 20 {
+            h.update_rayon(&buf[..filled]);
+        } else {
+            h.update(&buf[..filled]);
+        }
     }
 }
 

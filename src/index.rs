@@ -145,6 +145,7 @@ impl ReplicaIndex {
             index: self,
             txn: Some(txn),
             writes: 0,
+            cached: std::cell::RefCell::new(None),
         })
     }
 }
@@ -154,6 +155,8 @@ pub struct IndexTxn<'a> {
     index: &'a ReplicaIndex,
     txn: Option<WriteTransaction>,
     writes: usize,
+    /// The last record decoded for a group lookup (large files have many groups).
+    cached: std::cell::RefCell<Option<(String, std::rc::Rc<FileRecord>)>>,
 }
 
 impl IndexTxn<'_> {
@@ -193,8 +196,22 @@ impl IndexTxn<'_> {
             v.and_then(|v| postcard::from_bytes(v.value()).ok())
         };
         let Some(loc) = loc else { return Ok(None) };
-        let Some(rec) = self.file(&loc.path)? else {
-            return Ok(None);
+        let hit = self
+            .cached
+            .borrow()
+            .as_ref()
+            .filter(|(p, _)| *p == loc.path)
+            .map(|(_, r)| r.clone());
+        let rec = match hit {
+            Some(r) => r,
+            None => {
+                let Some(rec) = self.file(&loc.path)? else {
+                    return Ok(None);
+                };
+                let rec = std::rc::Rc::new(rec);
+                *self.cached.borrow_mut() = Some((loc.path.clone(), rec.clone()));
+                rec
+            }
         };
         let (a, n) = (loc.first as usize, loc.count as usize);
         let Some(run) = rec.digest.chunks.get(a..a + n) else {
@@ -205,6 +222,7 @@ impl IndexTxn<'_> {
 
     /// Records a file and makes its chunks, groups and whole hash findable.
     pub fn put_file(&mut self, path: &str, rec: &FileRecord) -> Result<()> {
+        *self.cached.borrow_mut() = None;
         self.remove_file(path)?;
         let txn = self.txn.as_ref().unwrap();
         let e = |e: redb::Error| index_err(&self.index.path, e);
@@ -254,6 +272,7 @@ impl IndexTxn<'_> {
 
     /// Forgets a file, and every reverse entry that pointed into it.
     pub fn remove_file(&mut self, path: &str) -> Result<()> {
+        *self.cached.borrow_mut() = None;
         let Some(rec) = self.file(path)? else {
             return Ok(());
         };

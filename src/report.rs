@@ -206,13 +206,13 @@ impl PassSummary {
                 format!("{n} B ({})", human_bytes(n))
             }
         };
-        let verb = if self.dry_run {
-            "would be done"
+        let (verb, sent) = if self.dry_run {
+            ("would be done", "would be sent")
         } else {
-            "done"
+            ("done", "sent")
         };
         format!(
-            "summary: scanned {} files of {} and {} dirs; {} operations {verb}; wire: {} sent, {} received; content: {} sent, {} rebuilt from the replica (dedup); {} errors",
+            "summary: scanned {} files of {} and {} dirs; {} operations {verb}; wire: {} sent, {} received; content: {} {sent}, {} rebuilt from the replica (dedup); {} errors",
             self.files,
             b(self.bytes),
             self.dirs,

@@ -648,27 +648,38 @@ impl<'c, 'a> Transfer<'c, 'a> {
         }
         job.tmp = tmp;
         job.missing = chunks.len();
+        // 1. Where each chunk comes from.
         let mut ask: Vec<u32> = Vec::new();
-        let mut written_here: HashMap<Hash, u32> = HashMap::new();
+        let mut local: Vec<(u32, crate::index::ChunkLoc)> = Vec::new();
+        let mut repeats: Vec<(u32, u32)> = Vec::new();
+        let mut first_local: HashMap<Hash, u32> = HashMap::new();
         for (i, c) in chunks.iter().enumerate() {
             let i = i as u32;
-            if let Some(&first) = written_here.get(&c.hash) {
-                // Repeated inside this file and already written: copy from the temp file.
-                if self.copy_within(id, first, i) {
-                    continue;
-                }
-            }
-            if self.owner.contains_key(&c.hash) {
+            if let Some(&first) = first_local.get(&c.hash) {
+                repeats.push((first, i));
+            } else if self.owner.contains_key(&c.hash) {
                 self.waiters.entry(c.hash).or_default().push((id, i));
-                continue;
+            } else if let Some(loc) = txn.find_chunk(&c.hash)?.filter(|l| l.len == c.len) {
+                first_local.insert(c.hash, i);
+                local.push((i, loc));
+            } else {
+                self.owner.insert(c.hash, (id, i));
+                ask.push(i);
             }
-            if self.copy_local(id, i, c, txn) {
-                written_here.insert(c.hash, i);
-                continue;
-            }
-            self.owner.insert(c.hash, (id, i));
-            ask.push(i);
         }
+        // 2. Copy what the replica holds, in contiguous runs, verified.
+        let failed = self.copy_local_runs(id, &chunks, &local);
+        let failed_set: HashSet<u32> = failed.iter().copied().collect();
+        // 3. Repeats copy their first occurrence; anything that failed is asked for.
+        for (first, i) in repeats {
+            if failed_set.contains(&first) || !self.copy_within(id, first, i) {
+                failed_set_ask(self, id, i, &chunks, &mut ask);
+            }
+        }
+        for i in failed {
+            failed_set_ask(self, id, i, &chunks, &mut ask);
+        }
+        ask.sort_unstable();
         let job = self.jobs.get_mut(&id).expect("job exists");
         job.asked = ask.iter().copied().collect();
         if dry {
@@ -689,6 +700,85 @@ impl<'c, 'a> Transfer<'c, 'a> {
             return self.publish(id, txn, stats);
         }
         Ok(())
+    }
+
+    /// Copies chunks found in the replica into file `id`'s temp file, reading
+    /// contiguous runs at once and checking every chunk's hash (in parallel)
+    /// before use. Returns the chunks that could not be used.
+    fn copy_local_runs(
+        &mut self,
+        id: u32,
+        chunks: &[ChunkRef],
+        local: &[(u32, crate::index::ChunkLoc)],
+    ) -> Vec<u32> {
+        const RUN_MAX: u64 = 16 << 20;
+        let mut failed = Vec::new();
+        let mut start = 0;
+        while start < local.len() {
+            let mut end = start + 1;
+            let mut len = local[start].1.len as u64;
+            while end < local.len() {
+                let (pi, pl) = &local[end - 1];
+                let (ni, nl) = &local[end];
+                let contiguous =
+                    *ni == pi + 1 && nl.path == pl.path && nl.offset == pl.offset + pl.len as u64;
+                if !contiguous || len + nl.len as u64 > RUN_MAX {
+                    break;
+                }
+                len += nl.len as u64;
+                end += 1;
+            }
+            let run = &local[start..end];
+            start = end;
+            if self.ctx.dry {
+                let job = self.jobs.get_mut(&id).expect("job exists");
+                job.missing -= run.len();
+                job.reused += len;
+                continue;
+            }
+            let mut buf = vec![0u8; len as usize];
+            if !self.read_replica(&run[0].1.path, &mut buf, run[0].1.offset) {
+                failed.extend(run.iter().map(|(i, _)| *i));
+                continue;
+            }
+            let mut at = 0usize;
+            let pieces: Vec<(u32, usize, usize)> = run
+                .iter()
+                .map(|(i, l)| {
+                    let p = (*i, at, l.len as usize);
+                    at += l.len as usize;
+                    p
+                })
+                .collect();
+            let good: Vec<bool> = {
+                use rayon::prelude::*;
+                pieces
+                    .par_iter()
+                    .map(|&(i, o, l)| Hash::of(&buf[o..o + l]) == chunks[i as usize].hash)
+                    .collect()
+            };
+            let job = self.jobs.get_mut(&id).expect("job exists");
+            let t = job.tmp.as_ref().expect("temp file open");
+            let dest = job.offs[run[0].0 as usize];
+            if good.iter().all(|g| *g) {
+                if write_at(&t.file, &buf, dest).is_err() {
+                    failed.extend(run.iter().map(|(i, _)| *i));
+                    continue;
+                }
+                job.missing -= run.len();
+                job.reused += len;
+                continue;
+            }
+            for (&(i, o, l), ok) in pieces.iter().zip(good) {
+                if ok && write_at(&t.file, &buf[o..o + l], job.offs[i as usize]).is_ok() {
+                    job.missing -= 1;
+                    job.reused += l as u64;
+                } else {
+                    failed.push(i);
+                }
+            }
+        }
+        failed
     }
 
     /// Why file `id` must be refused for lack of space, if it must.
@@ -723,36 +813,6 @@ impl<'c, 'a> Transfer<'c, 'a> {
         }
         job.missing -= 1;
         job.reused += len as u64;
-        true
-    }
-
-    /// Copies chunk `i` from wherever the replica holds it, after checking its hash.
-    fn copy_local(&mut self, id: u32, i: u32, c: &ChunkRef, txn: &mut IndexTxn) -> bool {
-        let Ok(Some(loc)) = txn.find_chunk(&c.hash) else {
-            return false;
-        };
-        if loc.len != c.len {
-            return false;
-        }
-        let dry = self.ctx.dry;
-        if dry {
-            // A dry run trusts the index: nothing is read.
-            let job = self.jobs.get_mut(&id).expect("job exists");
-            job.missing -= 1;
-            job.reused += c.len as u64;
-            return true;
-        }
-        let mut buf = vec![0u8; c.len as usize];
-        if !self.read_replica(&loc.path, &mut buf, loc.offset) || Hash::of(&buf) != c.hash {
-            return false;
-        }
-        let job = self.jobs.get_mut(&id).expect("job exists");
-        let t = job.tmp.as_ref().expect("temp file open");
-        if write_at(&t.file, &buf, job.offs[i as usize]).is_err() {
-            return false;
-        }
-        job.missing -= 1;
-        job.reused += c.len as u64;
         true
     }
 
@@ -847,6 +907,9 @@ impl<'c, 'a> Transfer<'c, 'a> {
             ..simple(op, key, job.fetch.reason)
         };
         stats.reused += job.reused;
+        if self.ctx.dry {
+            stats.received += job.received;
+        }
         if let Some(tmp) = job.tmp.take() {
             let check = std::fs::File::try_clone(&tmp.file).and_then(|f| {
                 use std::io::{Seek, SeekFrom};
@@ -968,6 +1031,18 @@ impl Job {
             received: 0,
             reused: 0,
         }
+    }
+}
+
+/// Chunk `i` of file `id` could not be copied locally: wait for it if
+/// another file asked for it, else ask for it.
+fn failed_set_ask(t: &mut Transfer, id: u32, i: u32, chunks: &[ChunkRef], ask: &mut Vec<u32>) {
+    let h = chunks[i as usize].hash;
+    if t.owner.contains_key(&h) {
+        t.waiters.entry(h).or_default().push((id, i));
+    } else {
+        t.owner.insert(h, (id, i));
+        ask.push(i);
     }
 }
 
