@@ -237,12 +237,17 @@ pub async fn serve_http(
                 let Ok((mut s, _)) = acc else { continue };
                 let stats = stats.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 2048];
-                    let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-                        Ok(Ok(n)) => n,
-                        _ => return,
-                    };
-                    let req = String::from_utf8_lossy(&buf[..n]);
+                    // Read the request head (bounded: 8 KiB, 5 s), however it is split.
+                    let mut buf = Vec::with_capacity(1024);
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                        let mut chunk = [0u8; 1024];
+                        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+                            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let req = String::from_utf8_lossy(&buf);
                     let path = req.split_whitespace().nth(1).unwrap_or("");
                     let (code, ctype, body) = match (req.starts_with("GET "), path) {
                         (true, "/status") => ("200 OK", "application/json", stats.snapshot().to_json()),

@@ -127,6 +127,14 @@ impl Watches {
         opts: &ScanOptions,
         reporter: &crate::report::Reporter,
     ) {
+        if dir != root {
+            let rel = dir.strip_prefix(root).ok().and_then(path_to_key);
+            if rel.is_none_or(|r| opts.filter.is_excluded(&r, true))
+                || opts.skip.iter().any(|s| dir.starts_with(s))
+            {
+                return;
+            }
+        }
         self.add(dir, reporter);
         let Ok(rd) = std::fs::read_dir(dir) else {
             return;
@@ -289,6 +297,24 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
                 continue;
             }
             let mut scopes = Scopes::default();
+            // New directories are watched first and the batch goes out one round
+            // later, so files still being written inside them are seen as such
+            // (their first writes happened before the watch existed). The whole
+            // batch waits, so a rename's two halves stay together.
+            let mut fresh = false;
+            for p in &ready {
+                if !watches.dirs.contains(p)
+                    && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+                {
+                    watches.add_tree(&root, p, &scan_opts, &reporter);
+                    fresh |= watches.dirs.contains(p);
+                }
+            }
+            if fresh {
+                first_event = Some(Instant::now());
+                last_event = Instant::now();
+                continue;
+            }
             for p in &ready {
                 pending.remove(p);
                 let meta = std::fs::symlink_metadata(p).ok();
@@ -342,7 +368,10 @@ fn note_event(
             if cfg!(target_os = "linux") =>
         {
             for p in &ev.paths {
-                writing.entry(p.clone()).or_insert_with(Instant::now);
+                // Symlinks and hard links are created whole: nothing to wait for.
+                if opened_for_writing(p) {
+                    writing.entry(p.clone()).or_insert_with(Instant::now);
+                }
             }
         }
         EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
@@ -353,6 +382,23 @@ fn note_event(
         _ => {}
     }
     pending.extend(ev.paths.iter().cloned());
+}
+
+/// Whether a file reported as created or written may still be open for
+/// writing (a regular file with a single name; links are created whole).
+fn opened_for_writing(p: &Path) -> bool {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_file() => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                m.nlink() <= 1
+            }
+            #[cfg(not(unix))]
+            true
+        }
+        _ => false,
+    }
 }
 
 /// One target's loop: merge queued batches, run a pass, retry on failure.

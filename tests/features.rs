@@ -349,7 +349,6 @@ fn allow_client_admits_a_known_identity_without_the_token() {
 }
 
 #[test]
-#[ignore = "bug: status endpoint answers after a single read(); a request split across TCP segments gets 404 (src/status.rs serve_http)"]
 fn status_endpoint_reads_a_request_split_across_segments() {
     let dirs = Dirs::new();
     let server = start_server(

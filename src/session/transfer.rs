@@ -663,8 +663,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 first_local.insert(c.hash, i);
                 local.push((i, loc));
             } else {
-                self.owner.insert(c.hash, (id, i));
-                ask.push(i);
+                failed_set_ask(self, id, i, &chunks, &mut ask);
             }
         }
         // 2. Copy what the replica holds, in contiguous runs, verified.
@@ -1038,11 +1037,14 @@ impl Job {
 /// another file asked for it, else ask for it.
 fn failed_set_ask(t: &mut Transfer, id: u32, i: u32, chunks: &[ChunkRef], ask: &mut Vec<u32>) {
     let h = chunks[i as usize].hash;
-    if t.owner.contains_key(&h) {
-        t.waiters.entry(h).or_default().push((id, i));
-    } else {
-        t.owner.insert(h, (id, i));
-        ask.push(i);
+    match t.owner.entry(h) {
+        std::collections::hash_map::Entry::Occupied(_) => {
+            t.waiters.entry(h).or_default().push((id, i))
+        }
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert((id, i));
+            ask.push(i);
+        }
     }
 }
 
