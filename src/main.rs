@@ -233,9 +233,11 @@ async fn shutdown_signal() {
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
+    let progress = Progress::new(!a.common.quiet);
     let reporter = Arc::new(
         Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common))
-            .context("cannot open the log file")?,
+            .context("cannot open the log file")?
+            .with_progress(progress.multi.clone()),
     );
     let state_dir = a.common.state_dir.clone().unwrap_or_else(default_state_dir);
     let opts = ServerOptions {
@@ -281,7 +283,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("listening on {addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    let status_line = progress.server_status(shared.stats.clone());
     rt.block_on(serve_listener(listener, shared, shutdown_signal()));
+    drop(status_line);
     reporter.info("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -57,6 +57,40 @@ impl Progress {
         }
     }
 
+    /// The server's one-line status (sessions, operations, bytes, speed),
+    /// refreshed until the returned guard is dropped.
+    pub fn server_status(&self, stats: Arc<crate::status::ServerStats>) -> ScanSpinner {
+        let pb = self.multi.add(ProgressBar::new_spinner());
+        pb.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap());
+        pb.enable_steady_tick(Duration::from_millis(250));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (pb2, stop2) = (pb.clone(), stop.clone());
+        let t = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let s = stats.snapshot();
+                let state = if s.connected_clients > 0 {
+                    "serving"
+                } else {
+                    "waiting for clients"
+                };
+                pb2.set_message(format!(
+                    "{state}: {} sessions, {} operations, {} received, {} saved by dedup, {}/s",
+                    s.sessions,
+                    s.operations,
+                    human_bytes(s.bytes_received),
+                    human_bytes(s.bytes_saved_by_dedup),
+                    human_bytes(s.transfer_bytes_per_second)
+                ));
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        ScanSpinner {
+            pb,
+            stop,
+            thread: Some(t),
+        }
+    }
+
     /// A transfer bar for one pass.
     pub fn transfer(&self) -> TransferBar {
         let pb = self.multi.add(ProgressBar::new(0));
@@ -75,7 +109,7 @@ impl Progress {
     }
 }
 
-/// Stops the scanning spinner when dropped.
+/// Stops a spinner (scanning, server status) when dropped.
 pub struct ScanSpinner {
     pb: ProgressBar,
     stop: Arc<std::sync::atomic::AtomicBool>,
