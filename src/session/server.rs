@@ -25,6 +25,8 @@ pub struct ServerState {
     pub fsync: bool,
     pub min_free: crate::transport::server::MinFree,
     pub shutdown: Arc<AtomicBool>,
+    /// Set while a pass runs.
+    pub in_pass: Arc<AtomicBool>,
     pub stats: Arc<crate::status::ServerStats>,
 }
 
@@ -35,7 +37,10 @@ pub fn serve_session(link: &ServerLink, st: &ServerState) -> Result<()> {
     loop {
         match link.recv() {
             Ok(ClientMsg::BeginPass(opts)) => {
-                if let Err(e) = run_pass(link, st, opts) {
+                st.in_pass.store(true, Ordering::Release);
+                let r = run_pass(link, st, opts);
+                st.in_pass.store(false, Ordering::Release);
+                if let Err(e) = r {
                     let _ = link.send(ServerMsg::Fatal {
                         reason: e.to_string(),
                     });

@@ -40,6 +40,8 @@ pub struct ServerShared {
     pub shutdown: Arc<AtomicBool>,
     pub conns: AtomicUsize,
     pub dest: PathBuf,
+    /// Set while a pass runs (an idle session does not delay shutdown).
+    pub in_pass: Arc<AtomicBool>,
     /// TLS acceptor (None with --insecure-plaintext).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The server certificate's fingerprint, for the user to pin.
@@ -152,6 +154,7 @@ impl ServerShared {
                     .map_err(|e| Error::Usage(format!("--allow-client {fp}: {e}")))?,
             );
         }
+        let in_pass = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ServerStats::default());
         *stats.dest.lock().unwrap_or_else(|e| e.into_inner()) = dest.display().to_string();
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -162,6 +165,7 @@ impl ServerShared {
             fsync: opts.fsync,
             min_free: opts.min_free,
             shutdown: shutdown.clone(),
+            in_pass: in_pass.clone(),
             stats: stats.clone(),
         };
         Ok(Arc::new(ServerShared {
@@ -173,6 +177,7 @@ impl ServerShared {
             shutdown,
             conns: AtomicUsize::new(0),
             dest,
+            in_pass,
             tls,
             fingerprint,
             allowed_clients,
@@ -346,7 +351,10 @@ pub async fn serve_listener(
     }
     shared.shutdown.store(true, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while shared.busy.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+    while shared.busy.load(Ordering::Acquire)
+        && shared.in_pass.load(Ordering::Acquire)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
