@@ -89,6 +89,9 @@ pub struct Entry {
     pub mtime: Timestamp,
 }
 
+/// Longest relative path accepted from a peer, in bytes (Linux's PATH_MAX).
+pub const MAX_PATH_BYTES: usize = 4096;
+
 /// A whole tree, in pre-order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -144,12 +147,19 @@ impl Manifest {
             return Err("opaque entry is not a directory".into());
         }
         let mut seen = std::collections::HashSet::new();
+        let mut path_len = vec![0usize; self.entries.len()];
         for (i, e) in self.entries.iter().enumerate().skip(1) {
             let p = e.parent as usize;
             if p >= i || !self.entries[p].kind.is_dir() {
                 return Err(format!("entry {i} has an invalid parent"));
             }
             validate_name(&e.name).map_err(|err| format!("entry {i}: {err}"))?;
+            path_len[i] = path_len[p] + e.name.len() + 1;
+            if path_len[i] > MAX_PATH_BYTES {
+                return Err(format!(
+                    "entry {i}: path longer than {MAX_PATH_BYTES} bytes"
+                ));
+            }
             if !seen.insert((e.parent, e.name.as_str())) {
                 return Err(format!("duplicate name {:?}", self.display(i)));
             }
@@ -235,6 +245,15 @@ mod tests {
         let mut bad = m.clone();
         bad.entries[2].name = "..".into();
         assert!(bad.validate().is_err());
+        let mut deep = Manifest {
+            entries: vec![entry(0, "", Kind::Dir)],
+            opaque: vec![],
+            partial: vec![],
+        };
+        for i in 0..3000u32 {
+            deep.entries.push(entry(i, "ab", Kind::Dir));
+        }
+        assert!(deep.validate().unwrap_err().contains("path longer"));
         let mut bad = m;
         bad.entries.push(entry(1, "b.txt", Kind::Dir));
         assert!(bad.validate().is_err());

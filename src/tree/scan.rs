@@ -121,6 +121,13 @@ pub(super) fn walk(dir: &Path, rel: &str, opts: &ScanOptions) -> SubTree {
         if opts.filter.is_excluded(&child_rel, meta.is_dir()) {
             continue;
         }
+        if child_rel.len() >= super::MAX_PATH_BYTES {
+            out.errors.push(FileError::new(
+                child_rel,
+                "path longer than 4096 bytes; skipped",
+            ));
+            continue;
+        }
         if meta.is_dir() && opts.skip.iter().any(|s| s == &path) {
             continue;
         }
