@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 pub type ClientLink = Link<ClientMsg, ServerMsg>;
 
 /// A file's digest, and the record to store in the source index if it was read.
-type DigestResult = std::result::Result<(Digest, Option<FileRecord>), String>;
+type DigestResult = std::result::Result<(Digest, Option<FileRecord>, Option<Vec<u8>>), String>;
+
+/// Files up to this size are read into memory once, for digest and chunks.
+const KEEP_SMALL: u64 = 256 * 1024;
 
 /// Most manifest entries per message.
 const ENTRIES_PER_MSG: usize = 2048;
@@ -41,6 +44,9 @@ struct Open {
     digest: Digest,
     group_starts: Option<Vec<usize>>,
     file: Option<std::fs::File>,
+    /// The content read for the digest (small files), so chunks are sent
+    /// without reading the file again.
+    data: Option<Vec<u8>>,
 }
 
 pub struct ClientPass<'a> {
@@ -223,7 +229,7 @@ impl ClientPass<'_> {
                             })
                             .flatten();
                         match cached {
-                            Some(d) => Ok((d, None)),
+                            Some(d) => Ok((d, None, None)),
                             None => read_digest(&self.root.join(m.rel_path(i))),
                         }
                     }
@@ -234,7 +240,7 @@ impl ClientPass<'_> {
             .collect();
         for (id, r) in results {
             match r {
-                Ok((digest, record)) => {
+                Ok((digest, record, data)) => {
                     if let Some(rec) = record {
                         new_records.push((keys[id as usize].clone(), rec));
                     }
@@ -252,6 +258,7 @@ impl ClientPass<'_> {
                             digest,
                             group_starts: None,
                             file: None,
+                            data,
                         },
                     );
                 }
@@ -351,7 +358,7 @@ impl ClientPass<'_> {
             return Ok(false);
         };
         let key = &keys[id as usize];
-        if o.file.is_none() {
+        if o.file.is_none() && o.data.is_none() {
             match std::fs::File::open(self.root.join(self.scan.manifest.rel_path(id as usize))) {
                 Ok(f) => o.file = Some(f),
                 Err(e) => {
@@ -364,7 +371,6 @@ impl ClientPass<'_> {
             }
         }
         let offs = o.digest.offsets();
-        let file = o.file.as_ref().unwrap();
         for &(start, count) in ranges {
             for i in start..start.saturating_add(count) {
                 let Some(c) = o.digest.chunks.get(i as usize).copied() else {
@@ -373,9 +379,20 @@ impl ClientPass<'_> {
                         format!("chunk {i} of {key} out of range"),
                     ));
                 };
-                let mut data = vec![0u8; c.len as usize];
-                let ok = crate::apply::read_at(file, &mut data, offs[i as usize]).is_ok()
-                    && Hash::of(&data) == c.hash;
+                let (data, ok) = match (&o.data, &o.file) {
+                    (Some(all), _) => {
+                        // The very bytes that were digested: consistent by construction.
+                        let at = offs[i as usize] as usize;
+                        (all[at..at + c.len as usize].to_vec(), true)
+                    }
+                    (None, Some(file)) => {
+                        let mut data = vec![0u8; c.len as usize];
+                        let ok = crate::apply::read_at(file, &mut data, offs[i as usize]).is_ok()
+                            && Hash::of(&data) == c.hash;
+                        (data, ok)
+                    }
+                    (None, None) => (Vec::new(), false),
+                };
                 if !ok {
                     self.send(ClientMsg::FileFailed {
                         id,
@@ -412,11 +429,20 @@ fn file_size(m: &crate::tree::Manifest, id: u32) -> u64 {
 }
 
 /// Reads and digests a file, re-reading it if it changed meanwhile.
-pub fn read_digest(path: &PathBuf) -> std::result::Result<(Digest, Option<FileRecord>), String> {
+pub fn read_digest(path: &PathBuf) -> DigestResult {
     for _ in 0..3 {
-        let file = std::fs::File::open(path).map_err(|e| describe_io(&e))?;
+        let mut file = std::fs::File::open(path).map_err(|e| describe_io(&e))?;
         let before = file.metadata().map_err(|e| describe_io(&e))?;
-        let digest = digest_reader_sized(&file, before.len()).map_err(|e| describe_io(&e))?;
+        let (digest, data) = if before.len() <= KEEP_SMALL {
+            let mut data = Vec::with_capacity(before.len() as usize + 1);
+            std::io::Read::read_to_end(&mut file, &mut data).map_err(|e| describe_io(&e))?;
+            (crate::chunk::digest_bytes(&data), Some(data))
+        } else {
+            (
+                digest_reader_sized(&file, before.len()).map_err(|e| describe_io(&e))?,
+                None,
+            )
+        };
         let after = std::fs::metadata(path).map_err(|e| describe_io(&e))?;
         let stable = before.len() == after.len()
             && mtime_of(&before) == mtime_of(&after)
@@ -429,7 +455,7 @@ pub fn read_digest(path: &PathBuf) -> std::result::Result<(Digest, Option<FileRe
                 ino: crate::tree::scan::local_of(&after).ino,
                 digest: digest.clone(),
             };
-            return Ok((digest, Some(rec)));
+            return Ok((digest, Some(rec), data));
         }
     }
     Err("it kept changing while being read".into())
