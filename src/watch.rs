@@ -219,6 +219,8 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
 
     let mut pending: HashSet<PathBuf> = HashSet::new();
     let mut writing: HashMap<PathBuf, Instant> = HashMap::new();
+    // Entries of `writing` that are only suspected (files found fresh in a new directory).
+    let mut soft: HashSet<PathBuf> = HashSet::new();
     let mut rescan: Option<String> = None;
     let mut first_event: Option<Instant> = None;
     let mut last_event = Instant::now();
@@ -227,7 +229,7 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(tick) {
             Ok(Raw::Event(ev)) => {
-                note_event(&ev, &mut pending, &mut writing);
+                note_event(&ev, &mut pending, &mut writing, &mut soft);
                 first_event.get_or_insert_with(Instant::now);
                 last_event = Instant::now();
             }
@@ -257,6 +259,7 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
         }
         // Files still open for writing wait for their close (or max_hold).
         writing.retain(|_, since| since.elapsed() < opts.max_hold);
+        soft.retain(|p| writing.contains_key(p));
         {
             let mut h = hold.lock().unwrap_or_else(|e| e.into_inner());
             h.clear();
@@ -307,7 +310,20 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
                     && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
                 {
                     watches.add_tree(&root, p, &scan_opts, &reporter);
-                    fresh |= watches.dirs.contains(p);
+                    if watches.dirs.contains(p) {
+                        fresh = true;
+                        // Files modified just now may still be open: hold them
+                        // briefly; a write event (now watched) makes it a real hold.
+                        for f in recently_modified(p, Duration::from_millis(500)) {
+                            let backdated =
+                                Instant::now().checked_sub(opts.max_hold.saturating_sub(SOFT_HOLD));
+                            writing
+                                .entry(f.clone())
+                                .or_insert(backdated.unwrap_or_else(Instant::now));
+                            soft.insert(f.clone());
+                            pending.insert(f);
+                        }
+                    }
                 }
             }
             if fresh {
@@ -356,6 +372,7 @@ fn note_event(
     ev: &notify::Event,
     pending: &mut HashSet<PathBuf>,
     writing: &mut HashMap<PathBuf, Instant>,
+    soft: &mut HashSet<PathBuf>,
 ) {
     match ev.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
@@ -370,7 +387,11 @@ fn note_event(
             for p in &ev.paths {
                 // Symlinks and hard links are created whole: nothing to wait for.
                 if opened_for_writing(p) {
-                    writing.entry(p.clone()).or_insert_with(Instant::now);
+                    if soft.remove(p) {
+                        writing.insert(p.clone(), Instant::now());
+                    } else {
+                        writing.entry(p.clone()).or_insert_with(Instant::now);
+                    }
                 }
             }
         }
@@ -399,6 +420,34 @@ fn opened_for_writing(p: &Path) -> bool {
         }
         _ => false,
     }
+}
+
+/// How long a file suspected of being written (fresh in a new directory,
+/// no event seen yet) is held back.
+const SOFT_HOLD: Duration = Duration::from_millis(300);
+
+/// Regular files below `dir` modified within `window`.
+fn recently_modified(dir: &Path, window: Duration) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let now = std::time::SystemTime::now();
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for item in rd.flatten() {
+            let Ok(m) = item.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(item.path());
+            } else if m.is_file()
+                && m.modified()
+                    .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < window)
+            {
+                out.push(item.path());
+            }
+        }
+    }
+    out
 }
 
 /// One target's loop: merge queued batches, run a pass, retry on failure.
