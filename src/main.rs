@@ -139,19 +139,28 @@ struct SyncArgs {
     target: String,
     #[command(flatten)]
     remote: RemoteArgs,
+    #[command(flatten)]
+    pass: PassArgs,
+    /// Repeat a pass every DURATION (e.g. 30s, 5m, 1h) until interrupted.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    every: Option<Duration>,
+    /// Show what a pass would do and send; change nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// What a pass compares, excludes and may delete (sync and watch).
+#[derive(Args, Clone)]
+struct PassArgs {
     /// Exclude paths matching this gitignore-style glob (repeatable); the
     /// source's .replicaignore is read too.
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
-    /// Repeat a pass every DURATION (e.g. 30s, 5m, 1h) until interrupted.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    every: Option<Duration>,
     /// Compare content hashes even when size and modification time match.
     #[arg(long)]
     checksum: bool,
-    /// Show what a pass would do and send; change nothing.
-    #[arg(long, short = 'n')]
-    dry_run: bool,
     /// Also delete excluded paths from the replica.
     #[arg(long)]
     delete_excluded: bool,
@@ -161,8 +170,33 @@ struct SyncArgs {
     /// Allow a destination inside the source, a filesystem root or your home directory.
     #[arg(long)]
     force: bool,
-    #[command(flatten)]
-    common: Common,
+}
+
+/// The library's options for one source and target.
+fn sync_options(
+    src: &std::path::Path,
+    target: Target,
+    remote: &RemoteArgs,
+    pass: &PassArgs,
+    common: &Common,
+    dry_run: bool,
+) -> SyncOptions {
+    SyncOptions {
+        src: src.to_path_buf(),
+        target: Some(target),
+        token: remote.token.clone(),
+        fingerprint: remote.fingerprint.clone(),
+        insecure_plaintext: remote.insecure_plaintext,
+        excludes: pass.exclude.clone(),
+        state_dir: common.state_dir.clone().unwrap_or_else(default_state_dir),
+        checksum: pass.checksum,
+        dry_run,
+        delete_excluded: pass.delete_excluded,
+        max_delete: pass.max_delete,
+        fsync: common.fsync,
+        force: pass.force,
+        min_free: replica::transport::server::MinFree::Bytes(0),
+    }
 }
 
 #[derive(Args)]
@@ -174,24 +208,11 @@ struct WatchArgs {
     targets: Vec<String>,
     #[command(flatten)]
     remote: RemoteArgs,
-    /// Exclude paths matching this gitignore-style glob (repeatable).
-    #[arg(long, value_name = "GLOB")]
-    exclude: Vec<String>,
+    #[command(flatten)]
+    pass: PassArgs,
     /// Full rescan period, catching changes no watcher reports (network filesystems).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     rescan_every: Duration,
-    /// Compare content hashes even when size and modification time match.
-    #[arg(long)]
-    checksum: bool,
-    /// Also delete excluded paths from the replica.
-    #[arg(long)]
-    delete_excluded: bool,
-    /// Stop a pass that would remove more than N entries.
-    #[arg(long, value_name = "N")]
-    max_delete: Option<u64>,
-    /// Allow a destination inside the source, a filesystem root or your home directory.
-    #[arg(long)]
-    force: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -335,22 +356,7 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
             .context("cannot open the log file")?
             .with_progress(progress.multi.clone()),
     );
-    let opts = SyncOptions {
-        src: a.src.clone(),
-        target: Some(target),
-        token: a.remote.token.clone(),
-        fingerprint: a.remote.fingerprint.clone(),
-        insecure_plaintext: a.remote.insecure_plaintext,
-        excludes: a.exclude.clone(),
-        state_dir: a.common.state_dir.clone().unwrap_or_else(default_state_dir),
-        checksum: a.checksum,
-        dry_run: a.dry_run,
-        delete_excluded: a.delete_excluded,
-        max_delete: a.max_delete,
-        fsync: a.common.fsync,
-        force: a.force,
-        min_free: replica::transport::server::MinFree::Bytes(0),
-    };
+    let opts = sync_options(&a.src, target, &a.remote, &a.pass, &a.common, a.dry_run);
     let mut syncer = Syncer::new(opts, reporter.clone(), rt.handle().clone()).map_err(lib_err)?;
     let Some(period) = a.every else {
         let s = pass_with_progress(&mut syncer, &progress).map_err(lib_err)?;
@@ -397,22 +403,7 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
     let mut syncers = Vec::new();
     for t in &a.targets {
         let target = Target::parse(t).map_err(usage)?;
-        let opts = SyncOptions {
-            src: a.src.clone(),
-            target: Some(target),
-            token: a.remote.token.clone(),
-            fingerprint: a.remote.fingerprint.clone(),
-            insecure_plaintext: a.remote.insecure_plaintext,
-            excludes: a.exclude.clone(),
-            state_dir: a.common.state_dir.clone().unwrap_or_else(default_state_dir),
-            checksum: a.checksum,
-            dry_run: false,
-            delete_excluded: a.delete_excluded,
-            max_delete: a.max_delete,
-            fsync: a.common.fsync,
-            force: a.force,
-            min_free: replica::transport::server::MinFree::Bytes(0),
-        };
+        let opts = sync_options(&a.src, target, &a.remote, &a.pass, &a.common, false);
         let prefix = if a.targets.len() > 1 {
             format!("[{t}] ")
         } else {
