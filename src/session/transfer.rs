@@ -28,8 +28,9 @@ const ASK_BATCH: usize = 64;
 
 struct Job {
     fetch: Fetch,
-    /// Fine pieces (offset, len) of the replica's old version, if offered as a basis.
-    basis: Option<Vec<(u64, u32)>>,
+    /// The replica file offered as a basis (the old version, or a similar
+    /// sibling for a new file) and its fine pieces (offset, len).
+    basis: Option<(String, Vec<(u64, u32)>)>,
     /// Whether the client's summary arrived.
     summarized: bool,
     size: u64,
@@ -67,6 +68,8 @@ pub(crate) struct Transfer<'c, 'a> {
     dropped: HashSet<u32>,
     /// Old versions linked aside, removed at the end of the pass.
     stashed: Vec<String>,
+    /// Replica files by directory (for bases of new files), built on first use.
+    siblings: Option<HashMap<String, Vec<(String, u64)>>>,
 }
 
 fn proto(ctx: &PassCtx, why: impl Into<String>) -> Error {
@@ -93,6 +96,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             reader: None,
             dropped: HashSet::new(),
             stashed: Vec::new(),
+            siblings: None,
         }
     }
 
@@ -170,8 +174,8 @@ impl<'c, 'a> Transfer<'c, 'a> {
             };
             ids.push(f.id);
             let mut job = Job::new(f);
-            if f.has_old && !self.ctx.dry {
-                job.basis = self.offer_basis(f.id);
+            if !self.ctx.dry {
+                job.basis = self.offer_basis(f.id, f.has_old);
             }
             self.jobs.insert(f.id, job);
             self.awaiting_summary += 1;
@@ -182,21 +186,59 @@ impl<'c, 'a> Transfer<'c, 'a> {
     }
 
     /// Describes the old version at the file's path to the client, if small.
-    fn offer_basis(&mut self, id: u32) -> Option<Vec<(u64, u32)>> {
+    fn offer_basis(&mut self, id: u32, has_old: bool) -> Option<(String, Vec<(u64, u32)>)> {
         use crate::delta::{basis_of, BASIS_MAX_FILE, BASIS_MIN_FILE};
         let key = self.key(id);
-        let Kind::File { size } = self.view.get(key)?.kind else {
+        let Kind::File { size: new_size } = self.entry(id).kind else {
             return None;
         };
-        if !(BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&size) {
+        if !(BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&new_size) {
             return None;
         }
-        let mut data = Vec::with_capacity(size as usize);
-        let f = self.ctx.st.replica.open_read(key).ok()?;
+        let basis_key = if has_old {
+            match self.view.get(key)?.kind {
+                Kind::File { size } if (BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&size) => {
+                    key.to_string()
+                }
+                _ => return None,
+            }
+        } else {
+            self.similar_sibling(key, new_size)?
+        };
+        let mut data = Vec::new();
+        let f = self.ctx.st.replica.open_read(&basis_key).ok()?;
         std::io::Read::read_to_end(&mut std::io::Read::take(f, BASIS_MAX_FILE), &mut data).ok()?;
         let (places, hashes) = basis_of(&data);
         self.ctx.link.send(ServerMsg::Basis { id, hashes });
-        Some(places)
+        Some((basis_key, places))
+    }
+
+    /// For a new file: a replica file in the same directory with the same
+    /// extension and the closest size (pages of one site, modules of one
+    /// crate… share most of their text).
+    fn similar_sibling(&mut self, key: &str, size: u64) -> Option<String> {
+        use crate::delta::{BASIS_MAX_FILE, BASIS_MIN_FILE};
+        if self.siblings.is_none() {
+            let mut by_dir: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+            for (k, e) in self.view.iter() {
+                if let Kind::File { size } = e.kind {
+                    if (BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&size) {
+                        by_dir
+                            .entry(parent_key(k).to_string())
+                            .or_default()
+                            .push((k.clone(), size));
+                    }
+                }
+            }
+            self.siblings = Some(by_dir);
+        }
+        let ext = extension(key);
+        let candidates = self.siblings.as_ref()?.get(parent_key(key))?;
+        candidates
+            .iter()
+            .filter(|(k, _)| extension(k) == ext && k != key)
+            .min_by_key(|(_, s)| s.abs_diff(size))
+            .map(|(k, _)| k.clone())
     }
 
     /// Rebuilds a chunk sent as a delta; asks for it whole if that fails.
@@ -209,7 +251,6 @@ impl<'c, 'a> Transfer<'c, 'a> {
         stats: &mut PassStats,
     ) -> Result<()> {
         let ctx = self.ctx;
-        let key = self.key(id);
         let job = self.job(id)?;
         if !job.asked.contains(&index) {
             return Err(proto(
@@ -218,7 +259,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             ));
         }
         let c = job.chunks.as_ref().expect("chunk list known")[index as usize];
-        let places = job.basis.clone().unwrap_or_default();
+        let (basis_key, places) = job.basis.clone().unwrap_or_default();
         let literal: u64 = ops
             .iter()
             .map(|o| match o {
@@ -229,7 +270,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
         let rebuilt = crate::delta::apply_delta(&ops, c.len as usize, |i| {
             let &(off, len) = places.get(i as usize)?;
             let mut buf = vec![0u8; len as usize];
-            self.read_replica(key, &mut buf, off).then_some(buf)
+            self.read_replica(&basis_key, &mut buf, off).then_some(buf)
         });
         match rebuilt {
             Ok(data) if data.len() == c.len as usize && Hash::of(&data) == c.hash => {
@@ -961,6 +1002,12 @@ impl<'c, 'a> Transfer<'c, 'a> {
                         hash: job.hash,
                         chunks: job.chunks.take().unwrap_or_default(),
                     };
+                    if let Some(by_dir) = &mut self.siblings {
+                        by_dir
+                            .entry(parent_key(key).to_string())
+                            .or_default()
+                            .push((key.to_string(), job.size));
+                    }
                     txn.put_file(
                         key,
                         &FileRecord {
@@ -1057,6 +1104,15 @@ fn failed_set_ask(t: &mut Transfer, id: u32, i: u32, chunks: &[ChunkRef], ask: &
             ask.push(i);
         }
     }
+}
+
+fn parent_key(key: &str) -> &str {
+    key.rfind('/').map(|i| &key[..i]).unwrap_or("")
+}
+
+fn extension(key: &str) -> &str {
+    let name = &key[key.rfind('/').map(|i| i + 1).unwrap_or(0)..];
+    name.rfind('.').map(|i| &name[i..]).unwrap_or("")
 }
 
 fn now_size(k: &Kind) -> u64 {
