@@ -33,6 +33,8 @@ struct Job {
     basis: Option<(String, Vec<(u64, u32)>)>,
     /// Whether the client's summary arrived.
     summarized: bool,
+    /// Running whole-file hash and the next chunk index it expects.
+    inc: Option<(blake3::Hasher, u32)>,
     size: u64,
     hash: Hash,
     /// Known chunk list (None for a large file until its groups are resolved).
@@ -798,12 +800,19 @@ impl<'c, 'a> Transfer<'c, 'a> {
                     .collect()
             };
             let job = self.jobs.get_mut(&id).expect("job exists");
+            let all_good = good.iter().all(|g| *g);
+            if !all_good {
+                job.inc = None; // some chunks will come later, out of order
+            }
             let t = job.tmp.as_ref().expect("temp file open");
             let dest = job.offs[run[0].0 as usize];
-            if good.iter().all(|g| *g) {
+            if all_good {
                 if write_at(&t.file, &buf, dest).is_err() {
                     failed.extend(run.iter().map(|(i, _)| *i));
                     continue;
+                }
+                for &(i, o, l) in &pieces {
+                    job.note_written(i, &buf[o..o + l]);
                 }
                 job.missing -= run.len();
                 job.reused += len;
@@ -851,6 +860,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
         {
             return false;
         }
+        job.note_written(to, &buf);
         job.missing -= 1;
         job.reused += len as u64;
         true
@@ -906,6 +916,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 self.drop_job(jid);
                 continue;
             }
+            job.note_written(ji, &data);
             if n == 0 {
                 let sent = sent.min(data.len() as u64);
                 job.received += sent;
@@ -958,8 +969,17 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 Some([]) => job.size == 0 && job.hash == Hash::of(&[]),
                 _ => false,
             };
+            // Written in order: the whole-file hash was computed on the way.
+            let streamed = match job.inc.take() {
+                Some((h, next)) if next as usize == job.offs.len().saturating_sub(1) => {
+                    Some(Hash(*h.finalize().as_bytes()))
+                }
+                _ => None,
+            };
             let check = if verified {
                 Ok((job.size, job.hash))
+            } else if let Some(hash) = streamed {
+                Ok((job.size, hash))
             } else {
                 std::fs::File::try_clone(&tmp.file).and_then(|f| {
                     use std::io::{Seek, SeekFrom};
@@ -1069,12 +1089,30 @@ impl<'c, 'a> Transfer<'c, 'a> {
 }
 
 impl Job {
+    /// Feeds the running whole-file hash while chunks are written in order;
+    /// the first write out of order gives it up (the file is read back).
+    fn note_written(&mut self, i: u32, data: &[u8]) {
+        if let Some((h, next)) = &mut self.inc {
+            if *next == i {
+                if data.len() >= 1 << 20 {
+                    h.update_rayon(data);
+                } else {
+                    h.update(data);
+                }
+                *next += 1;
+            } else {
+                self.inc = None;
+            }
+        }
+    }
+
     fn new(fetch: Fetch) -> Self {
         Job {
             fetch,
             size: 0,
             summarized: false,
             basis: None,
+            inc: Some((blake3::Hasher::new(), 0)),
             hash: Hash([0; 32]),
             chunks: None,
             groups: Vec::new(),
