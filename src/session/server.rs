@@ -227,7 +227,7 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
             Kind::File { size } => size,
             _ => 0,
         })
-        .sum();
+        .fold(0u64, u64::saturating_add);
     link.send(ServerMsg::Plan {
         files: p.fetch.len() as u64,
         bytes: fetch_bytes,

@@ -167,7 +167,7 @@ impl Manifest {
         Ok(())
     }
 
-    /// Total bytes of the regular files.
+    /// Total bytes of the regular files (saturating: sizes come from peers).
     pub fn file_bytes(&self) -> u64 {
         self.entries
             .iter()
@@ -175,7 +175,7 @@ impl Manifest {
                 Kind::File { size } => size,
                 _ => 0,
             })
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 }
 
