@@ -65,6 +65,12 @@ pub fn check_paths(src: &Path, target: &Target, force: bool) -> Result<(PathBuf,
     let Target::Local(dest) = target else {
         return Ok((src_c, None));
     };
+    if dest.exists() && !dest.is_dir() {
+        return Err(Error::Usage(format!(
+            "{}: destination exists and is not a directory",
+            dest.display()
+        )));
+    }
     let dest_c = canonical_even_if_missing(dest);
     if dest_c == src_c {
         return Err(Error::Usage(format!(
