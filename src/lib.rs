@@ -22,10 +22,13 @@
 //! - [`transport`]: connections (framing, zstd, byte counters), handshake,
 //!   the server's accept loop, the client's dialer, the in-process pipe.
 //! - [`session`]: the two halves of a pass as blocking code over a link:
-//!   the server plans and pulls ([`session::server`]), the client answers.
+//!   the server plans and pulls ([`session::server`], its content engine in
+//!   `session/transfer.rs`, directory renames in `session/renames.rs`), the
+//!   client answers ([`session::client`]).
 //! - [`syncer`]: the client driver (safety rails, reconnects, repeated passes).
 //! - [`watch`]: file-system events -> batches of changed paths -> scoped passes.
-//! - [`report`]: the operation log and pass summaries; [`status`]: server counters.
+//! - [`report`]: the operation log and pass summaries; [`progress`]: spinners
+//!   and bars on a terminal; [`status`]: server counters, `/status`, `/metrics`.
 //! - [`error`]: error types and the rules for them.
 //!
 //! The binary (`src/main.rs`) only parses arguments and prints.
