@@ -1,6 +1,6 @@
 //! The server's side of a session: for each pass, receive the manifest,
 //! scan the replica, plan, carry the plan out and pull the content it lacks
-//! (see [`super::transfer`]), then report.
+//! (see `transfer.rs`), then report.
 
 use super::transfer::Transfer;
 use crate::apply::Replica;
