@@ -373,6 +373,9 @@ impl Replica {
         filter: &Filter,
         delete_excluded: bool,
     ) -> (ReplicaView, ScanExtras) {
+        // A directory may have been moved away since the last pass: never
+        // reuse a handle across passes.
+        self.forget_cache();
         let mut view = ReplicaView::new();
         let mut extras = ScanExtras::default();
         let opaque: HashSet<u32> = source.opaque.iter().copied().collect();

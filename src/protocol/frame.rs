@@ -39,6 +39,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<bool, FrameError> {
+    read_frame_max(r, buf, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `max` bytes. The buffer grows only as bytes
+/// arrive, so a peer that announces a large frame and sends nothing costs
+/// nothing.
+pub async fn read_frame_max<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<bool, FrameError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -53,15 +64,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         got += n;
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(FrameError::TooLarge(len as u64));
     }
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-        _ => FrameError::Io(e),
-    })?;
+    (&mut *r).take(len as u64).read_to_end(buf).await?;
+    if buf.len() < len {
+        return Err(FrameError::Truncated);
+    }
     Ok(true)
 }
 

@@ -105,13 +105,21 @@ pub async fn send_plain<T: Serialize>(s: &mut BoxStream, msg: &T) -> std::io::Re
     s.flush().await
 }
 
+/// Largest handshake message accepted (before authentication).
+pub const MAX_HELLO: usize = 64 * 1024;
+
 /// Reads one handshake message (uncompressed), within `limit`.
 pub async fn recv_plain<T: DeserializeOwned>(
     s: &mut BoxStream,
     limit: Duration,
 ) -> Result<T, String> {
     let mut buf = Vec::new();
-    match tokio::time::timeout(limit, read_frame(s, &mut buf)).await {
+    match tokio::time::timeout(
+        limit,
+        crate::protocol::frame::read_frame_max(s, &mut buf, MAX_HELLO),
+    )
+    .await
+    {
         Err(_) => Err("no handshake within the time limit".into()),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(false)) => Err("connection closed during the handshake".into()),
