@@ -63,7 +63,7 @@ pub fn make_delta(
     basis: &std::collections::HashMap<u32, u32>,
 ) -> Option<Vec<DeltaOp>> {
     let mut ops: Vec<DeltaOp> = Vec::new();
-    let mut literal_bytes = 0usize;
+    let mut literal = 0usize;
     let mut copies = 0usize;
     for (o, l) in pieces(data) {
         let piece = &data[o..o + l];
@@ -73,7 +73,7 @@ pub fn make_delta(
                 copies += 1;
             }
             None => {
-                literal_bytes += l;
+                literal += l;
                 if let Some(DeltaOp::Literal(v)) = ops.last_mut() {
                     v.extend_from_slice(piece);
                 } else {
@@ -82,7 +82,17 @@ pub fn make_delta(
             }
         }
     }
-    (copies > 0 && literal_bytes + copies * 4 < data.len() * 9 / 10).then_some(ops)
+    (copies > 0 && literal + copies * 4 < data.len() * 9 / 10).then_some(ops)
+}
+
+/// Bytes a delta carries literally (what it costs on the wire, roughly).
+pub fn literal_bytes(ops: &[DeltaOp]) -> u64 {
+    ops.iter()
+        .map(|o| match o {
+            DeltaOp::Literal(b) => b.len() as u64,
+            DeltaOp::Copy(_) => 0,
+        })
+        .sum()
 }
 
 /// Rebuilds a chunk of at most `max_len` bytes; `read` fetches basis piece `i`.
@@ -134,16 +144,7 @@ mod tests {
             .map(|(i, h)| (*h, i as u32))
             .collect();
         let ops = make_delta(&new, &map).expect("worth a delta");
-        let literal: usize = ops
-            .iter()
-            .map(|o| {
-                if let DeltaOp::Literal(b) = o {
-                    b.len()
-                } else {
-                    0
-                }
-            })
-            .sum();
+        let literal = literal_bytes(&ops);
         assert!(literal < 10_000, "{literal} literal bytes");
         let rebuilt = apply_delta(&ops, new.len(), |i| {
             places

@@ -402,14 +402,8 @@ impl ClientPass<'_> {
                     return Ok(false);
                 }
                 if let Some(ops) = basis.and_then(|b| crate::delta::make_delta(&data, b)) {
-                    let literal: usize = ops
-                        .iter()
-                        .map(|o| match o {
-                            crate::delta::DeltaOp::Literal(b) => b.len(),
-                            crate::delta::DeltaOp::Copy(_) => 0,
-                        })
-                        .sum();
-                    self.observer().content_sent(literal as u64);
+                    let literal = crate::delta::literal_bytes(&ops);
+                    self.observer().content_sent(literal);
                     self.send(ClientMsg::ChunkDelta { id, index: i, ops })?;
                     continue;
                 }

@@ -262,13 +262,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
         }
         let c = job.chunks.as_ref().expect("chunk list known")[index as usize];
         let (basis_key, places) = job.basis.clone().unwrap_or_default();
-        let literal: u64 = ops
-            .iter()
-            .map(|o| match o {
-                crate::delta::DeltaOp::Literal(b) => b.len() as u64,
-                crate::delta::DeltaOp::Copy(_) => 0,
-            })
-            .sum();
+        let literal = crate::delta::literal_bytes(&ops);
         let rebuilt = crate::delta::apply_delta(&ops, c.len as usize, |i| {
             let &(off, len) = places.get(i as usize)?;
             let mut buf = vec![0u8; len as usize];
