@@ -552,7 +552,9 @@ fn temp_name(name: &str) -> String {
         cut -= 1;
     }
     let short = &name[..cut];
-    format!("{TEMP_PREFIX}{:x}-{n:x}.{short}", std::process::id())
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    format!("{TEMP_PREFIX}{pid:x}-{n:x}.{short}")
 }
 
 /// Sets the mtime of `name` in `dir` (of the link itself with `nofollow`),

@@ -123,19 +123,22 @@ pub fn digest_reader_sized<R: Read>(mut r: R, size_hint: u64) -> io::Result<Dige
         let cuts = cut_points(&buf[..filled], eof);
         let consumed = cuts.last().map(|&(o, l)| o + l).unwrap_or(0);
         let data = &buf[..consumed];
-        let (_, hashes) = rayon::join(
-            || {
-                file_hasher.update(data);
-            },
-            || {
-                cuts.par_iter()
-                    .map(|&(o, l)| ChunkRef {
-                        hash: Hash::of(&data[o..o + l]),
-                        len: l as u32,
-                    })
-                    .collect::<Vec<_>>()
-            },
-        );
+        let chunk = |&(o, l): &(usize, usize)| ChunkRef {
+            hash: Hash::of(&data[o..o + l]),
+            len: l as u32,
+        };
+        let hashes = if consumed < PARALLEL_MIN {
+            file_hasher.update(data);
+            cuts.iter().map(chunk).collect::<Vec<_>>()
+        } else {
+            rayon::join(
+                || {
+                    file_hasher.update(data);
+                },
+                || cuts.par_iter().map(chunk).collect::<Vec<_>>(),
+            )
+            .1
+        };
         chunks.extend(hashes);
         size += consumed as u64;
         buf.copy_within(consumed..filled, 0);
@@ -178,9 +181,40 @@ pub fn hash_reader<R: Read>(mut r: R, size_hint: u64) -> io::Result<(u64, Hash)>
     }
 }
 
-/// Digest of an in-memory buffer.
+/// Below this many bytes, hashing on one thread beats handing work to
+/// the pool (waking a worker costs more than hashing a few pages).
+const PARALLEL_MIN: usize = 256 * 1024;
+
+/// Digest of an in-memory buffer (same result as [`digest_reader`]).
 pub fn digest_bytes(data: &[u8]) -> Digest {
-    digest_reader(data).expect("reading from memory cannot fail")
+    let cuts = cut_points(data, true);
+    let chunk = |&(o, l): &(usize, usize)| ChunkRef {
+        hash: Hash::of(&data[o..o + l]),
+        len: l as u32,
+    };
+    let (hash, chunks) = if data.len() < PARALLEL_MIN {
+        let chunks: Vec<ChunkRef> = cuts.iter().map(chunk).collect();
+        // A one-chunk file's hash is its chunk's hash: hash it once.
+        let hash = match chunks.as_slice() {
+            [only] => only.hash,
+            _ => Hash::of(data),
+        };
+        (hash, chunks)
+    } else {
+        rayon::join(
+            || {
+                let mut h = blake3::Hasher::new();
+                h.update_rayon(data);
+                Hash(*h.finalize().as_bytes())
+            },
+            || cuts.par_iter().map(chunk).collect(),
+        )
+    };
+    Digest {
+        size: data.len() as u64,
+        hash,
+        chunks,
+    }
 }
 
 /// Chunk boundaries in `data` as (offset, len). Unless `eof`, the last
@@ -312,6 +346,26 @@ mod tests {
     const PINNED_LENS: &[u32] = &[
         12941, 10627, 9460, 19780, 17283, 18842, 35064, 16949, 14127, 13692, 31235,
     ];
+
+    /// The in-memory path and the streaming path agree, on both sides of
+    /// the one-thread/parallel threshold and of the streaming block.
+    #[test]
+    fn bytes_and_reader_agree() {
+        for (len, seed) in [
+            (0, 1),
+            (1, 2),
+            (4095, 3),
+            (70_000, 4),
+            (300_000, 5),
+            (9_000_000, 6),
+        ] {
+            let data = noise(len, seed);
+            let a = digest_bytes(&data);
+            let b = digest_reader(&data[..]).unwrap();
+            assert_eq!(a, b, "len {len}");
+            assert_eq!(a.hash, Hash::of(&data), "len {len}");
+        }
+    }
 
     #[test]
     fn empty_file() {

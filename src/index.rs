@@ -69,6 +69,17 @@ fn index_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// redb's page cache. Its default (1 GiB) would let a million-file index
+/// grow the process to a gigabyte; lookups are mostly sequential, so a small
+/// cache costs little speed.
+const CACHE_BYTES: usize = 32 << 20;
+
+fn create(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+}
+
 /// Opens (or creates, or rebuilds) a database at `path`. Returns the
 /// database and, if it had to be rebuilt, why.
 fn open_db(path: &Path) -> Result<(Database, Option<String>)> {
@@ -76,7 +87,7 @@ fn open_db(path: &Path) -> Result<(Database, Option<String>)> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let mut rebuilt = None;
-    let db = match Database::create(path) {
+    let db = match create(path) {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             return Err(index_err(path, "already in use by another replica process"))
@@ -84,7 +95,7 @@ fn open_db(path: &Path) -> Result<(Database, Option<String>)> {
         Err(e) => {
             rebuilt = Some(format!("could not be opened ({e})"));
             std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
-            Database::create(path).map_err(|e| index_err(path, e))?
+            create(path).map_err(|e| index_err(path, e))?
         }
     };
     let want = INDEX_VERSION * 1000 + CHUNKER_VERSION as u32;
@@ -104,7 +115,7 @@ fn open_db(path: &Path) -> Result<(Database, Option<String>)> {
             rebuilt = Some("was written by another format version".into());
             drop(db);
             std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
-            Database::create(path).map_err(|e| index_err(path, e))?
+            create(path).map_err(|e| index_err(path, e))?
         }
         None => db,
     };

@@ -370,10 +370,11 @@ impl Syncer {
     pub fn close(&mut self) {
         if let Some(link) = self.link.take() {
             link.send(crate::protocol::ClientMsg::Bye);
-            let writer = link.close();
-            let _ = self.rt.block_on(async move {
-                tokio::time::timeout(std::time::Duration::from_secs(5), writer).await
-            });
+            if let Some(writer) = link.close() {
+                let _ = self.rt.block_on(async move {
+                    tokio::time::timeout(std::time::Duration::from_secs(5), writer).await
+                });
+            }
         }
     }
 }

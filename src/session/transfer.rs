@@ -19,12 +19,16 @@ use crate::index::{FileRecord, IndexTxn};
 use crate::plan::{is_below_any, Fetch, ReplicaView};
 use crate::protocol::{ClientMsg, Op, OpReport, PassStats, Reason, ServerMsg};
 use crate::tree::{Kind, Timestamp};
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 /// Most files in flight at once (digest requested, not yet published).
-const MAX_OPEN: usize = 128;
+const MAX_OPEN: usize = 1024;
+/// How long a free-space answer is trusted.
+const SPACE_RECHECK: Duration = Duration::from_secs(1);
 /// Most summaries asked for in one message.
-const ASK_BATCH: usize = 64;
+const ASK_BATCH: usize = 256;
 
 struct Job {
     fetch: Fetch,
@@ -72,6 +76,10 @@ pub(crate) struct Transfer<'c, 'a> {
     stashed: Vec<String>,
     /// Replica files by directory (for bases of new files), built on first use.
     siblings: Option<HashMap<String, Vec<(String, u64)>>>,
+    /// Last free-space answer: when, free bytes, reserve kept.
+    room: Cell<(Option<Instant>, u64, u64)>,
+    /// Bytes allotted to files since that answer.
+    allotted: Cell<u64>,
 }
 
 fn proto(ctx: &PassCtx, why: impl Into<String>) -> Error {
@@ -99,6 +107,8 @@ impl<'c, 'a> Transfer<'c, 'a> {
             dropped: HashSet::new(),
             stashed: Vec::new(),
             siblings: None,
+            room: Cell::new((None, 0, 0)),
+            allotted: Cell::new(0),
         }
     }
 
@@ -675,14 +685,6 @@ impl<'c, 'a> Transfer<'c, 'a> {
         let job = self.jobs.get_mut(&id).expect("job exists");
         let chunks = job.chunks.clone().expect("chunk list known");
         job.offs = offsets(&chunks);
-        if let Some(t) = &tmp {
-            if let Err(e) = t.file.set_len(job.size) {
-                self.ctx.report(stats, failure(key, "allocate file", &e));
-                self.jobs.remove(&id);
-                self.ctx.link.send(ServerMsg::Done { id });
-                return Ok(());
-            }
-        }
         job.tmp = tmp;
         job.missing = chunks.len();
         // 1. Where each chunk comes from.
@@ -827,9 +829,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
     /// Why file `id` must be refused for lack of space, if it must.
     fn no_room(&self, id: u32) -> Option<String> {
         let size = self.jobs.get(&id)?.size;
-        let root = self.ctx.st.replica.root_path();
-        let free = fs4::available_space(root).ok()?;
-        let keep = self.ctx.st.min_free.bytes(fs4::total_space(root).ok()?);
+        let (free, keep) = self.space_for(size)?;
         (size.saturating_add(keep) > free).then(|| {
             use crate::report::human_bytes;
             format!(
@@ -839,6 +839,26 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 human_bytes(keep)
             )
         })
+    }
+
+    /// Free space and the --min-free reserve, for a file of `size` bytes.
+    /// The file system is asked at most once a second while files keep
+    /// fitting (the answer is reduced by what was allotted since), and
+    /// again whenever the cached answer says no.
+    fn space_for(&self, size: u64) -> Option<(u64, u64)> {
+        let (at, free, keep) = self.room.get();
+        let free_now = free.saturating_sub(self.allotted.get());
+        if at.is_some_and(|t| t.elapsed() < SPACE_RECHECK) && size.saturating_add(keep) <= free_now
+        {
+            self.allotted.set(self.allotted.get().saturating_add(size));
+            return Some((free_now, keep));
+        }
+        let root = self.ctx.st.replica.root_path();
+        let free = fs4::available_space(root).ok()?;
+        let keep = self.ctx.st.min_free.bytes(fs4::total_space(root).ok()?);
+        self.room.set((Some(Instant::now()), free, keep));
+        self.allotted.set(size);
+        Some((free, keep))
     }
 
     fn copy_within(&mut self, id: u32, from: u32, to: u32) -> bool {

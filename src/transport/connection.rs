@@ -137,10 +137,13 @@ pub struct LinkCaps {
 /// The session logic's end of a connection.
 pub struct Link<Out, In> {
     pub tx: mpsc::Sender<Out>,
-    rx: std::sync::Mutex<mpsc::Receiver<Result<In, String>>>,
+    rx: std::sync::Mutex<mpsc::Receiver<In>>,
+    /// Why the incoming side ended, set by the reader before it stops.
+    broken: Arc<std::sync::Mutex<Option<String>>>,
     pub counters: Arc<Counters>,
     pub peer: String,
-    writer: tokio::task::JoinHandle<()>,
+    /// The task writing to the socket (none for an in-process pair).
+    writer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<Out: Send + 'static, In> Link<Out, In> {
@@ -150,8 +153,8 @@ impl<Out: Send + 'static, In> Link<Out, In> {
     }
 
     /// Closes the sending side and returns the writer task, which ends once
-    /// everything queued is on the wire.
-    pub fn close(self) -> tokio::task::JoinHandle<()> {
+    /// everything queued is on the wire (None: nothing left to wait for).
+    pub fn close(self) -> Option<tokio::task::JoinHandle<()>> {
         self.writer
     }
 
@@ -159,10 +162,50 @@ impl<Out: Send + 'static, In> Link<Out, In> {
     pub fn recv(&self) -> Result<In, String> {
         let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
         match rx.blocking_recv() {
-            Some(r) => r,
-            None => Err("connection closed".into()),
+            Some(m) => Ok(m),
+            None => Err(self
+                .broken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_else(|| "connection closed".into())),
         }
     }
+}
+
+/// Two ends of an in-process link (local sync): messages pass as values,
+/// with no encoding, socket or byte count. `a_caps` bounds what the first
+/// end sends, `b_caps` what the second sends.
+pub fn link_pair<A, B>(a_queue: usize, b_queue: usize, peer: &str) -> (Link<A, B>, Link<B, A>) {
+    let (a_tx, a_rx) = mpsc::channel::<A>(a_queue);
+    let (b_tx, b_rx) = mpsc::channel::<B>(b_queue);
+    let end = |peer: &str| {
+        (
+            Arc::new(std::sync::Mutex::new(None)),
+            Arc::new(Counters::default()),
+            peer.to_string(),
+        )
+    };
+    let (broken_a, counters_a, peer_a) = end(peer);
+    let (broken_b, counters_b, peer_b) = end(peer);
+    (
+        Link {
+            tx: a_tx,
+            rx: std::sync::Mutex::new(b_rx),
+            broken: broken_a,
+            counters: counters_a,
+            peer: peer_a,
+            writer: None,
+        },
+        Link {
+            tx: b_tx,
+            rx: std::sync::Mutex::new(a_rx),
+            broken: broken_b,
+            counters: counters_b,
+            peer: peer_b,
+            writer: None,
+        },
+    )
 }
 
 /// Starts the reader and writer tasks on `stream` (after the handshake).
@@ -178,7 +221,8 @@ where
     In: DeserializeOwned + Send + 'static,
 {
     let (out_tx, out_rx) = mpsc::channel::<Out>(caps.outgoing);
-    let (in_tx, in_rx) = mpsc::channel::<Result<In, String>>(caps.incoming);
+    let (in_tx, in_rx) = mpsc::channel::<In>(caps.incoming);
+    let broken = Arc::new(std::sync::Mutex::new(None));
     let (r, w) = tokio::io::split(stream);
     let writer = if compress {
         let enc = ZstdEncoder::with_quality_and_params(
@@ -186,10 +230,18 @@ where
             Level::Precise(3),
             &[CParameter::window_log(24)],
         );
-        tokio::spawn(read_loop(ZstdDecoder::new(BufReader::new(r)), in_tx));
+        tokio::spawn(read_loop(
+            ZstdDecoder::new(BufReader::new(r)),
+            in_tx,
+            broken.clone(),
+        ));
         tokio::spawn(write_loop(enc, out_rx))
     } else {
-        tokio::spawn(read_loop(BufReader::with_capacity(256 * 1024, r), in_tx));
+        tokio::spawn(read_loop(
+            BufReader::with_capacity(256 * 1024, r),
+            in_tx,
+            broken.clone(),
+        ));
         tokio::spawn(write_loop(
             tokio::io::BufWriter::with_capacity(256 * 1024, w),
             out_rx,
@@ -198,9 +250,10 @@ where
     Link {
         tx: out_tx,
         rx: std::sync::Mutex::new(in_rx),
+        broken,
         counters,
         peer,
-        writer,
+        writer: Some(writer),
     }
 }
 
@@ -255,10 +308,11 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(mut w: W, mut rx: mps
 
 async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned>(
     mut r: R,
-    tx: mpsc::Sender<Result<In, String>>,
+    tx: mpsc::Sender<In>,
+    broken: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let mut buf = Vec::new();
-    loop {
+    let why = loop {
         let got = match tokio::time::timeout(IDLE_LIMIT, read_frame(&mut r, &mut buf)).await {
             Err(_) => Err(format!("no data for {} s", IDLE_LIMIT.as_secs())),
             Ok(Err(e)) => Err(e.to_string()),
@@ -266,9 +320,15 @@ async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned>(
             Ok(Ok(true)) if buf.is_empty() => continue,
             Ok(Ok(true)) => decode::<In>(&buf),
         };
-        let stop = got.is_err();
-        if tx.send(got).await.is_err() || stop {
-            return;
+        match got {
+            Ok(m) => {
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => break e,
         }
-    }
+    };
+    *broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    // Dropping `tx` now wakes the receiver, which then reads `broken`.
 }

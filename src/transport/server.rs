@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::index::ReplicaIndex;
 use crate::protocol::{Hello, HelloReply, Purpose, MAGIC, PROTOCOL_VERSION};
 use crate::report::Reporter;
-use crate::session::server::{serve_session, ServerState};
+use crate::session::server::{serve_session, ServerLink, ServerState};
 use crate::status::ServerStats;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -263,15 +263,7 @@ pub async fn accept_session(
         .await;
         return;
     }
-    if shared
-        .busy
-        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        let reason = format!(
-            "another client is already syncing {}; try again when it is done",
-            shared.dest.display()
-        );
+    if let Err(reason) = claim(&shared) {
         shared.reporter.warn(&format!("{peer}: refused: {reason}"));
         let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
         return;
@@ -287,9 +279,29 @@ pub async fn accept_session(
     shared
         .reporter
         .info(&format!("session from {peer} ({})", hello.client));
-    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
     let counters = Arc::new(Counters::default());
     let link = spawn_link(s, hello.compress, SERVER_CAPS, counters, peer.clone());
+    run_session(link, peer, shared).await
+}
+
+/// Takes the destination for one session (one at a time per DEST).
+pub(crate) fn claim(shared: &ServerShared) -> std::result::Result<(), String> {
+    shared
+        .busy
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .map(|_| ())
+        .map_err(|_| {
+            format!(
+                "another client is already syncing {}; try again when it is done",
+                shared.dest.display()
+            )
+        })
+}
+
+/// Runs a claimed session to its end on a blocking thread, then frees the
+/// destination and logs how it ended.
+pub(crate) async fn run_session(link: ServerLink, peer: String, shared: Arc<ServerShared>) {
+    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
     let sh = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
         let state = sh.state.lock().unwrap_or_else(|e| e.into_inner());
