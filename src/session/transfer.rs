@@ -75,7 +75,7 @@ pub(crate) struct Transfer<'c, 'a> {
     /// Old versions linked aside, removed at the end of the pass.
     stashed: Vec<String>,
     /// Replica files by directory (for bases of new files), built on first use.
-    siblings: Option<HashMap<String, Vec<(String, u64)>>>,
+    siblings: Option<HashMap<String, Vec<(u64, String)>>>,
     /// Last free-space answer: when, free bytes, reserve kept.
     room: Cell<(Option<Instant>, u64, u64)>,
     /// Bytes allotted to files since that answer.
@@ -230,27 +230,33 @@ impl<'c, 'a> Transfer<'c, 'a> {
     /// crate… share most of their text).
     fn similar_sibling(&mut self, key: &str, size: u64) -> Option<String> {
         use crate::delta::{BASIS_MAX_FILE, BASIS_MIN_FILE};
-        if self.siblings.is_none() {
-            let mut by_dir: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+        let siblings = self.siblings.get_or_insert_with(|| {
+            let mut by_kind: HashMap<String, Vec<(u64, String)>> = HashMap::new();
             for (k, e) in self.view.iter() {
                 if let Kind::File { size } = e.kind {
                     if (BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&size) {
-                        by_dir
-                            .entry(parent_key(k).to_string())
+                        by_kind
+                            .entry(sibling_class(k))
                             .or_default()
-                            .push((k.clone(), size));
+                            .push((size, k.clone()));
                     }
                 }
             }
-            self.siblings = Some(by_dir);
+            for v in by_kind.values_mut() {
+                v.sort_unstable();
+            }
+            by_kind
+        });
+        let same = siblings.get(&sibling_class(key))?;
+        // The closest sizes sit on either side of where `size` would go.
+        let at = same.partition_point(|(s, _)| *s < size);
+        let lo = same[..at].iter().rev().find(|(_, k)| k != key);
+        let hi = same[at..].iter().find(|(_, k)| k != key);
+        match (lo, hi) {
+            (Some(a), Some(b)) => Some(if size - a.0 <= b.0 - size { a } else { b }),
+            (a, b) => a.or(b),
         }
-        let ext = extension(key);
-        let candidates = self.siblings.as_ref()?.get(parent_key(key))?;
-        candidates
-            .iter()
-            .filter(|(k, _)| extension(k) == ext && k != key)
-            .min_by_key(|(_, s)| s.abs_diff(size))
-            .map(|(k, _)| k.clone())
+        .map(|(_, k)| k.clone())
     }
 
     /// Rebuilds a chunk sent as a delta; asks for it whole if that fails.
@@ -685,6 +691,9 @@ impl<'c, 'a> Transfer<'c, 'a> {
         let job = self.jobs.get_mut(&id).expect("job exists");
         let chunks = job.chunks.clone().expect("chunk list known");
         job.offs = offsets(&chunks);
+        if chunks.len() <= 1 {
+            job.inc = None; // verified in memory: its one chunk's hash is the file's
+        }
         job.tmp = tmp;
         job.missing = chunks.len();
         // 1. Where each chunk comes from.
@@ -1036,11 +1045,14 @@ impl<'c, 'a> Transfer<'c, 'a> {
                         hash: job.hash,
                         chunks: job.chunks.take().unwrap_or_default(),
                     };
-                    if let Some(by_dir) = &mut self.siblings {
-                        by_dir
-                            .entry(parent_key(key).to_string())
-                            .or_default()
-                            .push((key.to_string(), job.size));
+                    if let Some(siblings) = &mut self.siblings {
+                        use crate::delta::{BASIS_MAX_FILE, BASIS_MIN_FILE};
+                        if (BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&job.size) {
+                            let same = siblings.entry(sibling_class(key)).or_default();
+                            let item = (job.size, key.to_string());
+                            let at = same.partition_point(|x| *x < item);
+                            same.insert(at, item);
+                        }
                     }
                     txn.put_file(
                         key,
@@ -1160,6 +1172,11 @@ fn failed_set_ask(t: &mut Transfer, id: u32, i: u32, chunks: &[ChunkRef], ask: &
 
 fn parent_key(key: &str) -> &str {
     key.rfind('/').map(|i| &key[..i]).unwrap_or("")
+}
+
+/// Directory and extension of a key: files of one class are siblings.
+fn sibling_class(key: &str) -> String {
+    format!("{}\0{}", parent_key(key), extension(key))
 }
 
 fn extension(key: &str) -> &str {
