@@ -32,8 +32,6 @@ pub struct Fetch {
 /// The operations of one pass, in the order they are carried out.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// `/`-joined keys of every manifest entry, by id.
-    pub keys: Vec<String>,
     /// Replica entries in the way of an entry of another type: removed first.
     pub clear: Vec<String>,
     /// Directories to create, parents first.
@@ -77,9 +75,10 @@ pub fn keys_of(source: &Manifest) -> Vec<String> {
 }
 
 /// Plans one pass.
-pub fn plan(source: &Manifest, replica: &ReplicaView, opts: PlanOptions) -> Plan {
-    let keys = keys_of(source);
+/// `keys` are the manifest's keys ([`keys_of`]).
+pub fn plan(source: &Manifest, keys: &[String], replica: &ReplicaView, opts: PlanOptions) -> Plan {
     let mut p = Plan::default();
+    let mut matched = 0usize;
     let mut depth = vec![0u32; source.entries.len()];
     for (i, e) in source.entries.iter().enumerate() {
         let id = i as u32;
@@ -90,6 +89,7 @@ pub fn plan(source: &Manifest, replica: &ReplicaView, opts: PlanOptions) -> Plan
             p.dirs_deepest_first.push(id);
         }
         let old = replica.get(&keys[i]);
+        matched += usize::from(old.is_some());
         if i == 0 {
             if old.is_some_and(|o| o.mode != e.mode || o.mtime != e.mtime) {
                 p.metadata.push(id);
@@ -144,17 +144,20 @@ pub fn plan(source: &Manifest, replica: &ReplicaView, opts: PlanOptions) -> Plan
             }
         }
     }
-    let source_keys: HashSet<&str> = keys.iter().map(String::as_str).collect();
-    let mut extra: Vec<String> = replica
-        .keys()
-        .filter(|k| !source_keys.contains(k.as_str()))
-        .cloned()
-        .collect();
-    extra.sort();
-    p.remove = extra;
+    // Every replica entry matched a source entry: nothing to remove (and no
+    // need for a set of a million source keys to find out).
+    if matched < replica.len() {
+        let source_keys: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        let mut extra: Vec<String> = replica
+            .keys()
+            .filter(|k| !source_keys.contains(k.as_str()))
+            .cloned()
+            .collect();
+        extra.sort();
+        p.remove = extra;
+    }
     p.dirs_deepest_first
         .sort_by_key(|&id| std::cmp::Reverse(depth[id as usize]));
-    p.keys = keys;
     p
 }
 

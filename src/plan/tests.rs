@@ -103,29 +103,29 @@ fn remove_subtree(m: &mut Model, key: &str) {
 
 /// Carries a plan out on the model the way the server does.
 fn apply(plan: &Plan, source: &Model, man: &Manifest, replica: &mut Model) {
-    let get = |id: u32| source[&plan.keys[id as usize]].clone();
+    let keys = keys_of(man);
+    let get = |id: u32| source[&keys[id as usize]].clone();
     for k in &plan.clear {
         remove_subtree(replica, k);
     }
     for &id in &plan.mkdirs {
-        replica.insert(plan.keys[id as usize].clone(), get(id));
+        replica.insert(keys[id as usize].clone(), get(id));
     }
     for &id in &plan.symlinks {
-        replica.insert(plan.keys[id as usize].clone(), get(id));
+        replica.insert(keys[id as usize].clone(), get(id));
     }
     for f in &plan.fetch {
-        replica.insert(plan.keys[f.id as usize].clone(), get(f.id));
+        replica.insert(keys[f.id as usize].clone(), get(f.id));
     }
     for &id in &plan.metadata {
-        replica.insert(plan.keys[id as usize].clone(), get(id));
+        replica.insert(keys[id as usize].clone(), get(id));
     }
     for k in &plan.remove {
         remove_subtree(replica, k);
     }
     for &id in &plan.dirs_deepest_first {
-        replica.insert(plan.keys[id as usize].clone(), get(id));
+        replica.insert(keys[id as usize].clone(), get(id));
     }
-    let _ = man;
 }
 
 fn model() -> impl Strategy<Value = Model> {
@@ -177,7 +177,7 @@ proptest! {
         let man = manifest_of(&source);
         prop_assert!(man.validate().is_ok());
         let view = view_of(&replica, &source);
-        let p = plan(&man, &view, PlanOptions { checksum });
+        let p = plan(&man, &keys_of(&man), &view, PlanOptions { checksum });
         apply(&p, &source, &man, &mut replica);
         // Symlink permission bits are not meaningful (always 0777 on Linux).
         let norm = |m: &Model| -> Model {
@@ -195,7 +195,7 @@ proptest! {
     fn plan_on_equal_trees_is_empty(source in model()) {
         let man = manifest_of(&source);
         let view = view_of(&source, &source);
-        let p = plan(&man, &view, PlanOptions::default());
+        let p = plan(&man, &keys_of(&man), &view, PlanOptions::default());
         prop_assert!(p.clear.is_empty() && p.mkdirs.is_empty() && p.symlinks.is_empty());
         prop_assert!(p.fetch.is_empty() && p.metadata.is_empty() && p.remove.is_empty());
     }
@@ -211,7 +211,12 @@ fn file_where_dir_was_and_back() {
     rep.insert("x".into(), (Kind::Dir, None, 0, 0));
     rep.insert("x/y".into(), (Kind::File { size: 1 }, None, 0, 1));
     let man = manifest_of(&src);
-    let p = plan(&man, &view_of(&rep, &src), PlanOptions::default());
+    let p = plan(
+        &man,
+        &keys_of(&man),
+        &view_of(&rep, &src),
+        PlanOptions::default(),
+    );
     assert_eq!(p.clear, vec!["x".to_string()]);
     assert_eq!(p.fetch.len(), 1);
     assert_eq!(p.fetch[0].reason, Reason::TypeChanged);

@@ -6,7 +6,7 @@
 
 use crate::chunk::{digest_reader_sized, groups, Digest, Hash, INLINE_CHUNKS};
 use crate::error::{describe_io, Error, Result};
-use crate::index::{FileRecord, SourceIndex};
+use crate::index::{FileRecord, SourceIndex, SourceWriter};
 use crate::protocol::{ClientMsg, Op, PassOptions, ServerMsg, GROUPS_PER_MSG};
 use crate::report::{PassSummary, Reporter};
 use crate::transport::Link;
@@ -106,7 +106,7 @@ impl ClientPass<'_> {
             .count() as u64;
         let mut open: HashMap<u32, Open> = HashMap::new();
         let mut bases: HashMap<u32, HashMap<u32, u32>> = HashMap::new();
-        let mut new_records: Vec<(String, FileRecord)> = Vec::new();
+        let writer = self.index.map(SourceIndex::writer);
         let mut changed = 0usize;
         let stats = loop {
             let msg = self.link.recv().map_err(|e| Error::Net {
@@ -133,7 +133,7 @@ impl ClientPass<'_> {
                     }
                 }
                 ServerMsg::NeedFiles { ids } => {
-                    self.answer_need_files(&ids, &keys, opts.checksum, &mut open, &mut new_records)?
+                    self.answer_need_files(&ids, &keys, opts.checksum, &mut open, writer.as_ref())?
                 }
                 ServerMsg::NeedGroupHashes { id } => self.answer_group_hashes(id, &mut open)?,
                 ServerMsg::NeedGroups { id, groups } => {
@@ -165,11 +165,14 @@ impl ClientPass<'_> {
             }
         };
         if let Some(idx) = self.index {
-            if let Err(e) = idx.store(&new_records) {
+            if let Some(Err(e)) = writer.map(SourceWriter::finish) {
                 self.reporter
                     .warn(&format!("source index not updated: {e}"));
             }
-            if m.opaque.is_empty() && m.partial.is_empty() && self.scan.errors.is_empty() {
+            // Forget files no longer in the source (only after a full,
+            // clean pass, and only when the index holds more than the tree).
+            let clean = m.opaque.is_empty() && m.partial.is_empty() && self.scan.errors.is_empty();
+            if clean && idx.count() > files {
                 let keep = keys.iter().map(String::as_str).collect();
                 let _ = idx.retain(&keep);
             }
@@ -197,7 +200,7 @@ impl ClientPass<'_> {
         keys: &[String],
         checksum: bool,
         open: &mut HashMap<u32, Open>,
-        new_records: &mut Vec<(String, FileRecord)>,
+        writer: Option<&SourceWriter>,
     ) -> Result<()> {
         let m = &self.scan.manifest;
         let held: std::collections::HashSet<String> = self
@@ -238,11 +241,12 @@ impl ClientPass<'_> {
                 (id, r)
             })
             .collect();
+        let mut records = Vec::new();
         for (id, r) in results {
             match r {
                 Ok((digest, record, data)) => {
-                    if let Some(rec) = record {
-                        new_records.push((keys[id as usize].clone(), rec));
+                    if let Some(rec) = record.filter(|_| writer.is_some()) {
+                        records.push((keys[id as usize].clone(), rec));
                     }
                     let chunks =
                         (digest.chunks.len() <= INLINE_CHUNKS).then(|| digest.chunks.clone());
@@ -270,6 +274,9 @@ impl ClientPass<'_> {
                     })?;
                 }
             }
+        }
+        if let (Some(w), false) = (writer, records.is_empty()) {
+            w.push(records);
         }
         Ok(())
     }

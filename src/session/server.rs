@@ -165,11 +165,11 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     let plan_opts = PlanOptions {
         checksum: opts.checksum,
     };
-    let mut p = plan(&manifest, &view, plan_opts);
+    let mut p = plan(&manifest, &keys, &view, plan_opts);
     let mut view = view;
     let mut dir_moves = Vec::new();
     if !opts.dry_run && opts.max_delete.is_none() {
-        dir_moves = super::renames::detect(&manifest, &p, &view, &st.replica);
+        dir_moves = super::renames::detect(&manifest, &keys, &p, &view, &st.replica);
         if !dir_moves.is_empty() {
             let mut txn = st.index.begin()?;
             dir_moves.retain(|(from, to)| match st.replica.rename(from, to) {
@@ -181,7 +181,7 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
                 .replica
                 .scan(&manifest, &keys, &filter, opts.delete_excluded)
                 .0;
-            p = plan(&manifest, &view, plan_opts);
+            p = plan(&manifest, &keys, &view, plan_opts);
         }
     }
     for (from, to) in &dir_moves {
@@ -237,7 +237,7 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
         link,
         st,
         manifest: &manifest,
-        keys: &p.keys,
+        keys: &keys,
         dry: opts.dry_run,
         keep_excluded: (!opts.delete_excluded && !filter.is_empty()).then_some(&filter),
     };

@@ -75,7 +75,7 @@ pub(crate) struct Transfer<'c, 'a> {
     /// Old versions linked aside, removed at the end of the pass.
     stashed: Vec<String>,
     /// Replica files by directory (for bases of new files), built on first use.
-    siblings: Option<HashMap<String, Vec<(u64, String)>>>,
+    siblings: Option<HashMap<String, Vec<(u64, &'c str)>>>,
     /// Last free-space answer: when, free bytes, reserve kept.
     room: Cell<(Option<Instant>, u64, u64)>,
     /// Bytes allotted to files since that answer.
@@ -231,14 +231,14 @@ impl<'c, 'a> Transfer<'c, 'a> {
     fn similar_sibling(&mut self, key: &str, size: u64) -> Option<String> {
         use crate::delta::{BASIS_MAX_FILE, BASIS_MIN_FILE};
         let siblings = self.siblings.get_or_insert_with(|| {
-            let mut by_kind: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+            let mut by_kind: HashMap<String, Vec<(u64, &'c str)>> = HashMap::new();
             for (k, e) in self.view.iter() {
                 if let Kind::File { size } = e.kind {
                     if (BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&size) {
                         by_kind
                             .entry(sibling_class(k))
                             .or_default()
-                            .push((size, k.clone()));
+                            .push((size, k.as_str()));
                     }
                 }
             }
@@ -250,13 +250,13 @@ impl<'c, 'a> Transfer<'c, 'a> {
         let same = siblings.get(&sibling_class(key))?;
         // The closest sizes sit on either side of where `size` would go.
         let at = same.partition_point(|(s, _)| *s < size);
-        let lo = same[..at].iter().rev().find(|(_, k)| k != key);
-        let hi = same[at..].iter().find(|(_, k)| k != key);
+        let lo = same[..at].iter().rev().find(|(_, k)| *k != key);
+        let hi = same[at..].iter().find(|(_, k)| *k != key);
         match (lo, hi) {
             (Some(a), Some(b)) => Some(if size - a.0 <= b.0 - size { a } else { b }),
             (a, b) => a.or(b),
         }
-        .map(|(_, k)| k.clone())
+        .map(|(_, k)| k.to_string())
     }
 
     /// Rebuilds a chunk sent as a delta; asks for it whole if that fails.
@@ -1049,7 +1049,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
                         use crate::delta::{BASIS_MAX_FILE, BASIS_MIN_FILE};
                         if (BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&job.size) {
                             let same = siblings.entry(sibling_class(key)).or_default();
-                            let item = (job.size, key.to_string());
+                            let item = (job.size, key);
                             let at = same.partition_point(|x| *x < item);
                             same.insert(at, item);
                         }
