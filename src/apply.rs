@@ -11,13 +11,13 @@
 
 use crate::error::describe_io;
 use crate::filter::Filter;
-use crate::plan::{ReplicaEntry, ReplicaView};
+use crate::plan::{identical, ReplicaEntry, ReplicaView};
 use crate::tree::{Kind, Manifest, Timestamp};
 use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -372,11 +372,17 @@ impl Replica {
         keys: &[String],
         filter: &Filter,
         delete_excluded: bool,
+        checksum: bool,
     ) -> (ReplicaView, ScanExtras) {
         // A directory may have been moved away since the last pass: never
         // reuse a handle across passes.
         self.forget_cache();
-        let mut view = ReplicaView::new();
+        let mut view = ReplicaView::new(source.entries.len());
+        // With --checksum, files that look identical are still compared, so
+        // they are kept whole.
+        let fold = |e: &crate::tree::Entry, r: &ReplicaEntry| {
+            identical(e, r) && !(checksum && matches!(e.kind, Kind::File { .. }))
+        };
         let mut extras = ScanExtras::default();
         let opaque: HashSet<u32> = source.opaque.iter().copied().collect();
         let partial: HashSet<u32> = source.partial.iter().copied().collect();
@@ -386,13 +392,14 @@ impl Replica {
         }
         if let Ok(m) = self.root.dir_metadata() {
             if let Ok(e) = entry_of(&self.root, ".", &m) {
-                view.insert(
-                    String::new(),
-                    ReplicaEntry {
-                        kind: Kind::Dir,
-                        ..e
-                    },
-                );
+                let e = ReplicaEntry {
+                    kind: Kind::Dir,
+                    ..e
+                };
+                match source.entries.first() {
+                    Some(root) if fold(root, &e) => view.mark_same(0),
+                    _ => view.insert(String::new(), e),
+                }
             }
         }
         let mut stack: Vec<(u32, Dir)> = Vec::new();
@@ -403,6 +410,7 @@ impl Replica {
             }
             let key = &keys[i];
             if i > 0
+                && !view.is_same(id)
                 && !matches!(
                     view.get(key),
                     Some(ReplicaEntry {
@@ -431,9 +439,9 @@ impl Replica {
                     continue;
                 }
             };
-            let source_names: HashSet<&str> = children[i]
+            let source_names: HashMap<&str, u32> = children[i]
                 .iter()
-                .map(|&c| source.entries[c as usize].name.as_str())
+                .map(|&c| (source.entries[c as usize].name.as_str(), c))
                 .collect();
             let names: Vec<String> = if partial.contains(&id) {
                 children[i]
@@ -457,7 +465,8 @@ impl Replica {
                 } else {
                     format!("{key}/{name}")
                 };
-                if name.starts_with(TEMP_PREFIX) && !source_names.contains(name.as_str()) {
+                let in_source = source_names.get(name.as_str()).copied();
+                if name.starts_with(TEMP_PREFIX) && in_source.is_none() {
                     extras.stale_temps.push(child_key);
                     continue;
                 }
@@ -467,9 +476,12 @@ impl Replica {
                             continue;
                         }
                         match entry_of(&dir, &name, &m) {
-                            Ok(entry) => {
-                                view.insert(child_key, entry);
-                            }
+                            Ok(entry) => match in_source {
+                                Some(c) if fold(&source.entries[c as usize], &entry) => {
+                                    view.mark_same(c)
+                                }
+                                _ => view.insert(child_key, entry),
+                            },
                             Err(err) => extras.problems.push((child_key, describe_io(&err))),
                         }
                     }

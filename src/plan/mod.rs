@@ -15,10 +15,87 @@ pub struct ReplicaEntry {
     pub ino: u64,
 }
 
-/// The replica entries the server looked at, keyed by `/`-joined path
-/// (the root is `""`). Only paths the source manifest covers are listed:
-/// children of fully listed directories and the listed children of partial ones.
-pub type ReplicaView = HashMap<String, ReplicaEntry>;
+/// The replica entries the server looked at. Only paths the source manifest
+/// covers are listed: children of fully listed directories and the listed
+/// children of partial ones. An entry [`identical`] to the manifest entry at
+/// its path (most of them, in a pass with few changes) is one bit, by
+/// manifest id; every other entry is kept whole, by `/`-joined path (the
+/// root is `""`).
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaView {
+    differing: HashMap<String, ReplicaEntry>,
+    same: Vec<u64>,
+    same_count: usize,
+}
+
+impl ReplicaView {
+    /// An empty view for a manifest of `len` entries.
+    pub fn new(len: usize) -> Self {
+        ReplicaView {
+            differing: HashMap::new(),
+            same: vec![0; len.div_ceil(64)],
+            same_count: 0,
+        }
+    }
+
+    /// Records an entry kept whole (differing from the source, or not in it).
+    pub fn insert(&mut self, key: String, entry: ReplicaEntry) {
+        self.differing.insert(key, entry);
+    }
+
+    /// Records that the replica entry at manifest entry `id`'s path is
+    /// identical to it.
+    pub fn mark_same(&mut self, id: u32) {
+        let (w, b) = (id as usize / 64, id % 64);
+        if let Some(word) = self.same.get_mut(w) {
+            if *word & (1 << b) == 0 {
+                *word |= 1 << b;
+                self.same_count += 1;
+            }
+        }
+    }
+
+    /// Whether the replica holds exactly manifest entry `id`.
+    pub fn is_same(&self, id: u32) -> bool {
+        self.same
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    /// An entry kept whole (never one of the identical ones).
+    pub fn get(&self, key: &str) -> Option<&ReplicaEntry> {
+        self.differing.get(key)
+    }
+
+    /// The entries kept whole.
+    pub fn differing(&self) -> impl Iterator<Item = (&String, &ReplicaEntry)> {
+        self.differing.iter()
+    }
+
+    /// How many entries the view holds, identical ones included.
+    pub fn len(&self) -> usize {
+        self.differing.len() + self.same_count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether a replica entry needs nothing to equal the manifest entry `e`
+/// (same type; files: size, mtime and mode; directories: mode and mtime;
+/// symlinks: target and mtime) — exactly when [`plan`] would leave it alone
+/// without `--checksum`.
+pub fn identical(e: &crate::tree::Entry, r: &ReplicaEntry) -> bool {
+    match (&e.kind, &r.kind) {
+        (Kind::File { size: a }, Kind::File { size: b }) => {
+            a == b && e.mtime == r.mtime && e.mode == r.mode
+        }
+        (Kind::Dir, Kind::Dir) => e.mtime == r.mtime && e.mode == r.mode,
+        (Kind::Symlink { target: a }, Kind::Symlink { target: b }) => a == b && e.mtime == r.mtime,
+        _ => false,
+    }
+}
 
 /// A file whose content must be checked or sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +165,10 @@ pub fn plan(source: &Manifest, keys: &[String], replica: &ReplicaView, opts: Pla
         if e.kind.is_dir() {
             p.dirs_deepest_first.push(id);
         }
+        if replica.is_same(id) {
+            matched += 1;
+            continue;
+        }
         let old = replica.get(&keys[i]);
         matched += usize::from(old.is_some());
         if i == 0 {
@@ -104,7 +185,7 @@ pub fn plan(source: &Manifest, keys: &[String], replica: &ReplicaView, opts: Pla
             }
             None => None,
         };
-        let type_changed = old.is_none() && replica.contains_key(&keys[i]);
+        let type_changed = old.is_none() && replica.get(&keys[i]).is_some();
         match (&e.kind, old) {
             (Kind::Dir, None) => p.mkdirs.push(id),
             (Kind::Dir, Some(o)) => {
@@ -149,7 +230,8 @@ pub fn plan(source: &Manifest, keys: &[String], replica: &ReplicaView, opts: Pla
     if matched < replica.len() {
         let source_keys: HashSet<&str> = keys.iter().map(String::as_str).collect();
         let mut extra: Vec<String> = replica
-            .keys()
+            .differing()
+            .map(|(k, _)| k)
             .filter(|k| !source_keys.contains(k.as_str()))
             .cloned()
             .collect();

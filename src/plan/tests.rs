@@ -50,8 +50,40 @@ fn manifest_of(m: &Model) -> Manifest {
     }
 }
 
-/// What the server's scan sees: entries whose parent is a directory on both sides.
+/// What the server's scan sees, folded as the scan folds it: entries
+/// identical to the source's are one bit each.
 fn view_of(replica: &Model, source: &Model) -> ReplicaView {
+    build_view(replica, source, true, true)
+}
+
+/// `fold`: fold identical entries; `fold_files`: files too (the scan does
+/// not under --checksum).
+fn build_view(replica: &Model, source: &Model, fold: bool, fold_files: bool) -> ReplicaView {
+    let man = manifest_of(source);
+    let keys = keys_of(&man);
+    let ids: HashMap<&str, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
+    let mut view = ReplicaView::new(man.entries.len());
+    for (k, e) in entries_of(replica, source) {
+        match ids.get(k.as_str()) {
+            Some(&i)
+                if fold
+                    && identical(&man.entries[i], &e)
+                    && (fold_files || !matches!(e.kind, Kind::File { .. })) =>
+            {
+                view.mark_same(i as u32)
+            }
+            _ => view.insert(k, e),
+        }
+    }
+    view
+}
+
+/// Entries whose parent is a directory on both sides.
+fn entries_of(replica: &Model, source: &Model) -> HashMap<String, ReplicaEntry> {
     let is_dir = |m: &Model, k: &str| matches!(m.get(k), Some((Kind::Dir, ..)));
     replica
         .iter()
@@ -189,6 +221,17 @@ proptest! {
             }).collect()
         };
         prop_assert_eq!(norm(&replica), norm(&source));
+    }
+
+    /// Folding identical entries into bits changes nothing in the plan.
+    #[test]
+    fn folded_and_whole_views_plan_alike(source in model(), replica in model(), checksum in any::<bool>()) {
+        let man = manifest_of(&source);
+        let keys = keys_of(&man);
+        let opts = PlanOptions { checksum };
+        let whole = plan(&man, &keys, &build_view(&replica, &source, false, false), opts);
+        let folded = plan(&man, &keys, &build_view(&replica, &source, true, !checksum), opts);
+        prop_assert_eq!(folded, whole);
     }
 
     #[test]

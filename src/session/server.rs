@@ -142,9 +142,13 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     let manifest = receive_manifest(link)?;
     let filter = Filter::new(opts.excludes.clone()).map_err(|e| Error::protocol(&link.peer, e))?;
     let keys = crate::plan::keys_of(&manifest);
-    let (view, extras) = st
-        .replica
-        .scan(&manifest, &keys, &filter, opts.delete_excluded);
+    let (view, extras) = st.replica.scan(
+        &manifest,
+        &keys,
+        &filter,
+        opts.delete_excluded,
+        opts.checksum,
+    );
     let mut stats = PassStats::default();
     for (key, why) in &extras.problems {
         report(
@@ -179,7 +183,13 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
             txn.commit()?;
             view = st
                 .replica
-                .scan(&manifest, &keys, &filter, opts.delete_excluded)
+                .scan(
+                    &manifest,
+                    &keys,
+                    &filter,
+                    opts.delete_excluded,
+                    opts.checksum,
+                )
                 .0;
             p = plan(&manifest, &keys, &view, plan_opts);
         }

@@ -232,14 +232,27 @@ impl<'c, 'a> Transfer<'c, 'a> {
         use crate::delta::{BASIS_MAX_FILE, BASIS_MIN_FILE};
         let siblings = self.siblings.get_or_insert_with(|| {
             let mut by_kind: HashMap<String, Vec<(u64, &'c str)>> = HashMap::new();
-            for (k, e) in self.view.iter() {
-                if let Kind::File { size } = e.kind {
-                    if (BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&size) {
-                        by_kind
-                            .entry(sibling_class(k))
-                            .or_default()
-                            .push((size, k.as_str()));
-                    }
+            let ctx = self.ctx;
+            let unchanged = ctx
+                .manifest
+                .entries
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    let Kind::File { size } = e.kind else {
+                        return None;
+                    };
+                    self.view
+                        .is_same(i as u32)
+                        .then(|| (ctx.keys[i].as_str(), size))
+                });
+            let differing = self.view.differing().filter_map(|(k, e)| match e.kind {
+                Kind::File { size } => Some((k.as_str(), size)),
+                _ => None,
+            });
+            for (k, size) in unchanged.chain(differing) {
+                if (BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&size) {
+                    by_kind.entry(sibling_class(k)).or_default().push((size, k));
                 }
             }
             for v in by_kind.values_mut() {
@@ -462,10 +475,14 @@ impl<'c, 'a> Transfer<'c, 'a> {
     ) -> Result<()> {
         let key = self.key(id);
         let e = self.entry(id);
-        let v = &self.view[key];
         self.jobs.remove(&id);
         self.ctx.link.send(ServerMsg::Done { id });
-        if v.mtime == e.mtime && v.mode == e.mode {
+        // Only files with an old version (in the view) get here.
+        if self
+            .view
+            .get(key)
+            .is_none_or(|v| v.mtime == e.mtime && v.mode == e.mode)
+        {
             return Ok(());
         }
         if !self.ctx.dry {
