@@ -115,7 +115,7 @@ pub(crate) fn detect(
     let doomed_dirs: Vec<&String> = p
         .remove
         .iter()
-        .filter(|k| matches!(view.get(*k), Some(e) if e.kind.is_dir()))
+        .filter(|k| matches!(view.get(k), Some(e) if e.kind.is_dir()))
         .collect();
     if doomed_dirs.is_empty() || p.mkdirs.is_empty() {
         return Vec::new();
