@@ -41,6 +41,13 @@ pub struct TempFile {
     published: bool,
 }
 
+impl TempFile {
+    /// Its name in its directory.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.published {
@@ -303,6 +310,38 @@ impl Replica {
             file,
             dir,
             name: tmp,
+            published: false,
+        })
+    }
+
+    /// Takes over a temporary file beside `key` kept from an earlier pass:
+    /// its directory is resolved again from DEST and must still hold that
+    /// very file under its name. Otherwise the file is let go (its name is
+    /// not removed through the old handle, which may now point outside DEST).
+    pub fn adopt_temp(&self, key: &str, mut old: TempFile) -> io::Result<TempFile> {
+        // However this ends, `old` must not remove anything through its handle.
+        old.published = true;
+        let (parent, _) = split_key(key);
+        let tkey = if parent.is_empty() {
+            old.name.clone()
+        } else {
+            format!("{parent}/{}", old.name)
+        };
+        let same = matches!(
+            self.stat(&tkey)?,
+            Some(ReplicaEntry { kind: Kind::File { .. }, ino, .. }) if ino == file_ino(&old.file)
+        );
+        if !same {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the kept partial file is no longer in place",
+            ));
+        }
+        let (dir, _) = self.parent_of(key)?;
+        Ok(TempFile {
+            file: old.file.try_clone()?,
+            dir,
+            name: old.name.clone(),
             published: false,
         })
     }

@@ -100,13 +100,40 @@ pub fn digest_reader<R: Read>(r: R) -> io::Result<Digest> {
 
 /// [`digest_reader`] for input of about `size_hint` bytes (a smaller
 /// buffer for small files; the result does not depend on the hint).
-pub fn digest_reader_sized<R: Read>(mut r: R, size_hint: u64) -> io::Result<Digest> {
+pub fn digest_reader_sized<R: Read>(r: R, size_hint: u64) -> io::Result<Digest> {
+    match digest_partly(r, size_hint, DigestState::default(), &|| false)? {
+        Ok(d) => Ok(d),
+        Err(_) => unreachable!("never asked to stop"),
+    }
+}
+
+/// How far a digest got: the bytes consumed (always at a chunk boundary),
+/// the running whole-file hash and the chunks so far. Reading resumes at
+/// `offset`.
+#[derive(Clone, Default)]
+pub struct DigestState {
+    pub offset: u64,
+    hasher: blake3::Hasher,
+    chunks: Vec<ChunkRef>,
+}
+
+/// A digest that can stop between blocks when `stop` says so, returning
+/// its state, and resume from such a state: `r` must be positioned at
+/// `state.offset`. The result equals [`digest_reader`]'s.
+pub fn digest_partly<R: Read>(
+    mut r: R,
+    size_hint: u64,
+    state: DigestState,
+    stop: &dyn Fn() -> bool,
+) -> io::Result<Result<Digest, DigestState>> {
     let cap = (size_hint.saturating_add(1)).clamp(MAX_CHUNK as u64 * 2, READ_BLOCK as u64) as usize;
     let mut buf = vec![0u8; cap];
     let mut filled = 0usize;
-    let mut file_hasher = blake3::Hasher::new();
-    let mut chunks = Vec::new();
-    let mut size = 0u64;
+    let DigestState {
+        offset: mut size,
+        hasher: mut file_hasher,
+        mut chunks,
+    } = state;
     loop {
         let mut eof = false;
         while filled < buf.len() {
@@ -146,12 +173,20 @@ pub fn digest_reader_sized<R: Read>(mut r: R, size_hint: u64) -> io::Result<Dige
         if eof && filled == 0 {
             break;
         }
+        if stop() {
+            // The unconsumed tail is read again on resume.
+            return Ok(Err(DigestState {
+                offset: size,
+                hasher: file_hasher,
+                chunks,
+            }));
+        }
     }
-    Ok(Digest {
+    Ok(Ok(Digest {
         size,
         hash: Hash(*file_hasher.finalize().as_bytes()),
         chunks,
-    })
+    }))
 }
 
 /// Size and whole-file hash of everything `r` yields (no chunking).
@@ -365,6 +400,29 @@ mod tests {
             assert_eq!(a, b, "len {len}");
             assert_eq!(a.hash, Hash::of(&data), "len {len}");
         }
+    }
+
+    /// Stopping after every block and resuming from the state gives the
+    /// same digest as one go.
+    #[test]
+    fn digest_resumes_where_it_stopped() {
+        let data = noise(3 * READ_BLOCK + 12_345, 9);
+        let whole = digest_bytes(&data);
+        let mut state = DigestState::default();
+        let mut stops = 0;
+        let d = loop {
+            let at = state.offset as usize;
+            match digest_partly(&data[at..], data.len() as u64, state, &|| true).unwrap() {
+                Ok(d) => break d,
+                Err(s) => {
+                    assert!(s.offset as usize > at, "progress every time");
+                    stops += 1;
+                    state = s;
+                }
+            }
+        };
+        assert!(stops >= 3, "{stops}");
+        assert_eq!(d, whole);
     }
 
     #[test]

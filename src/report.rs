@@ -189,6 +189,9 @@ pub struct PassSummary {
     /// Entries the client could not read or name (the pass exits non-zero).
     pub client_errors: u64,
     pub dry_run: bool,
+    /// Large files that stepped aside for newer changes (watch mode), by key:
+    /// the next pass sends them, resuming where this one stopped.
+    pub preempted: Vec<String>,
 }
 
 impl PassSummary {

@@ -169,6 +169,9 @@ pub struct Syncer {
     pub reporter: Arc<Reporter>,
     /// Files still being written (set by the watcher).
     pub hold: Option<Arc<std::sync::Mutex<std::collections::HashSet<String>>>>,
+    /// Set by `watch` when newer changes wait for this target.
+    pub preempt: Option<Arc<std::sync::atomic::AtomicBool>>,
+    saved_digests: crate::session::client::SavedDigests,
 }
 
 impl Syncer {
@@ -224,6 +227,8 @@ impl Syncer {
             filter,
             reporter,
             hold: None,
+            preempt: None,
+            saved_digests: Default::default(),
         })
     }
 
@@ -326,6 +331,8 @@ impl Syncer {
                     reporter: &self.reporter,
                     observer,
                     hold: self.hold.as_deref(),
+                    preempt: self.preempt.as_deref(),
+                    saved_digests: &self.saved_digests,
                 };
                 pass.run(opts.clone())
             };
@@ -337,7 +344,9 @@ impl Syncer {
                 }
             };
             let mut s = outcome.summary;
+            s.preempted = outcome.preempted;
             if let Some(prev) = total.take() {
+                s.preempted.extend(prev.preempted);
                 s.wire_sent += prev.wire_sent;
                 s.wire_received += prev.wire_received;
                 s.stats.ops += prev.stats.ops;

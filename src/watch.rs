@@ -204,16 +204,19 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
     watches.log_count(&reporter);
 
     let mut workers = Vec::new();
-    let mut queues: Vec<mpsc::Sender<Batch>> = Vec::new();
+    // Each target's queue, and a flag telling its pass that newer changes wait.
+    let mut queues: Vec<(mpsc::Sender<Batch>, Arc<AtomicBool>)> = Vec::new();
     for mut s in syncers {
         s.hold = Some(hold.clone());
+        let waiting = Arc::new(AtomicBool::new(false));
+        s.preempt = Some(waiting.clone());
         let (qtx, qrx) = mpsc::channel::<Batch>();
-        queues.push(qtx);
+        queues.push((qtx, waiting));
         let stop = stop.clone();
         let scan_opts = scan_opts.clone();
         workers.push(std::thread::spawn(move || worker(s, qrx, scan_opts, stop)));
     }
-    for q in &queues {
+    for (q, _) in &queues {
         let _ = q.send(Batch::Full("initial pass".into()));
     }
 
@@ -356,8 +359,9 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
         } else {
             Some(Instant::now())
         };
-        for q in &queues {
+        for (q, waiting) in &queues {
             let _ = q.send(batch.clone());
+            waiting.store(true, Ordering::Relaxed);
         }
     }
     drop(queues);
@@ -452,6 +456,7 @@ fn recently_modified(dir: &Path, window: Duration) -> Vec<PathBuf> {
 
 /// One target's loop: merge queued batches, run a pass, retry on failure.
 fn worker(mut s: Syncer, rx: mpsc::Receiver<Batch>, scan_opts: ScanOptions, stop: Arc<AtomicBool>) {
+    let waiting = s.preempt.clone().unwrap_or_default();
     let mut backlog: Option<Batch> = None;
     let mut backoff = Duration::from_millis(250);
     let mut failing = false;
@@ -468,6 +473,9 @@ fn worker(mut s: Syncer, rx: mpsc::Receiver<Batch>, scan_opts: ScanOptions, stop
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         };
+        // Everything queued so far goes into this pass; what arrives during
+        // it sets the flag again.
+        waiting.store(false, Ordering::Relaxed);
         if let Some(b) = next {
             backlog = Some(match backlog.take() {
                 Some(prev) => prev.merge(b),
@@ -497,6 +505,19 @@ fn worker(mut s: Syncer, rx: mpsc::Receiver<Batch>, scan_opts: ScanOptions, stop
                 backoff = Duration::from_millis(250);
                 if summary.stats.ops > 0 || summary.failed() || matches!(batch, Batch::Full(_)) {
                     s.reporter.always(&summary.line());
+                }
+                // Large files that stepped aside for newer changes go with
+                // them, after them (the server resumes what it has).
+                if !summary.preempted.is_empty() {
+                    let mut scopes = Scopes::default();
+                    for key in &summary.preempted {
+                        scopes.add_changed(key, false);
+                    }
+                    let again = Batch::Scoped(scopes);
+                    backlog = Some(match backlog.take() {
+                        Some(prev) => prev.merge(again),
+                        None => again,
+                    });
                 }
             }
             Err(e) => {

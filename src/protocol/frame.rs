@@ -14,8 +14,18 @@ pub enum FrameError {
     TooLarge(u64),
     #[error("connection closed in the middle of a frame")]
     Truncated,
-    #[error("{0}")]
+    #[error("{}", describe_read_error(.0))]
     Io(#[from] std::io::Error),
+}
+
+/// A read error in words: a peer that vanished mid-stream (rustls reports
+/// a missing close_notify with a link to its manual) is just that.
+fn describe_read_error(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "connection closed abruptly by the peer".into()
+    } else {
+        e.to_string()
+    }
 }
 
 /// Decodes one frame from the front of `buf`, if a whole one is there.

@@ -4,7 +4,9 @@
 //! inode are unchanged; otherwise the file is read, and re-read if it changed
 //! while being read.
 
-use crate::chunk::{digest_reader_sized, groups, Digest, Hash, INLINE_CHUNKS};
+use crate::chunk::{
+    digest_partly, digest_reader_sized, groups, Digest, DigestState, Hash, INLINE_CHUNKS,
+};
 use crate::error::{describe_io, Error, Result};
 use crate::index::{FileRecord, SourceIndex, SourceWriter};
 use crate::protocol::{ClientMsg, Op, PassOptions, ServerMsg, GROUPS_PER_MSG};
@@ -14,11 +16,16 @@ use crate::tree::{scan::mtime_of, Kind, SourceScan};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 pub type ClientLink = Link<ClientMsg, ServerMsg>;
 
 /// A file's digest, and the record to store in the source index if it was read.
-type DigestResult = std::result::Result<(Digest, Option<FileRecord>, Option<Vec<u8>>), String>;
+/// A file's digest, its record for the source index, and its bytes (small
+/// files); `None` when it stepped aside; `Err` says why it could not be read.
+type DigestResult =
+    std::result::Result<Option<(Digest, Option<FileRecord>, Option<Vec<u8>>)>, String>;
 
 /// Files up to this size are read into memory once, for digest and chunks.
 const KEEP_SMALL: u64 = 256 * 1024;
@@ -47,6 +54,10 @@ struct Open {
     /// The content read for the digest (small files), so chunks are sent
     /// without reading the file again.
     data: Option<Vec<u8>>,
+    /// Chunk offsets (computed on the first request).
+    offs: Option<Vec<u64>>,
+    /// When the server first asked for its content.
+    first_ask: Option<Instant>,
 }
 
 pub struct ClientPass<'a> {
@@ -58,13 +69,27 @@ pub struct ClientPass<'a> {
     pub observer: Option<&'a dyn PassObserver>,
     /// Files still being written (watch mode): not sent this pass.
     pub hold: Option<&'a std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Set when newer changes wait (watch mode): a large file being sent
+    /// steps aside for them (the server keeps what it received).
+    pub preempt: Option<&'a AtomicBool>,
+    /// Large files' digests interrupted by `preempt`, resumed later.
+    pub saved_digests: &'a SavedDigests,
 }
+
+/// Files at least this large step aside for waiting changes...
+const PREEMPT_MIN: u64 = 16 << 20;
+/// ...once they have been sent for this long in the pass (so they always
+/// progress, however busy the source).
+const PREEMPT_AFTER: Duration = Duration::from_millis(200);
 
 /// How a pass went, beyond the summary.
 pub struct PassOutcome {
     pub summary: PassSummary,
     /// Files that changed while being sent: a follow-up pass will fix them.
     pub changed_during_pass: usize,
+    /// Large files that stepped aside for newer changes (keys): to be sent
+    /// again by the next pass, which resumes them.
+    pub preempted: Vec<String>,
 }
 
 impl ClientPass<'_> {
@@ -108,6 +133,7 @@ impl ClientPass<'_> {
         let mut bases: HashMap<u32, HashMap<u32, u32>> = HashMap::new();
         let writer = self.index.map(SourceIndex::writer);
         let mut changed = 0usize;
+        let mut preempted = Vec::new();
         let stats = loop {
             let msg = self.link.recv().map_err(|e| Error::Net {
                 peer: self.link.peer.clone(),
@@ -132,15 +158,27 @@ impl ClientPass<'_> {
                         bases.insert(id, map);
                     }
                 }
-                ServerMsg::NeedFiles { ids } => {
-                    self.answer_need_files(&ids, &keys, opts.checksum, &mut open, writer.as_ref())?
-                }
+                ServerMsg::NeedFiles { ids } => self.answer_need_files(
+                    &ids,
+                    &keys,
+                    opts.checksum,
+                    &mut open,
+                    writer.as_ref(),
+                    &mut preempted,
+                )?,
                 ServerMsg::NeedGroupHashes { id } => self.answer_group_hashes(id, &mut open)?,
                 ServerMsg::NeedGroups { id, groups } => {
                     self.answer_groups(id, &groups, &mut open)?
                 }
                 ServerMsg::NeedChunks { id, ranges } => {
-                    if !self.answer_chunks(id, &ranges, &keys, &mut open, bases.get(&id))? {
+                    if !self.answer_chunks(
+                        id,
+                        &ranges,
+                        &keys,
+                        &mut open,
+                        bases.get(&id),
+                        &mut preempted,
+                    )? {
                         changed += 1;
                     }
                 }
@@ -187,10 +225,12 @@ impl ClientPass<'_> {
             wire_received: r1 - wire0_recv,
             client_errors: self.scan.errors.len() as u64,
             dry_run: opts.dry_run,
+            preempted: Vec::new(),
         };
         Ok(PassOutcome {
             summary,
             changed_during_pass: changed,
+            preempted,
         })
     }
 
@@ -201,6 +241,7 @@ impl ClientPass<'_> {
         checksum: bool,
         open: &mut HashMap<u32, Open>,
         writer: Option<&SourceWriter>,
+        preempted: &mut Vec<String>,
     ) -> Result<()> {
         let m = &self.scan.manifest;
         let held: std::collections::HashSet<String> = self
@@ -213,6 +254,10 @@ impl ClientPass<'_> {
         for id in skipped {
             self.send(ClientMsg::Skip { id })?;
         }
+        let aside = self.preempt.map(|waiting| StepAside {
+            waiting,
+            saved: self.saved_digests,
+        });
         let results: Vec<(u32, DigestResult)> = ids
             .par_iter()
             .map(|&id| {
@@ -232,8 +277,12 @@ impl ClientPass<'_> {
                             })
                             .flatten();
                         match cached {
-                            Some(d) => Ok((d, None, None)),
-                            None => read_digest(&self.root.join(m.rel_path(i))),
+                            Some(d) => Ok(Some((d, None, None))),
+                            None => read_digest_or_step_aside(
+                                &self.root.join(m.rel_path(i)),
+                                &keys[i],
+                                aside,
+                            ),
                         }
                     }
                     _ => Err("not a regular file in the manifest".to_string()),
@@ -244,7 +293,12 @@ impl ClientPass<'_> {
         let mut records = Vec::new();
         for (id, r) in results {
             match r {
-                Ok((digest, record, data)) => {
+                Ok(None) => {
+                    // Stepped aside for newer changes: sent by a later pass.
+                    self.send(ClientMsg::Skip { id })?;
+                    preempted.push(keys[id as usize].clone());
+                }
+                Ok(Some((digest, record, data))) => {
                     if let Some(rec) = record.filter(|_| writer.is_some()) {
                         records.push((keys[id as usize].clone(), rec));
                     }
@@ -263,6 +317,8 @@ impl ClientPass<'_> {
                             group_starts: None,
                             file: None,
                             data,
+                            offs: None,
+                            first_ask: None,
                         },
                     );
                 }
@@ -356,6 +412,7 @@ impl ClientPass<'_> {
         keys: &[String],
         open: &mut HashMap<u32, Open>,
         basis: Option<&HashMap<u32, u32>>,
+        preempted: &mut Vec<String>,
     ) -> Result<bool> {
         let Some(o) = open.get_mut(&id) else {
             self.send(ClientMsg::FileFailed {
@@ -377,9 +434,19 @@ impl ClientPass<'_> {
                 }
             }
         }
-        let offs = o.digest.offsets();
+        let first_ask = *o.first_ask.get_or_insert_with(Instant::now);
+        let may_step_aside = self.preempt.filter(|_| o.digest.size >= PREEMPT_MIN);
+        let offs = o.offs.take().unwrap_or_else(|| o.digest.offsets());
         for &(start, count) in ranges {
             for i in start..start.saturating_add(count) {
+                if may_step_aside.is_some_and(|p| p.load(Ordering::Relaxed))
+                    && first_ask.elapsed() >= PREEMPT_AFTER
+                {
+                    self.send(ClientMsg::Skip { id })?;
+                    open.remove(&id);
+                    preempted.push(key.clone());
+                    return Ok(true);
+                }
                 let Some(c) = o.digest.chunks.get(i as usize).copied() else {
                     return Err(Error::protocol(
                         &self.link.peer,
@@ -418,6 +485,9 @@ impl ClientPass<'_> {
                 self.send(ClientMsg::Chunk { id, index: i, data })?;
             }
         }
+        if let Some(o) = open.get_mut(&id) {
+            o.offs = Some(offs);
+        }
         Ok(true)
     }
 }
@@ -429,8 +499,34 @@ fn file_size(m: &crate::tree::Manifest, id: u32) -> u64 {
     }
 }
 
-/// Reads and digests a file, re-reading it if it changed meanwhile.
-pub fn read_digest(path: &PathBuf) -> DigestResult {
+/// A large file's digest interrupted to let newer changes through (watch
+/// mode), resumed by the next pass if the file is still the same.
+pub struct SavedDigest {
+    size: u64,
+    mtime: crate::tree::Timestamp,
+    ino: u64,
+    state: DigestState,
+}
+
+/// Digests set aside, by key.
+pub type SavedDigests = std::sync::Mutex<HashMap<String, SavedDigest>>;
+
+/// Most digests kept set aside at once.
+const MAX_SAVED_DIGESTS: usize = 8;
+
+/// What may interrupt a large file's digest: the flag saying newer changes
+/// wait, and where interrupted digests are kept.
+#[derive(Clone, Copy)]
+pub struct StepAside<'a> {
+    pub waiting: &'a AtomicBool,
+    pub saved: &'a SavedDigests,
+}
+
+/// Reads and digests a file, re-reading it if it changed meanwhile. With
+/// `aside`, a large file's digest may stop halfway when newer changes wait
+/// (`Ok(None)`), to resume in a later pass.
+fn read_digest_or_step_aside(path: &PathBuf, key: &str, aside: Option<StepAside>) -> DigestResult {
+    let started = Instant::now();
     for _ in 0..3 {
         let mut file = std::fs::File::open(path).map_err(|e| describe_io(&e))?;
         let before = file.metadata().map_err(|e| describe_io(&e))?;
@@ -438,6 +534,37 @@ pub fn read_digest(path: &PathBuf) -> DigestResult {
             let mut data = Vec::with_capacity(before.len() as usize + 1);
             std::io::Read::read_to_end(&mut file, &mut data).map_err(|e| describe_io(&e))?;
             (crate::chunk::digest_bytes(&data), Some(data))
+        } else if let Some(aside) = aside.filter(|_| before.len() >= PREEMPT_MIN) {
+            let (mtime, ino) = (mtime_of(&before), crate::tree::scan::local_of(&before).ino);
+            let mut saved = aside.saved.lock().unwrap_or_else(|e| e.into_inner());
+            let state = match saved.remove(key) {
+                Some(s) if s.size == before.len() && s.mtime == mtime && s.ino == ino => s.state,
+                _ => DigestState::default(),
+            };
+            drop(saved);
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(state.offset))
+                .map_err(|e| describe_io(&e))?;
+            let stop =
+                || aside.waiting.load(Ordering::Relaxed) && started.elapsed() >= PREEMPT_AFTER;
+            match digest_partly(&file, before.len(), state, &stop).map_err(|e| describe_io(&e))? {
+                Ok(d) => (d, None),
+                Err(state) => {
+                    let mut saved = aside.saved.lock().unwrap_or_else(|e| e.into_inner());
+                    if saved.len() < MAX_SAVED_DIGESTS {
+                        let size = before.len();
+                        saved.insert(
+                            key.to_string(),
+                            SavedDigest {
+                                size,
+                                mtime,
+                                ino,
+                                state,
+                            },
+                        );
+                    }
+                    return Ok(None);
+                }
+            }
         } else {
             (
                 digest_reader_sized(&file, before.len()).map_err(|e| describe_io(&e))?,
@@ -456,7 +583,7 @@ pub fn read_digest(path: &PathBuf) -> DigestResult {
                 ino: crate::tree::scan::local_of(&after).ino,
                 digest: digest.clone(),
             };
-            return Ok((digest, Some(rec), data));
+            return Ok(Some((digest, Some(rec), data)));
         }
     }
     Err("it kept changing while being read".into())

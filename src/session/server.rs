@@ -28,6 +28,10 @@ pub struct ServerState {
     /// Set while a pass runs.
     pub in_pass: Arc<AtomicBool>,
     pub stats: Arc<crate::status::ServerStats>,
+    /// Large files received in part, resumed by a later pass.
+    pub partials: super::partial::Partials,
+    /// Passes run so far (numbers partials).
+    pub pass_seq: std::sync::atomic::AtomicU64,
 }
 
 pub type ServerLink = Link<ServerMsg, ClientMsg>;
@@ -161,8 +165,10 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
             },
         );
     }
+    let pass_no = st.pass_seq.fetch_add(1, Ordering::Relaxed) + 1;
     if !opts.dry_run {
-        for t in &extras.stale_temps {
+        let kept = st.partials.temp_keys();
+        for t in extras.stale_temps.iter().filter(|t| !kept.contains(*t)) {
             let _ = st.replica.remove(t);
         }
     }
@@ -255,14 +261,19 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     ctx.structure(&p, &mut txn, &mut stats);
     let doomed = p.remove.iter().cloned().collect();
     let mut transfer = Transfer::new(&ctx, &view, doomed, &p.fetch);
+    transfer.remove_small_early(&p.remove);
     let run = transfer.run(&mut txn, &mut stats);
     transfer.clean_stash(&mut txn)?;
     run?;
-    let moved_away = transfer.into_moved();
+    let (moved_away, removed_early) = transfer.into_moved();
+    p.remove.retain(|k| !removed_early.contains(k));
     ctx.remove_extras(&p.remove, &moved_away, &mut txn, &mut stats)?;
     ctx.fix_dirs(&p.dirs_deepest_first);
     txn.commit()?;
     let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
+    if full {
+        st.partials.forget_older_than(pass_no);
+    }
     let files = manifest
         .entries
         .iter()
@@ -366,7 +377,7 @@ impl PassCtx<'_> {
         }
     }
 
-    fn remove_extras(
+    pub(super) fn remove_extras(
         &self,
         keys: &[String],
         moved_away: &std::collections::HashSet<String>,

@@ -8,6 +8,7 @@
 //! chunk needed by several files in the same pass is requested once, and a
 //! file whose content sits at a path this pass removes is renamed, not copied.
 
+use super::partial::RESUME_MIN;
 use super::server::{failure, simple, PassCtx};
 use crate::apply::{read_at, write_at, TempFile};
 use crate::chunk::{
@@ -49,6 +50,8 @@ struct Job {
     groups_missing: usize,
     offs: Vec<u64>,
     tmp: Option<TempFile>,
+    /// Which chunks are in the temporary file (hash-checked).
+    written: Vec<bool>,
     /// Chunk indexes not yet written.
     missing: usize,
     /// Chunk indexes this job asked the client for.
@@ -80,6 +83,9 @@ pub(crate) struct Transfer<'c, 'a> {
     room: Cell<(Option<Instant>, u64, u64)>,
     /// Bytes allotted to files since that answer.
     allotted: Cell<u64>,
+    /// Small removals to do before the big files (see `remove_small_early`).
+    early: Vec<String>,
+    removed_early: Vec<String>,
 }
 
 fn proto(ctx: &PassCtx, why: impl Into<String>) -> Error {
@@ -98,7 +104,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             view,
             doomed,
             moved_away: HashSet::new(),
-            queue: fetch.iter().copied().collect(),
+            queue: small_first(ctx, fetch),
             jobs: HashMap::new(),
             awaiting_summary: 0,
             owner: HashMap::new(),
@@ -109,12 +115,39 @@ impl<'c, 'a> Transfer<'c, 'a> {
             siblings: None,
             room: Cell::new((None, 0, 0)),
             allotted: Cell::new(0),
+            early: Vec::new(),
+            removed_early: Vec::new(),
         }
     }
 
-    /// Paths whose content was moved elsewhere (no longer to be removed).
-    pub fn into_moved(self) -> HashSet<String> {
-        self.moved_away
+    /// Paths whose content was moved elsewhere (no longer to be removed),
+    /// and paths already removed during the transfer.
+    pub fn into_moved(self) -> (HashSet<String>, HashSet<String>) {
+        (self.moved_away, self.removed_early.into_iter().collect())
+    }
+
+    /// When the pass fetches big files (which come last), the small files
+    /// and symlinks it removes go once the smaller files are done, before
+    /// the big ones, instead of at the very end: a deleted small file must
+    /// not wait for a large transfer. (A big file's content cannot be in a
+    /// smaller file, so no move is lost; directories still go last.)
+    pub fn remove_small_early(&mut self, remove: &[String]) {
+        if !self.queue.iter().any(|f| self.is_big(f)) {
+            return;
+        }
+        self.early = remove
+            .iter()
+            .filter(|k| match self.view.get(k).map(|e| &e.kind) {
+                Some(Kind::File { size }) => *size < BIG_FILE,
+                Some(Kind::Symlink { .. }) => true,
+                _ => false,
+            })
+            .cloned()
+            .collect();
+    }
+
+    fn is_big(&self, f: &Fetch) -> bool {
+        now_size(&self.ctx.manifest.entries[f.id as usize].kind) >= BIG_FILE
     }
 
     /// Removes the old versions kept aside during the pass.
@@ -159,13 +192,29 @@ impl<'c, 'a> Transfer<'c, 'a> {
     }
 
     pub fn run(&mut self, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        let r = self.run_until_done(txn, stats);
+        if r.is_err() || self.ctx.interrupted() {
+            // Large files resume from here next time; other temp files are
+            // removed as their jobs drop.
+            self.set_aside_all();
+        }
+        r
+    }
+
+    fn run_until_done(&mut self, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
         loop {
+            let big_next = self.queue.front().is_some_and(|f| self.is_big(f));
+            if !self.early.is_empty() && self.jobs.is_empty() && big_next {
+                let early = std::mem::take(&mut self.early);
+                self.ctx
+                    .remove_extras(&early, &self.moved_away, txn, stats)?;
+                self.removed_early = early;
+            }
             self.ask_more();
             if self.jobs.is_empty() && self.queue.is_empty() {
                 return Ok(());
             }
             if self.ctx.interrupted() {
-                self.jobs.clear(); // temp files are removed on drop
                 return Ok(());
             }
             let msg = self.ctx_recv()?;
@@ -359,7 +408,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             }
             ClientMsg::FileFailed { id, reason } => {
                 if self.jobs.contains_key(&id) {
-                    self.drop_job(id);
+                    self.drop_job(id, true);
                     let r = OpReport {
                         detail: Some(reason),
                         ..simple(Op::Error, self.key(id), Reason::Failed)
@@ -370,7 +419,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             }
             ClientMsg::Skip { id } => {
                 if self.jobs.contains_key(&id) {
-                    self.drop_job(id);
+                    self.drop_job(id, true);
                 }
                 Ok(())
             }
@@ -689,36 +738,63 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 ..simple(Op::Error, key, Reason::Failed)
             };
             self.ctx.report(stats, r);
-            self.drop_job(id);
+            self.drop_job(id, false);
             return Ok(());
         }
-        let tmp = if dry {
+        let (size, hash) = {
+            let job = &self.jobs[&id];
+            (job.size, job.hash)
+        };
+        let n_chunks = self.jobs[&id].chunks.as_ref().map_or(0, Vec::len);
+        // A partial kept from an earlier pass for this very content resumes.
+        let resumed = if dry || size < RESUME_MIN {
             None
         } else {
-            match self.ctx.st.replica.create_temp(key) {
-                Ok(t) => Some(t),
+            let st = self.ctx.st;
+            st.partials.take(&st.replica, key, size, &hash, n_chunks)
+        };
+        let (tmp, prewritten) = match resumed {
+            Some((t, written)) => (Some(t), written),
+            None if dry => (None, Vec::new()),
+            None => match self.ctx.st.replica.create_temp(key) {
+                Ok(t) => (Some(t), Vec::new()),
                 Err(e) => {
                     self.ctx.report(stats, failure(key, "create file", &e));
                     self.jobs.remove(&id);
                     self.ctx.link.send(ServerMsg::Done { id });
                     return Ok(());
                 }
-            }
+            },
         };
         let job = self.jobs.get_mut(&id).expect("job exists");
         let chunks = job.chunks.clone().expect("chunk list known");
         job.offs = offsets(&chunks);
-        if chunks.len() <= 1 {
-            job.inc = None; // verified in memory: its one chunk's hash is the file's
+        if chunks.len() <= 1 || !prewritten.is_empty() {
+            // One chunk: verified in memory (its hash is the file's).
+            // Resumed: read back and hashed whole before publishing.
+            job.inc = None;
         }
         job.tmp = tmp;
+        job.written = vec![false; chunks.len()];
         job.missing = chunks.len();
         // 1. Where each chunk comes from.
         let mut ask: Vec<u32> = Vec::new();
         let mut local: Vec<(u32, crate::index::ChunkLoc)> = Vec::new();
         let mut repeats: Vec<(u32, u32)> = Vec::new();
         let mut first_local: HashMap<Hash, u32> = HashMap::new();
+        for (i, done) in prewritten.iter().enumerate() {
+            if *done {
+                let c = chunks[i];
+                job.written[i] = true;
+                job.missing -= 1;
+                job.reused += c.len as u64;
+                first_local.entry(c.hash).or_insert(i as u32);
+            }
+        }
         for (i, c) in chunks.iter().enumerate() {
+            if prewritten.get(i).copied().unwrap_or(false) {
+                continue;
+            }
             let i = i as u32;
             if let Some(&first) = first_local.get(&c.hash) {
                 repeats.push((first, i));
@@ -842,6 +918,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             }
             for (&(i, o, l), ok) in pieces.iter().zip(good) {
                 if ok && write_at(&t.file, &buf[o..o + l], job.offs[i as usize]).is_ok() {
+                    job.written[i as usize] = true;
                     job.missing -= 1;
                     job.reused += l as u64;
                 } else {
@@ -953,7 +1030,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             if let Err(e) = write_at(&t.file, &data, job.offs[ji as usize]) {
                 let key = self.key(jid);
                 self.ctx.report(stats, failure(key, "write", &e));
-                self.drop_job(jid);
+                self.drop_job(jid, false);
                 continue;
             }
             job.note_written(ji, &data);
@@ -1094,13 +1171,20 @@ impl<'c, 'a> Transfer<'c, 'a> {
     }
 
     /// Forgets a job; chunks it owned are asked again through a waiter.
-    fn drop_job(&mut self, id: u32) {
+    /// Gives up on file `id` for this pass; with `keep`, what it received
+    /// so far is set aside for a later pass (large files only).
+    fn drop_job(&mut self, id: u32, keep: bool) {
         let Some(job) = self.jobs.remove(&id) else {
             return;
         };
         if !job.summarized {
             self.awaiting_summary = self.awaiting_summary.saturating_sub(1);
         }
+        let job = if keep {
+            self.set_aside(id, job)
+        } else {
+            Some(job)
+        };
         self.dropped.insert(id);
         let owned: Vec<Hash> = self
             .owner
@@ -1127,7 +1211,32 @@ impl<'c, 'a> Transfer<'c, 'a> {
         for ws in self.waiters.values_mut() {
             ws.retain(|(w, _)| *w != id);
         }
+        drop(job);
         self.ctx.link.send(ServerMsg::Done { id });
+    }
+
+    /// Keeps a large file's temporary file and written chunks as a partial
+    /// (see [`super::partial`]); gives the job back if it is not kept.
+    fn set_aside(&self, id: u32, mut job: Job) -> Option<Job> {
+        let st = self.ctx.st;
+        if self.ctx.dry || job.chunks.is_none() || job.tmp.is_none() {
+            return Some(job);
+        }
+        let tmp = job.tmp.take().expect("checked");
+        let written = std::mem::take(&mut job.written);
+        let pass = st.pass_seq.load(std::sync::atomic::Ordering::Relaxed);
+        st.partials
+            .keep(self.key(id), tmp, job.size, job.hash, written, pass);
+        None
+    }
+
+    /// At an interruption or a broken link: sets aside what large files
+    /// received so far; the rest is removed.
+    fn set_aside_all(&mut self) {
+        let jobs: Vec<(u32, Job)> = self.jobs.drain().collect();
+        for (id, job) in jobs {
+            let _ = self.set_aside(id, job);
+        }
     }
 }
 
@@ -1135,6 +1244,9 @@ impl Job {
     /// Feeds the running whole-file hash while chunks are written in order;
     /// the first write out of order gives it up (the file is read back).
     fn note_written(&mut self, i: u32, data: &[u8]) {
+        if let Some(w) = self.written.get_mut(i as usize) {
+            *w = true;
+        }
         if let Some((h, next)) = &mut self.inc {
             if *next == i {
                 if data.len() >= 1 << 20 {
@@ -1164,6 +1276,7 @@ impl Job {
             groups_missing: 0,
             offs: Vec::new(),
             tmp: None,
+            written: Vec::new(),
             missing: 0,
             asked: HashSet::new(),
             received: 0,
@@ -1189,6 +1302,18 @@ fn failed_set_ask(t: &mut Transfer, id: u32, i: u32, chunks: &[ChunkRef], ask: &
 
 fn parent_key(key: &str) -> &str {
     key.rfind('/').map(|i| &key[..i]).unwrap_or("")
+}
+
+/// Files at least this large are fetched after all the others of a pass.
+const BIG_FILE: u64 = 16 << 20;
+
+/// The fetch order: smaller files in manifest order (directory by
+/// directory), then the big ones, so a few large files never hold up many
+/// small changes.
+fn small_first(ctx: &PassCtx, fetch: &[Fetch]) -> VecDeque<Fetch> {
+    let big = |f: &Fetch| now_size(&ctx.manifest.entries[f.id as usize].kind) >= BIG_FILE;
+    let (large, small): (Vec<Fetch>, Vec<Fetch>) = fetch.iter().partition(|f| big(f));
+    small.into_iter().chain(large).collect()
 }
 
 /// Directory and extension of a key: files of one class are siblings.

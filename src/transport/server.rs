@@ -167,6 +167,8 @@ impl ServerShared {
             shutdown: shutdown.clone(),
             in_pass: in_pass.clone(),
             stats: stats.clone(),
+            partials: Default::default(),
+            pass_seq: Default::default(),
         };
         Ok(Arc::new(ServerShared {
             state: Mutex::new(state),
