@@ -852,6 +852,10 @@ impl<'c, 'a> Transfer<'c, 'a> {
         local: &[(u32, crate::index::ChunkLoc)],
     ) -> Vec<u32> {
         const RUN_MAX: u64 = 16 << 20;
+        if local.len() > 16 {
+            // Copying can take a while: let queued requests go out first.
+            self.ctx.link.flush();
+        }
         let mut failed = Vec::new();
         let mut start = 0;
         while start < local.len() {

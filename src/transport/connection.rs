@@ -134,10 +134,14 @@ pub struct LinkCaps {
     pub incoming: usize,
 }
 
-/// The session logic's end of a connection.
+/// The session logic's end of a connection. Messages travel between the
+/// session thread and the socket tasks in batches: `send` queues locally,
+/// and the queue goes out when it is full or before the thread waits for
+/// the peer (`recv`) — one wake-up per batch instead of per message.
 pub struct Link<Out, In> {
-    pub tx: mpsc::Sender<Out>,
-    rx: std::sync::Mutex<mpsc::Receiver<In>>,
+    tx: mpsc::Sender<Vec<Out>>,
+    outbox: std::sync::Mutex<Vec<Out>>,
+    rx: std::sync::Mutex<(mpsc::Receiver<Vec<In>>, std::collections::VecDeque<In>)>,
     /// Why the incoming side ended, set by the reader before it stops.
     broken: Arc<std::sync::Mutex<Option<String>>>,
     pub counters: Arc<Counters>,
@@ -146,23 +150,53 @@ pub struct Link<Out, In> {
     writer: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Messages queued by `send` before they are handed over anyway.
+const OUTBOX: usize = 64;
+
 impl<Out: Send + 'static, In> Link<Out, In> {
-    /// Sends from blocking code; false if the connection is gone.
+    /// Queues a message from blocking code; false if the connection is gone.
     pub fn send(&self, msg: Out) -> bool {
-        self.tx.blocking_send(msg).is_ok()
+        let full = {
+            let mut out = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            out.push(msg);
+            out.len() >= OUTBOX
+        };
+        if full {
+            self.flush()
+        } else {
+            !self.tx.is_closed()
+        }
     }
 
-    /// Closes the sending side and returns the writer task, which ends once
-    /// everything queued is on the wire (None: nothing left to wait for).
-    pub fn close(self) -> Option<tokio::task::JoinHandle<()>> {
-        self.writer
+    /// Hands what `send` queued to the connection now (before a long piece
+    /// of local work, so the peer is not kept waiting).
+    pub fn flush(&self) -> bool {
+        let batch = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+        batch.is_empty() || self.tx.blocking_send(batch).is_ok()
     }
 
-    /// Receives from blocking code; `Err` names the cause when the link broke.
+    /// Sends what is queued and closes the sending side; returns the writer
+    /// task, which ends once everything is on the wire (None: nothing left
+    /// to wait for).
+    pub fn close(mut self) -> Option<tokio::task::JoinHandle<()>> {
+        self.flush();
+        self.writer.take()
+    }
+
+    /// Receives from blocking code (sending what is queued first); `Err`
+    /// names the cause when the link broke.
     pub fn recv(&self) -> Result<In, String> {
-        let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush();
+        let mut guard = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let (rx, pending) = &mut *guard;
+        if let Some(m) = pending.pop_front() {
+            return Ok(m);
+        }
         match rx.blocking_recv() {
-            Some(m) => Ok(m),
+            Some(batch) => {
+                pending.extend(batch);
+                pending.pop_front().ok_or_else(|| "empty batch".to_string())
+            }
             None => Err(self
                 .broken
                 .lock()
@@ -173,38 +207,46 @@ impl<Out: Send + 'static, In> Link<Out, In> {
     }
 }
 
+impl<Out, In> Drop for Link<Out, In> {
+    fn drop(&mut self) {
+        // Whatever was queued still goes out (a final report, a goodbye).
+        let batch = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+        if !batch.is_empty() {
+            let _ = self.tx.try_send(batch);
+        }
+    }
+}
+
+fn end<Out, In>(
+    tx: mpsc::Sender<Vec<Out>>,
+    rx: mpsc::Receiver<Vec<In>>,
+    broken: Arc<std::sync::Mutex<Option<String>>>,
+    counters: Arc<Counters>,
+    peer: String,
+    writer: Option<tokio::task::JoinHandle<()>>,
+) -> Link<Out, In> {
+    Link {
+        tx,
+        outbox: std::sync::Mutex::new(Vec::new()),
+        rx: std::sync::Mutex::new((rx, std::collections::VecDeque::new())),
+        broken,
+        counters,
+        peer,
+        writer,
+    }
+}
+
 /// Two ends of an in-process link (local sync): messages pass as values,
-/// with no encoding, socket or byte count. `a_caps` bounds what the first
-/// end sends, `b_caps` what the second sends.
+/// with no encoding, socket or byte count. `a_queue` bounds the batches the
+/// first end may have in flight, `b_queue` the second's.
 pub fn link_pair<A, B>(a_queue: usize, b_queue: usize, peer: &str) -> (Link<A, B>, Link<B, A>) {
-    let (a_tx, a_rx) = mpsc::channel::<A>(a_queue);
-    let (b_tx, b_rx) = mpsc::channel::<B>(b_queue);
-    let end = |peer: &str| {
-        (
-            Arc::new(std::sync::Mutex::new(None)),
-            Arc::new(Counters::default()),
-            peer.to_string(),
-        )
-    };
-    let (broken_a, counters_a, peer_a) = end(peer);
-    let (broken_b, counters_b, peer_b) = end(peer);
+    let (a_tx, a_rx) = mpsc::channel::<Vec<A>>(a_queue);
+    let (b_tx, b_rx) = mpsc::channel::<Vec<B>>(b_queue);
+    let broken = || Arc::new(std::sync::Mutex::new(None));
+    let counters = || Arc::new(Counters::default());
     (
-        Link {
-            tx: a_tx,
-            rx: std::sync::Mutex::new(b_rx),
-            broken: broken_a,
-            counters: counters_a,
-            peer: peer_a,
-            writer: None,
-        },
-        Link {
-            tx: b_tx,
-            rx: std::sync::Mutex::new(a_rx),
-            broken: broken_b,
-            counters: counters_b,
-            peer: peer_b,
-            writer: None,
-        },
+        end(a_tx, b_rx, broken(), counters(), peer.to_string(), None),
+        end(b_tx, a_rx, broken(), counters(), peer.to_string(), None),
     )
 }
 
@@ -220,8 +262,8 @@ where
     Out: Serialize + Send + 'static,
     In: DeserializeOwned + Send + 'static,
 {
-    let (out_tx, out_rx) = mpsc::channel::<Out>(caps.outgoing);
-    let (in_tx, in_rx) = mpsc::channel::<In>(caps.incoming);
+    let (out_tx, out_rx) = mpsc::channel::<Vec<Out>>(caps.outgoing);
+    let (in_tx, in_rx) = mpsc::channel::<Vec<In>>(caps.incoming);
     let broken = Arc::new(std::sync::Mutex::new(None));
     let (r, w) = tokio::io::split(stream);
     let writer = if compress {
@@ -247,17 +289,22 @@ where
             out_rx,
         ))
     };
-    Link {
-        tx: out_tx,
-        rx: std::sync::Mutex::new(in_rx),
-        broken,
-        counters,
-        peer,
-        writer: Some(writer),
-    }
+    end(out_tx, in_rx, broken, counters, peer, Some(writer))
 }
 
-async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(mut w: W, mut rx: mpsc::Receiver<Out>) {
+async fn write_all<W: AsyncWrite + Unpin, Out: Serialize>(w: &mut W, batch: Vec<Out>) -> bool {
+    for m in batch {
+        if write_frame(w, &encode(&m)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Vec<Out>>,
+) {
     loop {
         let first = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
             Err(_) => {
@@ -269,7 +316,7 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(mut w: W, mut rx: mps
             Ok(None) => break,
             Ok(Some(m)) => m,
         };
-        if write_frame(&mut w, &encode(&first)).await.is_err() {
+        if !write_all(&mut w, first).await {
             return;
         }
         // Batch what follows closely: every flush ends a compressed block,
@@ -279,7 +326,7 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(mut w: W, mut rx: mps
         let mut closed = false;
         loop {
             while let Ok(m) = rx.try_recv() {
-                if write_frame(&mut w, &encode(&m)).await.is_err() {
+                if !write_all(&mut w, m).await {
                     return;
                 }
             }
@@ -288,7 +335,7 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(mut w: W, mut rx: mps
             }
             match tokio::time::timeout(LINGER, rx.recv()).await {
                 Ok(Some(m)) => {
-                    if write_frame(&mut w, &encode(&m)).await.is_err() {
+                    if !write_all(&mut w, m).await {
                         return;
                     }
                 }
@@ -308,7 +355,7 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(mut w: W, mut rx: mps
 
 async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned>(
     mut r: R,
-    tx: mpsc::Sender<In>,
+    tx: mpsc::Sender<Vec<In>>,
     broken: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let mut buf = Vec::new();
@@ -322,7 +369,9 @@ async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned>(
         };
         match got {
             Ok(m) => {
-                if tx.send(m).await.is_err() {
+                // Hand over one message at a time while the session keeps
+                // up; when it lags, `recv` drains the queue in order anyway.
+                if tx.send(vec![m]).await.is_err() {
                     return;
                 }
             }
