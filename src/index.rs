@@ -27,7 +27,7 @@ const GROUPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("groups");
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 
 /// Version of the index layout; a mismatch rebuilds the index.
-const INDEX_VERSION: u32 = 1;
+const INDEX_VERSION: u32 = 2;
 
 /// What an index knows about one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +128,12 @@ fn open_db(path: &Path) -> Result<(Database, Option<String>)> {
     Ok((db, rebuilt))
 }
 
+/// A file of one chunk: its chunk hash is its whole-file hash, so the
+/// whole-file table alone finds it (half the index writes for small files).
+fn one_chunk(rec: &FileRecord) -> bool {
+    matches!(rec.digest.chunks[..], [c] if c.hash == rec.digest.hash)
+}
+
 /// The server's index of the replica's content.
 pub struct ReplicaIndex {
     db: Database,
@@ -188,9 +194,28 @@ impl IndexTxn<'_> {
     }
 
     pub fn find_chunk(&self, hash: &Hash) -> Result<Option<ChunkLoc>> {
-        let t = self.txn().open_table(CHUNKS).map_err(|e| self.err(e))?;
-        let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
-        Ok(v.and_then(|v| postcard::from_bytes(v.value()).ok()))
+        let found = {
+            let t = self.txn().open_table(CHUNKS).map_err(|e| self.err(e))?;
+            let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
+            v.and_then(|v| postcard::from_bytes(v.value()).ok())
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+        // One-chunk files are findable by their whole-file hash only.
+        let Some(path) = self.find_whole(hash)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .file(&path)?
+            .and_then(|rec| match rec.digest.chunks[..] {
+                [c] if c.hash == *hash => Some(ChunkLoc {
+                    path,
+                    offset: 0,
+                    len: c.len,
+                }),
+                _ => None,
+            }))
     }
 
     pub fn find_whole(&self, hash: &Hash) -> Result<Option<String>> {
@@ -243,7 +268,7 @@ impl IndexTxn<'_> {
                 .insert(path, postcard::to_stdvec(rec).unwrap().as_slice())
                 .map_err(|x| e(x.into()))?;
         }
-        {
+        if !one_chunk(rec) {
             let mut chunks = txn.open_table(CHUNKS).map_err(|x| e(x.into()))?;
             let offs = offsets(&rec.digest.chunks);
             for (c, off) in rec.digest.chunks.iter().zip(offs) {
@@ -293,7 +318,7 @@ impl IndexTxn<'_> {
             .map_err(|x| e(x.into()))?
             .remove(path)
             .map_err(|x| e(x.into()))?;
-        {
+        if !one_chunk(&rec) {
             let mut chunks = txn.open_table(CHUNKS).map_err(|x| e(x.into()))?;
             for c in &rec.digest.chunks {
                 let points_here = chunks
@@ -587,6 +612,22 @@ mod tests {
         assert_eq!(t.file("a/b").unwrap(), None);
         assert_eq!(t.find_whole(&r.digest.hash).unwrap(), None);
         assert_eq!(t.find_chunk(&r.digest.chunks[1].hash).unwrap(), None);
+        t.commit().unwrap();
+    }
+
+    /// A one-chunk file has no chunk-table entry but is found as a chunk.
+    #[test]
+    fn one_chunk_file_is_found_as_a_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = ReplicaIndex::open(&dir.path().join("i.redb")).unwrap();
+        let r = rec(b"small file");
+        assert_eq!(r.digest.chunks.len(), 1);
+        let mut t = idx.begin().unwrap();
+        t.put_file("d/s", &r).unwrap();
+        let loc = t.find_chunk(&r.digest.chunks[0].hash).unwrap().unwrap();
+        assert_eq!((loc.path.as_str(), loc.offset, loc.len), ("d/s", 0, 10));
+        t.remove_file("d/s").unwrap();
+        assert_eq!(t.find_chunk(&r.digest.chunks[0].hash).unwrap(), None);
         t.commit().unwrap();
     }
 

@@ -76,6 +76,10 @@ pub struct ClientPass<'a> {
     pub saved_digests: &'a SavedDigests,
 }
 
+/// Files below this size are not recorded in the source index: reading
+/// one again costs about what looking it up does.
+const SOURCE_INDEX_MIN: u64 = 64 * 1024;
+
 /// Files at least this large step aside for waiting changes...
 const PREEMPT_MIN: u64 = 16 << 20;
 /// ...once they have been sent for this long in the pass (so they always
@@ -264,7 +268,7 @@ impl ClientPass<'_> {
                 let i = id as usize;
                 let r = match m.entries.get(i).map(|e| &e.kind) {
                     Some(Kind::File { size }) => {
-                        let cached = (!checksum)
+                        let cached = (!checksum && *size >= SOURCE_INDEX_MIN)
                             .then(|| {
                                 self.index.and_then(|x| {
                                     x.lookup(
@@ -299,7 +303,9 @@ impl ClientPass<'_> {
                     preempted.push(keys[id as usize].clone());
                 }
                 Ok(Some((digest, record, data))) => {
-                    if let Some(rec) = record.filter(|_| writer.is_some()) {
+                    if let Some(rec) =
+                        record.filter(|r| writer.is_some() && r.size >= SOURCE_INDEX_MIN)
+                    {
                         records.push((keys[id as usize].clone(), rec));
                     }
                     let chunks =
