@@ -1016,11 +1016,25 @@ impl<'c, 'a> Transfer<'c, 'a> {
             ));
         }
         let c = job.chunks.as_ref().expect("chunk list known")[index as usize];
-        if data.len() != c.len as usize || Hash::of(&data) != c.hash {
+        if data.len() != c.len as usize {
             return Err(proto(
                 ctx,
-                format!("chunk {index} of file {id} does not match its hash"),
+                format!("chunk {index} of file {id} is not of its announced length"),
             ));
+        }
+        if Hash::of(&data) != c.hash {
+            // The client does not hash what it sends a second time: a source
+            // file rewritten in place during the pass shows up here. Nothing
+            // is published; the next pass sends the file again.
+            let r = OpReport {
+                detail: Some(format!(
+                    "content changed while being sent (chunk {index} does not match its hash); left unchanged"
+                )),
+                ..simple(Op::Error, self.key(id), Reason::Failed)
+            };
+            self.ctx.report(stats, r);
+            self.drop_job(id, false);
+            return Ok(());
         }
         self.owner.remove(&c.hash);
         let mut done = Vec::new();

@@ -74,8 +74,10 @@ fn hello(token: &Option<String>, compress: bool) -> Hello {
     }
 }
 
+/// Queue depths in batches (of up to 64 messages; a batch of chunks is
+/// about 1 MiB).
 const CLIENT_CAPS: LinkCaps = LinkCaps {
-    outgoing: 64,
+    outgoing: 4,
     incoming: 1 << 20,
 };
 
@@ -174,8 +176,9 @@ pub async fn connect_local(shared: Arc<ServerShared>) -> Result<ClientLink> {
     Ok(client)
 }
 
-/// Messages the client may have queued towards an in-process server.
-const LOCAL_CLIENT_QUEUE: usize = 256;
+/// Batches (of up to 64 messages) the client may have queued towards an
+/// in-process server.
+const LOCAL_CLIENT_QUEUE: usize = 4;
 
 /// Asks a server for its status (JSON) without starting a session.
 pub async fn query_status(addr: &str, opts: &ConnectOptions) -> Result<String> {
