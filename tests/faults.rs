@@ -135,8 +135,10 @@ fn client_killed_mid_remote_pass_server_recovers_and_rerun_converges() {
         server.output()
     );
     assert!(server.alive(), "the server died with the client");
+    // Only the large file may stay in part, kept to be resumed.
+    let only_partials = || temp_files(&s.dest).iter().all(|t| t.ends_with(".big.bin"));
     assert!(
-        poll_until(Duration::from_secs(5), || temp_files(&s.dest).is_empty()),
+        poll_until(Duration::from_secs(5), only_partials),
         "the server left temporary files after the client vanished: {:?}",
         temp_files(&s.dest)
     );
@@ -144,6 +146,51 @@ fn client_killed_mid_remote_pass_server_recovers_and_rerun_converges() {
 
     let run = sync_to(&s.src, &server, &client_state);
     assert_converged(&s.src, &s.dest, &run);
+}
+
+/// A large file cut off halfway is resumed by the next pass: the part the
+/// server already holds is not sent again, and the result is whole.
+#[test]
+fn large_file_cut_midway_resumes_where_it_stopped() {
+    const SIZE: usize = 48 << 20;
+    let s = Scratch::new();
+    big_source(&s.src, 0, SIZE);
+    let client_state = s.path("client-state");
+    let server = Server::start(&s.dest, &s.state);
+    let mut child = spawn_sync(&s.src, &server.url(), &client_state, &[]);
+    // Wait until the server holds a good part of it in its temporary file.
+    let partial_len = || {
+        temp_files(&s.dest)
+            .iter()
+            .filter_map(|t| std::fs::metadata(s.dest.join(t)).ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(
+        poll_until(DEADLINE, || partial_len() >= 8 << 20),
+        "the large file never reached 8 MiB on the server"
+    );
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the pass finished before the kill");
+    assert!(
+        poll_until(DEADLINE, || server.sessions_over() >= 1),
+        "the server did not end the session of the killed client:\n{}",
+        server.output()
+    );
+    let kept = partial_len();
+    assert!(kept >= 8 << 20, "the partial file was not kept ({kept} B)");
+    assert!(!s.dest.join("big.bin").exists(), "published while incomplete");
+
+    let run = sync_to(&s.src, &server, &client_state);
+    assert_converged(&s.src, &s.dest, &run);
+    let sent = summary_number(&run.stdout, "content: ").expect("summary");
+    assert!(
+        sent + (6 << 20) <= SIZE as u64,
+        "the resumed pass sent {sent} B of {SIZE} (the server held at least 8 MiB):\n{}",
+        run.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------
