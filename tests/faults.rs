@@ -181,7 +181,10 @@ fn large_file_cut_midway_resumes_where_it_stopped() {
     );
     let kept = partial_len();
     assert!(kept >= 8 << 20, "the partial file was not kept ({kept} B)");
-    assert!(!s.dest.join("big.bin").exists(), "published while incomplete");
+    assert!(
+        !s.dest.join("big.bin").exists(),
+        "published while incomplete"
+    );
 
     let run = sync_to(&s.src, &server, &client_state);
     assert_converged(&s.src, &s.dest, &run);

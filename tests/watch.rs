@@ -176,6 +176,50 @@ fn create_modify_delete_files() {
     env.finish();
 }
 
+/// A small change made while a large file is being sent lands before the
+/// large file does: the large file steps aside and resumes afterwards.
+#[test]
+fn small_change_is_not_stuck_behind_a_large_transfer() {
+    const BIG: usize = 384 << 20;
+    let env = Env::start(|src| build_tree(src, &[f("keep.txt", "keep")]));
+    let src = env.src().to_path_buf();
+    let dst = env.dst().to_path_buf();
+    // Written beside the source and moved in: one event, nothing held back.
+    let staging = src.parent().unwrap().join("staging.bin");
+    fs::write(&staging, random_bytes(9, BIG)).unwrap();
+    fs::rename(&staging, src.join("big.bin")).unwrap();
+    let received = || {
+        fs::read_dir(&dst)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".replica-tmp-"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        poll_until(CONVERGE, || received() >= 32 << 20),
+        "the large file's transfer did not start\n{}",
+        env.context()
+    );
+    put(&src, "small.txt", b"made during the large transfer");
+    assert!(
+        poll_until(CONVERGE, || dst.join("small.txt").exists()),
+        "the small change did not land\n{}",
+        env.context()
+    );
+    assert!(
+        !dst.join("big.bin").exists(),
+        "the small change waited for the large file\n{}",
+        env.context()
+    );
+    env.converge_within(Duration::from_secs(120));
+    env.finish();
+}
+
 #[test]
 fn nested_folders_five_levels_created_then_deleted() {
     let env = Env::start(|src| build_tree(src, &[f("top.txt", "top")]));
