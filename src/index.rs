@@ -69,10 +69,14 @@ fn index_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Index writes per transaction: a transaction keeps the pages it changed
+/// in memory until it commits.
+const CHECKPOINT_WRITES: usize = 2000;
+
 /// redb's page cache. Its default (1 GiB) would let a million-file index
 /// grow the process to a gigabyte; lookups are mostly sequential, so a small
 /// cache costs little speed.
-const CACHE_BYTES: usize = 32 << 20;
+const CACHE_BYTES: usize = 16 << 20;
 
 fn create(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
     redb::Builder::new()
@@ -406,7 +410,7 @@ impl IndexTxn<'_> {
 
     /// Commits if many writes piled up since the last commit.
     pub fn checkpoint(&mut self) -> Result<()> {
-        if self.writes >= 5000 {
+        if self.writes >= CHECKPOINT_WRITES {
             self.commit_and_continue()?;
         }
         Ok(())
@@ -416,13 +420,20 @@ impl IndexTxn<'_> {
         if let Some(t) = self.txn.take() {
             t.commit().map_err(|e| self.err(e))?;
         }
-        self.txn = Some(self.index.db.begin_write().map_err(|e| self.err(e))?);
+        let mut t = self.index.db.begin_write().map_err(|e| self.err(e))?;
+        // Checkpoints bound the pages a transaction keeps dirty in memory;
+        // they need not reach the disk: the end of the pass commits durably,
+        // and a checkpoint lost in a crash only costs dedup hints.
+        t.set_durability(redb::Durability::Eventual);
+        self.txn = Some(t);
         self.writes = 0;
         Ok(())
     }
 
+    /// Commits durably (the pass is over).
     pub fn commit(mut self) -> Result<()> {
-        if let Some(t) = self.txn.take() {
+        if let Some(mut t) = self.txn.take() {
+            t.set_durability(redb::Durability::Immediate);
             t.commit().map_err(|e| self.err(e))?;
         }
         Ok(())

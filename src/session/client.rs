@@ -123,6 +123,9 @@ impl ClientPass<'_> {
         self.send(ClientMsg::BeginPass(opts.clone()))?;
         for batch in m.entries.chunks(ENTRIES_PER_MSG) {
             self.send(ClientMsg::Entries(batch.to_vec()))?;
+            // One message per hand-over: a few thousand cloned entries in
+            // flight at most, not a large part of a big manifest.
+            self.link.flush();
         }
         self.send(ClientMsg::EndManifest {
             opaque: m.opaque.clone(),

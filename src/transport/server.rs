@@ -27,7 +27,9 @@ pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 const SERVER_CAPS: LinkCaps = LinkCaps {
     outgoing: 1 << 20,
-    incoming: 256,
+    // Messages decoded ahead of the session: up to 32 chunks or manifest
+    // pages (a few MiB), not hundreds.
+    incoming: 32,
 };
 
 /// What every connection of one server shares.

@@ -44,22 +44,22 @@ pub struct SourceScan {
     pub errors: Vec<FileError>,
 }
 
-struct Node {
-    /// Index in the subtree's vector, or `None` for the directory walked.
-    parent: Option<usize>,
-    entry: Entry,
-    local: LocalStat,
-    /// A directory whose children could not be listed.
-    opaque: bool,
-}
-
+/// A walked subtree, in pre-order, as parallel arrays. An entry's `parent`
+/// is the index of its parent in `entries`, or [`WALKED`] for children of
+/// the directory walked.
 #[derive(Default)]
 pub(super) struct SubTree {
-    nodes: Vec<Node>,
+    entries: Vec<Entry>,
+    local: Vec<LocalStat>,
+    /// Directories whose children could not be listed (indexes in `entries`).
+    opaque: Vec<u32>,
     pub(super) unreadable: bool,
     warnings: Vec<FileError>,
     pub(super) errors: Vec<FileError>,
 }
+
+/// `parent` of the children of the directory a [`SubTree`] was walked from.
+const WALKED: u32 = u32::MAX;
 
 /// Scans `root` (which must be a directory) into a manifest.
 pub fn scan_source(root: &Path, opts: &ScanOptions) -> std::io::Result<SourceScan> {
@@ -82,10 +82,29 @@ pub fn scan_source(root: &Path, opts: &ScanOptions) -> std::io::Result<SourceSca
         let e = fs::read_dir(root).err();
         return Err(e.unwrap_or_else(|| std::io::Error::other("cannot list directory")));
     }
-    let mut scan = SourceScan::default();
-    scan.manifest.entries.push(root_entry);
-    scan.local.push(local_of(&meta));
-    splice(&mut scan, sub, 0);
+    // The walk's arrays become the manifest's (no second copy of a
+    // million entries): shifted by one for the root.
+    let SubTree {
+        mut entries,
+        mut local,
+        opaque,
+        warnings,
+        errors,
+        ..
+    } = sub;
+    for e in &mut entries {
+        e.parent = if e.parent == WALKED { 0 } else { e.parent + 1 };
+    }
+    entries.insert(0, root_entry);
+    local.insert(0, local_of(&meta));
+    let mut scan = SourceScan {
+        local,
+        warnings,
+        errors,
+        ..SourceScan::default()
+    };
+    scan.manifest.entries = entries;
+    scan.manifest.opaque = opaque.into_iter().map(|i| i + 1).collect();
     Ok(scan)
 }
 
@@ -94,17 +113,21 @@ pub(super) fn splice(scan: &mut SourceScan, sub: SubTree, parent: u32) {
     let base = scan.manifest.entries.len() as u32;
     scan.warnings.extend(sub.warnings);
     scan.errors.extend(sub.errors);
-    for n in sub.nodes {
-        if n.opaque {
-            scan.manifest
-                .opaque
-                .push(scan.manifest.entries.len() as u32);
-        }
-        let mut e = n.entry;
-        e.parent = n.parent.map(|p| p as u32 + base).unwrap_or(parent);
-        scan.manifest.entries.push(e);
-        scan.local.push(n.local);
-    }
+    scan.manifest
+        .opaque
+        .extend(sub.opaque.iter().map(|i| i + base));
+    scan.manifest.entries.reserve(sub.entries.len());
+    scan.manifest
+        .entries
+        .extend(sub.entries.into_iter().map(|mut e| {
+            e.parent = if e.parent == WALKED {
+                parent
+            } else {
+                e.parent + base
+            };
+            e
+        }));
+    scan.local.extend(sub.local);
 }
 
 /// Walks the children of `dir` (display path `rel`), subdirectories in parallel.
@@ -151,23 +174,38 @@ pub(super) fn walk(dir: &Path, rel: &str, opts: &ScanOptions) -> SubTree {
         .par_iter()
         .map(|(path, child_rel, entry, _)| entry.kind.is_dir().then(|| walk(path, child_rel, opts)))
         .collect();
-    for ((_, _, entry, local), sub) in kept.into_iter().zip(subtrees) {
-        let pos = out.nodes.len();
-        out.nodes.push(Node {
-            parent: None,
-            entry,
-            local,
-            opaque: sub.as_ref().is_some_and(|s| s.unreadable),
-        });
-        if let Some(sub) = sub {
-            let base = out.nodes.len();
-            out.warnings.extend(sub.warnings);
-            out.errors.extend(sub.errors);
-            out.nodes.extend(sub.nodes.into_iter().map(|mut n| {
-                n.parent = Some(n.parent.map(|p| p + base).unwrap_or(pos));
-                n
-            }));
+    // Exact sizes: the arrays are copied once per level, never regrown.
+    let total = kept.len()
+        + subtrees
+            .iter()
+            .flatten()
+            .map(|s| s.entries.len())
+            .sum::<usize>();
+    out.entries.reserve_exact(total);
+    out.local.reserve_exact(total);
+    for ((_, _, mut entry, local), sub) in kept.into_iter().zip(subtrees) {
+        let pos = out.entries.len() as u32;
+        entry.parent = WALKED;
+        out.entries.push(entry);
+        out.local.push(local);
+        let Some(sub) = sub else { continue };
+        if sub.unreadable {
+            out.opaque.push(pos);
         }
+        let base = pos + 1;
+        out.warnings.extend(sub.warnings);
+        out.errors.extend(sub.errors);
+        out.opaque.extend(sub.opaque.iter().map(|i| i + base));
+        out.entries.extend(sub.entries.into_iter().map(|mut e| {
+            e.parent = if e.parent == WALKED {
+                pos
+            } else {
+                e.parent + base
+            };
+            e
+        }));
+        out.local.extend(sub.local);
+        // `sub`'s arrays are freed here, before the next sibling's are copied.
     }
     out
 }
