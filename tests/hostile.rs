@@ -702,6 +702,73 @@ fn content_not_matching_the_whole_file_hash_is_not_published() {
     a.assert_no_panic();
 }
 
+/// A run of chunks (`Chunks`) must cut exactly at the chunk list's
+/// boundaries and hold only chunks that were asked for; a good run is
+/// accepted.
+#[test]
+fn runs_of_chunks_are_cut_at_the_chunk_list_and_checked() {
+    let a = Arena::new();
+    let data = random_bytes(6, 12_000);
+    let (one, two) = data.split_at(5_000);
+    let chunks = vec![
+        ChunkRef {
+            hash: Hash::of(one),
+            len: one.len() as u32,
+        },
+        ChunkRef {
+            hash: Hash::of(two),
+            len: two.len() as u32,
+        },
+    ];
+    let digest = ClientMsg::Summary {
+        id: 1,
+        size: data.len() as u64,
+        hash: Hash::of(&data),
+        chunks: Some(chunks),
+    };
+    for (what, first, bytes) in [
+        ("ends inside a chunk", 0u32, data[..7_000].to_vec()),
+        ("runs past the file", 0, [&data[..], b"extra"].concat()),
+        ("starts past the file", 2, data.clone()),
+        ("empty run", 0, Vec::new()),
+        ("good run", 0, data.clone()),
+    ] {
+        let mut p = start_one_file(&a, data.len() as u64);
+        p.send(&digest);
+        loop {
+            match p.recv().expect("closed before NeedChunks") {
+                ServerMsg::NeedChunks { id, ranges } => {
+                    assert_eq!((id, ranges), (1, vec![(0, 2)]), "{what}");
+                    break;
+                }
+                ServerMsg::Report(_) => {}
+                other => panic!("{what}: expected NeedChunks, got {other:?}"),
+            }
+        }
+        p.send(&ClientMsg::Chunks {
+            id: 1,
+            first,
+            data: bytes,
+        });
+        let (end, seen) = p.until_end();
+        if what == "good run" {
+            assert!(
+                matches!(end, End::PassDone(ref s) if s.errors == 0),
+                "{what}: {end:?} {seen:?}"
+            );
+            assert_eq!(std::fs::read(a.dest.join("f")).unwrap(), data);
+            std::fs::remove_file(a.dest.join("f")).unwrap();
+        } else {
+            assert!(
+                matches!(end, End::Fatal(_) | End::Closed),
+                "{what}: accepted ({end:?}, {seen:?})"
+            );
+            assert_no_file_and_no_temp(&a);
+        }
+    }
+    a.assert_no_panic();
+}
+
 #[test]
 fn unasked_chunks_and_unknown_files_are_fatal() {
     let a = Arena::new();

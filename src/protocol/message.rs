@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// First bytes of every session.
 pub const MAGIC: [u8; 8] = *b"REPLICA\x01";
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Most manifest entries the server accepts in one pass.
 pub const MAX_ENTRIES: usize = 20_000_000;
 /// Most group hashes sent in one message.
@@ -122,6 +122,14 @@ pub enum ClientMsg {
     Skip { id: u32 },
     /// End of session.
     Bye,
+    /// Consecutive chunks of file `id`, from chunk `first`, concatenated
+    /// (as many as `data` holds; each must have been asked for).
+    Chunks {
+        id: u32,
+        first: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 /// Server → client after the handshake.
@@ -349,6 +357,12 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..64)
             )
                 .prop_map(|(id, index, data)| ClientMsg::Chunk { id, index, data }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(id, first, data)| ClientMsg::Chunks { id, first, data }),
             (any::<u32>(), ".{0,20}").prop_map(|(id, reason)| ClientMsg::FileFailed { id, reason }),
             any::<u32>().prop_map(|id| ClientMsg::Skip { id }),
             (

@@ -76,6 +76,9 @@ pub struct ClientPass<'a> {
     pub saved_digests: &'a SavedDigests,
 }
 
+/// Most bytes of consecutive chunks sent in one message.
+const RUN_BYTES: u64 = 1 << 20;
+
 /// Files below this size are not recorded in the source index: reading
 /// one again costs about what looking it up does.
 const SOURCE_INDEX_MIN: u64 = 64 * 1024;
@@ -447,7 +450,15 @@ impl ClientPass<'_> {
         let may_step_aside = self.preempt.filter(|_| o.digest.size >= PREEMPT_MIN);
         let offs = o.offs.take().unwrap_or_else(|| o.digest.offsets());
         for &(start, count) in ranges {
-            for i in start..start.saturating_add(count) {
+            let end = start.saturating_add(count);
+            if end as usize > o.digest.chunks.len() {
+                return Err(Error::protocol(
+                    &self.link.peer,
+                    format!("chunks {start}..{end} of {key} out of range"),
+                ));
+            }
+            let mut i = start;
+            while i < end {
                 if may_step_aside.is_some_and(|p| p.load(Ordering::Relaxed))
                     && first_ask.elapsed() >= PREEMPT_AFTER
                 {
@@ -456,24 +467,26 @@ impl ClientPass<'_> {
                     preempted.push(key.clone());
                     return Ok(true);
                 }
-                let Some(c) = o.digest.chunks.get(i as usize).copied() else {
-                    return Err(Error::protocol(
-                        &self.link.peer,
-                        format!("chunk {i} of {key} out of range"),
-                    ));
-                };
+                // Without a basis, consecutive chunks travel together (up to
+                // RUN_BYTES); with one, each chunk may become a delta.
+                let mut j = i + 1;
+                if basis.is_none() {
+                    while j < end && offs[j as usize + 1] - offs[i as usize] <= RUN_BYTES {
+                        j += 1;
+                    }
+                }
+                let (at, len) = (offs[i as usize], offs[j as usize] - offs[i as usize]);
                 let (data, ok) = match (&o.data, &o.file) {
                     (Some(all), _) => {
                         // The very bytes that were digested: consistent by construction.
-                        let at = offs[i as usize] as usize;
-                        (all[at..at + c.len as usize].to_vec(), true)
+                        (all[at as usize..(at + len) as usize].to_vec(), true)
                     }
                     (None, Some(file)) => {
                         // Not hashed again here: the server checks every
                         // chunk against the digest, and refuses the file if
                         // it changed since.
-                        let mut data = vec![0u8; c.len as usize];
-                        let ok = crate::apply::read_at(file, &mut data, offs[i as usize]).is_ok();
+                        let mut data = vec![0u8; len as usize];
+                        let ok = crate::apply::read_at(file, &mut data, at).is_ok();
                         (data, ok)
                     }
                     (None, None) => (Vec::new(), false),
@@ -490,10 +503,15 @@ impl ClientPass<'_> {
                     let literal = crate::delta::literal_bytes(&ops);
                     self.observer().content_sent(literal);
                     self.send(ClientMsg::ChunkDelta { id, index: i, ops })?;
-                    continue;
+                } else {
+                    self.observer().content_sent(len);
+                    self.send(if j == i + 1 {
+                        ClientMsg::Chunk { id, index: i, data }
+                    } else {
+                        ClientMsg::Chunks { id, first: i, data }
+                    })?;
                 }
-                self.observer().content_sent(c.len as u64);
-                self.send(ClientMsg::Chunk { id, index: i, data })?;
+                i = j;
             }
         }
         if let Some(o) = open.get_mut(&id) {

@@ -74,6 +74,7 @@ pub(crate) fn msg_name(m: &ClientMsg) -> &'static str {
         ClientMsg::GroupHashes { .. } => "GroupHashes",
         ClientMsg::GroupChunks { .. } => "GroupChunks",
         ClientMsg::Chunk { .. } => "Chunk",
+        ClientMsg::Chunks { .. } => "Chunks",
         ClientMsg::ChunkDelta { .. } => "ChunkDelta",
         ClientMsg::FileFailed { .. } => "FileFailed",
         ClientMsg::Skip { .. } => "Skip",

@@ -375,6 +375,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             | ClientMsg::GroupHashes { id, .. }
             | ClientMsg::GroupChunks { id, .. }
             | ClientMsg::Chunk { id, .. }
+            | ClientMsg::Chunks { id, .. }
             | ClientMsg::ChunkDelta { id, .. }
             | ClientMsg::FileFailed { id, .. }
             | ClientMsg::Skip { id } => Some(*id),
@@ -403,6 +404,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 let sent = data.len() as u64;
                 self.on_chunk(id, index, data, sent, txn, stats)
             }
+            ClientMsg::Chunks { id, first, data } => self.on_chunks(id, first, &data, txn, stats),
             ClientMsg::ChunkDelta { id, index, ops } => {
                 self.on_chunk_delta(id, index, ops, txn, stats)
             }
@@ -1009,6 +1011,96 @@ impl<'c, 'a> Transfer<'c, 'a> {
     ) -> Result<()> {
         let ctx = self.ctx;
         let job = self.job(id)?;
+        let Some(c) = job
+            .chunks
+            .as_ref()
+            .and_then(|c| c.get(index as usize))
+            .copied()
+        else {
+            return Err(proto(
+                ctx,
+                format!("chunk {index} of file {id} was not asked for"),
+            ));
+        };
+        if data.len() != c.len as usize {
+            return Err(proto(
+                ctx,
+                format!("chunk {index} of file {id} is not of its announced length"),
+            ));
+        }
+        let good = Hash::of(&data) == c.hash;
+        self.accept_chunk(id, index, &data, good, sent, txn, stats)
+    }
+
+    /// A run of consecutive chunks: cut at the chunk list's lengths, hashed
+    /// in parallel, then taken one by one.
+    fn on_chunks(
+        &mut self,
+        id: u32,
+        first: u32,
+        data: &[u8],
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
+        let ctx = self.ctx;
+        let job = self.job(id)?;
+        let Some(chunks) = job.chunks.as_ref() else {
+            return Err(proto(
+                ctx,
+                format!("chunks of file {id} before its chunk list"),
+            ));
+        };
+        let mut pieces: Vec<(u32, usize, usize)> = Vec::new();
+        let (mut at, mut i) = (0usize, first as usize);
+        while at < data.len() {
+            let Some(c) = chunks.get(i) else {
+                return Err(proto(ctx, format!("chunks beyond the end of file {id}")));
+            };
+            let end = at + c.len as usize;
+            if end > data.len() {
+                return Err(proto(
+                    ctx,
+                    format!("a run of chunks of file {id} ends inside chunk {i}"),
+                ));
+            }
+            pieces.push((i as u32, at, end));
+            (at, i) = (end, i + 1);
+        }
+        if pieces.is_empty() {
+            return Err(proto(ctx, format!("an empty run of chunks for file {id}")));
+        }
+        let check =
+            |&(i, a, b): &(u32, usize, usize)| Hash::of(&data[a..b]) == chunks[i as usize].hash;
+        let good: Vec<bool> = if data.len() >= 256 * 1024 {
+            use rayon::prelude::*;
+            pieces.par_iter().map(check).collect()
+        } else {
+            pieces.iter().map(check).collect()
+        };
+        for ((i, a, b), ok) in pieces.into_iter().zip(good) {
+            if !self.jobs.contains_key(&id) {
+                break; // refused on an earlier chunk of the run
+            }
+            self.accept_chunk(id, i, &data[a..b], ok, (b - a) as u64, txn, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Takes chunk `index` of file `id` (its length checked; `good`: its
+    /// hash matched) and writes it wherever it is awaited.
+    #[allow(clippy::too_many_arguments)]
+    fn accept_chunk(
+        &mut self,
+        id: u32,
+        index: u32,
+        data: &[u8],
+        good: bool,
+        sent: u64,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
+        let ctx = self.ctx;
+        let job = self.job(id)?;
         if !job.asked.remove(&index) {
             return Err(proto(
                 ctx,
@@ -1016,13 +1108,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             ));
         }
         let c = job.chunks.as_ref().expect("chunk list known")[index as usize];
-        if data.len() != c.len as usize {
-            return Err(proto(
-                ctx,
-                format!("chunk {index} of file {id} is not of its announced length"),
-            ));
-        }
-        if Hash::of(&data) != c.hash {
+        if !good {
             // The client does not hash what it sends a second time: a source
             // file rewritten in place during the pass shows up here. Nothing
             // is published; the next pass sends the file again.
