@@ -1131,13 +1131,13 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 continue;
             };
             let Some(t) = &job.tmp else { continue };
-            if let Err(e) = write_at(&t.file, &data, job.offs[ji as usize]) {
+            if let Err(e) = write_at(&t.file, data, job.offs[ji as usize]) {
                 let key = self.key(jid);
                 self.ctx.report(stats, failure(key, "write", &e));
                 self.drop_job(jid, false);
                 continue;
             }
-            job.note_written(ji, &data);
+            job.note_written(ji, data);
             if n == 0 {
                 let sent = sent.min(data.len() as u64);
                 job.received += sent;
