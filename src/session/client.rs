@@ -510,6 +510,11 @@ impl ClientPass<'_> {
                     } else {
                         ClientMsg::Chunks { id, first: i, data }
                     })?;
+                    if len >= RUN_BYTES / 2 {
+                        // Large messages go one per hand-over, so the
+                        // queues hold a few MiB, not 64 of them.
+                        self.link.flush();
+                    }
                 }
                 i = j;
             }
