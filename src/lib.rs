@@ -19,12 +19,15 @@
 //! - [`apply`]: the replica on disk; every operation resolved below DEST
 //!   without following symlinks; atomic publication of files.
 //! - [`protocol`]: frames (length-prefixed, bounded) and typed messages.
-//! - [`transport`]: connections (framing, zstd, byte counters), handshake,
-//!   the server's accept loop, the client's dialer, the in-process pipe.
+//! - [`transport`]: connections (framing, zstd, byte counters, messages
+//!   handed over in batches), handshake, the server's accept loop, the
+//!   client's dialer, and the in-process link of a local sync.
 //! - [`session`]: the two halves of a pass as blocking code over a link:
 //!   the server plans and pulls ([`session::server`], its content engine in
-//!   `session/transfer.rs`, directory renames in `session/renames.rs`), the
-//!   client answers ([`session::client`]).
+//!   `session/transfer.rs`, directory renames in `session/renames.rs`,
+//!   large files kept in part for the next pass in [`session::partial`]),
+//!   the client answers ([`session::client`]; large files may step aside
+//!   for newer changes in watch mode).
 //! - [`syncer`]: the client driver (safety rails, reconnects, repeated passes).
 //! - [`watch`]: file-system events -> batches of changed paths -> scoped passes.
 //! - [`report`]: the operation log and pass summaries; [`progress`]: spinners
