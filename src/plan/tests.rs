@@ -223,6 +223,17 @@ proptest! {
         prop_assert_eq!(norm(&replica), norm(&source));
     }
 
+    /// One entry's key, computed alone, is the one `keys_of` gives it.
+    #[test]
+    fn a_single_key_equals_the_listed_one(source in model()) {
+        let man = manifest_of(&source);
+        let keys = keys_of(&man);
+        for (i, k) in keys.iter().enumerate() {
+            prop_assert_eq!(&man.key(i), k);
+        }
+        prop_assert_eq!(man.key(keys.len()), "");
+    }
+
     /// Folding identical entries into bits changes nothing in the plan.
     #[test]
     fn folded_and_whole_views_plan_alike(source in model(), replica in model(), checksum in any::<bool>()) {

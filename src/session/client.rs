@@ -121,7 +121,6 @@ impl ClientPass<'_> {
 
     pub fn run(&self, opts: PassOptions) -> Result<PassOutcome> {
         let m = &self.scan.manifest;
-        let keys = crate::plan::keys_of(m);
         let (wire0_sent, wire0_recv) = self.link.counters.total();
         self.send(ClientMsg::BeginPass(opts.clone()))?;
         for batch in m.entries.chunks(ENTRIES_PER_MSG) {
@@ -170,7 +169,6 @@ impl ClientPass<'_> {
                 }
                 ServerMsg::NeedFiles { ids } => self.answer_need_files(
                     &ids,
-                    &keys,
                     opts.checksum,
                     &mut open,
                     writer.as_ref(),
@@ -184,7 +182,6 @@ impl ClientPass<'_> {
                     if !self.answer_chunks(
                         id,
                         &ranges,
-                        &keys,
                         &mut open,
                         bases.get(&id),
                         &mut preempted,
@@ -221,7 +218,8 @@ impl ClientPass<'_> {
             // clean pass, and only when the index holds more than the tree).
             let clean = m.opaque.is_empty() && m.partial.is_empty() && self.scan.errors.is_empty();
             if clean && idx.count() > files {
-                let keep = keys.iter().map(String::as_str).collect();
+                let all: Vec<String> = (0..m.entries.len()).map(|i| m.key(i)).collect();
+                let keep = all.iter().map(String::as_str).collect();
                 let _ = idx.retain(&keep);
             }
         }
@@ -247,7 +245,6 @@ impl ClientPass<'_> {
     fn answer_need_files(
         &self,
         ids: &[u32],
-        keys: &[String],
         checksum: bool,
         open: &mut HashMap<u32, Open>,
         writer: Option<&SourceWriter>,
@@ -260,7 +257,7 @@ impl ClientPass<'_> {
             .unwrap_or_default();
         let (skipped, ids): (Vec<u32>, Vec<u32>) = ids
             .iter()
-            .partition(|&&id| keys.get(id as usize).is_some_and(|k| held.contains(k)));
+            .partition(|&&id| !held.is_empty() && held.contains(&m.key(id as usize)));
         for id in skipped {
             self.send(ClientMsg::Skip { id })?;
         }
@@ -278,7 +275,7 @@ impl ClientPass<'_> {
                             .then(|| {
                                 self.index.and_then(|x| {
                                     x.lookup(
-                                        &keys[i],
+                                        &m.key(i),
                                         *size,
                                         m.entries[i].mtime,
                                         self.scan.local[i].ino,
@@ -290,7 +287,7 @@ impl ClientPass<'_> {
                             Some(d) => Ok(Some((d, None, None))),
                             None => read_digest_or_step_aside(
                                 &self.root.join(m.rel_path(i)),
-                                &keys[i],
+                                &m.key(i),
                                 aside,
                             ),
                         }
@@ -306,13 +303,13 @@ impl ClientPass<'_> {
                 Ok(None) => {
                     // Stepped aside for newer changes: sent by a later pass.
                     self.send(ClientMsg::Skip { id })?;
-                    preempted.push(keys[id as usize].clone());
+                    preempted.push(m.key(id as usize));
                 }
                 Ok(Some((digest, record, data))) => {
                     if let Some(rec) =
                         record.filter(|r| writer.is_some() && r.size >= SOURCE_INDEX_MIN)
                     {
-                        records.push((keys[id as usize].clone(), rec));
+                        records.push((m.key(id as usize), rec));
                     }
                     let chunks =
                         (digest.chunks.len() <= INLINE_CHUNKS).then(|| digest.chunks.clone());
@@ -335,7 +332,7 @@ impl ClientPass<'_> {
                     );
                 }
                 Err(reason) => {
-                    let key = keys.get(id as usize).cloned().unwrap_or_default();
+                    let key = m.key(id as usize);
                     self.send(ClientMsg::FileFailed {
                         id,
                         reason: format!("cannot read {key}: {reason}"),
@@ -421,7 +418,6 @@ impl ClientPass<'_> {
         &self,
         id: u32,
         ranges: &[(u32, u32)],
-        keys: &[String],
         open: &mut HashMap<u32, Open>,
         basis: Option<&HashMap<u32, u32>>,
         preempted: &mut Vec<String>,
@@ -433,7 +429,7 @@ impl ClientPass<'_> {
             })?;
             return Ok(false);
         };
-        let key = &keys[id as usize];
+        let key = &self.scan.manifest.key(id as usize);
         if o.file.is_none() && o.data.is_none() {
             match std::fs::File::open(self.root.join(self.scan.manifest.rel_path(id as usize))) {
                 Ok(f) => o.file = Some(f),

@@ -105,6 +105,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The `/`-joined key of entry `i` (`""` for the root and for an index
+    /// outside the manifest), as [`crate::plan::keys_of`] computes them all.
+    pub fn key(&self, i: usize) -> String {
+        if i >= self.entries.len() {
+            return String::new();
+        }
+        self.components(i).join("/")
+    }
+
     /// The components of entry `i`'s path relative to the root.
     pub fn components(&self, i: usize) -> Vec<&str> {
         let mut out = Vec::new();
