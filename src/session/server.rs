@@ -261,7 +261,7 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     ctx.clear(&p.clear, &mut txn, &mut stats)?;
     ctx.structure(&p, &mut txn, &mut stats);
     let doomed = p.remove.iter().cloned().collect();
-    let mut transfer = Transfer::new(&ctx, &view, doomed, &p.fetch);
+    let mut transfer = Transfer::new(&ctx, &view, doomed, std::mem::take(&mut p.fetch));
     transfer.remove_small_early(&p.remove);
     let run = transfer.run(&mut txn, &mut stats);
     transfer.clean_stash(&mut txn)?;
