@@ -425,10 +425,7 @@ impl Replica {
         let mut extras = ScanExtras::default();
         let opaque: HashSet<u32> = source.opaque.iter().copied().collect();
         let partial: HashSet<u32> = source.partial.iter().copied().collect();
-        let mut children: Vec<Vec<u32>> = vec![Vec::new(); source.entries.len()];
-        for (i, e) in source.entries.iter().enumerate().skip(1) {
-            children[e.parent as usize].push(i as u32);
-        }
+        let children = Children::of(source);
         if let Ok(m) = self.root.dir_metadata() {
             if let Ok(e) = entry_of(&self.root, ".", &m) {
                 let e = ReplicaEntry {
@@ -478,12 +475,14 @@ impl Replica {
                     continue;
                 }
             };
-            let source_names: HashMap<&str, u32> = children[i]
+            let source_names: HashMap<&str, u32> = children
+                .of_entry(i)
                 .iter()
                 .map(|&c| (source.entries[c as usize].name.as_str(), c))
                 .collect();
             let names: Vec<String> = if partial.contains(&id) {
-                children[i]
+                children
+                    .of_entry(i)
                     .iter()
                     .map(|&c| source.entries[c as usize].name.clone())
                     .collect()
@@ -531,6 +530,38 @@ impl Replica {
             stack.push((id, dir));
         }
         (view, extras)
+    }
+}
+
+/// Each manifest entry's children, as one array cut by offsets (two `u32`
+/// per entry instead of a vector per entry).
+struct Children {
+    start: Vec<u32>,
+    items: Vec<u32>,
+}
+
+impl Children {
+    fn of(source: &Manifest) -> Self {
+        let n = source.entries.len();
+        let mut start = vec![0u32; n + 1];
+        for e in source.entries.iter().skip(1) {
+            start[e.parent as usize + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start.clone();
+        let mut items = vec![0u32; n.saturating_sub(1)];
+        for (i, e) in source.entries.iter().enumerate().skip(1) {
+            let at = &mut fill[e.parent as usize];
+            items[*at as usize] = i as u32;
+            *at += 1;
+        }
+        Children { start, items }
+    }
+
+    fn of_entry(&self, i: usize) -> &[u32] {
+        &self.items[self.start[i] as usize..self.start[i + 1] as usize]
     }
 }
 

@@ -76,7 +76,7 @@ const CHECKPOINT_WRITES: usize = 2000;
 /// redb's page cache. Its default (1 GiB) would let a million-file index
 /// grow the process to a gigabyte; lookups are mostly sequential, so a small
 /// cache costs little speed.
-const CACHE_BYTES: usize = 16 << 20;
+const CACHE_BYTES: usize = 8 << 20;
 
 fn create(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
     redb::Builder::new()
