@@ -408,7 +408,7 @@ impl Replica {
     pub fn scan(
         &self,
         source: &Manifest,
-        keys: &[String],
+        keys: &crate::plan::Keys,
         filter: &Filter,
         delete_excluded: bool,
         checksum: bool,
@@ -471,7 +471,7 @@ impl Replica {
             let dir = match dir {
                 Ok(d) => d,
                 Err(err) => {
-                    extras.problems.push((key.clone(), describe_io(&err)));
+                    extras.problems.push((key.to_string(), describe_io(&err)));
                     continue;
                 }
             };
@@ -490,9 +490,10 @@ impl Replica {
                 match list_names(&dir) {
                     Ok(n) => n,
                     Err(err) => {
-                        extras
-                            .problems
-                            .push((key.clone(), format!("cannot list: {}", describe_io(&err))));
+                        extras.problems.push((
+                            key.to_string(),
+                            format!("cannot list: {}", describe_io(&err)),
+                        ));
                         Vec::new()
                     }
                 }

@@ -132,28 +132,67 @@ pub struct PlanOptions {
     pub checksum: bool,
 }
 
-/// Computes the `/`-joined key of every entry.
-pub fn keys_of(source: &Manifest) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::with_capacity(source.entries.len());
-    for (i, e) in source.entries.iter().enumerate() {
-        let key = if i == 0 {
-            String::new()
-        } else {
-            let parent = &keys[e.parent as usize];
-            if parent.is_empty() {
-                e.name.clone()
-            } else {
-                format!("{parent}/{}", e.name)
-            }
-        };
-        keys.push(key);
+/// Every manifest entry's `/`-joined key, by id, in one buffer: a million
+/// keys cost their bytes plus 8 bytes each, not a `String` each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keys {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Keys {
+    pub fn len(&self) -> usize {
+        self.ends.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.text[start..end])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).map(|i| &self[i])
+    }
+}
+
+impl std::ops::Index<usize> for Keys {
+    type Output = str;
+    fn index(&self, i: usize) -> &str {
+        self.get(i).expect("key index within the manifest")
+    }
+}
+
+/// Computes the `/`-joined key of every entry.
+pub fn keys_of(source: &Manifest) -> Keys {
+    let mut keys = Keys {
+        text: String::new(),
+        ends: Vec::with_capacity(source.entries.len()),
+    };
+    for (i, e) in source.entries.iter().enumerate() {
+        if i > 0 {
+            let p = e.parent as usize;
+            let start = if p == 0 { 0 } else { keys.ends[p - 1] };
+            let end = keys.ends[p];
+            if end > start {
+                keys.text.extend_from_within(start..end);
+                keys.text.push('/');
+            }
+            keys.text.push_str(&e.name);
+        }
+        keys.ends.push(keys.text.len());
+    }
+    keys.text.shrink_to_fit();
     keys
 }
 
 /// Plans one pass.
 /// `keys` are the manifest's keys ([`keys_of`]).
-pub fn plan(source: &Manifest, keys: &[String], replica: &ReplicaView, opts: PlanOptions) -> Plan {
+pub fn plan(source: &Manifest, keys: &Keys, replica: &ReplicaView, opts: PlanOptions) -> Plan {
     let mut p = Plan::default();
     let mut matched = 0usize;
     let mut depth = vec![0u32; source.entries.len()];
@@ -180,7 +219,7 @@ pub fn plan(source: &Manifest, keys: &[String], replica: &ReplicaView, opts: Pla
         let old = match old {
             Some(o) if same_type(&o.kind, &e.kind) => Some(o),
             Some(_) => {
-                p.clear.push(keys[i].clone());
+                p.clear.push(keys[i].to_string());
                 None
             }
             None => None,
@@ -228,7 +267,7 @@ pub fn plan(source: &Manifest, keys: &[String], replica: &ReplicaView, opts: Pla
     // Every replica entry matched a source entry: nothing to remove (and no
     // need for a set of a million source keys to find out).
     if matched < replica.len() {
-        let source_keys: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        let source_keys: HashSet<&str> = keys.iter().collect();
         let mut extra: Vec<String> = replica
             .differing()
             .map(|(k, _)| k)

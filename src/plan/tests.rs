@@ -61,11 +61,7 @@ fn view_of(replica: &Model, source: &Model) -> ReplicaView {
 fn build_view(replica: &Model, source: &Model, fold: bool, fold_files: bool) -> ReplicaView {
     let man = manifest_of(source);
     let keys = keys_of(&man);
-    let ids: HashMap<&str, usize> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (k.as_str(), i))
-        .collect();
+    let ids: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
     let mut view = ReplicaView::new(man.entries.len());
     for (k, e) in entries_of(replica, source) {
         match ids.get(k.as_str()) {
@@ -141,22 +137,22 @@ fn apply(plan: &Plan, source: &Model, man: &Manifest, replica: &mut Model) {
         remove_subtree(replica, k);
     }
     for &id in &plan.mkdirs {
-        replica.insert(keys[id as usize].clone(), get(id));
+        replica.insert(keys[id as usize].to_string(), get(id));
     }
     for &id in &plan.symlinks {
-        replica.insert(keys[id as usize].clone(), get(id));
+        replica.insert(keys[id as usize].to_string(), get(id));
     }
     for f in &plan.fetch {
-        replica.insert(keys[f.id as usize].clone(), get(f.id));
+        replica.insert(keys[f.id as usize].to_string(), get(f.id));
     }
     for &id in &plan.metadata {
-        replica.insert(keys[id as usize].clone(), get(id));
+        replica.insert(keys[id as usize].to_string(), get(id));
     }
     for k in &plan.remove {
         remove_subtree(replica, k);
     }
     for &id in &plan.dirs_deepest_first {
-        replica.insert(keys[id as usize].clone(), get(id));
+        replica.insert(keys[id as usize].to_string(), get(id));
     }
 }
 

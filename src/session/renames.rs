@@ -107,7 +107,7 @@ fn replica_sig(replica: &Replica, key: &str) -> Option<(Sig, bool)> {
 /// Pairs (old key, new key) of directories to rename.
 pub(crate) fn detect(
     m: &Manifest,
-    keys: &[String],
+    keys: &crate::plan::Keys,
     p: &Plan,
     view: &ReplicaView,
     replica: &Replica,
@@ -142,7 +142,7 @@ pub(crate) fn detect(
         };
         if let Some(olds) = by_sig.get_mut(&sig) {
             if let Some(old) = olds.pop() {
-                out.push((old, keys[id as usize].clone()));
+                out.push((old, keys[id as usize].to_string()));
             }
         }
     }

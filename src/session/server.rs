@@ -297,7 +297,7 @@ pub(crate) struct PassCtx<'a> {
     pub link: &'a ServerLink,
     pub st: &'a ServerState,
     pub manifest: &'a Manifest,
-    pub keys: &'a [String],
+    pub keys: &'a crate::plan::Keys,
     pub dry: bool,
     /// Excluded paths inside removed directories are kept (unless --delete-excluded).
     pub keep_excluded: Option<&'a Filter>,
@@ -373,7 +373,7 @@ impl PassCtx<'_> {
                     refresh_record(txn, replica, key);
                 }
             }
-            let shown = if key.is_empty() { "." } else { key.as_str() };
+            let shown = if key.is_empty() { "." } else { key };
             self.report(stats, simple(Op::Metadata, shown, Reason::MetadataChanged));
         }
     }

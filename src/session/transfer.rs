@@ -291,9 +291,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
                     let Kind::File { size } = e.kind else {
                         return None;
                     };
-                    self.view
-                        .is_same(i as u32)
-                        .then(|| (ctx.keys[i].as_str(), size))
+                    self.view.is_same(i as u32).then(|| (&ctx.keys[i], size))
                 });
             let differing = self.view.differing().filter_map(|(k, e)| match e.kind {
                 Kind::File { size } => Some((k.as_str(), size)),
