@@ -173,13 +173,18 @@ pub fn keys_of(source: &Manifest) -> Keys {
         text: String::new(),
         ends: Vec::with_capacity(source.entries.len()),
     };
+    // The parent's key is copied through a scratch buffer (the text cannot
+    // be read while it is appended to).
+    let mut parent = String::new();
     for (i, e) in source.entries.iter().enumerate() {
         if i > 0 {
             let p = e.parent as usize;
             let start = if p == 0 { 0 } else { keys.ends[p - 1] };
             let end = keys.ends[p];
             if end > start {
-                keys.text.extend_from_within(start..end);
+                parent.clear();
+                parent.push_str(&keys.text[start..end]);
+                keys.text.push_str(&parent);
                 keys.text.push('/');
             }
             keys.text.push_str(&e.name);
