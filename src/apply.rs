@@ -63,6 +63,14 @@ fn split_key(key: &str) -> (&str, &str) {
     }
 }
 
+/// The key of `name` in the same directory as `key`.
+pub fn beside(key: &str, name: &str) -> String {
+    match split_key(key).0 {
+        "" => name.to_string(),
+        parent => format!("{parent}/{name}"),
+    }
+}
+
 fn not_dir(key: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotADirectory,
@@ -321,12 +329,7 @@ impl Replica {
     pub fn adopt_temp(&self, key: &str, mut old: TempFile) -> io::Result<TempFile> {
         // However this ends, `old` must not remove anything through its handle.
         old.published = true;
-        let (parent, _) = split_key(key);
-        let tkey = if parent.is_empty() {
-            old.name.clone()
-        } else {
-            format!("{parent}/{}", old.name)
-        };
+        let tkey = beside(key, &old.name);
         let same = matches!(
             self.stat(&tkey)?,
             Some(ReplicaEntry { kind: Kind::File { .. }, ino, .. }) if ino == file_ino(&old.file)
@@ -374,12 +377,7 @@ impl Replica {
         let (dir, name) = self.parent_of(key)?;
         let tmp = temp_name(name);
         dir.hard_link(name, &dir, &tmp)?;
-        let (parent, _) = split_key(key);
-        Ok(if parent.is_empty() {
-            tmp
-        } else {
-            format!("{parent}/{tmp}")
-        })
+        Ok(beside(key, &tmp))
     }
 
     /// Renames `from` to `to` (a move inside the replica).

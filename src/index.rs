@@ -9,8 +9,10 @@
 //!   its digest, so an unchanged file (same size, mtime and inode) is never
 //!   read again.
 //!
-//! Both are written in one transaction per pass (committed every few
-//! thousand files as well, so a kill loses little). A database that cannot
+//! The replica index is written in one transaction per pass (checkpointed
+//! every 2,000 writes, so a kill loses little); the source index by a
+//! thread of its own while the pass goes on (committed every 50,000
+//! records and at the end). A database that cannot
 //! be opened, or was written by another format version, is rebuilt.
 
 use crate::chunk::{groups, offsets, ChunkRef, Digest, Hash, CHUNKER_VERSION, INLINE_CHUNKS};
@@ -557,23 +559,6 @@ impl SourceIndex {
         rec.matches(size, mtime, ino).then_some(rec.digest)
     }
 
-    /// Stores digests computed during a pass, in one transaction.
-    pub fn store(&self, records: &[(String, FileRecord)]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let e = |e: redb::Error| index_err(&self.path, e);
-        let w = self.db.begin_write().map_err(|x| e(x.into()))?;
-        {
-            let mut t = w.open_table(FILES).map_err(|x| e(x.into()))?;
-            for (p, rec) in records {
-                t.insert(p.as_str(), postcard::to_stdvec(rec).unwrap().as_slice())
-                    .map_err(|x| e(x.into()))?;
-            }
-        }
-        w.commit().map_err(|x| e(x.into()))
-    }
-
     /// Drops records for paths no longer in the source.
     pub fn retain(&self, keep: &std::collections::HashSet<&str>) -> Result<()> {
         let e = |e: redb::Error| index_err(&self.path, e);
@@ -647,7 +632,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idx = SourceIndex::open(&dir.path().join("s.redb")).unwrap();
         let r = rec(b"hello");
-        idx.store(&[("x".into(), r.clone())]).unwrap();
+        let w = idx.writer();
+        w.push(vec![("x".into(), r.clone())]);
+        w.finish().unwrap();
         assert_eq!(
             idx.lookup("x", 5, Timestamp::default(), 1),
             Some(r.digest.clone())

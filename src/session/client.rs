@@ -429,14 +429,15 @@ impl ClientPass<'_> {
             })?;
             return Ok(false);
         };
-        let key = &self.scan.manifest.key(id as usize);
+        // Only errors and stepping aside name the file: its key is built then.
+        let key = || self.scan.manifest.key(id as usize);
         if o.file.is_none() && o.data.is_none() {
             match std::fs::File::open(self.root.join(self.scan.manifest.rel_path(id as usize))) {
                 Ok(f) => o.file = Some(f),
                 Err(e) => {
                     self.send(ClientMsg::FileFailed {
                         id,
-                        reason: format!("cannot read {key}: {}", describe_io(&e)),
+                        reason: format!("cannot read {}: {}", key(), describe_io(&e)),
                     })?;
                     return Ok(true);
                 }
@@ -450,7 +451,7 @@ impl ClientPass<'_> {
             if end as usize > o.digest.chunks.len() {
                 return Err(Error::protocol(
                     &self.link.peer,
-                    format!("chunks {start}..{end} of {key} out of range"),
+                    format!("chunks {start}..{end} of {} out of range", key()),
                 ));
             }
             let mut i = start;
@@ -460,7 +461,7 @@ impl ClientPass<'_> {
                 {
                     self.send(ClientMsg::Skip { id })?;
                     open.remove(&id);
-                    preempted.push(key.clone());
+                    preempted.push(key());
                     return Ok(true);
                 }
                 // Without a basis, consecutive chunks travel together (up to
@@ -490,7 +491,10 @@ impl ClientPass<'_> {
                 if !ok {
                     self.send(ClientMsg::FileFailed {
                         id,
-                        reason: format!("{key} changed while being sent; it will be sent again"),
+                        reason: format!(
+                            "{} changed while being sent; it will be sent again",
+                            key()
+                        ),
                     })?;
                     open.remove(&id);
                     return Ok(false);

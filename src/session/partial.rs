@@ -11,7 +11,7 @@
 //! Partials live in the server's memory; after a restart their temporary
 //! files are stale and removed by the next pass.
 
-use crate::apply::{Replica, TempFile};
+use crate::apply::{beside, Replica, TempFile};
 use crate::chunk::Hash;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -96,10 +96,7 @@ impl Partials {
     pub(crate) fn temp_keys(&self) -> HashSet<String> {
         self.lock()
             .iter()
-            .map(|(key, p)| match key.rfind('/') {
-                Some(i) => format!("{}/{}", &key[..i], p.tmp.name()),
-                None => p.tmp.name().to_string(),
-            })
+            .map(|(key, p)| beside(key, p.tmp.name()))
             .collect()
     }
 

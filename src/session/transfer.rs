@@ -147,7 +147,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
     }
 
     fn is_big(&self, f: &Fetch) -> bool {
-        now_size(&self.ctx.manifest.entries[f.id as usize].kind) >= BIG_FILE
+        is_big(self.ctx, f)
     }
 
     /// Removes the old versions kept aside during the pass.
@@ -1412,10 +1412,14 @@ const BIG_FILE: u64 = 16 << 20;
 /// The fetch order: smaller files in manifest order (directory by
 /// directory), then the big ones, so a few large files never hold up many
 /// small changes.
+fn is_big(ctx: &PassCtx, f: &Fetch) -> bool {
+    now_size(&ctx.manifest.entries[f.id as usize].kind) >= BIG_FILE
+}
+
 fn small_first(ctx: &PassCtx, mut fetch: Vec<Fetch>) -> VecDeque<Fetch> {
     // A stable sort on "is big" keeps manifest order within each part, and
     // the deque takes over the vector's buffer (no copy of a million items).
-    fetch.sort_by_key(|f| now_size(&ctx.manifest.entries[f.id as usize].kind) >= BIG_FILE);
+    fetch.sort_by_key(|f| is_big(ctx, f));
     VecDeque::from(fetch)
 }
 
