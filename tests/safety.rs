@@ -372,3 +372,34 @@ fn a_watch_restarted_mid_burst_converges() {
     wait_equal(&d.src, &d.dst, Duration::from_secs(30), || w.describe());
     w.stop();
 }
+
+/// Regression (the file `watch` missed): a folder renamed or deleted and
+/// made again at once under the same name lost its watch. The watcher
+/// drops a folder's watch (and those below it) when the folder moves away
+/// or is deleted, but the set of watched folders still listed the name, so
+/// the new folder was never watched and a file created in it later never
+/// reached the replica.
+#[test]
+fn watch_sees_files_in_a_folder_made_again_under_the_same_name() {
+    for remake in ["rename", "delete"] {
+        let d = Dirs::new();
+        put(&d.src, "keep", b"k");
+        put(&d.src, "d1/sub/old.txt", b"old");
+        let st = tempfile::tempdir().unwrap();
+        let w = start_watch(&d.src, &d.dst, st.path());
+        wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
+        match remake {
+            "rename" => fs::rename(d.src.join("d1"), d.src.join("d2")).unwrap(),
+            _ => fs::remove_dir_all(d.src.join("d1")).unwrap(),
+        }
+        fs::create_dir_all(d.src.join("d1").join("sub")).unwrap();
+        wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
+        // Later, a new file in the folder made again.
+        put(&d.src, "d1/new.txt", &vec![b'n'; 1500]);
+        put(&d.src, "d1/sub/new.txt", &vec![b's'; 1500]);
+        wait_equal(&d.src, &d.dst, CONVERGE, || {
+            format!("{remake}\n{}", w.describe())
+        });
+        w.stop();
+    }
+}

@@ -23,7 +23,7 @@ use crate::tree::{path_to_key, scan_scoped, ScanOptions, Scopes};
 use links::{LinkGroups, Widen};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
@@ -81,7 +81,8 @@ enum Raw {
 /// The set of watched directories.
 struct Watches {
     watcher: notify::RecommendedWatcher,
-    dirs: HashSet<PathBuf>,
+    /// Sorted, so a folder's subtree is one range (paths order by component).
+    dirs: BTreeSet<PathBuf>,
     failed: bool,
     last_logged: usize,
 }
@@ -109,11 +110,12 @@ impl Watches {
         }
     }
 
+    /// Drops the watches of `path` and of every folder below it.
     fn remove_under(&mut self, path: &Path) {
         let gone: Vec<PathBuf> = self
             .dirs
-            .iter()
-            .filter(|d| d.starts_with(path))
+            .range::<Path, _>((std::ops::Bound::Included(path), std::ops::Bound::Unbounded))
+            .take_while(|d| d.starts_with(path))
             .cloned()
             .collect();
         for d in gone {
@@ -156,6 +158,35 @@ impl Watches {
                 continue;
             }
             self.add_tree(root, &p, opts, reporter);
+        }
+    }
+
+    /// A folder that moved away or was deleted has lost its watch, and so
+    /// have the folders below it (the watcher drops them): forget them now,
+    /// so that a folder made again under the same name is watched anew
+    /// (it was not: the set still listed the name, and files created in
+    /// the new folder were missed).
+    fn forget_moved_away(&mut self, ev: &notify::Event) {
+        use notify::event::RenameMode;
+        let gone: &[PathBuf] = match ev.kind {
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                &ev.paths
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                &ev.paths[..1.min(ev.paths.len())]
+            }
+            EventKind::Modify(ModifyKind::Name(_)) => {
+                for p in &ev.paths {
+                    if !p.is_dir() {
+                        self.remove_under(p);
+                    }
+                }
+                return;
+            }
+            _ => return,
+        };
+        for p in gone {
+            self.remove_under(p);
         }
     }
 
@@ -207,7 +238,7 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
     };
     let mut watches = Watches {
         watcher,
-        dirs: HashSet::new(),
+        dirs: BTreeSet::new(),
         failed: false,
         last_logged: 0,
     };
@@ -247,6 +278,7 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(tick) {
             Ok(Raw::Event(ev)) => {
+                watches.forget_moved_away(&ev);
                 note_event(&ev, &mut pending, &mut writing, &mut soft);
                 first_event.get_or_insert_with(Instant::now);
                 last_event = Instant::now();
