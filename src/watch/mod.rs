@@ -344,7 +344,9 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
         }
         let batch = if let Some(why) = rescan.take() {
             reporter.info(&format!("rescanning the whole tree: {why}"));
-            pending.clear();
+            // The rescan covers every change except the files it holds
+            // back: those stay pending until their hold ends.
+            pending.retain(|p| writing.contains_key(p));
             last_full = Instant::now();
             watches.failed = false;
             watches.add_tree(&root, &root, &scan_opts, &reporter);
