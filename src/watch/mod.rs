@@ -734,8 +734,9 @@ fn worker(
                 }
             }
             Err(e @ crate::Error::Source { .. }) => {
-                // The source root is gone: the watcher rescans when it is
-                // back; retrying before that only fails again.
+                // The source root is gone: said once; a full pass is tried
+                // again every second (quietly), or at once when the watcher
+                // sends more (it rescans when the root is back).
                 if !paused {
                     s.reporter.error(&format!(
                         "replication to {} paused: {e}",
@@ -743,6 +744,16 @@ fn worker(
                     ));
                     paused = true;
                 }
+                let mut again = Batch::Full("the source is back".into());
+                let until = Instant::now() + Duration::from_secs(1);
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    if let Ok(b) = rx.try_recv() {
+                        again = again.merge(b);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                backlog = Some(again);
             }
             Err(e) => {
                 s.reporter.error(&format!(
