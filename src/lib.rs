@@ -21,7 +21,8 @@
 //! - [`protocol`]: frames (length-prefixed, bounded) and typed messages.
 //! - [`transport`]: connections (framing, zstd, byte counters, messages
 //!   handed over in batches), handshake, the server's accept loop, the
-//!   client's dialer, and the in-process link of a local sync.
+//!   client's dialer, the in-process link of a local sync, and the
+//!   `--bwlimit` token bucket (`transport/throttle.rs`).
 //! - [`session`]: the two halves of a pass as blocking code over a link:
 //!   the server plans and pulls ([`session::server`], its content engine in
 //!   `session/transfer.rs`, directory renames in `session/renames.rs`,
@@ -31,7 +32,9 @@
 //! - [`syncer`]: the client driver (safety rails, reconnects, repeated passes).
 //! - [`watch`]: file-system events -> batches of changed paths -> scoped passes.
 //! - [`report`]: the operation log and pass summaries; [`progress`]: spinners
-//!   and bars on a terminal; [`status`]: server counters, `/status`, `/metrics`.
+//!   and bars on a terminal; [`status`]: server counters, throughput
+//!   history and recent operations; the live page, `/status` and
+//!   `/metrics` over HTTP (hyper).
 //! - [`error`]: error types and the rules for them.
 //!
 //! The binary (`src/main.rs`) only parses arguments and prints.

@@ -102,6 +102,31 @@ struct RemoteArgs {
     /// Speak plaintext to a server started with --insecure-plaintext (loopback testing only).
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Limit what is sent to servers to RATE bytes per second, all targets
+    /// together (e.g. 500K, 2M = 2 MiB/s, 1G). Local targets are not limited.
+    #[arg(long, value_name = "RATE", value_parser = parse_bwlimit)]
+    bwlimit: Option<u64>,
+}
+
+fn parse_bwlimit(s: &str) -> Result<u64, String> {
+    replica::transport::throttle::parse_rate(s).map_err(|e| e.to_string())
+}
+
+/// One bucket for every remote target of this process; refuses a limit
+/// that no target would use.
+fn bandwidth(
+    remote: &RemoteArgs,
+    targets: &[Target],
+) -> anyhow::Result<Option<Arc<replica::transport::throttle::Bandwidth>>> {
+    let Some(rate) = remote.bwlimit else {
+        return Ok(None);
+    };
+    if !targets.iter().any(|t| matches!(t, Target::Remote(_))) {
+        return Err(usage(
+            "--bwlimit limits what goes over the network; no target is replica://HOST:PORT".into(),
+        ));
+    }
+    Ok(Some(replica::transport::throttle::Bandwidth::new(rate)))
 }
 
 #[derive(Args)]
@@ -120,9 +145,14 @@ struct ServeArgs {
     /// Speak plaintext instead of TLS. For loopback testing only: refused on other addresses.
     #[arg(long)]
     insecure_plaintext: bool,
-    /// Serve GET /status (JSON) and GET /metrics (Prometheus) on this address.
+    /// Serve a live page (GET /), GET /status (JSON) and GET /metrics
+    /// (Prometheus) on this address.
     #[arg(long, value_name = "ADDR")]
     status_addr: Option<String>,
+    /// Limit what the server sends to clients to RATE bytes per second
+    /// (e.g. 500K, 2M = 2 MiB/s).
+    #[arg(long, value_name = "RATE", value_parser = parse_bwlimit)]
+    bwlimit: Option<u64>,
     /// Warn when free space drops below this, and refuse files that would not
     /// leave it free: bytes with an optional K/M/G/T suffix, or a percentage.
     #[arg(long, value_name = "SIZE|PCT", default_value = "1G")]
@@ -190,8 +220,10 @@ fn sync_options(
     pass: &PassArgs,
     common: &Common,
     dry_run: bool,
+    bwlimit: Option<Arc<replica::transport::throttle::Bandwidth>>,
 ) -> SyncOptions {
     SyncOptions {
+        bwlimit: bwlimit.filter(|_| matches!(target, Target::Remote(_))),
         src: src.to_path_buf(),
         target: Some(target),
         token: remote.token.clone(),
@@ -285,6 +317,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             replica::tree::NameRules::native()
         },
+        bwlimit: a.bwlimit.map(replica::transport::throttle::Bandwidth::new),
     };
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&a.listen))
@@ -310,8 +343,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let l = rt
             .block_on(tokio::net::TcpListener::bind(sa))
             .with_context(|| format!("cannot listen on {sa} for status"))?;
-        println!("status on http://{}/status", l.local_addr()?);
-        rt.spawn(replica::status::serve_http(
+        let at = l.local_addr()?;
+        println!("status on http://{at}/status");
+        println!("live page on http://{at}/");
+        rt.spawn(replica::status::http::serve_http(
             l,
             shared.stats.clone(),
             std::future::pending(),
@@ -372,7 +407,8 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
             .context("cannot open the log file")?
             .with_progress(progress.multi.clone()),
     );
-    let opts = sync_options(&a.src, target, &a.remote, &a.pass, &a.common, a.dry_run);
+    let bw = bandwidth(&a.remote, std::slice::from_ref(&target))?;
+    let opts = sync_options(&a.src, target, &a.remote, &a.pass, &a.common, a.dry_run, bw);
     let mut syncer = Syncer::new(opts, reporter.clone(), rt.handle().clone()).map_err(lib_err)?;
     let Some(period) = a.every else {
         let s = pass_with_progress(&mut syncer, &progress).map_err(lib_err)?;
@@ -422,9 +458,22 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
             .context("cannot open the log file")?,
     );
     let mut syncers = Vec::new();
-    for t in &a.targets {
-        let target = Target::parse(t).map_err(usage)?;
-        let opts = sync_options(&a.src, target, &a.remote, &a.pass, &a.common, false);
+    let parsed = a
+        .targets
+        .iter()
+        .map(|t| Target::parse(t).map_err(usage))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let bw = bandwidth(&a.remote, &parsed)?;
+    for (t, target) in a.targets.iter().zip(parsed) {
+        let opts = sync_options(
+            &a.src,
+            target,
+            &a.remote,
+            &a.pass,
+            &a.common,
+            false,
+            bw.clone(),
+        );
         let prefix = if a.targets.len() > 1 {
             format!("[{t}] ")
         } else {

@@ -36,6 +36,9 @@ pub struct SyncOptions {
     pub insecure_plaintext: bool,
     /// The server certificate's expected fingerprint (else trust on first use).
     pub fingerprint: Option<String>,
+    /// `--bwlimit`: paces what goes to a remote target (one bucket may be
+    /// shared by several targets). Local targets are not limited.
+    pub bwlimit: Option<Arc<crate::transport::throttle::Bandwidth>>,
 }
 
 /// The default place for replica's own state (indexes, keys).
@@ -135,6 +138,7 @@ pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectO
             token: opts.token.clone(),
             pin: None,
             identity: None,
+            bwlimit: opts.bwlimit.clone(),
         });
     }
     let pin = match &opts.fingerprint {
@@ -149,6 +153,7 @@ pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectO
         token: opts.token.clone(),
         pin: Some(pin),
         identity,
+        bwlimit: opts.bwlimit.clone(),
     })
 }
 
@@ -209,6 +214,7 @@ impl Syncer {
                     tls: false,
                     allowed_clients: Vec::new(),
                     names: crate::tree::NameRules::native(),
+                    bwlimit: None,
                 };
                 Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
             }

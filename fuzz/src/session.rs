@@ -168,6 +168,7 @@ fn world() -> &'static World {
             tls: false,
             allowed_clients: Vec::new(),
             names: replica::tree::NameRules::native(),
+            bwlimit: None,
         };
         let shared = ServerShared::open(&opts, Arc::new(reporter)).expect("ServerShared::open");
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -122,7 +122,7 @@ pub(crate) fn report(link: &ServerLink, st: &ServerState, stats: &mut PassStats,
         stats.ops += 1;
     }
     st.reporter.op(&r);
-    st.stats.note_op();
+    st.stats.note_report(&r);
     link.send(ServerMsg::Report(r));
 }
 

@@ -50,6 +50,8 @@ pub struct ServerShared {
     pub fingerprint: Option<String>,
     /// Client certificate fingerprints accepted without a token.
     pub allowed_clients: Vec<String>,
+    /// `--bwlimit`: paces what the server writes to its clients.
+    pub bwlimit: Option<Arc<super::throttle::Bandwidth>>,
 }
 
 /// Settings of a server (or of the server half of a local sync).
@@ -66,6 +68,9 @@ pub struct ServerOptions {
     pub allowed_clients: Vec<String>,
     /// Which names the replica can hold (per-file errors for the others).
     pub names: crate::tree::NameRules,
+    /// `--bwlimit`: paces what the server writes to its clients (all of
+    /// them together).
+    pub bwlimit: Option<Arc<super::throttle::Bandwidth>>,
 }
 
 /// Free space the server keeps on DEST's filesystem.
@@ -188,6 +193,7 @@ impl ServerShared {
             tls,
             fingerprint,
             allowed_clients,
+            bwlimit: opts.bwlimit.clone(),
         }))
     }
 }
@@ -410,7 +416,13 @@ async fn secure(
         }
     };
     let counters = Arc::new(Counters::default());
-    let mut s: BoxStream = Box::new(Counted::new(tcp, counters));
+    let mut s: BoxStream = match &sh.bwlimit {
+        Some(b) => Box::new(Counted::new(
+            super::throttle::Throttled::new(tcp, b.clone()),
+            counters,
+        )),
+        None => Box::new(Counted::new(tcp, counters)),
+    };
     match (&sh.tls, looks_tls) {
         (Some(acc), true) => match super::tls::accept_tls(acc, s).await {
             Ok((s, fp)) => Some((s, fp)),
