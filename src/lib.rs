@@ -35,6 +35,8 @@
 //!   and bars on a terminal; [`status`]: server counters, throughput
 //!   history and recent operations; the live page, `/status` and
 //!   `/metrics` over HTTP (hyper).
+//! - [`versions`]: `--versions DIR`: version names, where DIR may be,
+//!   pruning by age.
 //! - [`error`]: error types and the rules for them.
 //!
 //! The binary (`src/main.rs`) only parses arguments and prints.
@@ -54,6 +56,7 @@ pub mod status;
 pub mod syncer;
 pub mod transport;
 pub mod tree;
+pub mod versions;
 pub mod watch;
 
 pub use error::{Error, FileError, Result};
