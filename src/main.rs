@@ -210,6 +210,9 @@ struct PassArgs {
     /// not wipe a replica).
     #[arg(long)]
     allow_empty_source: bool,
+    /// Replicate `user.*` extended attributes (Linux, macOS).
+    #[arg(long)]
+    xattrs: bool,
 }
 
 /// The library's options for one source and target.
@@ -238,6 +241,7 @@ fn sync_options(
         fsync: common.fsync,
         force: pass.force,
         allow_empty_source: pass.allow_empty_source,
+        xattrs: pass.xattrs,
         min_free: replica::transport::server::MinFree::Bytes(0),
     }
 }

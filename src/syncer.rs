@@ -36,6 +36,8 @@ pub struct SyncOptions {
     pub insecure_plaintext: bool,
     /// The server certificate's expected fingerprint (else trust on first use).
     pub fingerprint: Option<String>,
+    /// `--xattrs`: replicate `user.*` extended attributes.
+    pub xattrs: bool,
     /// `--bwlimit`: paces what goes to a remote target (one bucket may be
     /// shared by several targets). Local targets are not limited.
     pub bwlimit: Option<Arc<crate::transport::throttle::Bandwidth>>,
@@ -306,6 +308,7 @@ impl Syncer {
             max_delete: self.opts.max_delete,
             excludes: self.filter.patterns().to_vec(),
             allow_empty_source: self.opts.allow_empty_source,
+            xattrs: self.opts.xattrs,
         }
     }
 

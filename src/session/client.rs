@@ -119,6 +119,27 @@ impl ClientPass<'_> {
         }
     }
 
+    /// Hard links among the files (always) and, with `--xattrs`, extended
+    /// attributes, between the entries and the end of the manifest.
+    fn send_extras(&self, opts: &PassOptions) -> Result<()> {
+        use crate::protocol::EXTRAS_PER_MSG;
+        let links = crate::tree::hard_links(self.scan);
+        for batch in links.chunks(EXTRAS_PER_MSG) {
+            self.send(ClientMsg::Links(batch.to_vec()))?;
+        }
+        if opts.xattrs {
+            let (attrs, errors) = crate::tree::xattr::read_tree(self.root, &self.scan.manifest);
+            for e in errors {
+                self.reporter.warn(&e.to_string());
+            }
+            for batch in attrs.chunks(EXTRAS_PER_MSG) {
+                self.send(ClientMsg::Xattrs(batch.to_vec()))?;
+                self.link.flush();
+            }
+        }
+        Ok(())
+    }
+
     pub fn run(&self, opts: PassOptions) -> Result<PassOutcome> {
         let m = &self.scan.manifest;
         let (wire0_sent, wire0_recv) = self.link.counters.total();
@@ -129,6 +150,7 @@ impl ClientPass<'_> {
             // flight at most, not a large part of a big manifest.
             self.link.flush();
         }
+        self.send_extras(&opts)?;
         self.send(ClientMsg::EndManifest {
             opaque: m.opaque.clone(),
             partial: m.partial.clone(),

@@ -13,7 +13,7 @@ use crate::protocol::{
 };
 use crate::report::Reporter;
 use crate::transport::Link;
-use crate::tree::{Kind, Manifest};
+use crate::tree::{Extras, Kind, Manifest};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -81,11 +81,15 @@ pub(crate) fn msg_name(m: &ClientMsg) -> &'static str {
         ClientMsg::FileFailed { .. } => "FileFailed",
         ClientMsg::Skip { .. } => "Skip",
         ClientMsg::Bye => "Bye",
+        ClientMsg::Links(_) => "Links",
+        ClientMsg::Xattrs(_) => "Xattrs",
     }
 }
 
-fn receive_manifest(link: &ServerLink) -> Result<Manifest> {
+fn receive_manifest(link: &ServerLink) -> Result<(Manifest, Extras)> {
     let mut m = Manifest::default();
+    let mut extras = Extras::default();
+    let bad = |e: String| Error::protocol(&link.peer, e);
     loop {
         match link.recv().map_err(|e| Error::protocol(&link.peer, e))? {
             ClientMsg::Entries(batch) => {
@@ -97,12 +101,17 @@ fn receive_manifest(link: &ServerLink) -> Result<Manifest> {
                 }
                 m.entries.extend(batch);
             }
+            ClientMsg::Links(batch) => extras.add_links(batch, m.entries.len()).map_err(bad)?,
+            ClientMsg::Xattrs(batch) => extras.add_xattrs(batch, m.entries.len()).map_err(bad)?,
             ClientMsg::EndManifest { opaque, partial } => {
                 m.opaque = opaque;
                 m.partial = partial;
                 m.validate()
                     .map_err(|e| Error::protocol(&link.peer, format!("invalid manifest: {e}")))?;
-                return Ok(m);
+                extras
+                    .validate(&m)
+                    .map_err(|e| Error::protocol(&link.peer, format!("invalid manifest: {e}")))?;
+                return Ok((m, extras));
             }
             other => {
                 return Err(Error::protocol(
@@ -151,7 +160,9 @@ fn source_is_empty(m: &Manifest) -> bool {
 }
 
 fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()> {
-    let mut manifest = receive_manifest(link)?;
+    // Hard links and extended attributes are received and checked; the
+    // replica does not act on them yet (see issue 17).
+    let (mut manifest, _extras) = receive_manifest(link)?;
     let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
     let filter = Filter::new(opts.excludes.clone()).map_err(|e| Error::protocol(&link.peer, e))?;
     let keys = crate::plan::keys_of(&manifest);
