@@ -753,20 +753,8 @@ pub fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<
     }
 }
 
-/// Writes all of `buf` at `offset`.
+/// Writes all of `buf` at `offset`; zeros over a hole are left a hole
+/// ([`crate::sparse`]).
 pub fn write_at(file: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        file.write_all_at(buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        use std::os::windows::fs::FileExt;
-        let mut done = 0;
-        while done < buf.len() {
-            done += file.seek_write(&buf[done..], offset + done as u64)?;
-        }
-        Ok(())
-    }
+    crate::sparse::write_at(file, buf, offset)
 }

@@ -16,6 +16,8 @@
 //!   whole-file hash -> where in the replica) and the source's (stat ->
 //!   digest, so unchanged files are never re-read).
 //! - [`plan`]: pure planning, source manifest x replica view -> operations.
+//! - [`sparse`]: zeros over a hole are not written (replica files keep
+//!   their holes).
 //! - [`apply`]: the replica on disk; every operation resolved below DEST
 //!   without following symlinks; atomic publication of files.
 //! - [`protocol`]: frames (length-prefixed, bounded) and typed messages.
@@ -52,6 +54,7 @@ pub mod progress;
 pub mod protocol;
 pub mod report;
 pub mod session;
+pub mod sparse;
 pub mod status;
 pub mod syncer;
 pub mod transport;
