@@ -85,6 +85,9 @@ pub struct ScanExtras {
     pub stale_temps: Vec<String>,
     /// Entries that could not be examined, with the reason.
     pub problems: Vec<(String, String)>,
+    /// Files with more than one link, by key, with their inode (so the
+    /// pass can tell which share one).
+    pub linked: Vec<(String, u64)>,
 }
 
 impl Replica {
@@ -296,8 +299,113 @@ impl Replica {
         }
     }
 
+    /// Gives `to` the file at `from` as another name of it (a hard link),
+    /// replacing what `to` held; never through a symlink.
+    pub fn hard_link_over(&self, from: &str, to: &str) -> io::Result<()> {
+        let (fdir, fname) = self.parent_of(from)?;
+        if !fdir.symlink_metadata(fname)?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let (tdir, tname) = self.parent_of(to)?;
+        let tmp = temp_name(tname);
+        fdir.hard_link(fname, &tdir, &tmp)?;
+        tdir.rename(&tmp, &tdir, tname).inspect_err(|_| {
+            let _ = tdir.remove_file(&tmp);
+        })
+    }
+
+    /// The inode and link count of the regular file at `key` (None: no
+    /// regular file there; (0, 1) where the platform has no inodes).
+    pub fn file_links(&self, key: &str) -> io::Result<Option<(u64, u64)>> {
+        let (dir, name) = self.parent_of(key)?;
+        let m = match dir.symlink_metadata(name) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        #[cfg(unix)]
+        {
+            use cap_std::fs::MetadataExt;
+            Ok(Some((m.ino(), m.nlink())))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = m;
+            Ok(Some((0, 1)))
+        }
+    }
+
+    /// Makes the `user.*` extended attributes of the file or directory at
+    /// `key` equal to `want`; returns whether anything changed. Never
+    /// through a symlink; a file with other names is first replaced by a
+    /// private copy (its other names keep their attributes).
+    pub fn set_xattrs(
+        &self,
+        key: &str,
+        kind: &Kind,
+        want: &[crate::tree::xattr::Xattr],
+    ) -> Result<bool, crate::tree::xattr::XattrError> {
+        use crate::tree::xattr::{apply_fd, SUPPORTED};
+        if !SUPPORTED && want.is_empty() {
+            return Ok(false);
+        }
+        match kind {
+            Kind::Dir => apply_fd(&self.open_dir_for_reading(key)?, want),
+            Kind::File { .. } => {
+                if let Some((_, links)) = self.file_links(key)? {
+                    if links > 1 && !self.read_xattrs_equal(key, want)? {
+                        let m = self
+                            .stat(key)?
+                            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+                        self.rewrite_as_copy(key, m.mode, m.mtime)?;
+                    }
+                }
+                apply_fd(&self.open_read(key)?, want)
+            }
+            Kind::Symlink { .. } => Ok(false),
+        }
+    }
+
+    /// Directory `key` opened for reading (cap-std's own directory handles
+    /// are bare paths, which fsetxattr refuses), never through a symlink.
+    fn open_dir_for_reading(&self, key: &str) -> io::Result<std::fs::File> {
+        if key.is_empty() {
+            return open_dir_handle(&self.root_path);
+        }
+        let (dir, name) = self.parent_of(key)?;
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        #[cfg(unix)]
+        {
+            use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt};
+            opts.follow(FollowSymlinks::No).maybe_dir(true);
+        }
+        let d = dir.open_with(name, &opts)?.into_std();
+        if !d.metadata()?.is_dir() {
+            return Err(not_dir(key));
+        }
+        Ok(d)
+    }
+
+    fn read_xattrs_equal(
+        &self,
+        key: &str,
+        want: &[crate::tree::xattr::Xattr],
+    ) -> Result<bool, crate::tree::xattr::XattrError> {
+        Ok(crate::tree::xattr::read_fd(&self.open_read(key)?)? == want)
+    }
+
     /// Replaces the file at `key` by a private copy with the given metadata.
-    fn rewrite_as_copy(&self, key: &str, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
+    pub fn rewrite_as_copy(
+        &self,
+        key: &str,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<()> {
         let mut src = self.open_read(key)?;
         let tmp = self.create_temp(key)?;
         io::copy(&mut src, &mut &tmp.file)?;
@@ -511,6 +619,13 @@ impl Replica {
                     Ok(m) => {
                         if !delete_excluded && filter.is_excluded(&child_key, m.is_dir()) {
                             continue;
+                        }
+                        #[cfg(unix)]
+                        {
+                            use cap_std::fs::MetadataExt;
+                            if m.is_file() && m.nlink() > 1 {
+                                extras.linked.push((child_key.clone(), m.ino()));
+                            }
                         }
                         match entry_of(&dir, &name, &m) {
                             Ok(entry) => match in_source {

@@ -6,6 +6,7 @@
 //! [`Link`]: crate::transport::Link
 
 pub mod client;
+mod extras;
 pub mod partial;
 mod renames;
 pub mod server;

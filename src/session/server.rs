@@ -160,9 +160,8 @@ fn source_is_empty(m: &Manifest) -> bool {
 }
 
 fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()> {
-    // Hard links and extended attributes are received and checked; the
-    // replica does not act on them yet (see issue 17).
-    let (mut manifest, _extras) = receive_manifest(link)?;
+    let (mut manifest, links_and_xattrs) = receive_manifest(link)?;
+    let leaders = links_and_xattrs.leaders(manifest.entries.len());
     let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
     let filter = Filter::new(opts.excludes.clone()).map_err(|e| Error::protocol(&link.peer, e))?;
     let keys = crate::plan::keys_of(&manifest);
@@ -174,7 +173,7 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
             manifest.opaque.push(id);
         }
     }
-    let (view, extras) = st.replica.scan(
+    let (view, mut extras) = st.replica.scan(
         &manifest,
         &keys,
         &filter,
@@ -210,8 +209,10 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     let plan_opts = PlanOptions {
         checksum: opts.checksum,
     };
+    let mut linked = std::mem::take(&mut extras.linked);
     let mut p = plan(&manifest, &keys, &view, plan_opts);
     p.skip(&unholdable, &keys);
+    super::extras::drop_members(&mut p, &leaders);
     if !opts.allow_empty_source && source_is_empty(&manifest) && !p.remove.is_empty() {
         let n: u64 = p
             .remove
@@ -237,18 +238,17 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
                 Err(_) => false,
             });
             txn.commit()?;
-            view = st
-                .replica
-                .scan(
-                    &manifest,
-                    &keys,
-                    &filter,
-                    opts.delete_excluded,
-                    opts.checksum,
-                )
-                .0;
+            let rescan = st.replica.scan(
+                &manifest,
+                &keys,
+                &filter,
+                opts.delete_excluded,
+                opts.checksum,
+            );
+            (view, linked) = (rescan.0, rescan.1.linked);
             p = plan(&manifest, &keys, &view, plan_opts);
             p.skip(&unholdable, &keys);
+            super::extras::drop_members(&mut p, &leaders);
         }
     }
     for (from, to) in &dir_moves {
@@ -319,6 +319,14 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     let (moved_away, removed_early) = transfer.into_moved();
     p.remove.retain(|k| !removed_early.contains(k));
     ctx.remove_extras(&p.remove, &moved_away, &mut txn, &mut stats)?;
+    super::extras::apply(
+        &ctx,
+        &links_and_xattrs,
+        opts.xattrs,
+        &linked,
+        &unholdable.mask,
+        &mut stats,
+    );
     ctx.fix_dirs(&p.dirs_deepest_first);
     txn.commit()?;
     if full {

@@ -9,6 +9,13 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Whether this platform has extended attributes (Linux, macOS).
+pub const SUPPORTED: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_vendor = "apple"
+));
+
 /// The only namespace replicated.
 pub const NAMESPACE: &str = "user.";
 /// Longest attribute name, in bytes (Linux's XATTR_NAME_MAX).
