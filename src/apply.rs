@@ -31,6 +31,9 @@ pub struct Replica {
     root_path: PathBuf,
     /// The last parent directory opened, by key, reused by siblings.
     cached: RefCell<Option<(String, Dir)>>,
+    /// `--versions DIR`: where removed and replaced files go, and how long
+    /// they stay.
+    versions: Option<(Dir, std::time::Duration)>,
 }
 
 /// A file being written beside its final name.
@@ -99,7 +102,38 @@ impl Replica {
             root,
             root_path: path.to_path_buf(),
             cached: RefCell::new(None),
+            versions: None,
         })
+    }
+
+    /// Moves removed and replaced files into `dir` (checked by
+    /// [`crate::versions::check_dir`]) instead of deleting them.
+    pub fn with_versions(mut self, v: &crate::versions::VersionsOptions) -> io::Result<Self> {
+        let dir = Dir::open_ambient_dir(&v.dir, ambient_authority())?;
+        self.versions = Some((dir, v.keep));
+        Ok(self)
+    }
+
+    /// With `--versions`: moves the regular files at or below `key` into
+    /// the versions directory (temporary files excepted).
+    fn retire(&self, dir: &Dir, name: &str, key: &str) -> io::Result<()> {
+        let Some((into, _)) = &self.versions else {
+            return Ok(());
+        };
+        if name.starts_with(TEMP_PREFIX) {
+            return Ok(());
+        }
+        let stamp = crate::versions::stamp(std::time::SystemTime::now());
+        crate::versions::retire(dir, name, key, into, &stamp).map(|_| ())
+    }
+
+    /// With `--versions`: removes versions older than `--keep-versions`;
+    /// returns how many went.
+    pub fn prune_versions(&self) -> io::Result<u64> {
+        let Some((into, keep)) = &self.versions else {
+            return Ok(0);
+        };
+        crate::versions::prune_dir(into, std::time::SystemTime::now(), *keep)
     }
 
     pub fn root_path(&self) -> &Path {
@@ -175,8 +209,12 @@ impl Replica {
         self.forget_cache();
         if meta.is_dir() {
             let n = count_tree(&dir.open_dir_nofollow(name)?)?;
+            self.retire(&dir, name, key)?;
             dir.remove_dir_all(name)?;
             Ok(n + 1)
+        } else if meta.is_file() && self.versions.is_some() && !name.starts_with(TEMP_PREFIX) {
+            self.retire(&dir, name, key)?;
+            Ok(1)
         } else {
             dir.remove_file_or_symlink(name)?;
             Ok(1)
@@ -312,6 +350,7 @@ impl Replica {
         let (tdir, tname) = self.parent_of(to)?;
         let tmp = temp_name(tname);
         fdir.hard_link(fname, &tdir, &tmp)?;
+        self.retire_file_at(&tdir, tname, to)?;
         tdir.rename(&tmp, &tdir, tname).inspect_err(|_| {
             let _ = tdir.remove_file(&tmp);
         })
@@ -409,7 +448,9 @@ impl Replica {
         let mut src = self.open_read(key)?;
         let tmp = self.create_temp(key)?;
         io::copy(&mut src, &mut &tmp.file)?;
-        self.publish(tmp, key, mode, mtime, false).map(|_| ())
+        // The same content under the same name: no version of it.
+        self.publish_inner(tmp, key, mode, mtime, false, false)
+            .map(|_| ())
     }
 
     /// Creates a temporary file beside `key`.
@@ -457,14 +498,36 @@ impl Replica {
         })
     }
 
-    /// Gives a finished temporary file its mode and mtime and renames it over `key`.
+    /// Gives a finished temporary file its mode and mtime and renames it
+    /// over `key` (the file it replaces goes to the versions, if any).
     pub fn publish(
+        &self,
+        tmp: TempFile,
+        key: &str,
+        mode: Option<u32>,
+        mtime: Timestamp,
+        fsync: bool,
+    ) -> io::Result<u64> {
+        self.publish_inner(tmp, key, mode, mtime, fsync, true)
+    }
+
+    /// The regular file at `name` in `dir`, if there is one, into the
+    /// versions.
+    fn retire_file_at(&self, dir: &Dir, name: &str, key: &str) -> io::Result<()> {
+        if self.versions.is_some() && dir.symlink_metadata(name).is_ok_and(|m| m.is_file()) {
+            self.retire(dir, name, key)?;
+        }
+        Ok(())
+    }
+
+    fn publish_inner(
         &self,
         mut tmp: TempFile,
         key: &str,
         mode: Option<u32>,
         mtime: Timestamp,
         fsync: bool,
+        retire: bool,
     ) -> io::Result<u64> {
         set_file_mode(&tmp.file, mode)?;
         tmp.file
@@ -474,6 +537,9 @@ impl Replica {
         }
         let ino = file_ino(&tmp.file);
         let (_, name) = split_key(key);
+        if retire {
+            self.retire_file_at(&tmp.dir, name, key)?;
+        }
         tmp.dir.rename(&tmp.name, &tmp.dir, name)?;
         tmp.published = true;
         Ok(ino)
@@ -493,6 +559,7 @@ impl Replica {
         let (fdir, fname) = self.parent_of(from)?;
         let (tdir, tname) = self.parent_of(to)?;
         self.forget_cache();
+        self.retire_file_at(&tdir, tname, to)?;
         fdir.rename(fname, &tdir, tname)
     }
 

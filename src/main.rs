@@ -87,6 +87,34 @@ struct Common {
     /// Say why each operation happened and how many bytes it sent or rebuilt.
     #[arg(short, long)]
     verbose: bool,
+    /// Move files a pass removes or replaces into DIR (outside the
+    /// destination, on its filesystem) instead of deleting them; for
+    /// `serve`, or `sync`/`watch` to a local directory.
+    #[arg(long, value_name = "DIR")]
+    versions: Option<PathBuf>,
+    /// How long versions are kept (pruned at the end of each pass).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration, requires = "versions")]
+    keep_versions: Duration,
+}
+
+/// `--versions` and `--keep-versions`, as the library takes them.
+fn versions_of(c: &Common) -> Option<replica::versions::VersionsOptions> {
+    c.versions
+        .as_ref()
+        .map(|dir| replica::versions::VersionsOptions {
+            dir: dir.clone(),
+            keep: c.keep_versions,
+        })
+}
+
+/// Refuses `--versions` when no target is a local directory.
+fn check_versions(c: &Common, targets: &[Target]) -> anyhow::Result<()> {
+    if c.versions.is_some() && !targets.iter().any(|t| matches!(t, Target::Local(_))) {
+        return Err(usage(
+            "--versions keeps versions where the replica is: pass it to `replica serve` for a replica://HOST:PORT target".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// How a client reaches a server.
@@ -227,6 +255,7 @@ fn sync_options(
 ) -> SyncOptions {
     SyncOptions {
         bwlimit: bwlimit.filter(|_| matches!(target, Target::Remote(_))),
+        versions: versions_of(common).filter(|_| matches!(target, Target::Local(_))),
         src: src.to_path_buf(),
         target: Some(target),
         token: remote.token.clone(),
@@ -322,6 +351,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             replica::tree::NameRules::native()
         },
         bwlimit: a.bwlimit.map(replica::transport::throttle::Bandwidth::new),
+        versions: versions_of(&a.common),
     };
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&a.listen))
@@ -337,7 +367,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             "--insecure-plaintext is for loopback testing only; refusing to serve plaintext on {addr}"
         )));
     }
-    let shared = ServerShared::open(&opts, reporter.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shared = ServerShared::open(&opts, reporter.clone()).map_err(lib_err)?;
     match &shared.fingerprint {
         Some(fp) => println!("certificate fingerprint {fp}"),
         None => println!("WARNING: plaintext mode (--insecure-plaintext): traffic is neither encrypted nor authenticated; for loopback testing only"),
@@ -412,6 +442,7 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
             .with_progress(progress.multi.clone()),
     );
     let bw = bandwidth(&a.remote, std::slice::from_ref(&target))?;
+    check_versions(&a.common, std::slice::from_ref(&target))?;
     let opts = sync_options(&a.src, target, &a.remote, &a.pass, &a.common, a.dry_run, bw);
     let mut syncer = Syncer::new(opts, reporter.clone(), rt.handle().clone()).map_err(lib_err)?;
     let Some(period) = a.every else {
@@ -468,6 +499,7 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
         .map(|t| Target::parse(t).map_err(usage))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let bw = bandwidth(&a.remote, &parsed)?;
+    check_versions(&a.common, &parsed)?;
     for (t, target) in a.targets.iter().zip(parsed) {
         let opts = sync_options(
             &a.src,

@@ -38,6 +38,8 @@ pub struct SyncOptions {
     pub fingerprint: Option<String>,
     /// `--xattrs`: replicate `user.*` extended attributes.
     pub xattrs: bool,
+    /// `--versions DIR` for a local target (a server has its own).
+    pub versions: Option<crate::versions::VersionsOptions>,
     /// `--bwlimit`: paces what goes to a remote target (one bucket may be
     /// shared by several targets). Local targets are not limited.
     pub bwlimit: Option<Arc<crate::transport::throttle::Bandwidth>>,
@@ -217,6 +219,7 @@ impl Syncer {
                     allowed_clients: Vec::new(),
                     names: crate::tree::NameRules::native(),
                     bwlimit: None,
+                    versions: opts.versions.clone(),
                 };
                 Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
             }

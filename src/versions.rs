@@ -6,7 +6,8 @@
 //!
 //! This module is the part that knows nothing of stores or sessions: the
 //! names ([`version_key`], [`parse_stamp`]), where DIR may be
-//! ([`check_dir`]), and what pruning removes ([`expired`]).
+//! ([`check_dir`]), moving files in ([`retire`]) and pruning ([`prune_dir`]),
+//! both on directory handles that never follow a symlink.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -21,6 +22,8 @@ pub enum VersionsError {
     InsideDest { dir: PathBuf, dest: PathBuf },
     #[error("--versions {}: holds the destination {}; put it beside it", dir.display(), dest.display())]
     HoldsDest { dir: PathBuf, dest: PathBuf },
+    #[error("--versions {}: on another filesystem than the destination {} (versions are moved, not copied); put it beside it", dir.display(), dest.display())]
+    OtherFilesystem { dir: PathBuf, dest: PathBuf },
     #[error("--versions {}: {source}", dir.display())]
     Io {
         dir: PathBuf,
@@ -62,6 +65,19 @@ pub fn check_dir(dir: &Path, dest: &Path) -> Result<PathBuf, VersionsError> {
             dest: dest.to_path_buf(),
         });
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev());
+        if let (Ok(a), Ok(b)) = (dev(&canon), dev(dest)) {
+            if a != b {
+                return Err(VersionsError::OtherFilesystem {
+                    dir: dir.to_path_buf(),
+                    dest: dest.to_path_buf(),
+                });
+            }
+        }
+    }
     Ok(canon)
 }
 
@@ -98,6 +114,11 @@ pub fn parse_stamp(name: &str) -> Option<SystemTime> {
     let at = name.rfind('~')?;
     let s = name.get(at + 1..at + 16)?;
     let rest = &name[at + 16..];
+    // A counter may follow when two versions of one file share a second.
+    let rest = match rest.strip_prefix('-') {
+        Some(r) => r.trim_start_matches(|c: char| c.is_ascii_digit()),
+        None => rest,
+    };
     if !(rest.is_empty() || rest.starts_with('.')) {
         return None;
     }
@@ -129,24 +150,34 @@ pub fn expired(name: &str, now: SystemTime, keep: Duration) -> bool {
         .is_some_and(|age| age > keep)
 }
 
-/// Removes the files of DIR whose stamp is older than `keep`, and the
-/// directories that leaves empty (DIR itself stays). Returns how many files
-/// went. Never follows a symlink.
-pub fn prune(dir: &Path, now: SystemTime, keep: Duration) -> std::io::Result<u64> {
-    fn walk(d: &Path, now: SystemTime, keep: Duration, n: &mut u64) -> std::io::Result<bool> {
+/// Removes the files of the versions directory `dir` whose stamp is older
+/// than `keep`, and the directories that leaves empty (`dir` itself
+/// stays). Returns how many files went. Never follows a symlink.
+pub fn prune_dir(dir: &cap_std::fs::Dir, now: SystemTime, keep: Duration) -> std::io::Result<u64> {
+    fn walk(
+        d: &cap_std::fs::Dir,
+        now: SystemTime,
+        keep: Duration,
+        n: &mut u64,
+    ) -> std::io::Result<bool> {
+        use cap_fs_ext::DirExt;
         let mut empty = true;
-        for e in std::fs::read_dir(d)? {
+        for e in d.entries()? {
             let e = e?;
-            let ft = e.file_type()?;
             let name = e.file_name();
+            let Some(name) = name.to_str() else {
+                empty = false;
+                continue;
+            };
+            let ft = d.symlink_metadata(name)?.file_type();
             if ft.is_dir() {
-                if walk(&e.path(), now, keep, n)? {
-                    std::fs::remove_dir(e.path())?;
+                if walk(&d.open_dir_nofollow(name)?, now, keep, n)? {
+                    d.remove_dir(name)?;
                 } else {
                     empty = false;
                 }
-            } else if expired(&name.to_string_lossy(), now, keep) {
-                std::fs::remove_file(e.path())?;
+            } else if expired(name, now, keep) {
+                d.remove_file_or_symlink(name)?;
                 *n += 1;
             } else {
                 empty = false;
@@ -157,6 +188,89 @@ pub fn prune(dir: &Path, now: SystemTime, keep: Duration) -> std::io::Result<u64
     let mut n = 0;
     walk(dir, now, keep, &mut n)?;
     Ok(n)
+}
+
+/// Moves whatever regular files are at or below `name` in `dir` (the
+/// replica's key `key`) into `into`, the versions directory, under their
+/// keys with `stamp`. Symlinks and directories stay (the caller removes
+/// them). Never follows a symlink on either side.
+pub fn retire(
+    dir: &cap_std::fs::Dir,
+    name: &str,
+    key: &str,
+    into: &cap_std::fs::Dir,
+    stamp: &str,
+) -> std::io::Result<u64> {
+    let meta = match dir.symlink_metadata(name) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    if meta.is_file() {
+        retire_file(dir, name, key, into, stamp)?;
+        return Ok(1);
+    }
+    if !meta.is_dir() {
+        return Ok(0);
+    }
+    use cap_fs_ext::DirExt;
+    let sub = dir.open_dir_nofollow(name)?;
+    let mut names = Vec::new();
+    for e in sub.entries()? {
+        if let Ok(n) = e?.file_name().into_string() {
+            names.push(n);
+        }
+    }
+    let mut n = 0;
+    for child in names {
+        n += retire(&sub, &child, &format!("{key}/{child}"), into, stamp)?;
+    }
+    Ok(n)
+}
+
+fn retire_file(
+    dir: &cap_std::fs::Dir,
+    name: &str,
+    key: &str,
+    into: &cap_std::fs::Dir,
+    stamp: &str,
+) -> std::io::Result<()> {
+    let vkey = version_key(key, stamp);
+    let (parent, _) = vkey.rsplit_once('/').unwrap_or(("", &vkey));
+    let target = if parent.is_empty() {
+        into.try_clone()?
+    } else {
+        into.create_dir_all(parent)?;
+        open_below(into, parent)?
+    };
+    // Two versions of one file in one second: a counter after the stamp.
+    for n in 0..1000u32 {
+        let s = if n == 0 {
+            stamp.to_string()
+        } else {
+            format!("{stamp}-{n}")
+        };
+        let vname = version_key(key.rsplit('/').next().unwrap_or(key), &s);
+        if target.symlink_metadata(&vname).is_ok() {
+            continue;
+        }
+        return dir.rename(name, &target, &vname);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!("{vkey}: too many versions in one second"),
+    ))
+}
+
+/// Directory `rel` below `root`, one component at a time, never through a
+/// symlink.
+fn open_below(root: &cap_std::fs::Dir, rel: &str) -> std::io::Result<cap_std::fs::Dir> {
+    use cap_fs_ext::DirExt;
+    let mut d = root.try_clone()?;
+    for comp in rel.split('/') {
+        d = d.open_dir_nofollow(comp)?;
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -184,7 +298,11 @@ mod tests {
     #[test]
     fn stamps_read_back() {
         let t = at(1_704_164_645);
-        for name in ["a~20240102-030405.txt", "Makefile~20240102-030405"] {
+        for name in [
+            "a~20240102-030405.txt",
+            "Makefile~20240102-030405",
+            "a~20240102-030405-2.txt",
+        ] {
             assert_eq!(parse_stamp(name), Some(t), "{name}");
         }
         for name in [
@@ -241,11 +359,42 @@ mod tests {
         ] {
             std::fs::write(v.join(p), body).unwrap();
         }
-        let n = prune(v, at(1_704_164_645 + 3600), DEFAULT_KEEP).unwrap();
+        let dir = cap_std::fs::Dir::open_ambient_dir(v, cap_std::ambient_authority()).unwrap();
+        let n = prune_dir(&dir, at(1_704_164_645 + 3600), DEFAULT_KEEP).unwrap();
         assert_eq!(n, 2);
         assert!(!v.join("old").exists());
         assert!(v.join("mixed/b~20240102-030405").exists());
         assert!(v.join("mixed/notes.txt").exists());
         assert!(v.exists());
+    }
+
+    #[test]
+    fn retiring_moves_files_under_their_keys_and_leaves_the_rest() {
+        use cap_std::{ambient_authority, fs::Dir};
+        let tmp = tempfile::tempdir().unwrap();
+        let (d, v) = (tmp.path().join("dest"), tmp.path().join("versions"));
+        std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
+        std::fs::create_dir_all(&v).unwrap();
+        std::fs::write(d.join("sub/a.txt"), "a").unwrap();
+        std::fs::write(d.join("sub/deeper/b"), "b").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("a.txt", d.join("sub/link")).unwrap();
+        let dest = Dir::open_ambient_dir(&d, ambient_authority()).unwrap();
+        let into = Dir::open_ambient_dir(&v, ambient_authority()).unwrap();
+        let n = retire(&dest, "sub", "sub", &into, "20240102-030405").unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            std::fs::read_to_string(v.join("sub/a~20240102-030405.txt")).unwrap(),
+            "a"
+        );
+        assert!(v.join("sub/deeper/b~20240102-030405").is_file());
+        assert!(!d.join("sub/a.txt").exists());
+        // Again in the same second: a counter keeps both.
+        std::fs::write(d.join("sub/a.txt"), "a2").unwrap();
+        retire(&dest, "sub", "sub", &into, "20240102-030405").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(v.join("sub/a~20240102-030405-1.txt")).unwrap(),
+            "a2"
+        );
     }
 }

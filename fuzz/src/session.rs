@@ -169,6 +169,7 @@ fn world() -> &'static World {
             allowed_clients: Vec::new(),
             names: replica::tree::NameRules::native(),
             bwlimit: None,
+            versions: None,
         };
         let shared = ServerShared::open(&opts, Arc::new(reporter)).expect("ServerShared::open");
         let rt = tokio::runtime::Builder::new_current_thread()

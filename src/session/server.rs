@@ -329,6 +329,10 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     );
     ctx.fix_dirs(&p.dirs_deepest_first);
     txn.commit()?;
+    if let Err(e) = st.replica.prune_versions() {
+        st.reporter
+            .warn(&format!("cannot prune old versions: {}", describe_io(&e)));
+    }
     if full {
         st.partials.forget_older_than(pass_no);
     }

@@ -71,6 +71,9 @@ pub struct ServerOptions {
     /// `--bwlimit`: paces what the server writes to its clients (all of
     /// them together).
     pub bwlimit: Option<Arc<super::throttle::Bandwidth>>,
+    /// `--versions DIR` and `--keep-versions`: removed and replaced files
+    /// are moved there (DIR as given; checked against DEST at open).
+    pub versions: Option<crate::versions::VersionsOptions>,
 }
 
 /// Free space the server keeps on DEST's filesystem.
@@ -141,8 +144,16 @@ pub fn index_path(state_dir: &Path, dest: &Path) -> PathBuf {
 
 impl ServerShared {
     pub fn open(opts: &ServerOptions, reporter: Arc<Reporter>) -> Result<Arc<Self>> {
-        let replica = Replica::open(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
+        let mut replica = Replica::open(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
         let dest = std::fs::canonicalize(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
+        if let Some(v) = &opts.versions {
+            let dir = crate::versions::check_dir(&v.dir, &dest)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            let v = crate::versions::VersionsOptions { dir, keep: v.keep };
+            replica = replica
+                .with_versions(&v)
+                .map_err(|e| Error::io(&v.dir, e))?;
+        }
         let index = ReplicaIndex::open(&index_path(&opts.state_dir, &dest))?;
         if let Some(why) = &index.rebuilt {
             reporter.warn(&format!("replica index {why}; it is being rebuilt"));
