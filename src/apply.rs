@@ -34,6 +34,8 @@ pub struct Replica {
     /// `--versions DIR`: where removed and replaced files go, and how long
     /// they stay.
     versions: Option<(Dir, std::time::Duration)>,
+    /// Files moved into the versions since last asked: (key, key in DIR).
+    retired: RefCell<Vec<(String, String)>>,
 }
 
 /// A file being written beside its final name.
@@ -103,6 +105,7 @@ impl Replica {
             root_path: path.to_path_buf(),
             cached: RefCell::new(None),
             versions: None,
+            retired: RefCell::new(Vec::new()),
         })
     }
 
@@ -124,14 +127,21 @@ impl Replica {
             return Ok(());
         }
         let stamp = crate::versions::stamp(std::time::SystemTime::now());
-        crate::versions::retire(dir, name, key, into, &stamp).map(|_| ())
+        let mut moved = self.retired.borrow_mut();
+        crate::versions::retire(dir, name, key, into, &stamp, &mut moved).map(|_| ())
+    }
+
+    /// The files moved into the versions since the last call: (key, key in
+    /// the versions directory).
+    pub fn take_retired(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.retired.borrow_mut())
     }
 
     /// With `--versions`: removes versions older than `--keep-versions`;
-    /// returns how many went.
-    pub fn prune_versions(&self) -> io::Result<u64> {
+    /// returns their keys in the versions directory.
+    pub fn prune_versions(&self) -> io::Result<Vec<String>> {
         let Some((into, keep)) = &self.versions else {
-            return Ok(0);
+            return Ok(Vec::new());
         };
         crate::versions::prune_dir(into, std::time::SystemTime::now(), *keep)
     }
@@ -563,9 +573,25 @@ impl Replica {
         fdir.rename(fname, &tdir, tname)
     }
 
-    /// Opens a replica file for reading (never through a symlink).
+    /// Opens a replica file for reading (never through a symlink); a key
+    /// starting with [`crate::versions::INDEX_PREFIX`] names a version.
     pub fn open_read(&self, key: &str) -> io::Result<std::fs::File> {
-        let (dir, name) = self.parent_of(key)?;
+        let (dir, name) = match (
+            key.strip_prefix(crate::versions::INDEX_PREFIX),
+            &self.versions,
+        ) {
+            (Some(vkey), Some((into, _))) => {
+                let (parent, name) = split_key(vkey);
+                let dir = if parent.is_empty() {
+                    into.try_clone()?
+                } else {
+                    crate::versions::open_below(into, parent)?
+                };
+                (dir, name)
+            }
+            (Some(_), None) => return Err(io::ErrorKind::NotFound.into()),
+            (None, _) => self.parent_of(key)?,
+        };
         if !dir.symlink_metadata(name)?.is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

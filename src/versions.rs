@@ -12,6 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+/// Index keys of versions are their key in DIR after this prefix: no key
+/// of the replica starts with `/`, so the two never meet.
+pub const INDEX_PREFIX: &str = "/";
+
 /// Default of `--keep-versions`: 30 days.
 pub const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -152,13 +156,19 @@ pub fn expired(name: &str, now: SystemTime, keep: Duration) -> bool {
 
 /// Removes the files of the versions directory `dir` whose stamp is older
 /// than `keep`, and the directories that leaves empty (`dir` itself
-/// stays). Returns how many files went. Never follows a symlink.
-pub fn prune_dir(dir: &cap_std::fs::Dir, now: SystemTime, keep: Duration) -> std::io::Result<u64> {
+/// stays). Returns the keys of the files that went. Never follows a
+/// symlink.
+pub fn prune_dir(
+    dir: &cap_std::fs::Dir,
+    now: SystemTime,
+    keep: Duration,
+) -> std::io::Result<Vec<String>> {
     fn walk(
         d: &cap_std::fs::Dir,
+        at: &str,
         now: SystemTime,
         keep: Duration,
-        n: &mut u64,
+        gone: &mut Vec<String>,
     ) -> std::io::Result<bool> {
         use cap_fs_ext::DirExt;
         let mut empty = true;
@@ -170,24 +180,29 @@ pub fn prune_dir(dir: &cap_std::fs::Dir, now: SystemTime, keep: Duration) -> std
                 continue;
             };
             let ft = d.symlink_metadata(name)?.file_type();
+            let key = if at.is_empty() {
+                name.to_string()
+            } else {
+                format!("{at}/{name}")
+            };
             if ft.is_dir() {
-                if walk(&d.open_dir_nofollow(name)?, now, keep, n)? {
+                if walk(&d.open_dir_nofollow(name)?, &key, now, keep, gone)? {
                     d.remove_dir(name)?;
                 } else {
                     empty = false;
                 }
             } else if expired(name, now, keep) {
                 d.remove_file_or_symlink(name)?;
-                *n += 1;
+                gone.push(key);
             } else {
                 empty = false;
             }
         }
         Ok(empty)
     }
-    let mut n = 0;
-    walk(dir, now, keep, &mut n)?;
-    Ok(n)
+    let mut gone = Vec::new();
+    walk(dir, "", now, keep, &mut gone)?;
+    Ok(gone)
 }
 
 /// Moves whatever regular files are at or below `name` in `dir` (the
@@ -200,6 +215,7 @@ pub fn retire(
     key: &str,
     into: &cap_std::fs::Dir,
     stamp: &str,
+    moved: &mut Vec<(String, String)>,
 ) -> std::io::Result<u64> {
     let meta = match dir.symlink_metadata(name) {
         Ok(m) => m,
@@ -207,7 +223,7 @@ pub fn retire(
         Err(e) => return Err(e),
     };
     if meta.is_file() {
-        retire_file(dir, name, key, into, stamp)?;
+        moved.push((key.to_string(), retire_file(dir, name, key, into, stamp)?));
         return Ok(1);
     }
     if !meta.is_dir() {
@@ -223,18 +239,19 @@ pub fn retire(
     }
     let mut n = 0;
     for child in names {
-        n += retire(&sub, &child, &format!("{key}/{child}"), into, stamp)?;
+        n += retire(&sub, &child, &format!("{key}/{child}"), into, stamp, moved)?;
     }
     Ok(n)
 }
 
+/// Moves one file; returns its key in the versions directory.
 fn retire_file(
     dir: &cap_std::fs::Dir,
     name: &str,
     key: &str,
     into: &cap_std::fs::Dir,
     stamp: &str,
-) -> std::io::Result<()> {
+) -> std::io::Result<String> {
     let vkey = version_key(key, stamp);
     let (parent, _) = vkey.rsplit_once('/').unwrap_or(("", &vkey));
     let target = if parent.is_empty() {
@@ -254,7 +271,12 @@ fn retire_file(
         if target.symlink_metadata(&vname).is_ok() {
             continue;
         }
-        return dir.rename(name, &target, &vname);
+        dir.rename(name, &target, &vname)?;
+        return Ok(if parent.is_empty() {
+            vname
+        } else {
+            format!("{parent}/{vname}")
+        });
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::AlreadyExists,
@@ -264,7 +286,7 @@ fn retire_file(
 
 /// Directory `rel` below `root`, one component at a time, never through a
 /// symlink.
-fn open_below(root: &cap_std::fs::Dir, rel: &str) -> std::io::Result<cap_std::fs::Dir> {
+pub fn open_below(root: &cap_std::fs::Dir, rel: &str) -> std::io::Result<cap_std::fs::Dir> {
     use cap_fs_ext::DirExt;
     let mut d = root.try_clone()?;
     for comp in rel.split('/') {
@@ -360,8 +382,15 @@ mod tests {
             std::fs::write(v.join(p), body).unwrap();
         }
         let dir = cap_std::fs::Dir::open_ambient_dir(v, cap_std::ambient_authority()).unwrap();
-        let n = prune_dir(&dir, at(1_704_164_645 + 3600), DEFAULT_KEEP).unwrap();
-        assert_eq!(n, 2);
+        let mut gone = prune_dir(&dir, at(1_704_164_645 + 3600), DEFAULT_KEEP).unwrap();
+        gone.sort();
+        assert_eq!(
+            gone,
+            [
+                "mixed/b~20200101-000000",
+                "old/deeper/a~20200101-000000.txt"
+            ]
+        );
         assert!(!v.join("old").exists());
         assert!(v.join("mixed/b~20240102-030405").exists());
         assert!(v.join("mixed/notes.txt").exists());
@@ -381,8 +410,23 @@ mod tests {
         std::os::unix::fs::symlink("a.txt", d.join("sub/link")).unwrap();
         let dest = Dir::open_ambient_dir(&d, ambient_authority()).unwrap();
         let into = Dir::open_ambient_dir(&v, ambient_authority()).unwrap();
-        let n = retire(&dest, "sub", "sub", &into, "20240102-030405").unwrap();
+        let mut moved = Vec::new();
+        let n = retire(&dest, "sub", "sub", &into, "20240102-030405", &mut moved).unwrap();
         assert_eq!(n, 2);
+        moved.sort();
+        assert_eq!(
+            moved,
+            [
+                (
+                    "sub/a.txt".to_string(),
+                    "sub/a~20240102-030405.txt".to_string()
+                ),
+                (
+                    "sub/deeper/b".to_string(),
+                    "sub/deeper/b~20240102-030405".to_string()
+                )
+            ]
+        );
         assert_eq!(
             std::fs::read_to_string(v.join("sub/a~20240102-030405.txt")).unwrap(),
             "a"
@@ -391,7 +435,7 @@ mod tests {
         assert!(!d.join("sub/a.txt").exists());
         // Again in the same second: a counter keeps both.
         std::fs::write(d.join("sub/a.txt"), "a2").unwrap();
-        retire(&dest, "sub", "sub", &into, "20240102-030405").unwrap();
+        retire(&dest, "sub", "sub", &into, "20240102-030405", &mut moved).unwrap();
         assert_eq!(
             std::fs::read_to_string(v.join("sub/a~20240102-030405-1.txt")).unwrap(),
             "a2"

@@ -153,7 +153,7 @@ fn a_local_sync_moves_removed_and_replaced_files_into_versions() {
 }
 
 #[test]
-fn a_server_keeps_versions_and_prunes_old_ones() {
+fn a_server_keeps_versions_prunes_old_ones_and_restores_from_them_for_free() {
     let d = dirs();
     initial(&d.src);
     std::fs::create_dir_all(d.versions.join("d")).unwrap();
@@ -187,6 +187,14 @@ fn a_server_keeps_versions_and_prunes_old_ones() {
     sync(&d.src, &server.target(), &d.state, &args);
     assert_trees_equal(&d.src, &d.dst);
     assert_versions(&d.versions, &old);
+
+    // Restoring the deleted photo into the source sends no content: its
+    // version is a source for dedup.
+    std::fs::write(d.src.join("photo.jpg"), &old[2].1).unwrap();
+    let r = sync(&d.src, &server.target(), &d.state, &args);
+    assert_trees_equal(&d.src, &d.dst);
+    assert_eq!(r.summary().content_sent, 0, "{}", r.describe());
+    assert_eq!(r.summary().rebuilt, 50_000, "{}", r.describe());
 }
 
 #[test]

@@ -154,6 +154,25 @@ pub(crate) fn failure(path: &str, what: &str, e: &std::io::Error) -> OpReport {
     }
 }
 
+/// Removes versions older than `--keep-versions`, and their index records.
+fn prune_versions(st: &ServerState) -> Result<()> {
+    match st.replica.prune_versions() {
+        Ok(gone) if gone.is_empty() => Ok(()),
+        Ok(gone) => {
+            let mut txn = st.index.begin()?;
+            for vkey in gone {
+                txn.remove_file(&format!("{}{vkey}", crate::versions::INDEX_PREFIX))?;
+            }
+            txn.commit()
+        }
+        Err(e) => {
+            st.reporter
+                .warn(&format!("cannot prune old versions: {}", describe_io(&e)));
+            Ok(())
+        }
+    }
+}
+
 /// Whether a manifest lists its root in full, and nothing in it.
 fn source_is_empty(m: &Manifest) -> bool {
     m.entries.len() == 1 && !m.opaque.contains(&0) && !m.partial.contains(&0)
@@ -329,10 +348,7 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     );
     ctx.fix_dirs(&p.dirs_deepest_first);
     txn.commit()?;
-    if let Err(e) = st.replica.prune_versions() {
-        st.reporter
-            .warn(&format!("cannot prune old versions: {}", describe_io(&e)));
-    }
+    prune_versions(st)?;
     if full {
         st.partials.forget_older_than(pass_no);
     }
@@ -454,7 +470,7 @@ impl PassCtx<'_> {
                 continue;
             }
             if !self.dry {
-                txn.remove_tree(key)?;
+                let _ = self.st.replica.take_retired();
                 let removed = match self.keep_excluded {
                     Some(f) => self
                         .st
@@ -463,6 +479,8 @@ impl PassCtx<'_> {
                         .map(|(n, _)| n),
                     None => self.st.replica.remove(key),
                 };
+                self.index_versions(txn)?;
+                txn.remove_tree(key)?;
                 match removed {
                     Ok(0) => continue,
                     Ok(_) => {}
@@ -474,6 +492,17 @@ impl PassCtx<'_> {
                 txn.checkpoint()?;
             }
             self.report(stats, simple(Op::Removed, key, Reason::Extra));
+        }
+        Ok(())
+    }
+
+    /// Files just moved into the versions stay findable for dedup, under
+    /// their key there (after [`crate::versions::INDEX_PREFIX`]).
+    fn index_versions(&self, txn: &mut IndexTxn) -> Result<()> {
+        for (key, vkey) in self.st.replica.take_retired() {
+            if let Some(rec) = txn.file(&key)? {
+                txn.put_file(&format!("{}{vkey}", crate::versions::INDEX_PREFIX), &rec)?;
+            }
         }
         Ok(())
     }
