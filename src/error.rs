@@ -25,6 +25,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The link to the peer ended (closed, idle, unreadable).
+    #[error("connection to {peer}: {source}")]
+    Link {
+        peer: String,
+        #[source]
+        source: crate::session::link::LinkError,
+    },
     #[error("protocol error from {peer}: {reason}")]
     Protocol { peer: String, reason: String },
     #[error("refused by {peer}: {reason}")]
@@ -41,6 +48,13 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
             path: path.into(),
+            source,
+        }
+    }
+
+    pub fn link(peer: impl Into<String>, source: crate::session::link::LinkError) -> Self {
+        Error::Link {
+            peer: peer.into(),
             source,
         }
     }

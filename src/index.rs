@@ -17,7 +17,7 @@
 
 use crate::chunk::{groups, offsets, ChunkRef, Digest, Hash, CHUNKER_VERSION, INLINE_CHUNKS};
 use crate::error::{Error, Result};
-use crate::tree::Timestamp;
+use crate::tree::{Timestamp, Version};
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -36,14 +36,15 @@ const INDEX_VERSION: u32 = 2;
 pub struct FileRecord {
     pub size: u64,
     pub mtime: Timestamp,
-    pub ino: u64,
+    /// The file's identity on its side (its inode on a local disk).
+    pub version: Version,
     pub digest: Digest,
 }
 
 impl FileRecord {
-    /// Whether the file on disk is still the one indexed (rsync's quick check plus inode).
-    pub fn matches(&self, size: u64, mtime: Timestamp, ino: u64) -> bool {
-        self.size == size && self.mtime == mtime && (self.ino == ino || self.ino == 0 || ino == 0)
+    /// Whether the file is still the one indexed (rsync's quick check plus its version).
+    pub fn matches(&self, size: u64, mtime: Timestamp, version: Version) -> bool {
+        self.size == size && self.mtime == mtime && self.version.may_equal(version)
     }
 }
 
@@ -168,8 +169,17 @@ impl ReplicaIndex {
             index: self,
             txn: Some(txn),
             writes: 0,
+            scratch: false,
             cached: std::cell::RefCell::new(None),
         })
+    }
+
+    /// A transaction that is never committed (a dry run): it reads the
+    /// index and its own writes, and keeps nothing.
+    pub fn begin_scratch(&self) -> Result<IndexTxn<'_>> {
+        let mut t = self.begin()?;
+        t.scratch = true;
+        Ok(t)
     }
 }
 
@@ -178,6 +188,8 @@ pub struct IndexTxn<'a> {
     index: &'a ReplicaIndex,
     txn: Option<WriteTransaction>,
     writes: usize,
+    /// Never committed (see [`ReplicaIndex::begin_scratch`]).
+    scratch: bool,
     /// The last record decoded for a group lookup (large files have many groups).
     cached: std::cell::RefCell<Option<(String, std::rc::Rc<FileRecord>)>>,
 }
@@ -359,10 +371,10 @@ impl IndexTxn<'_> {
         from: &str,
         to: &str,
         mut rec: FileRecord,
-        ino: u64,
+        version: Version,
     ) -> Result<()> {
         self.remove_file(from)?;
-        rec.ino = ino;
+        rec.version = version;
         self.put_file(to, &rec)
     }
 
@@ -412,7 +424,7 @@ impl IndexTxn<'_> {
 
     /// Commits if many writes piled up since the last commit.
     pub fn checkpoint(&mut self) -> Result<()> {
-        if self.writes >= CHECKPOINT_WRITES {
+        if self.writes >= CHECKPOINT_WRITES && !self.scratch {
             self.commit_and_continue()?;
         }
         Ok(())
@@ -434,6 +446,9 @@ impl IndexTxn<'_> {
 
     /// Commits durably (the pass is over).
     pub fn commit(mut self) -> Result<()> {
+        if self.scratch {
+            return Ok(()); // dropped: aborted
+        }
         if let Some(mut t) = self.txn.take() {
             t.set_durability(redb::Durability::Immediate);
             t.commit().map_err(|e| self.err(e))?;
@@ -551,12 +566,18 @@ impl SourceIndex {
     }
 
     /// The digest of `path` if its stat still matches what was indexed.
-    pub fn lookup(&self, path: &str, size: u64, mtime: Timestamp, ino: u64) -> Option<Digest> {
+    pub fn lookup(
+        &self,
+        path: &str,
+        size: u64,
+        mtime: Timestamp,
+        version: Version,
+    ) -> Option<Digest> {
         let r = self.db.begin_read().ok()?;
         let t = r.open_table(FILES).ok()?;
         let v = t.get(path).ok()??;
         let rec: FileRecord = postcard::from_bytes(v.value()).ok()?;
-        rec.matches(size, mtime, ino).then_some(rec.digest)
+        rec.matches(size, mtime, version).then_some(rec.digest)
     }
 
     /// Drops records for paths no longer in the source.
@@ -580,7 +601,7 @@ mod tests {
         FileRecord {
             size: data.len() as u64,
             mtime: Timestamp::default(),
-            ino: 1,
+            version: Version(1),
             digest: digest_bytes(data),
         }
     }
@@ -636,10 +657,10 @@ mod tests {
         w.push(vec![("x".into(), r.clone())]);
         w.finish().unwrap();
         assert_eq!(
-            idx.lookup("x", 5, Timestamp::default(), 1),
+            idx.lookup("x", 5, Timestamp::default(), Version(1)),
             Some(r.digest.clone())
         );
-        assert_eq!(idx.lookup("x", 6, Timestamp::default(), 1), None);
-        assert_eq!(idx.lookup("x", 5, Timestamp::default(), 2), None);
+        assert_eq!(idx.lookup("x", 6, Timestamp::default(), Version(1)), None);
+        assert_eq!(idx.lookup("x", 5, Timestamp::default(), Version(2)), None);
     }
 }

@@ -36,7 +36,6 @@
 //!
 //! The binary (`src/main.rs`) only parses arguments and prints.
 
-pub mod apply;
 pub mod chunk;
 pub mod delta;
 pub mod error;
@@ -48,6 +47,7 @@ pub mod protocol;
 pub mod report;
 pub mod session;
 pub mod status;
+pub mod store;
 pub mod syncer;
 pub mod transport;
 pub mod tree;

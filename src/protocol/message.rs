@@ -132,6 +132,44 @@ pub enum ClientMsg {
     },
 }
 
+impl ClientMsg {
+    /// The message's name, for errors about where it came.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientMsg::BeginPass(_) => "BeginPass",
+            ClientMsg::Entries(_) => "Entries",
+            ClientMsg::EndManifest { .. } => "EndManifest",
+            ClientMsg::Summary { .. } => "Summary",
+            ClientMsg::GroupHashes { .. } => "GroupHashes",
+            ClientMsg::GroupChunks { .. } => "GroupChunks",
+            ClientMsg::Chunk { .. } => "Chunk",
+            ClientMsg::Chunks { .. } => "Chunks",
+            ClientMsg::ChunkDelta { .. } => "ChunkDelta",
+            ClientMsg::FileFailed { .. } => "FileFailed",
+            ClientMsg::Skip { .. } => "Skip",
+            ClientMsg::Bye => "Bye",
+        }
+    }
+
+    /// The manifest id of the file a transfer message is about.
+    pub fn file_id(&self) -> Option<u32> {
+        match self {
+            ClientMsg::Summary { id, .. }
+            | ClientMsg::GroupHashes { id, .. }
+            | ClientMsg::GroupChunks { id, .. }
+            | ClientMsg::Chunk { id, .. }
+            | ClientMsg::Chunks { id, .. }
+            | ClientMsg::ChunkDelta { id, .. }
+            | ClientMsg::FileFailed { id, .. }
+            | ClientMsg::Skip { id } => Some(*id),
+            ClientMsg::BeginPass(_)
+            | ClientMsg::Entries(_)
+            | ClientMsg::EndManifest { .. }
+            | ClientMsg::Bye => None,
+        }
+    }
+}
+
 /// Server → client after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMsg {

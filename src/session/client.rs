@@ -4,6 +4,7 @@
 //! inode are unchanged; otherwise the file is read, and re-read if it changed
 //! while being read.
 
+use super::link::Link;
 use crate::chunk::{
     digest_partly, digest_reader_sized, groups, Digest, DigestState, INLINE_CHUNKS,
 };
@@ -11,7 +12,7 @@ use crate::error::{describe_io, Error, Result};
 use crate::index::{FileRecord, SourceIndex, SourceWriter};
 use crate::protocol::{ClientMsg, Op, PassOptions, ServerMsg, GROUPS_PER_MSG};
 use crate::report::{PassSummary, Reporter};
-use crate::transport::Link;
+use crate::tree::Version;
 use crate::tree::{scan::mtime_of, Kind, SourceScan};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -144,10 +145,10 @@ impl ClientPass<'_> {
         let mut changed = 0usize;
         let mut preempted = Vec::new();
         let stats = loop {
-            let msg = self.link.recv().map_err(|e| Error::Net {
-                peer: self.link.peer.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e),
-            })?;
+            let msg = self
+                .link
+                .recv()
+                .map_err(|e| Error::link(&self.link.peer, e))?;
             match msg {
                 ServerMsg::Plan { files, bytes } => self.observer().planned(files, bytes),
                 ServerMsg::Basis { id, hashes } => {
@@ -278,7 +279,7 @@ impl ClientPass<'_> {
                                         &m.key(i),
                                         *size,
                                         m.entries[i].mtime,
-                                        self.scan.local[i].ino,
+                                        Version(self.scan.local[i].ino),
                                     )
                                 })
                             })
@@ -483,7 +484,7 @@ impl ClientPass<'_> {
                         // chunk against the digest, and refuses the file if
                         // it changed since.
                         let mut data = vec![0u8; len as usize];
-                        let ok = crate::apply::read_at(file, &mut data, at).is_ok();
+                        let ok = read_exact_at(file, &mut data, at).is_ok();
                         (data, ok)
                     }
                     (None, None) => (Vec::new(), false),
@@ -614,11 +615,33 @@ fn read_digest_or_step_aside(path: &PathBuf, key: &str, aside: Option<StepAside>
             let rec = FileRecord {
                 size: digest.size,
                 mtime: mtime_of(&after),
-                ino: crate::tree::scan::local_of(&after).ino,
+                version: Version(crate::tree::scan::local_of(&after).ino),
                 digest: digest.clone(),
             };
             return Ok(Some((digest, Some(rec), data)));
         }
     }
     Err("it kept changing while being read".into())
+}
+
+/// Reads exactly `buf.len()` bytes of a source file at `offset`.
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = file.seek_read(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,532 @@
+//! The replica as a directory on a local disk. Every operation is resolved
+//! one component at a time from an open handle on DEST without following
+//! symlinks, so nothing is ever read, written or removed outside DEST or
+//! through a link planted inside it.
+//!
+//! Files are staged as a temporary file beside their target
+//! (`.replica-tmp-…`), given their mode and mtime, then renamed over the
+//! target. A staged file dropped before [`Store::publish`] removes itself;
+//! stale ones left by a kill are removed by the next pass. A file's version
+//! is its inode number; keeping a version aside is a hard link.
+
+use super::{beside, split_key, Capabilities, ReadAt, Space, Staged, Store, Version};
+use crate::plan::ReplicaEntry;
+use crate::tree::{Kind, Timestamp};
+use cap_fs_ext::{DirExt, SystemTimeSpec};
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+mod meta;
+use meta::{entry_of, file_version, open_dir_handle, set_file_mode, set_mode_at, set_mtime_at};
+
+/// Prefix of temporary files written beside their target.
+pub const TEMP_PREFIX: &str = ".replica-tmp-";
+
+/// A directory on a local disk holding the replica.
+pub struct LocalStore {
+    root: Dir,
+    root_path: PathBuf,
+    fsync: bool,
+    /// The directories last opened, each inside the one before: reused by
+    /// the next operation on the same directory or below it.
+    chain: Mutex<Vec<(String, Dir)>>,
+}
+
+/// A file being written beside its final name.
+struct LocalStaged {
+    file: std::fs::File,
+    dir: Dir,
+    name: String,
+    key: String,
+    published: bool,
+}
+
+impl Drop for LocalStaged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = self.dir.remove_file(&self.name);
+        }
+    }
+}
+
+impl ReadAt for LocalStaged {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        pread(&self.file, buf, offset)
+    }
+}
+
+impl Staged for LocalStaged {
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        pwrite_all(&self.file, buf, offset)
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
+/// A replica file open for reading.
+struct LocalFile(std::fs::File);
+
+impl ReadAt for LocalFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        pread(&self.0, buf, offset)
+    }
+}
+
+fn not_dir(key: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotADirectory,
+        format!("{key} is not a directory"),
+    )
+}
+
+fn not_file() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")
+}
+
+impl LocalStore {
+    /// Opens DEST, creating it if missing; `fsync`: published files reach
+    /// the disk before they appear.
+    pub fn open(path: &Path, fsync: bool) -> io::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let root = Dir::open_ambient_dir(path, ambient_authority())?;
+        Ok(LocalStore {
+            root,
+            root_path: path.to_path_buf(),
+            fsync,
+            chain: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Forgets cached handles (a directory may have moved).
+    fn forget(&self) {
+        self.chain.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Runs `f` on directory `key`, opened one component at a time from
+    /// DEST (or from the deepest cached directory on its way), refusing
+    /// symlinks at every step.
+    fn with_dir<R>(&self, key: &str, f: impl FnOnce(&Dir) -> io::Result<R>) -> io::Result<R> {
+        if key.is_empty() {
+            return f(&self.root);
+        }
+        let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
+        let within = |k: &str| key == k || (key.starts_with(k) && key.as_bytes()[k.len()] == b'/');
+        let keep = chain
+            .iter()
+            .rposition(|(k, _)| within(k))
+            .map_or(0, |i| i + 1);
+        chain.truncate(keep);
+        let done = chain.last().map_or(0, |(k, _)| k.len() + 1);
+        if done < key.len() + 1 {
+            for comp in key[done..].split('/') {
+                let parent = chain.last().map_or(&self.root, |(_, d)| d);
+                let dir = match parent.open_dir_nofollow(comp) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Say why in the usual terms (a symlink or a file is "not a directory").
+                        return Err(match parent.symlink_metadata(comp) {
+                            Ok(m) if !m.is_dir() => not_dir(key),
+                            Ok(_) => e,
+                            Err(e2) => e2,
+                        });
+                    }
+                };
+                let end = chain.last().map_or(0, |(k, _)| k.len() + 1) + comp.len();
+                chain.push((key[..end].to_string(), dir));
+            }
+        }
+        f(&chain.last().expect("at least one component").1)
+    }
+
+    fn with_parent<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&Dir, &str) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let (parent, name) = split_key(key);
+        self.with_dir(parent, |d| f(d, name))
+    }
+
+    /// Replaces the file at `key` by a private copy with the given metadata.
+    fn rewrite_as_copy(&self, key: &str, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
+        let src = self.open(key)?;
+        let mut tmp = self.stage(key)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        loop {
+            let n = src.read_at(&mut buf, at)?;
+            if n == 0 {
+                break;
+            }
+            tmp.write_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        self.publish(tmp, key, mode, mtime).map(|_| ())
+    }
+
+    fn set_file_meta(
+        &self,
+        key: &str,
+        dir: &Dir,
+        name: &str,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<bool> {
+        let m = dir.symlink_metadata(name)?;
+        if !m.is_file() {
+            return Err(not_file());
+        }
+        #[cfg(unix)]
+        {
+            use cap_std::fs::MetadataExt;
+            if m.nlink() > 1 {
+                // A hard link (maybe planted from outside DEST): changing
+                // its metadata in place would change the other name too.
+                return Ok(false);
+            }
+        }
+        let _ = key;
+        set_mode_at(dir, name, mode)?;
+        set_mtime_at(dir, name, mtime, when(mtime), false)?;
+        Ok(true)
+    }
+}
+
+fn when(mtime: Timestamp) -> Option<SystemTimeSpec> {
+    Some(SystemTimeSpec::Absolute(
+        cap_std::time::SystemTime::from_std(mtime.to_system()),
+    ))
+}
+
+impl Store for LocalStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            symlinks: true,
+            modes: cfg!(unix),
+            cheap_rename: true,
+            hard_links: true,
+            records: true,
+        }
+    }
+
+    fn stat(&self, key: &str) -> io::Result<Option<ReplicaEntry>> {
+        if key.is_empty() {
+            let m = self.root.dir_metadata()?;
+            return entry_of(&self.root, ".", &m).map(Some);
+        }
+        let r = self.with_parent(key, |dir, name| match dir.symlink_metadata(name) {
+            Ok(m) => Ok(Some(entry_of(dir, name, &m)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        });
+        match r {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(None)
+            }
+            r => r,
+        }
+    }
+
+    fn list(&self, key: &str) -> io::Result<Vec<String>> {
+        self.with_dir(key, list_names)
+    }
+
+    fn open(&self, key: &str) -> io::Result<Box<dyn ReadAt>> {
+        self.with_parent(key, |dir, name| {
+            if !dir.symlink_metadata(name)?.is_file() {
+                return Err(not_file());
+            }
+            let mut opts = OpenOptions::new();
+            opts.read(true);
+            let f = dir.open_with(name, &opts)?.into_std();
+            Ok(Box::new(LocalFile(f)) as Box<dyn ReadAt>)
+        })
+    }
+
+    fn mkdir(&self, key: &str) -> io::Result<()> {
+        self.with_parent(key, |dir, name| match dir.create_dir(name) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && dir.symlink_metadata(name)?.is_dir() =>
+            {
+                Ok(())
+            }
+            r => r,
+        })
+    }
+
+    fn symlink(&self, key: &str, target: &str) -> io::Result<()> {
+        self.with_parent(key, |dir, name| {
+            let tmp = temp_name(name);
+            // The target is only text: create it verbatim (cap-std's own
+            // symlink refuses absolute targets, which are legitimate here).
+            #[cfg(unix)]
+            rustix::fs::symlinkat(target, dir, tmp.as_str()).map_err(io::Error::from)?;
+            #[cfg(windows)]
+            dir.symlink_file(target, &tmp)?;
+            dir.rename(&tmp, dir, name).inspect_err(|_| {
+                let _ = dir.remove_file_or_symlink(&tmp);
+            })
+        })
+    }
+
+    fn set_meta(
+        &self,
+        key: &str,
+        kind: &Kind,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<()> {
+        if key.is_empty() {
+            let f = open_dir_handle(&self.root_path)?;
+            set_file_mode(&f, mode)?;
+            return f.set_times(std::fs::FileTimes::new().set_modified(mtime.to_system()));
+        }
+        let in_place = self.with_parent(key, |dir, name| match kind {
+            Kind::Symlink { .. } => set_mtime_at(dir, name, mtime, when(mtime), true).map(|_| true),
+            Kind::Dir => {
+                set_mode_at(dir, name, mode)?;
+                set_mtime_at(dir, name, mtime, when(mtime), false).map(|_| true)
+            }
+            Kind::File { .. } => self.set_file_meta(key, dir, name, mode, mtime),
+        })?;
+        if in_place {
+            Ok(())
+        } else {
+            self.rewrite_as_copy(key, mode, mtime)
+        }
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (fdir, fname) = split_key(from);
+        let (tdir, tname) = split_key(to);
+        let target = self.with_dir(tdir, |d| d.try_clone())?;
+        self.forget();
+        self.with_dir(fdir, |d| d.rename(fname, &target, tname))
+    }
+
+    fn remove(&self, key: &str) -> io::Result<u64> {
+        let r = self.with_parent(key, |dir, name| {
+            let meta = match dir.symlink_metadata(name) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                Ok(Some((dir.try_clone()?, true)))
+            } else {
+                dir.remove_file_or_symlink(name)?;
+                Ok(Some((dir.try_clone()?, false)))
+            }
+        })?;
+        let Some((dir, is_dir)) = r else {
+            return Ok(0);
+        };
+        if !is_dir {
+            return Ok(1);
+        }
+        // The chain may hold handles inside the tree about to go.
+        self.forget();
+        let name = split_key(key).1;
+        let n = count_tree(&dir.open_dir_nofollow(name)?)?;
+        dir.remove_dir_all(name)?;
+        Ok(n + 1)
+    }
+
+    fn count(&self, key: &str) -> io::Result<u64> {
+        self.with_parent(key, |dir, name| match dir.symlink_metadata(name) {
+            Ok(m) if m.is_dir() => Ok(1 + count_tree(&dir.open_dir_nofollow(name)?)?),
+            Ok(_) => Ok(1),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        })
+    }
+
+    fn keep_aside(&self, key: &str) -> io::Result<String> {
+        self.with_parent(key, |dir, name| {
+            let tmp = temp_name(name);
+            dir.hard_link(name, dir, &tmp)?;
+            Ok(beside(key, &tmp))
+        })
+    }
+
+    fn stage(&self, key: &str) -> io::Result<Box<dyn Staged>> {
+        let (dir, name) = self.with_parent(key, |dir, name| {
+            let tmp = temp_name(name);
+            let opts = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .clone();
+            let file = dir.open_with(&tmp, &opts)?.into_std();
+            Ok((dir.try_clone()?, (tmp, file)))
+        })?;
+        let (name, file) = name;
+        Ok(Box::new(LocalStaged {
+            file,
+            dir,
+            key: beside(key, &name),
+            name,
+            published: false,
+        }))
+    }
+
+    /// Its directory is resolved again from DEST and must still hold that
+    /// very file under its name. Otherwise the file is let go (its name is
+    /// not removed through the old handle, which may now point outside DEST).
+    fn resume(&self, key: &str, staged: Box<dyn Staged>) -> io::Result<Box<dyn Staged>> {
+        let gone = || {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "the kept partial file is no longer in place",
+            )
+        };
+        let Ok(mut old) = staged.into_any().downcast::<LocalStaged>() else {
+            return Err(gone());
+        };
+        // However this ends, `old` must not remove anything through its handle.
+        old.published = true;
+        let same = matches!(
+            self.stat(&old.key)?,
+            Some(ReplicaEntry { kind: Kind::File { .. }, version, .. }) if version == file_version(&old.file)
+        );
+        if !same || split_key(&old.key).0 != split_key(key).0 {
+            return Err(gone());
+        }
+        let dir = self.with_parent(key, |d, _| d.try_clone())?;
+        Ok(Box::new(LocalStaged {
+            file: old.file.try_clone()?,
+            dir,
+            name: old.name.clone(),
+            key: old.key.clone(),
+            published: false,
+        }))
+    }
+
+    fn publish(
+        &self,
+        staged: Box<dyn Staged>,
+        key: &str,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<Version> {
+        let Ok(mut tmp) = staged.into_any().downcast::<LocalStaged>() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not staged by this store",
+            ));
+        };
+        set_file_mode(&tmp.file, mode)?;
+        tmp.file
+            .set_times(std::fs::FileTimes::new().set_modified(mtime.to_system()))?;
+        if self.fsync {
+            tmp.file.sync_all()?;
+        }
+        let version = file_version(&tmp.file);
+        let (_, name) = split_key(key);
+        tmp.dir.rename(&tmp.name, &tmp.dir, name)?;
+        tmp.published = true;
+        Ok(version)
+    }
+
+    fn is_staging(&self, name: &str) -> bool {
+        name.starts_with(TEMP_PREFIX)
+    }
+
+    fn refresh(&self) {
+        // A directory may have been moved away since the last pass: never
+        // reuse a handle across passes.
+        self.forget();
+    }
+
+    fn space(&self) -> Option<Space> {
+        Some(Space {
+            free: fs4::available_space(&self.root_path).ok()?,
+            total: fs4::total_space(&self.root_path).ok()?,
+        })
+    }
+}
+
+fn list_names(dir: &Dir) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for item in dir.entries()? {
+        let item = item?;
+        // Names that are not UTF-8 cannot come from the source; leave them be.
+        if let Ok(n) = item.file_name().into_string() {
+            names.push(n);
+        }
+    }
+    Ok(names)
+}
+
+fn count_tree(dir: &Dir) -> io::Result<u64> {
+    let mut n = 0;
+    for item in dir.entries()? {
+        let item = item?;
+        n += 1;
+        if item.file_type()?.is_dir() {
+            n += count_tree(&dir.open_dir_nofollow(item.file_name())?)?;
+        }
+    }
+    Ok(n)
+}
+
+fn temp_name(name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut cut = name.len().min(100);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let short = &name[..cut];
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    format!("{TEMP_PREFIX}{pid:x}-{n:x}.{short}")
+}
+
+/// Reads at `offset` (fewer bytes than asked only at the end).
+pub fn pread(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        file.seek_read(buf, offset)
+    }
+}
+
+/// Writes all of `buf` at `offset`.
+pub fn pwrite_all(file: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            done += file.seek_write(&buf[done..], offset + done as u64)?;
+        }
+        Ok(())
+    }
+}
