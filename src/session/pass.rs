@@ -12,7 +12,7 @@ use crate::report::Reporter;
 use crate::status::ServerStats;
 use crate::store::space::NoRoom;
 use crate::store::{MinFree, Store};
-use crate::tree::{Entry, Manifest};
+use crate::tree::{Entry, Manifest, Unholdable};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The server's end of a session's link.
@@ -31,6 +31,9 @@ pub enum Failure {
     /// The replica could not be examined there.
     #[error("{0}")]
     Scan(String),
+    /// The replica's platform cannot hold the entry's name.
+    #[error("this replica cannot hold that name: {0}")]
+    Unholdable(&'static str),
     /// The client could not provide the file.
     #[error("{0}")]
     Client(String),
@@ -82,6 +85,8 @@ pub(crate) struct PassCtx<'a> {
     pub min_free: MinFree,
     /// Excluded paths inside removed directories are kept (unless --delete-excluded).
     pub keep_excluded: Option<&'a Filter>,
+    /// Entries whose names the replica cannot hold (left alone).
+    pub unholdable: &'a Unholdable,
 }
 
 impl<'a> PassCtx<'a> {

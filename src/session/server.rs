@@ -8,7 +8,7 @@
 
 use super::link::LinkError;
 use super::partial::Partials;
-use super::pass::{simple, PassCtx};
+use super::pass::{simple, Failure, PassCtx};
 use super::scan::{scan, ScanOptions};
 use super::transfer::Transfer;
 use crate::error::{Error, Result};
@@ -40,6 +40,8 @@ pub struct ServerState {
     pub partials: Partials,
     /// Passes run so far (numbers partials).
     pub pass_seq: AtomicU64,
+    /// Which names the replica can hold.
+    pub names: crate::tree::NameRules,
 }
 
 /// Serves passes until the client says goodbye or the link fails.
@@ -117,10 +119,24 @@ impl<'i> Txns<'i> {
     }
 }
 
+/// Whether a manifest lists its root in full, and nothing in it.
+fn source_is_empty(m: &Manifest) -> bool {
+    m.entries.len() == 1 && !m.opaque.contains(&0) && !m.partial.contains(&0)
+}
+
 fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()> {
-    let manifest = receive_manifest(link)?;
+    let mut manifest = receive_manifest(link)?;
+    let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
     let filter = Filter::new(opts.excludes.clone()).map_err(|e| Error::protocol(&link.peer, e))?;
     let keys = crate::plan::keys_of(&manifest);
+    // Names this replica cannot hold: one error each, and the replica keeps
+    // whatever it holds at and below them.
+    let unholdable = manifest.unholdable(st.names);
+    for &(id, _) in &unholdable.refused {
+        if manifest.entries[id as usize].kind.is_dir() {
+            manifest.opaque.push(id);
+        }
+    }
     let dry = DryRun::new(&*st.store);
     let store: &dyn Store = if opts.dry_run { &dry } else { &*st.store };
     let ctx = PassCtx {
@@ -135,6 +151,7 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
         pass_no: st.pass_seq.fetch_add(1, Ordering::Relaxed) + 1,
         min_free: st.min_free,
         keep_excluded: (!opts.delete_excluded && !filter.is_empty()).then_some(&filter),
+        unholdable: &unholdable,
     };
     let txns = Txns {
         index: &st.index,
@@ -157,7 +174,7 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     let mut txn = txns.begin()?;
     apply(&ctx, &view, p, &mut txn, &mut stats)?;
     txn.commit()?;
-    finish(&ctx, st, stats)
+    finish(&ctx, st, full, stats)
 }
 
 /// Scans the replica, plans, moves renamed directories into place (and
@@ -171,8 +188,11 @@ fn look(
 ) -> Result<Option<(ReplicaView, Plan)>> {
     ctx.store.refresh();
     let (mut view, extras) = scan(ctx.store, ctx.manifest, ctx.keys, scan_opts);
+    for &(id, why) in &ctx.unholdable.refused {
+        ctx.fail(stats, ctx.key(id), Failure::Unholdable(why));
+    }
     for (key, why) in extras.problems {
-        ctx.fail(stats, &key, super::pass::Failure::Scan(why));
+        ctx.fail(stats, &key, Failure::Scan(why));
     }
     let kept = ctx.partials.map(Partials::temp_keys).unwrap_or_default();
     for t in extras.stale_temps.iter().filter(|t| !kept.contains(*t)) {
@@ -182,11 +202,26 @@ fn look(
         checksum: opts.checksum,
     };
     let mut p = plan(ctx.manifest, ctx.keys, &view, plan_opts);
+    p.skip(ctx.unholdable, ctx.keys);
+    if !opts.allow_empty_source && source_is_empty(ctx.manifest) && !p.remove.is_empty() {
+        let n: u64 = p
+            .remove
+            .iter()
+            .map(|k| ctx.store.count(k).unwrap_or(1))
+            .sum();
+        stats.stopped = Some(format!(
+            "the source is empty but the replica holds {n} {}; nothing was changed \
+             (an unmounted disk or a wrong path?). To empty the replica on purpose, pass --allow-empty-source",
+            if n == 1 { "entry" } else { "entries" }
+        ));
+        return Ok(None);
+    }
     if ctx.store.capabilities().cheap_rename && opts.max_delete.is_none() {
         let moved = move_dirs(ctx, &p, &view, txns)?;
         if !moved.is_empty() {
             view = scan(ctx.store, ctx.manifest, ctx.keys, scan_opts).0;
             p = plan(ctx.manifest, ctx.keys, &view, plan_opts);
+            p.skip(ctx.unholdable, ctx.keys);
         }
         for (from, to) in moved {
             let r = OpReport {
@@ -278,9 +313,8 @@ fn apply(
 }
 
 /// Closes the pass: partials of a full pass, counters, the final message.
-fn finish(ctx: &PassCtx, st: &ServerState, stats: PassStats) -> Result<()> {
+fn finish(ctx: &PassCtx, st: &ServerState, full: bool, stats: PassStats) -> Result<()> {
     let manifest = ctx.manifest;
-    let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
     if full {
         st.partials.forget_older_than(ctx.pass_no);
     }
