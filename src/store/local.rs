@@ -12,7 +12,7 @@
 use super::{beside, split_key, Capabilities, ReadAt, Space, Staged, Store, Version};
 use crate::plan::ReplicaEntry;
 use crate::tree::{Kind, Timestamp};
-use cap_fs_ext::{DirExt, SystemTimeSpec};
+use cap_fs_ext::DirExt;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 use std::io;
@@ -21,7 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 mod meta;
-use meta::{entry_of, file_version, open_dir_handle, set_file_mode, set_mode_at, set_mtime_at};
+use meta::{
+    entry_of, file_version, not_file, open_dir_handle, set_dir_meta, set_file_meta, set_file_mode,
+    set_mtime_at, when,
+};
 
 /// Prefix of temporary files written beside their target.
 pub const TEMP_PREFIX: &str = ".replica-tmp-";
@@ -87,10 +90,6 @@ fn not_dir(key: &str) -> io::Error {
         io::ErrorKind::NotADirectory,
         format!("{key} is not a directory"),
     )
-}
-
-fn not_file() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")
 }
 
 impl LocalStore {
@@ -173,39 +172,6 @@ impl LocalStore {
         }
         self.publish(tmp, key, mode, mtime).map(|_| ())
     }
-
-    fn set_file_meta(
-        &self,
-        key: &str,
-        dir: &Dir,
-        name: &str,
-        mode: Option<u32>,
-        mtime: Timestamp,
-    ) -> io::Result<bool> {
-        let m = dir.symlink_metadata(name)?;
-        if !m.is_file() {
-            return Err(not_file());
-        }
-        #[cfg(unix)]
-        {
-            use cap_std::fs::MetadataExt;
-            if m.nlink() > 1 {
-                // A hard link (maybe planted from outside DEST): changing
-                // its metadata in place would change the other name too.
-                return Ok(false);
-            }
-        }
-        let _ = key;
-        set_mode_at(dir, name, mode)?;
-        set_mtime_at(dir, name, mtime, when(mtime), false)?;
-        Ok(true)
-    }
-}
-
-fn when(mtime: Timestamp) -> Option<SystemTimeSpec> {
-    Some(SystemTimeSpec::Absolute(
-        cap_std::time::SystemTime::from_std(mtime.to_system()),
-    ))
 }
 
 impl Store for LocalStore {
@@ -299,11 +265,8 @@ impl Store for LocalStore {
         }
         let in_place = self.with_parent(key, |dir, name| match kind {
             Kind::Symlink { .. } => set_mtime_at(dir, name, mtime, when(mtime), true).map(|_| true),
-            Kind::Dir => {
-                set_mode_at(dir, name, mode)?;
-                set_mtime_at(dir, name, mtime, when(mtime), false).map(|_| true)
-            }
-            Kind::File { .. } => self.set_file_meta(key, dir, name, mode, mtime),
+            Kind::Dir => set_dir_meta(dir, name, mode, mtime).map(|_| true),
+            Kind::File { .. } => set_file_meta(dir, name, mode, mtime),
         })?;
         if in_place {
             Ok(())

@@ -2,9 +2,7 @@
 
 use crate::plan::ReplicaEntry;
 use crate::tree::{Kind, Timestamp, Version};
-#[cfg(not(unix))]
-use cap_fs_ext::DirExt;
-use cap_fs_ext::SystemTimeSpec;
+use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::fs::Dir;
 use std::io;
 use std::path::Path;
@@ -51,6 +49,125 @@ pub(super) fn entry_of(
     })
 }
 
+/// Sets mode and mtime of directory `name` in `dir`. On unix through a
+/// handle opened without following a link: a directory swapped for a
+/// symlink meanwhile is refused, never followed out of DEST.
+pub(super) fn set_dir_meta(
+    dir: &Dir,
+    name: &str,
+    mode: Option<u32>,
+    mtime: Timestamp,
+) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        let d = dir.open_dir_nofollow(name)?;
+        set_fd_meta(&d, mode, mtime)
+    }
+    #[cfg(not(unix))]
+    {
+        set_mode_at(dir, name, mode)?;
+        set_mtime_at(dir, name, mtime, when(mtime), false)
+    }
+}
+
+/// Sets mode and mtime of regular file `name` in `dir`; false (and nothing
+/// changed) when the file has other names (hard links, maybe planted from
+/// outside DEST: changing it in place would change them too). On unix the
+/// file is opened without following a link and checked and changed
+/// through that handle, so a swap meanwhile cannot redirect the change.
+pub(super) fn set_file_meta(
+    dir: &Dir,
+    name: &str,
+    mode: Option<u32>,
+    mtime: Timestamp,
+) -> io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+        use cap_std::fs::MetadataExt;
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.read(true).follow(FollowSymlinks::No);
+        match dir.open_with(name, &opts) {
+            Ok(f) => {
+                let m = f.metadata()?;
+                if !m.is_file() {
+                    return Err(not_file());
+                }
+                if m.nlink() > 1 {
+                    return Ok(false);
+                }
+                set_fd_meta(&f, mode, mtime).map(|()| true)
+            }
+            // Unreadable: checked, then changed by name (the link itself
+            // for the mtime).
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                set_file_meta_by_name(dir, name, mode, mtime)
+            }
+            Err(e) => Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    set_file_meta_by_name(dir, name, mode, mtime)
+}
+
+fn set_file_meta_by_name(
+    dir: &Dir,
+    name: &str,
+    mode: Option<u32>,
+    mtime: Timestamp,
+) -> io::Result<bool> {
+    let m = dir.symlink_metadata(name)?;
+    if !m.is_file() {
+        return Err(not_file());
+    }
+    #[cfg(unix)]
+    {
+        use cap_std::fs::MetadataExt;
+        if m.nlink() > 1 {
+            return Ok(false);
+        }
+    }
+    set_mode_at(dir, name, mode)?;
+    set_mtime_at(dir, name, mtime, when(mtime), true)?;
+    Ok(true)
+}
+
+pub(super) fn not_file() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")
+}
+
+/// The mtime as cap-std wants it (non-unix paths).
+pub(super) fn when(mtime: Timestamp) -> Option<SystemTimeSpec> {
+    Some(SystemTimeSpec::Absolute(
+        cap_std::time::SystemTime::from_std(mtime.to_system()),
+    ))
+}
+
+/// Mode and mtime through an open handle (the access time is left alone).
+#[cfg(unix)]
+fn set_fd_meta(fd: impl std::os::fd::AsFd, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
+    if let Some(mode) = mode {
+        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode as _))
+            .map_err(io::Error::from)?;
+    }
+    rustix::fs::futimens(&fd, &timestamps(mtime)).map_err(io::Error::from)
+}
+
+#[cfg(unix)]
+fn timestamps(mtime: Timestamp) -> rustix::fs::Timestamps {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: mtime.secs as _,
+            tv_nsec: mtime.nanos as _,
+        },
+    }
+}
+
 /// Sets the mtime of `name` in `dir` (of the link itself with `nofollow`),
 /// leaving the access time alone. Times before 1970 work.
 #[allow(unused_variables)]
@@ -63,17 +180,8 @@ pub(super) fn set_mtime_at(
 ) -> io::Result<()> {
     #[cfg(unix)]
     {
-        use rustix::fs::{AtFlags, Timespec, Timestamps, UTIME_OMIT};
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: 0,
-                tv_nsec: UTIME_OMIT,
-            },
-            last_modification: Timespec {
-                tv_sec: mtime.secs as _,
-                tv_nsec: mtime.nanos as _,
-            },
-        };
+        use rustix::fs::AtFlags;
+        let times = timestamps(mtime);
         let flags = if nofollow {
             AtFlags::SYMLINK_NOFOLLOW
         } else {
