@@ -13,22 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// Why a link stopped delivering messages.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LinkError {
-    /// The peer closed the connection between frames: a normal end.
-    #[error("connection closed")]
-    Closed,
-    /// Nothing at all (not even a keep-alive) arrived in time.
-    #[error("no data for {secs} s")]
-    Idle { secs: u64 },
-    /// A frame could not be read (reset, EOF inside a frame, oversize).
-    #[error("{0}")]
-    Frame(String),
-    /// A frame arrived but did not decode into a message.
-    #[error("{0}")]
-    Decode(String),
-}
+pub use crate::error::LinkError;
 
 /// Bytes that crossed the socket, both ways.
 #[derive(Debug, Default)]

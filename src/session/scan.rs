@@ -34,19 +34,21 @@ pub fn scan(
     keys: &Keys,
     opts: ScanOptions,
 ) -> (ReplicaView, ScanExtras) {
-    let fold = |e: &Entry, r: &ReplicaEntry| {
-        identical(e, r) && !(opts.checksum && matches!(e.kind, Kind::File { .. }))
+    let mut s = Scanner {
+        store,
+        source,
+        opts,
+        view: ReplicaView::new(source.entries.len()),
+        extras: ScanExtras::default(),
     };
-    let mut view = ReplicaView::new(source.entries.len());
-    let mut extras = ScanExtras::default();
     if let Ok(Some(e)) = store.stat("") {
         let e = ReplicaEntry {
             kind: Kind::Dir,
             ..e
         };
         match source.entries.first() {
-            Some(root) if fold(root, &e) => view.mark_same(0),
-            _ => view.insert(String::new(), e),
+            Some(root) if s.fold(root, &e) => s.view.mark_same(0),
+            _ => s.view.insert(String::new(), e),
         }
     }
     let opaque: HashSet<u32> = source.opaque.iter().copied().collect();
@@ -59,57 +61,86 @@ pub fn scan(
         }
         let key = &keys[i];
         let in_view = matches!(
-            view.get(key),
+            s.view.get(key),
             Some(ReplicaEntry {
                 kind: Kind::Dir,
                 ..
             })
         );
-        if i > 0 && !view.is_same(id) && !in_view {
+        if i > 0 && !s.view.is_same(id) && !in_view {
             continue;
         }
+        s.directory(key, children.of_entry(i), partial.contains(&id));
+    }
+    (s.view, s.extras)
+}
+
+/// A scan in progress.
+struct Scanner<'a> {
+    store: &'a dyn Store,
+    source: &'a Manifest,
+    opts: ScanOptions<'a>,
+    view: ReplicaView,
+    extras: ScanExtras,
+}
+
+impl Scanner<'_> {
+    /// Whether a replica entry folds into its source entry (with
+    /// --checksum, files that look identical are still compared, so they
+    /// are kept whole).
+    fn fold(&self, e: &Entry, r: &ReplicaEntry) -> bool {
+        identical(e, r) && !(self.opts.checksum && matches!(e.kind, Kind::File { .. }))
+    }
+
+    /// Looks at replica directory `key`, whose source children are
+    /// `children` (only those, if the source lists it `partial`ly).
+    fn directory(&mut self, key: &str, children: &[u32], partial: bool) {
+        let entries = &self.source.entries;
         let source_names: HashMap<&str, u32> = children
-            .of_entry(i)
             .iter()
-            .map(|&c| (source.entries[c as usize].name.as_str(), c))
+            .map(|&c| (entries[c as usize].name.as_str(), c))
             .collect();
-        let names: Vec<String> = if partial.contains(&id) {
+        let names: Vec<String> = if partial {
             source_names.keys().map(|n| n.to_string()).collect()
         } else {
-            match store.list(key) {
+            match self.store.list(key) {
                 Ok(n) => n,
                 Err(err) => {
                     let why = format!("cannot list: {}", describe_io(&err));
-                    extras.problems.push((key.to_string(), why));
-                    continue;
+                    self.extras.problems.push((key.to_string(), why));
+                    return;
                 }
             }
         };
         for name in names {
-            let child = child_key(key, &name);
             let in_source = source_names.get(name.as_str()).copied();
-            if in_source.is_none() && store.is_staging(&name) {
-                extras.stale_temps.push(child);
-                continue;
-            }
-            let entry = match store.stat(&child) {
-                Ok(Some(entry)) => entry,
-                Ok(None) => continue,
-                Err(err) => {
-                    extras.problems.push((child, describe_io(&err)));
-                    continue;
-                }
-            };
-            if !opts.delete_excluded && opts.filter.is_excluded(&child, entry.kind.is_dir()) {
-                continue;
-            }
-            match in_source {
-                Some(c) if fold(&source.entries[c as usize], &entry) => view.mark_same(c),
-                _ => view.insert(child, entry),
-            }
+            self.child(child_key(key, &name), &name, in_source);
         }
     }
-    (view, extras)
+
+    fn child(&mut self, key: String, name: &str, in_source: Option<u32>) {
+        if in_source.is_none() && self.store.is_staging(name) {
+            self.extras.stale_temps.push(key);
+            return;
+        }
+        let entry = match self.store.stat(&key) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return,
+            Err(err) => {
+                self.extras.problems.push((key, describe_io(&err)));
+                return;
+            }
+        };
+        if !self.opts.delete_excluded && self.opts.filter.is_excluded(&key, entry.kind.is_dir()) {
+            return;
+        }
+        match in_source {
+            Some(c) if self.fold(&self.source.entries[c as usize], &entry) => {
+                self.view.mark_same(c)
+            }
+            _ => self.view.insert(key, entry),
+        }
+    }
 }
 
 /// Each manifest entry's children, as one array cut by offsets (two `u32`

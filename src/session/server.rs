@@ -127,7 +127,8 @@ fn source_is_empty(m: &Manifest) -> bool {
 fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()> {
     let mut manifest = receive_manifest(link)?;
     let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
-    let filter = Filter::new(opts.excludes.clone()).map_err(|e| Error::protocol(&link.peer, e))?;
+    let filter = Filter::new(opts.excludes.clone())
+        .map_err(|e| Error::protocol(&link.peer, e.to_string()))?;
     let keys = crate::plan::keys_of(&manifest);
     // Names this replica cannot hold: one error each, and the replica keeps
     // whatever it holds at and below them.

@@ -493,3 +493,87 @@ pub fn pwrite_all(file: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<(
         Ok(())
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::store::DryRun;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn stamp(secs: i64) -> Timestamp {
+        Timestamp { secs, nanos: 5 }
+    }
+
+    fn mode_and_mtime(p: &Path) -> (u32, i64, i64) {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.permissions().mode() & 0o7777, m.mtime(), m.mtime_nsec())
+    }
+
+    #[test]
+    fn metadata_is_set_and_never_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let (dest, outside) = (t.path().join("dest"), t.path().join("outside"));
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"x").unwrap();
+        let s = LocalStore::open(&dest, false).unwrap();
+        s.mkdir("d").unwrap();
+        s.set_meta("d", &Kind::Dir, Some(0o700), stamp(1_000_000))
+            .unwrap();
+        assert_eq!(mode_and_mtime(&dest.join("d")), (0o700, 1_000_000, 5));
+        std::fs::write(dest.join("d/f"), b"y").unwrap();
+        let file = Kind::File { size: 1 };
+        s.set_meta("d/f", &file, Some(0o600), stamp(2_000_000))
+            .unwrap();
+        assert_eq!(mode_and_mtime(&dest.join("d/f")), (0o600, 2_000_000, 5));
+
+        // Symlinks where a directory or a file is expected are refused.
+        std::os::unix::fs::symlink(&outside, dest.join("l")).unwrap();
+        std::os::unix::fs::symlink(outside.join("f"), dest.join("lf")).unwrap();
+        let before = (mode_and_mtime(&outside), mode_and_mtime(&outside.join("f")));
+        assert!(s.set_meta("l", &Kind::Dir, Some(0o777), stamp(5)).is_err());
+        assert!(s.set_meta("lf", &file, Some(0o777), stamp(5)).is_err());
+        assert!(s.set_meta("l/f", &file, Some(0o777), stamp(5)).is_err());
+        let after = (mode_and_mtime(&outside), mode_and_mtime(&outside.join("f")));
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn staged_files_appear_whole_at_publish_and_vanish_when_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(t.path(), false).unwrap();
+        let mut f = s.stage("a").unwrap();
+        f.write_at(b"world", 6).unwrap();
+        f.write_at(b"hello ", 0).unwrap();
+        assert!(s.stat("a").unwrap().is_none());
+        assert!(s.is_staging(split_key(f.key()).1));
+        let v = s.publish(f, "a", Some(0o640), stamp(7)).unwrap();
+        assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"hello world");
+        assert_eq!(s.stat("a").unwrap().unwrap().version, v);
+        let dropped = s.stage("b").unwrap();
+        let key = dropped.key().to_string();
+        assert!(s.stat(&key).unwrap().is_some());
+        drop(dropped);
+        assert!(s.stat(&key).unwrap().is_none());
+        assert_eq!(s.list("").unwrap(), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_dry_run_reads_through_and_changes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(t.path(), false).unwrap();
+        s.mkdir("d").unwrap();
+        std::fs::write(t.path().join("d/f"), b"data").unwrap();
+        let dry = DryRun::new(&s);
+        assert!(!dry.capabilities().records);
+        assert_eq!(dry.count("d").unwrap(), 2);
+        assert_eq!(dry.remove("d").unwrap(), 1);
+        dry.mkdir("e").unwrap();
+        dry.rename("d/f", "g").unwrap();
+        let staged = dry.stage("h").unwrap();
+        dry.publish(staged, "h", None, stamp(1)).unwrap();
+        let mut names = s.list("").unwrap();
+        names.sort();
+        assert_eq!(names, vec!["d".to_string()]);
+        assert_eq!(s.list("d").unwrap(), vec!["f".to_string()]);
+    }
+}

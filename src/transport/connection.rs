@@ -98,7 +98,7 @@ pub const MAX_HELLO: usize = 64 * 1024;
 pub async fn recv_plain<T: DeserializeOwned>(
     s: &mut BoxStream,
     limit: Duration,
-) -> Result<T, String> {
+) -> Result<T, LinkError> {
     let mut buf = Vec::new();
     match tokio::time::timeout(
         limit,
@@ -106,10 +106,10 @@ pub async fn recv_plain<T: DeserializeOwned>(
     )
     .await
     {
-        Err(_) => Err("no handshake within the time limit".into()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(false)) => Err("connection closed during the handshake".into()),
-        Ok(Ok(true)) => decode(&buf),
+        Err(_) => Err(LinkError::HandshakeTimeout),
+        Ok(Err(e)) => Err(LinkError::Frame(e.to_string())),
+        Ok(Ok(false)) => Err(LinkError::ClosedInHandshake),
+        Ok(Ok(true)) => decode(&buf).map_err(LinkError::Decode),
     }
 }
 

@@ -187,7 +187,8 @@ pub async fn accept_session(
             shared
                 .reporter
                 .warn(&format!("{peer}: connection dropped: {e}"));
-            let _ = send_plain(&mut s, &HelloReply::Refused { reason: e }).await;
+            let reason = e.to_string();
+            let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
             return;
         }
     };

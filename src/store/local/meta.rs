@@ -2,7 +2,9 @@
 
 use crate::plan::ReplicaEntry;
 use crate::tree::{Kind, Timestamp, Version};
-use cap_fs_ext::{DirExt, SystemTimeSpec};
+#[cfg(not(unix))]
+use cap_fs_ext::DirExt;
+use cap_fs_ext::SystemTimeSpec;
 use cap_std::fs::Dir;
 use std::io;
 use std::path::Path;
@@ -60,7 +62,18 @@ pub(super) fn set_dir_meta(
 ) -> io::Result<()> {
     #[cfg(unix)]
     {
-        let d = dir.open_dir_nofollow(name)?;
+        use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt};
+        // Opened for reading (not as a bare path, which cap-std's own
+        // directory handles are): fchmod and futimens need that.
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.read(true).follow(FollowSymlinks::No).maybe_dir(true);
+        let d = dir.open_with(name, &opts)?;
+        if !d.metadata()?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{name} is not a directory"),
+            ));
+        }
         set_fd_meta(&d, mode, mtime)
     }
     #[cfg(not(unix))]

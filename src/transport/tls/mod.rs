@@ -108,20 +108,10 @@ pub async fn accept_tls(
     Ok((Box::new(tls), client))
 }
 
-/// Runs the client's half of the TLS handshake over `stream` (bounded by
-/// [`TLS_HANDSHAKE_LIMIT`]), trusting the server as `pin` says.
-pub async fn connect_tls(stream: BoxStream, pin: &Pin) -> Result<BoxStream, TlsError> {
-    connect_tls_with(stream, pin, None).await.map(|(s, _)| s)
-}
-
-/// [`connect_tls`], optionally presenting a client certificate, and telling
-/// what was learned about the server (e.g. that it was trusted just now).
-pub async fn connect_tls_with(
-    stream: BoxStream,
-    pin: &Pin,
-    client_identity: Option<&ServerIdentity>,
-) -> Result<(BoxStream, ServerTrust), TlsError> {
-    let expect = match pin {
+/// What the client expects of the server's certificate, as `pin` says
+/// (for trust on first use, from the known-hosts file).
+async fn expectation(pin: &Pin) -> Result<Expect, TlsError> {
+    Ok(match pin {
         Pin::Exact(given) => Expect::Exact(normalize_fingerprint(given).map_err(|reason| {
             TlsError::InvalidFingerprint {
                 given: given.clone(),
@@ -145,20 +135,22 @@ pub async fn connect_tls_with(
                 }
             }
         }
-    };
-    let newly_trusted = matches!(expect, Expect::New);
-    let provider = provider();
-    let verifier = Arc::new(PinVerifier {
-        expect,
-        algs: provider.signature_verification_algorithms,
-        refusal: Mutex::new(None),
-    });
+    })
+}
+
+/// A TLS 1.3 client configuration trusting the server through `verifier`,
+/// presenting `identity` if given, sending no server name.
+fn client_config(
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<PinVerifier>,
+    identity: Option<&ServerIdentity>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Handshake(format!("TLS setup failed: {e}")))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier.clone());
-    let mut config = match client_identity {
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
         None => builder.with_no_client_auth(),
         Some(id) => builder
             .with_client_auth_cert(
@@ -171,6 +163,31 @@ pub async fn connect_tls_with(
     };
     // The name is not checked by anyone; do not send it either.
     config.enable_sni = false;
+    Ok(config)
+}
+
+/// Runs the client's half of the TLS handshake over `stream` (bounded by
+/// [`TLS_HANDSHAKE_LIMIT`]), trusting the server as `pin` says.
+pub async fn connect_tls(stream: BoxStream, pin: &Pin) -> Result<BoxStream, TlsError> {
+    connect_tls_with(stream, pin, None).await.map(|(s, _)| s)
+}
+
+/// [`connect_tls`], optionally presenting a client certificate, and telling
+/// what was learned about the server (e.g. that it was trusted just now).
+pub async fn connect_tls_with(
+    stream: BoxStream,
+    pin: &Pin,
+    client_identity: Option<&ServerIdentity>,
+) -> Result<(BoxStream, ServerTrust), TlsError> {
+    let expect = expectation(pin).await?;
+    let newly_trusted = matches!(expect, Expect::New);
+    let provider = provider();
+    let verifier = Arc::new(PinVerifier {
+        expect,
+        algs: provider.signature_verification_algorithms,
+        refusal: Mutex::new(None),
+    });
+    let config = client_config(provider, verifier.clone(), client_identity)?;
     let name = ServerName::try_from(CERT_NAME).expect("a valid DNS name");
 
     let outcome = tokio::time::timeout(
