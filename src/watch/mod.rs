@@ -344,7 +344,9 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
         }
         let batch = if let Some(why) = rescan.take() {
             reporter.info(&format!("rescanning the whole tree: {why}"));
-            pending.clear();
+            // The rescan covers every change except the files it holds
+            // back: those stay pending until their hold ends.
+            pending.retain(|p| writing.contains_key(p));
             last_full = Instant::now();
             watches.failed = false;
             watches.add_tree(&root, &root, &scan_opts, &reporter);
@@ -732,8 +734,9 @@ fn worker(
                 }
             }
             Err(e @ crate::Error::Source { .. }) => {
-                // The source root is gone: the watcher rescans when it is
-                // back; retrying before that only fails again.
+                // The source root is gone: said once; a full pass is tried
+                // again every second (quietly), or at once when the watcher
+                // sends more (it rescans when the root is back).
                 if !paused {
                     s.reporter.error(&format!(
                         "replication to {} paused: {e}",
@@ -741,6 +744,16 @@ fn worker(
                     ));
                     paused = true;
                 }
+                let mut again = Batch::Full("the source is back".into());
+                let until = Instant::now() + Duration::from_secs(1);
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    if let Ok(b) = rx.try_recv() {
+                        again = again.merge(b);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                backlog = Some(again);
             }
             Err(e) => {
                 s.reporter.error(&format!(
