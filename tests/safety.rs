@@ -412,13 +412,13 @@ fn watch_sees_files_in_a_folder_made_again_under_the_same_name() {
 #[test]
 fn watch_rescan_keeps_files_it_holds_back() {
     let d = Dirs::new();
-    put(&d.src, "a", b"one name so far");
+    write_file(&d.src, "a", b"one name so far");
     let st = tempfile::tempdir().unwrap();
     let w = start_watch(&d.src, &d.dst, st.path());
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
     // A new folder with a file in it (held briefly), and a hard link whose
     // other name the watcher does not know yet (a full rescan), at once.
-    put(&d.src, "new/f.txt", b"");
+    write_file(&d.src, "new/f.txt", b"");
     fs::hard_link(d.src.join("a"), d.src.join("a2")).unwrap();
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
     w.stop();
