@@ -100,8 +100,8 @@ pub enum LinkError {
     #[error("connection closed during the handshake")]
     ClosedInHandshake,
     /// A frame arrived but did not decode into a message.
-    #[error("{0}")]
-    Decode(String),
+    #[error(transparent)]
+    Decode(#[from] crate::protocol::DecodeError),
 }
 
 /// A failure confined to one entry of the tree: reported, and the pass goes on.

@@ -286,12 +286,21 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     postcard::to_stdvec(msg).expect("messages always serialise")
 }
 
+/// A frame payload that is not one message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("undecodable message: {0}")]
+    Undecodable(String),
+    #[error("{0} trailing bytes after message")]
+    Trailing(usize),
+}
+
 /// Parses a frame payload; trailing bytes are an error.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (msg, rest) =
-        postcard::take_from_bytes(bytes).map_err(|e| format!("undecodable message: {e}"))?;
+        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Undecodable(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(format!("{} trailing bytes after message", rest.len()));
+        return Err(DecodeError::Trailing(rest.len()));
     }
     Ok(msg)
 }
