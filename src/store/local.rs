@@ -329,24 +329,20 @@ impl Store for LocalStore {
     }
 
     fn stage(&self, key: &str) -> io::Result<Box<dyn Staged>> {
-        let (dir, name) = self.with_parent(key, |dir, name| {
+        self.with_parent(key, |dir, name| {
+            let owned = dir.try_clone()?;
             let tmp = temp_name(name);
-            let opts = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .clone();
+            let mut opts = OpenOptions::new();
+            opts.read(true).write(true).create_new(true);
             let file = dir.open_with(&tmp, &opts)?.into_std();
-            Ok((dir.try_clone()?, (tmp, file)))
-        })?;
-        let (name, file) = name;
-        Ok(Box::new(LocalStaged {
-            file,
-            dir,
-            key: beside(key, &name),
-            name,
-            published: false,
-        }))
+            Ok(Box::new(LocalStaged {
+                file,
+                dir: owned,
+                key: beside(key, &tmp),
+                name: tmp,
+                published: false,
+            }) as Box<dyn Staged>)
+        })
     }
 
     /// Its directory is resolved again from DEST and must still hold that
