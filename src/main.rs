@@ -342,7 +342,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         state_dir,
         token: a.token.clone(),
         fsync: a.common.fsync,
-        min_free: replica::transport::server::MinFree::parse(&a.min_free).map_err(usage)?,
+        min_free: replica::transport::server::MinFree::parse(&a.min_free)
+            .map_err(|e| usage(e.to_string()))?,
         tls: !a.insecure_plaintext,
         allowed_clients: a.allow_client.clone(),
         names: if a.portable_names {

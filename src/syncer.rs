@@ -192,7 +192,8 @@ impl Syncer {
             .clone()
             .ok_or_else(|| Error::Usage("no target given".into()))?;
         let (src, dest) = check_paths(&opts.src, &target, opts.force)?;
-        let filter = Filter::for_source(&src, &opts.excludes).map_err(Error::Usage)?;
+        let filter =
+            Filter::for_source(&src, &opts.excludes).map_err(|e| Error::Usage(e.to_string()))?;
         let id =
             blake3::hash(format!("{}\n{}", src.display(), target.describe()).as_bytes()).to_hex();
         let index_path = opts

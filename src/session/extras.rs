@@ -1,5 +1,6 @@
 //! The steps of a pass that act on a manifest's [`Extras`], after the
-//! content is in place and before directory times are set:
+//! content is in place and before directory times are set, through the
+//! store:
 //!
 //! 1. links the source no longer has are broken: replica files sharing an
 //!    inode that the source keeps apart get private copies;
@@ -10,7 +11,7 @@
 //! Members of a group are never fetched (the pass drops them from its
 //! plan, [`drop_members`]): their content is the leader's.
 
-use super::server::{failure, simple, PassCtx};
+use super::pass::{simple, Failure, PassCtx};
 use crate::plan::Plan;
 use crate::protocol::{Op, OpReport, PassStats, Reason};
 use crate::tree::{Extras, Kind};
@@ -25,46 +26,40 @@ pub(crate) fn drop_members(p: &mut Plan, leaders: &[Option<u32>]) {
 }
 
 /// Runs the three steps (nothing in a dry run).
-pub(crate) fn apply(
-    ctx: &PassCtx,
-    extras: &Extras,
-    xattrs: bool,
-    linked: &[(String, u64)],
-    skip: &[bool],
-    stats: &mut PassStats,
-) {
-    if ctx.dry {
+pub(crate) fn apply(ctx: &PassCtx, extras: &Extras, xattrs: bool, stats: &mut PassStats) {
+    if !ctx.store.capabilities().records || ctx.interrupted() {
         return;
     }
     let leaders = extras.leaders(ctx.manifest.entries.len());
-    break_links(ctx, &leaders, linked, stats);
+    let skip = |id: u32| ctx.unholdable.covers(id);
+    break_links(ctx, &leaders, stats);
     if xattrs {
-        set_xattrs(ctx, extras, &leaders, skip, stats);
+        set_xattrs(ctx, extras, &leaders, &skip, stats);
     }
-    link_members(ctx, extras, skip, stats);
+    link_members(ctx, extras, &skip, stats);
 }
 
 /// Step 1: among replica files that share an inode, every one whose source
-/// group (its leader, or itself) differs from the first one's gets a copy
-/// of its own (step 3 then links it to its own leader, if it has one).
-fn break_links(
-    ctx: &PassCtx,
-    leaders: &[Option<u32>],
-    linked: &[(String, u64)],
-    stats: &mut PassStats,
-) {
+/// group (its leader, or itself) differs from the first group found gets a
+/// copy of its own (step 3 then links it to its own leader, if it has one).
+fn break_links(ctx: &PassCtx, leaders: &[Option<u32>], stats: &mut PassStats) {
+    let linked = ctx.store.take_linked();
     if linked.is_empty() {
         return;
     }
-    let ids = file_ids(ctx, linked);
+    let ids = file_ids(ctx, &linked);
     let group = |key: &str| ids.get(key).map(|&id| leaders[id as usize].unwrap_or(id));
+    // As they are now (the content step may have replaced some).
     let mut by_ino: HashMap<u64, Vec<&str>> = HashMap::new();
-    for (k, ino) in linked {
-        by_ino.entry(*ino).or_default().push(k);
+    for (k, _) in &linked {
+        if let Ok(Some((ino, n))) = ctx.store.file_links(k) {
+            if n > 1 {
+                by_ino.entry(ino).or_default().push(k);
+            }
+        }
     }
     for keys in by_ino.values() {
-        // The first group found keeps the inode; names outside the
-        // manifest (about to go, or not ours) are left alone.
+        // Names outside the manifest (about to go, or not ours) are left alone.
         let Some(owner) = keys.iter().find_map(|k| group(k)) else {
             continue;
         };
@@ -73,8 +68,8 @@ fn break_links(
             if group(k) == Some(owner) {
                 continue;
             }
-            let e = &ctx.manifest.entries[id as usize];
-            match ctx.st.replica.rewrite_as_copy(k, e.mode, e.mtime) {
+            let e = ctx.entry(id);
+            match ctx.store.own_copy(k, e.mode, e.mtime) {
                 Ok(()) => ctx.report(
                     stats,
                     OpReport {
@@ -82,7 +77,7 @@ fn break_links(
                         ..simple(Op::Updated, k, Reason::MetadataChanged)
                     },
                 ),
-                Err(err) => ctx.report(stats, failure(k, "break a hard link", &err)),
+                Err(err) => ctx.fail(stats, k, Failure::store("break a hard link", err)),
             }
         }
     }
@@ -97,7 +92,7 @@ fn file_ids<'k>(ctx: &PassCtx, linked: &'k [(String, u64)]) -> HashMap<&'k str, 
     let mut ids = HashMap::new();
     for (i, e) in ctx.manifest.entries.iter().enumerate() {
         if matches!(e.kind, Kind::File { .. }) {
-            if let Some(k) = wanted.get(&ctx.keys[i]) {
+            if let Some(k) = wanted.get(ctx.key(i as u32)) {
                 ids.insert(*k, i as u32);
             }
         }
@@ -110,16 +105,16 @@ fn set_xattrs(
     ctx: &PassCtx,
     extras: &Extras,
     leaders: &[Option<u32>],
-    skip: &[bool],
+    skip: &dyn Fn(u32) -> bool,
     stats: &mut PassStats,
 ) {
     for (i, e) in ctx.manifest.entries.iter().enumerate() {
-        if leaders[i].is_some() || skip.get(i).copied().unwrap_or(false) {
+        let id = i as u32;
+        if leaders[i].is_some() || skip(id) {
             continue;
         }
-        let key = &ctx.keys[i];
-        let want = extras.xattrs_of(i as u32);
-        match ctx.st.replica.set_xattrs(key, &e.kind, want) {
+        let key = ctx.key(id);
+        match ctx.store.set_xattrs(key, &e.kind, extras.xattrs_of(id)) {
             Ok(false) => {}
             Ok(true) => ctx.report(
                 stats,
@@ -140,24 +135,21 @@ fn set_xattrs(
 }
 
 /// Step 3: each member shares its leader's inode.
-fn link_members(ctx: &PassCtx, extras: &Extras, skip: &[bool], stats: &mut PassStats) {
-    let replica = &ctx.st.replica;
+fn link_members(ctx: &PassCtx, extras: &Extras, skip: &dyn Fn(u32) -> bool, stats: &mut PassStats) {
     for l in &extras.links {
-        if skip.get(l.entry as usize).copied().unwrap_or(false)
-            || skip.get(l.leader as usize).copied().unwrap_or(false)
-        {
+        if skip(l.entry) || skip(l.leader) {
             continue;
         }
-        let (key, leader) = (&ctx.keys[l.entry as usize], &ctx.keys[l.leader as usize]);
-        let Ok(Some((ino, _))) = replica.file_links(leader) else {
+        let (key, leader) = (ctx.key(l.entry), ctx.key(l.leader));
+        let Ok(Some((ino, _))) = ctx.store.file_links(leader) else {
             continue; // the leader failed: reported already
         };
-        let had = match replica.file_links(key) {
+        let had = match ctx.store.file_links(key) {
             Ok(Some((i, _))) if i == ino => continue,
             Ok(found) => found.is_some(),
             Err(_) => true,
         };
-        match replica.hard_link_over(leader, key) {
+        match ctx.store.hard_link(leader, key) {
             Ok(()) => ctx.report(
                 stats,
                 OpReport {
@@ -174,7 +166,7 @@ fn link_members(ctx: &PassCtx, extras: &Extras, skip: &[bool], stats: &mut PassS
                     )
                 },
             ),
-            Err(err) => ctx.report(stats, failure(key, "make a hard link", &err)),
+            Err(err) => ctx.fail(stats, key, Failure::store("make a hard link", err)),
         }
     }
 }

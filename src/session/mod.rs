@@ -3,11 +3,15 @@
 //! what it lacks; [`client`] scans, answers the server's requests and logs
 //! what the server reports.
 //!
-//! [`Link`]: crate::transport::Link
+//! [`Link`]: link::Link
 
 pub mod client;
 mod extras;
+pub mod link;
 pub mod partial;
+pub mod pass;
 mod renames;
+pub mod scan;
 pub mod server;
+mod steps;
 mod transfer;

@@ -108,7 +108,7 @@ async fn handshake(
             reason,
         }),
         Ok(HelloReply::Status { .. }) => Err(Error::protocol(peer, "status reply to a sync hello")),
-        Err(e) => Err(Error::protocol(peer, e)),
+        Err(e) => Err(Error::protocol(peer, e.to_string())),
     }
 }
 
@@ -203,7 +203,7 @@ pub async fn query_status(addr: &str, opts: &ConnectOptions) -> Result<String> {
         Ok(HelloReply::Status { json }) => Ok(json),
         Ok(HelloReply::Refused { reason }) => Err(Error::Refused { peer, reason }),
         Ok(HelloReply::Welcome { .. }) => Err(Error::protocol(&peer, "unexpected welcome")),
-        Err(e) => Err(Error::protocol(&peer, e)),
+        Err(e) => Err(Error::protocol(&peer, e.to_string())),
     }
 }
 
