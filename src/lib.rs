@@ -35,6 +35,8 @@
 //!     moves, publish); directory renames in `session/renames.rs`; large
 //!     files kept in part for the next pass in [`session::partial`]; what
 //!     every step shares, and per-file failures, in [`session::pass`];
+//!     hard links and extended attributes after the content, in
+//!     `session/extras.rs`;
 //!   - the client ([`session::client`]) sends the manifest and answers
 //!     (digests, groups, chunks); large files may step aside for newer
 //!     changes in watch mode.

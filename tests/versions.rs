@@ -195,6 +195,12 @@ fn a_server_keeps_versions_prunes_old_ones_and_restores_from_them_for_free() {
     assert_trees_equal(&d.src, &d.dst);
     assert_eq!(r.summary().content_sent, 0, "{}", r.describe());
     assert_eq!(r.summary().rebuilt, 50_000, "{}", r.describe());
+
+    // So is going back to a replaced file's old content.
+    std::fs::write(d.src.join("a.txt"), &old[0].1).unwrap();
+    let r = sync(&d.src, &server.target(), &d.state, &args);
+    assert_trees_equal(&d.src, &d.dst);
+    assert_eq!(r.summary().content_sent, 0, "{}", r.describe());
 }
 
 #[test]

@@ -27,6 +27,14 @@
 //!   shortcut where a rename is a copy, no symlinks where there are none).
 //! - Errors are `std::io::Error`s with their kind set (`NotFound`,
 //!   `NotADirectory`, `StorageFull`, …): the session reports them per entry.
+//! - **Issue 17** (defaults: the store has none of it): hard links
+//!   ([`Store::hard_link`], [`Store::file_links`], [`Store::take_linked`],
+//!   [`Store::own_copy`]), `user.*` extended attributes
+//!   ([`Store::set_xattrs`]), and `--versions` (a file removed or replaced is
+//!   kept elsewhere; [`Store::take_retired`] says where, so the index keeps
+//!   it findable, and [`Store::prune_versions`] ends its life). The local
+//!   store's are in `local/extras.rs`; it writes zeros over holes as holes
+//!   ([`crate::sparse`]).
 
 pub mod dry_run;
 pub mod local;
