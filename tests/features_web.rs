@@ -14,16 +14,7 @@ use std::time::Instant;
 
 /// The `status on http://ADDR/status` address a server printed.
 fn http_addr(server: &Server) -> SocketAddr {
-    server
-        .stdout()
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("status on http://")?
-                .strip_suffix("/status")?
-                .parse()
-                .ok()
-        })
+    common::status_addr(&server.stdout())
         .unwrap_or_else(|| panic!("no `status on` line\n{}", server.stdout()))
 }
 

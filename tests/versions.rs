@@ -249,3 +249,24 @@ fn versions_inside_the_destination_are_refused() {
     r.assert_code(2);
     assert!(r.stderr.contains("replica serve"), "{}", r.describe());
 }
+
+#[test]
+fn watch_keeps_versions_of_what_it_removes() {
+    let d = dirs();
+    initial(&d.src);
+    let w = common::Watch::spawn(
+        &d.src,
+        &[d.dst.to_str().unwrap().to_string()],
+        &d.state,
+        &["--versions".into(), d.versions.to_str().unwrap().into()],
+    );
+    w.wait_summaries(1);
+    std::fs::remove_file(d.src.join("keep.txt")).unwrap();
+    let kept = common::poll_until(common::DEADLINE, || {
+        files(&d.versions)
+            .iter()
+            .any(|(p, c)| unstamped(p) == "keep.txt" && c == b"kept")
+    });
+    assert!(kept, "no version of keep.txt\n{}", w.describe());
+    assert!(!d.dst.join("keep.txt").exists());
+}
