@@ -48,12 +48,18 @@ fn a_sparse_file_stays_sparse_on_the_wire_and_on_disk() {
     let copy = dst.path().join("disk.img");
     assert_eq!(std::fs::metadata(&copy).unwrap().len(), SIZE);
     let on_disk = allocated(&copy);
-    let wire = run.summary().wire_sent;
+    let (wire, content) = (run.summary().wire_sent, run.summary().content_sent);
     eprintln!(
-        "256 MiB with 2 MiB of data: {on_disk} B on the replica's disk, {wire} B on the wire"
+        "256 MiB with 2 MiB of data: {on_disk} B on the replica's disk, {wire} B on the wire, {content} B of content sent"
     );
     assert!(on_disk <= 4 * MIB, "{on_disk} B allocated");
     assert!(wire <= 4 * MIB, "{wire} B on the wire");
+    // Holes are never sent: only the data's chunks (the chunks that hold
+    // the four edges of the data carry some zeros, up to 64 KiB each).
+    assert!(
+        content <= 2 * MIB + 256 * 1024,
+        "{content} B of content sent"
+    );
 
     // A change inside a hole: the replica still holds only the data.
     let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
