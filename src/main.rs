@@ -368,7 +368,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             "--insecure-plaintext is for loopback testing only; refusing to serve plaintext on {addr}"
         )));
     }
-    let shared = ServerShared::open(&opts, reporter.clone()).map_err(lib_err)?;
+    if let Some(v) = &opts.versions {
+        // DIR inside DEST, around it or on another filesystem: a usage error.
+        let dest = std::fs::create_dir_all(&a.dest)
+            .and_then(|()| std::fs::canonicalize(&a.dest))
+            .with_context(|| format!("cannot open {}", a.dest.display()))?;
+        replica::versions::check_dir(&v.dir, &dest).map_err(|e| usage(e.to_string()))?;
+    }
+    let shared = ServerShared::open(&opts, reporter.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     match &shared.fingerprint {
         Some(fp) => println!("certificate fingerprint {fp}"),
         None => println!("WARNING: plaintext mode (--insecure-plaintext): traffic is neither encrypted nor authenticated; for loopback testing only"),
