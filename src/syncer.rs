@@ -36,6 +36,13 @@ pub struct SyncOptions {
     pub insecure_plaintext: bool,
     /// The server certificate's expected fingerprint (else trust on first use).
     pub fingerprint: Option<String>,
+    /// `--xattrs`: replicate `user.*` extended attributes.
+    pub xattrs: bool,
+    /// `--versions DIR` for a local target (a server has its own).
+    pub versions: Option<crate::versions::VersionsOptions>,
+    /// `--bwlimit`: paces what goes to a remote target (one bucket may be
+    /// shared by several targets). Local targets are not limited.
+    pub bwlimit: Option<Arc<crate::transport::throttle::Bandwidth>>,
 }
 
 /// The default place for replica's own state (indexes, keys).
@@ -135,6 +142,7 @@ pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectO
             token: opts.token.clone(),
             pin: None,
             identity: None,
+            bwlimit: opts.bwlimit.clone(),
         });
     }
     let pin = match &opts.fingerprint {
@@ -149,6 +157,7 @@ pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectO
         token: opts.token.clone(),
         pin: Some(pin),
         identity,
+        bwlimit: opts.bwlimit.clone(),
     })
 }
 
@@ -210,6 +219,8 @@ impl Syncer {
                     tls: false,
                     allowed_clients: Vec::new(),
                     names: crate::tree::NameRules::native(),
+                    bwlimit: None,
+                    versions: opts.versions.clone(),
                 };
                 Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
             }
@@ -301,6 +312,7 @@ impl Syncer {
             max_delete: self.opts.max_delete,
             excludes: self.filter.patterns().to_vec(),
             allow_empty_source: self.opts.allow_empty_source,
+            xattrs: self.opts.xattrs,
         }
     }
 

@@ -5,6 +5,7 @@ use super::connection::{
     link_pair, recv_plain, send_plain, spawn_link, BoxStream, Counted, Counters, LinkCaps,
 };
 use super::server::{claim, run_session, ServerShared};
+use super::throttle::Throttled;
 use crate::chunk::CHUNKER_VERSION;
 use crate::error::{Error, Result};
 use crate::protocol::{Hello, HelloReply, Purpose, MAGIC, PROTOCOL_VERSION};
@@ -60,6 +61,8 @@ pub struct ConnectOptions {
     pub pin: Option<super::tls::Pin>,
     /// The client's own certificate, presented to servers with an allow-list.
     pub identity: Option<super::tls::ServerIdentity>,
+    /// `--bwlimit`: paces what this client writes to the socket.
+    pub bwlimit: Option<Arc<super::throttle::Bandwidth>>,
 }
 
 fn hello(token: &Option<String>, compress: bool) -> Hello {
@@ -132,7 +135,13 @@ async fn dial(
     })?;
     let _ = tcp.set_nodelay(true);
     let counters = Arc::new(Counters::default());
-    let s: BoxStream = Box::new(Counted::new(tcp, counters.clone()));
+    let s: BoxStream = match &opts.bwlimit {
+        Some(b) => Box::new(Counted::new(
+            Throttled::new(tcp, b.clone()),
+            counters.clone(),
+        )),
+        None => Box::new(Counted::new(tcp, counters.clone())),
+    };
     match &opts.pin {
         None => Ok((s, counters, None)),
         Some(pin) => {
