@@ -27,8 +27,15 @@ pub enum Error {
     },
     #[error("protocol error from {peer}: {reason}")]
     Protocol { peer: String, reason: String },
+    /// Refused for now (the destination is busy, the server is stopping):
+    /// trying again later may succeed.
     #[error("refused by {peer}: {reason}")]
     Refused { peer: String, reason: String },
+    /// Refused for good as things are configured (wrong or missing token,
+    /// a certificate that does not match, another protocol version):
+    /// retrying cannot help, the user must change something.
+    #[error("refused by {peer}: {reason}")]
+    Denied { peer: String, reason: String },
     #[error("index {path}: {reason}")]
     Index { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -43,6 +50,13 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// Whether trying again (later, unchanged) cannot succeed: a usage
+    /// mistake or a refusal for good. Network failures, a busy or stopping
+    /// server and protocol hiccups are transient.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Denied { .. } | Error::Usage(_))
     }
 
     pub fn protocol(peer: impl Into<String>, reason: impl Into<String>) -> Self {

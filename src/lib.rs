@@ -32,6 +32,8 @@
 //! - [`watch`]: file-system events -> batches of changed paths -> scoped passes.
 //! - [`report`]: the operation log and pass summaries; [`progress`]: spinners
 //!   and bars on a terminal; [`status`]: server counters, `/status`, `/metrics`.
+//! - [`shutdown`]: SIGINT/SIGTERM: stop the pass in progress, leave no
+//!   temporary file behind, exit with a documented code.
 //! - [`error`]: error types and the rules for them.
 //!
 //! The binary (`src/main.rs`) only parses arguments and prints.
@@ -47,6 +49,7 @@ pub mod progress;
 pub mod protocol;
 pub mod report;
 pub mod session;
+pub mod shutdown;
 pub mod status;
 pub mod syncer;
 pub mod transport;

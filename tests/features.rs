@@ -187,11 +187,12 @@ fn quiet_prints_only_the_summary_and_verbose_says_why() {
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(
         lines.len(),
-        1,
-        "-q printed more than the summary\n{}",
+        2,
+        "-q printed more than the summary (totals, then the short line)\n{}",
         r.describe()
     );
-    assert!(lines[0].contains(" summary: "), "{}", r.describe());
+    assert!(lines[0].contains(" totals: "), "{}", r.describe());
+    assert!(lines[1].contains(" summary: "), "{}", r.describe());
     assert_eq!(r.summary().ops, 5, "{}", r.describe());
     assert!(r.stderr.is_empty(), "{}", r.describe());
     common::assert_trees_equal(&dirs.src, &dirs.dst);

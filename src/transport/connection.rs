@@ -7,6 +7,7 @@
 //! [`KEEPALIVE`] of silence, the reader drops the link after [`IDLE_LIMIT`]
 //! without any frame.
 
+use crate::protocol::frame::FrameError;
 use crate::protocol::{decode, encode, read_frame, write_frame};
 use async_compression::tokio::{bufread::ZstdDecoder, write::ZstdEncoder};
 use async_compression::zstd::CParameter;
@@ -108,6 +109,14 @@ pub async fn send_plain<T: Serialize>(s: &mut BoxStream, msg: &T) -> std::io::Re
 /// Largest handshake message accepted (before authentication).
 pub const MAX_HELLO: usize = 64 * 1024;
 
+/// Whether a frame length is really the start of an HTTP request or
+/// reply (`GET `, `POST`, `HTTP`) read as one.
+fn speaks_http(len: u64) -> bool {
+    [*b"GET ", *b"POST", *b"HEAD", *b"HTTP"]
+        .iter()
+        .any(|w| u64::from(u32::from_le_bytes(*w)) == len)
+}
+
 /// Reads one handshake message (uncompressed), within `limit`.
 pub async fn recv_plain<T: DeserializeOwned>(
     s: &mut BoxStream,
@@ -121,6 +130,9 @@ pub async fn recv_plain<T: DeserializeOwned>(
     .await
     {
         Err(_) => Err("no handshake within the time limit".into()),
+        Ok(Err(FrameError::TooLarge(n))) if speaks_http(n) => Err(
+            "the peer speaks HTTP, not the replica protocol (an HTTP port, such as a server's --status-addr, rather than its replica port?)".into(),
+        ),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(false)) => Err("connection closed during the handshake".into()),
         Ok(Ok(true)) => decode(&buf),

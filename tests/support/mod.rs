@@ -73,9 +73,9 @@ pub struct Run {
 }
 
 impl Run {
-    /// `content: N B sent` from the pass summary line.
+    /// `content_sent=N` from the pass's totals line.
     pub fn content_sent(&self) -> u64 {
-        summary_number(&self.stdout, "content: ")
+        summary_number(&self.stdout, "content_sent")
             .unwrap_or_else(|| panic!("no summary line in stdout:\n{}", self.stdout))
     }
 
@@ -87,11 +87,13 @@ impl Run {
     }
 }
 
-/// The number right after `label` on the `summary:` line.
-pub fn summary_number(stdout: &str, label: &str) -> Option<u64> {
-    let line = stdout.lines().rev().find(|l| l.contains("summary: "))?;
-    let rest = &line[line.find(label)? + label.len()..];
-    rest.split(' ').next()?.parse().ok()
+/// The number `key=N` on the last `totals:` line.
+pub fn summary_number(stdout: &str, key: &str) -> Option<u64> {
+    let line = stdout.lines().rev().find(|l| l.contains(" totals: "))?;
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
+        .parse()
+        .ok()
 }
 
 /// Starts `replica sync SRC TARGET --state-dir STATE [extra...]` in the background.

@@ -121,10 +121,10 @@ impl Watch {
     }
 }
 
-/// The summary lines of a log text.
+/// The exact figures of each pass of a log text (its `totals:` lines).
 pub fn summaries(text: &str) -> Vec<Summary> {
     text.lines()
-        .filter(|l| l.contains(" summary: "))
+        .filter(|l| l.contains(" totals: "))
         .map(parse_summary)
         .collect()
 }
