@@ -38,6 +38,10 @@ pub enum Error {
     Denied { peer: String, reason: String },
     #[error("index {path}: {reason}")]
     Index { path: PathBuf, reason: String },
+    /// The source root is missing, not a directory, or unreadable: the
+    /// pass changes nothing.
+    #[error("source {}: {reason}; nothing was changed", path.display())]
+    Source { path: PathBuf, reason: String },
     #[error("{0}")]
     Usage(String),
     #[error("interrupted")]
@@ -57,6 +61,14 @@ impl Error {
     /// server and protocol hiccups are transient.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Error::Denied { .. } | Error::Usage(_))
+    }
+
+    /// The source root `path` cannot be scanned.
+    pub fn source(path: impl Into<PathBuf>, e: &io::Error) -> Self {
+        Error::Source {
+            path: path.into(),
+            reason: describe_io(e),
+        }
     }
 
     pub fn protocol(peer: impl Into<String>, reason: impl Into<String>) -> Self {

@@ -130,6 +130,11 @@ struct ServeArgs {
     /// leave it free: bytes with an optional K/M/G/T suffix, or a percentage.
     #[arg(long, value_name = "SIZE|PCT", default_value = "1G")]
     min_free: String,
+    /// Refuse, per file, names Windows cannot hold (`C:`, `CON`, `a\b`,
+    /// a trailing dot...), for a replica that Windows will read. Without it
+    /// the names this platform can hold are accepted.
+    #[arg(long)]
+    portable_names: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -173,6 +178,11 @@ struct PassArgs {
     /// Allow a destination inside the source, a filesystem root or your home directory.
     #[arg(long)]
     force: bool,
+    /// Let an empty source empty a replica that holds entries. Without it such
+    /// a pass changes nothing and fails (an unmounted disk or a wrong path must
+    /// not wipe a replica).
+    #[arg(long)]
+    allow_empty_source: bool,
 }
 
 /// The library's options for one source and target.
@@ -200,6 +210,7 @@ fn sync_options(
         max_delete: pass.max_delete,
         fsync: common.fsync,
         force: pass.force,
+        allow_empty_source: pass.allow_empty_source,
         min_free: replica::transport::server::MinFree::Bytes(0),
     }
 }
@@ -295,6 +306,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         min_free,
         tls: !a.insecure_plaintext,
         allowed_clients: a.allow_client.clone(),
+        names: if a.portable_names {
+            replica::tree::NameRules::Windows
+        } else {
+            replica::tree::NameRules::native()
+        },
     };
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(listen))

@@ -30,6 +30,8 @@ pub struct SyncOptions {
     pub max_delete: Option<u64>,
     pub fsync: bool,
     pub force: bool,
+    /// Let an empty source empty a non-empty replica.
+    pub allow_empty_source: bool,
     /// For a local target: free space to keep on the destination.
     pub min_free: crate::transport::server::MinFree,
     /// Speak plaintext to the server (loopback testing only).
@@ -53,18 +55,14 @@ pub fn default_state_dir() -> PathBuf {
 /// Refuses dangerous source/destination pairs (unless `force`). Returns
 /// the canonical source and, for a local target, the canonical destination.
 pub fn check_paths(src: &Path, target: &Target, force: bool) -> Result<(PathBuf, Option<PathBuf>)> {
-    let src_c = std::fs::canonicalize(src).map_err(|e| {
-        Error::Usage(format!(
-            "cannot read source {}: {}",
-            src.display(),
-            crate::error::describe_io(&e)
-        ))
-    })?;
+    // A missing or wrong source is a failure (exit 1), not a usage
+    // mistake: it is what an unmounted disk looks like.
+    let src_c = std::fs::canonicalize(src).map_err(|e| Error::source(src, &e))?;
     if !src_c.is_dir() {
-        return Err(Error::Usage(format!(
-            "{}: source is not a directory",
-            src.display()
-        )));
+        return Err(Error::Source {
+            path: src.to_path_buf(),
+            reason: "not a directory".into(),
+        });
     }
     let Target::Local(dest) = target else {
         return Ok((src_c, None));
@@ -358,6 +356,7 @@ impl Syncer {
                     min_free: opts.min_free,
                     tls: false,
                     allowed_clients: Vec::new(),
+                    names: crate::tree::NameRules::native(),
                 };
                 Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
             }
@@ -458,7 +457,7 @@ impl Syncer {
             skip: self.skip.clone(),
             counter,
         };
-        scan_source(&self.src, &so).map_err(|e| Error::io(&self.src, e))
+        scan_source(&self.src, &so).map_err(|e| Error::source(&self.src, &e))
     }
 
     fn pass_options(&self) -> PassOptions {
@@ -468,6 +467,7 @@ impl Syncer {
             delete_excluded: self.opts.delete_excluded,
             max_delete: self.opts.max_delete,
             excludes: self.filter.patterns().to_vec(),
+            allow_empty_source: self.opts.allow_empty_source,
         }
     }
 
@@ -531,6 +531,9 @@ impl Syncer {
             };
             let mut s = outcome.summary;
             s.preempted = outcome.preempted;
+            if let Some(why) = s.stats.stopped.take() {
+                s.stats.stopped = Some(format!("{}: {why}", self.src.display()));
+            }
             if let Some(prev) = total.take() {
                 s.preempted.extend(prev.preempted);
                 s.wire_sent += prev.wire_sent;

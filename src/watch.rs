@@ -463,6 +463,9 @@ fn worker(mut s: Syncer, rx: mpsc::Receiver<Batch>, scan_opts: ScanOptions, stop
     let health = s.health.clone();
     let mut backlog: Option<Batch> = None;
     let mut backoff = Duration::from_millis(250);
+    // A pass stopped by a safety rail (an empty source, --max-delete):
+    // said once, and again when replication resumes.
+    let mut paused = false;
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -495,7 +498,7 @@ fn worker(mut s: Syncer, rx: mpsc::Receiver<Batch>, scan_opts: ScanOptions, stop
             Batch::Full(_) => s.pass(None),
             Batch::Scoped(scopes) => match scan_scoped(&s.src, scopes, &scan_opts) {
                 Ok(scan) => s.pass_with(&scan, None),
-                Err(e) => Err(crate::Error::io(&s.src, e)),
+                Err(e) => Err(crate::Error::source(&s.src, &e)),
             },
         };
         match result {
@@ -508,6 +511,21 @@ fn worker(mut s: Syncer, rx: mpsc::Receiver<Batch>, scan_opts: ScanOptions, stop
                 let summary = &report.summary;
                 if summary.stats.ops > 0 || summary.failed() || matches!(batch, Batch::Full(_)) {
                     s.reporter.summary(&report);
+                }
+                match (&summary.stats.stopped, paused) {
+                    (Some(why), false) => {
+                        s.reporter.error(&format!(
+                            "replication to {} paused: {why}",
+                            s.target().describe()
+                        ));
+                        paused = true;
+                    }
+                    (None, true) => {
+                        s.reporter
+                            .info(&format!("replication to {} resumed", s.target().describe()));
+                        paused = false;
+                    }
+                    _ => {}
                 }
                 // Large files that stepped aside for newer changes go with
                 // them, after them (the server resumes what it has).

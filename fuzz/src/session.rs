@@ -167,6 +167,7 @@ fn world() -> &'static World {
             min_free: MinFree::Bytes(0),
             tls: false,
             allowed_clients: Vec::new(),
+            names: replica::tree::NameRules::native(),
         };
         let shared = ServerShared::open(&opts, Arc::new(reporter)).expect("ServerShared::open");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -633,6 +634,7 @@ fn pass_options(p: &FPass) -> PassOptions {
         delete_excluded: p.delete_excluded,
         max_delete: p.max_delete.map(u64::from),
         excludes: p.excludes.iter().take(4).map(exclude).collect(),
+        allow_empty_source: p.delete_excluded && p.checksum,
     }
 }
 

@@ -3,7 +3,7 @@
 //! same plan drives a real pass and a dry run.
 
 use crate::protocol::Reason;
-use crate::tree::{Kind, Manifest, Timestamp};
+use crate::tree::{Kind, Manifest, Timestamp, Unholdable};
 use std::collections::{HashMap, HashSet};
 
 /// What the server found at one replica path.
@@ -285,6 +285,29 @@ pub fn plan(source: &Manifest, keys: &Keys, replica: &ReplicaView, opts: PlanOpt
     p.dirs_deepest_first
         .sort_by_key(|&id| std::cmp::Reverse(depth[id as usize]));
     p
+}
+
+impl Plan {
+    /// Drops every operation on the entries `skip` covers (names the
+    /// replica cannot hold: they are reported per file instead), and every
+    /// removal at or below them: the replica keeps what it holds there.
+    pub fn skip(&mut self, skip: &Unholdable, keys: &Keys) {
+        if skip.is_empty() {
+            return;
+        }
+        let keep = |id: &u32| !skip.covers(*id);
+        self.mkdirs.retain(keep);
+        self.symlinks.retain(keep);
+        self.metadata.retain(keep);
+        self.dirs_deepest_first.retain(keep);
+        self.fetch.retain(|f| keep(&f.id));
+        let covered: HashSet<String> = (0..keys.len() as u32)
+            .filter(|&id| skip.covers(id))
+            .map(|id| keys[id as usize].to_string())
+            .collect();
+        self.clear.retain(|k| !covered.contains(k));
+        self.remove.retain(|k| !is_below_any(k, &covered));
+    }
 }
 
 fn same_type(a: &Kind, b: &Kind) -> bool {

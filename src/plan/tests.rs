@@ -157,7 +157,11 @@ fn apply(plan: &Plan, source: &Model, man: &Manifest, replica: &mut Model) {
 }
 
 fn model() -> impl Strategy<Value = Model> {
-    let name = prop_oneof![Just("a"), Just("b"), Just("c"), Just("a.b"), Just("a-")];
+    model_of(&["a", "b", "c", "a.b", "a-"])
+}
+
+fn model_of(names: &'static [&'static str]) -> impl Strategy<Value = Model> {
+    let name = proptest::sample::select(names);
     let path = proptest::collection::vec(name, 1..4).prop_map(|v| v.join("/"));
     let kind = prop_oneof![
         Just(Kind::Dir),
@@ -248,6 +252,43 @@ proptest! {
         let p = plan(&man, &keys_of(&man), &view, PlanOptions::default());
         prop_assert!(p.clear.is_empty() && p.mkdirs.is_empty() && p.symlinks.is_empty());
         prop_assert!(p.fetch.is_empty() && p.metadata.is_empty() && p.remove.is_empty());
+    }
+}
+
+proptest! {
+    /// Names a replica cannot hold: everything else converges, and the
+    /// replica keeps exactly what it had at and below those names.
+    #[test]
+    fn unholdable_names_are_skipped_and_left_alone(
+        source in model_of(&["a", "C:", "b", "CON"]),
+        mut replica in model_of(&["a", "C:", "b", "CON"]),
+    ) {
+        let man = manifest_of(&source);
+        let keys = keys_of(&man);
+        let skip = man.unholdable(crate::tree::NameRules::Windows);
+        let before = replica.clone();
+        let mut p = plan(&man, &keys, &view_of(&replica, &source), PlanOptions::default());
+        p.skip(&skip, &keys);
+        apply(&p, &source, &man, &mut replica);
+        let refused: HashSet<String> = skip
+            .refused
+            .iter()
+            .map(|&(id, _)| keys[id as usize].to_string())
+            .collect();
+        let odd = |k: &str| is_below_any(k, &refused);
+        let norm = |m: &Model, keep: bool| -> Model {
+            m.iter()
+                .filter(|(k, _)| odd(k) == keep)
+                .map(|(k, v)| {
+                    let mut v = v.clone();
+                    if matches!(v.0, Kind::Symlink { .. }) { v.1 = None; }
+                    if !matches!(v.0, Kind::File { .. }) { v.3 = 0; }
+                    (k.clone(), v)
+                })
+                .collect()
+        };
+        prop_assert_eq!(norm(&replica, false), norm(&source, false));
+        prop_assert_eq!(norm(&replica, true), norm(&before, true));
     }
 }
 

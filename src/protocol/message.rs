@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// First bytes of every session.
 pub const MAGIC: [u8; 8] = *b"REPLICA\x01";
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Most manifest entries the server accepts in one pass.
 pub const MAX_ENTRIES: usize = 20_000_000;
 /// Most group hashes sent in one message.
@@ -68,6 +68,9 @@ pub struct PassOptions {
     pub max_delete: Option<u64>,
     /// Exclude patterns (gitignore syntax) the client applied.
     pub excludes: Vec<String>,
+    /// Let an empty source root empty a replica that holds entries
+    /// (otherwise such a pass is stopped before it changes anything).
+    pub allow_empty_source: bool,
 }
 
 /// Client → server after the handshake.
@@ -307,6 +310,7 @@ mod tests {
                         delete_excluded: false,
                         max_delete,
                         excludes,
+                        allow_empty_source: checksum && dry_run,
                     })
                 }),
             proptest::collection::vec(entry(), 0..5).prop_map(ClientMsg::Entries),

@@ -32,6 +32,8 @@ pub struct ServerState {
     pub partials: super::partial::Partials,
     /// Passes run so far (numbers partials).
     pub pass_seq: std::sync::atomic::AtomicU64,
+    /// Which names the replica can hold.
+    pub names: crate::tree::NameRules,
 }
 
 pub type ServerLink = Link<ServerMsg, ClientMsg>;
@@ -143,10 +145,24 @@ pub(crate) fn failure(path: &str, what: &str, e: &std::io::Error) -> OpReport {
     }
 }
 
+/// Whether a manifest lists its root in full, and nothing in it.
+fn source_is_empty(m: &Manifest) -> bool {
+    m.entries.len() == 1 && !m.opaque.contains(&0) && !m.partial.contains(&0)
+}
+
 fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()> {
-    let manifest = receive_manifest(link)?;
+    let mut manifest = receive_manifest(link)?;
+    let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
     let filter = Filter::new(opts.excludes.clone()).map_err(|e| Error::protocol(&link.peer, e))?;
     let keys = crate::plan::keys_of(&manifest);
+    // Names this replica cannot hold: one error each, and the replica keeps
+    // whatever it holds at and below them.
+    let unholdable = manifest.unholdable(st.names);
+    for &(id, _) in &unholdable.refused {
+        if manifest.entries[id as usize].kind.is_dir() {
+            manifest.opaque.push(id);
+        }
+    }
     let (view, extras) = st.replica.scan(
         &manifest,
         &keys,
@@ -155,6 +171,13 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
         opts.checksum,
     );
     let mut stats = PassStats::default();
+    for &(id, why) in &unholdable.refused {
+        let r = OpReport {
+            detail: Some(format!("this replica cannot hold that name: {why}")),
+            ..simple(Op::Error, &keys[id as usize], Reason::Failed)
+        };
+        report(link, st, &mut stats, r);
+    }
     for (key, why) in &extras.problems {
         report(
             link,
@@ -177,6 +200,21 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
         checksum: opts.checksum,
     };
     let mut p = plan(&manifest, &keys, &view, plan_opts);
+    p.skip(&unholdable, &keys);
+    if !opts.allow_empty_source && source_is_empty(&manifest) && !p.remove.is_empty() {
+        let n: u64 = p
+            .remove
+            .iter()
+            .map(|k| st.replica.count(k).unwrap_or(1))
+            .sum();
+        stats.stopped = Some(format!(
+            "the source is empty but the replica holds {n} {}; nothing was changed \
+             (an unmounted disk or a wrong path?). To empty the replica on purpose, pass --allow-empty-source",
+            if n == 1 { "entry" } else { "entries" }
+        ));
+        link.send(ServerMsg::PassDone(stats));
+        return Ok(());
+    }
     let mut view = view;
     let mut dir_moves = Vec::new();
     if !opts.dry_run && opts.max_delete.is_none() {
@@ -199,6 +237,7 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
                 )
                 .0;
             p = plan(&manifest, &keys, &view, plan_opts);
+            p.skip(&unholdable, &keys);
         }
     }
     for (from, to) in &dir_moves {
@@ -271,7 +310,6 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     ctx.remove_extras(&p.remove, &moved_away, &mut txn, &mut stats)?;
     ctx.fix_dirs(&p.dirs_deepest_first);
     txn.commit()?;
-    let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
     if full {
         st.partials.forget_older_than(pass_no);
     }

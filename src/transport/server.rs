@@ -66,6 +66,8 @@ pub struct ServerOptions {
     pub tls: bool,
     /// Client certificate fingerprints accepted in place of the token.
     pub allowed_clients: Vec<String>,
+    /// Which names the replica can hold (per-file errors for the others).
+    pub names: crate::tree::NameRules,
 }
 
 /// Free space the server keeps on DEST's filesystem.
@@ -173,6 +175,7 @@ impl ServerShared {
             stats: stats.clone(),
             partials: Default::default(),
             pass_seq: Default::default(),
+            names: opts.names,
         };
         Ok(Arc::new(ServerShared {
             state: Mutex::new(state),

@@ -10,7 +10,7 @@ mod name;
 pub mod scan;
 mod scoped;
 
-pub use name::{validate_name, windows_can_hold, NameError};
+pub use name::{validate_name, windows_can_hold, NameError, NameRules};
 pub use scan::{scan_source, LocalStat, ScanCounter, ScanOptions, SourceScan};
 pub use scoped::{scan_scoped, Scopes};
 
@@ -176,6 +176,29 @@ impl Manifest {
         Ok(())
     }
 
+    /// The entries a replica following `rules` cannot hold: each refused
+    /// name with the reason, and a mask of those entries and everything
+    /// below them. Empty (and free) under [`NameRules::Unix`].
+    pub fn unholdable(&self, rules: NameRules) -> Unholdable {
+        let mut out = Unholdable::default();
+        if rules == NameRules::Unix {
+            return out;
+        }
+        let mut mask = vec![false; self.entries.len()];
+        for (i, e) in self.entries.iter().enumerate().skip(1) {
+            if mask[e.parent as usize] {
+                mask[i] = true;
+            } else if let Some(why) = rules.refuse(&e.name) {
+                mask[i] = true;
+                out.refused.push((i as u32, why));
+            }
+        }
+        if !out.refused.is_empty() {
+            out.mask = mask;
+        }
+        out
+    }
+
     /// Total bytes of the regular files (saturating: sizes come from peers).
     pub fn file_bytes(&self) -> u64 {
         self.entries
@@ -185,6 +208,27 @@ impl Manifest {
                 _ => 0,
             })
             .fold(0u64, u64::saturating_add)
+    }
+}
+
+/// Manifest entries a replica cannot hold (see [`Manifest::unholdable`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unholdable {
+    /// By manifest id: refused, or below a refused directory. Empty when
+    /// nothing is refused.
+    pub mask: Vec<bool>,
+    /// The refused entries themselves (top-most only), with the reason.
+    pub refused: Vec<(u32, &'static str)>,
+}
+
+impl Unholdable {
+    pub fn is_empty(&self) -> bool {
+        self.refused.is_empty()
+    }
+
+    /// Whether entry `id` is refused or lies below a refused directory.
+    pub fn covers(&self, id: u32) -> bool {
+        self.mask.get(id as usize).copied().unwrap_or(false)
     }
 }
 
@@ -266,5 +310,28 @@ mod tests {
         let mut bad = m;
         bad.entries.push(entry(1, "b.txt", Kind::Dir));
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn names_a_windows_replica_cannot_hold_are_masked_with_their_subtrees() {
+        let m = Manifest {
+            entries: vec![
+                entry(0, "", Kind::Dir),
+                entry(0, "C:", Kind::Dir),
+                entry(1, "inside", Kind::File { size: 1 }),
+                entry(0, "fine", Kind::File { size: 1 }),
+                entry(0, "CON", Kind::File { size: 1 }),
+                entry(0, "back\\slash", Kind::File { size: 1 }),
+            ],
+            opaque: vec![],
+            partial: vec![],
+        };
+        assert!(m.validate().is_ok(), "odd names are valid on the wire");
+        assert!(m.unholdable(NameRules::Unix).is_empty());
+        let u = m.unholdable(NameRules::Windows);
+        let refused: Vec<u32> = u.refused.iter().map(|r| r.0).collect();
+        assert_eq!(refused, vec![1, 4, 5]);
+        let covered: Vec<u32> = (0..6).filter(|&i| u.covers(i)).collect();
+        assert_eq!(covered, vec![1, 2, 4, 5]);
     }
 }
