@@ -332,7 +332,7 @@ fn allow_client_admits_a_known_identity_without_the_token() {
     );
     r.assert_code(1);
     assert!(
-        format!("{}{}", r.stdout, r.stderr).contains("wrong token"),
+        format!("{}{}", r.stdout, r.stderr).contains("requires a token"),
         "{}",
         r.describe()
     );

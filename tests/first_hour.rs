@@ -894,11 +894,145 @@ fn a_busy_server_says_who_holds_it_and_since_when() {
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let err = text(&o.stderr);
     assert!(
-        err.contains("`replica watch` client from 127.0.0.1:")
-            && err.contains(" since ")
+        err.contains("already in use by another client (`replica watch` from 127.0.0.1:")
+            && err.contains(", since ")
             && err.contains(" ago)")
             && err.contains("stop that watch"),
         "{}",
         describe(&o)
+    );
+}
+
+/// SIGINT during a sync to a server: the client says `interrupted` and
+/// exits 130 at once; the server discards the files that were in flight
+/// (small files are simply sent again), leaving no temporary file.
+#[cfg(unix)]
+#[test]
+fn a_signal_stops_a_remote_sync_and_the_server_cleans_up() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    many_files(&src, 3000);
+    let mut server = Server::start_with(&dest, &["--insecure-plaintext"]);
+    let mut p = Proc::spawn(&[
+        os("sync"),
+        src.as_os_str(),
+        os(&server.target()),
+        os("--insecure-plaintext"),
+        os("--state-dir"),
+        t.path().join("state").as_os_str(),
+    ]);
+    assert!(
+        poll_until(DEADLINE, || p.stdout().contains(" created ")),
+        "{}",
+        p.describe()
+    );
+    send_signal(p.pid(), libc::SIGINT);
+    let status = p.wait_exit(DEADLINE).expect("exits after the signal");
+    if status.code() == Some(0) {
+        // The pass won the race; nothing to check but a clean replica.
+        assert!(temp_files(&dest).is_empty());
+        return;
+    }
+    assert_eq!(status.code(), Some(130), "{}", p.describe());
+    assert!(
+        p.stdout().contains(" interrupted (SIGINT): "),
+        "{}",
+        p.describe()
+    );
+    assert!(
+        poll_until(DEADLINE, || {
+            let log = server.stdout() + &server.stderr();
+            log.contains(" failed: ") || log.contains(" ended")
+        }),
+        "{}",
+        server.proc.describe()
+    );
+    assert!(
+        poll_until(DEADLINE, || temp_files(&dest).is_empty()),
+        "{:?}",
+        temp_files(&dest)
+    );
+    // The server stopped by SIGTERM removes what it kept for resuming too.
+    send_signal(server.proc.pid(), libc::SIGTERM);
+    assert_eq!(
+        server.proc.wait_exit(DEADLINE).and_then(|s| s.code()),
+        Some(0)
+    );
+    assert!(!server.alive());
+    assert!(temp_files(&dest).is_empty(), "{:?}", temp_files(&dest));
+}
+
+/// `watch` on a terminal (no progress bar) shows the first few operations
+/// of a pass and how many more there were, not every line.
+#[cfg(target_os = "linux")]
+#[test]
+fn watch_on_a_terminal_shows_the_first_operations_and_a_count() {
+    use std::io::Read;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    many_files(&src, 40);
+    let cmd = format!(
+        "stty cols 120 rows 40 2>/dev/null; exec '{}' watch '{}' '{}' --state-dir '{}'",
+        bin().display(),
+        src.display(),
+        t.path().join("dst").display(),
+        t.path().join("state").display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env_remove("REPLICA_TOKEN")
+        .env_remove("REPLICA_STATE_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run script");
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let (mut out, screen) = (script.stdout.take().unwrap(), screen.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                screen
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let shown = || screen.lock().unwrap().clone();
+    assert!(
+        poll_until(DEADLINE, || shown().contains(" summary: ")),
+        "{}",
+        shown()
+    );
+    // The watch is script's child (exec): stop it.
+    let children = format!("/proc/{0}/task/{0}/children", script.id());
+    let pid: u32 = std::fs::read_to_string(children)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("replica under script")
+        .parse()
+        .unwrap();
+    send_signal(pid, libc::SIGTERM);
+    assert!(poll_until(DEADLINE, || matches!(
+        script.try_wait(),
+        Ok(Some(_))
+    )));
+    let printed = printed_lines(&shown());
+    // 7 directories and 40 files created, the root's metadata: 48.
+    let ops = printed
+        .iter()
+        .filter(|l| l.contains(" created ") || l.contains(" metadata "))
+        .count();
+    assert_eq!(ops, 10, "{printed:#?}");
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("… and 38 more operations (-v shows every one")),
+        "{printed:#?}"
     );
 }

@@ -241,7 +241,12 @@ fn check_hello(
     if let Some(t) = token {
         // blake3::Hash compares in constant time.
         if h.token.is_empty() && !cert_ok {
-            return Err("this server requires a token: pass --token TOKEN or set REPLICA_TOKEN (the secret the server was started with)".into());
+            let or_cert = if allowed.is_empty() {
+                ""
+            } else {
+                " (or connect from a client whose `replica identity` is on its --allow-client list)"
+            };
+            return Err(format!("this server requires a token: pass --token TOKEN or set REPLICA_TOKEN (the secret the server was started with){or_cert}"));
         }
         if blake3::hash(t.as_bytes()) != blake3::hash(h.token.as_bytes()) && !cert_ok {
             return Err("wrong token".into());
@@ -325,11 +330,12 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// `a replica watch client from 127.0.0.1:50312 since 10:31:02 UTC (12m 04s ago)`.
+    /// `` `replica watch` from 127.0.0.1:50312, since 2026-12-02 10:31:02 UTC, 12m 04s ago ``.
     fn describe(&self) -> String {
         let what = match self.client.rsplit(' ').next() {
-            Some(c @ ("watch" | "sync")) => format!("a `replica {c}` client"),
-            _ => format!("a client ({})", self.client),
+            Some(c @ ("watch" | "sync")) => format!("`replica {c}`"),
+            _ if self.client.is_empty() => "a local sync".into(),
+            _ => self.client.clone(),
         };
         let since = time::OffsetDateTime::from(self.since)
             .format(time::macros::format_description!(
@@ -338,7 +344,7 @@ impl Holder {
             .unwrap_or_default();
         let ago = self.since.elapsed().unwrap_or_default();
         format!(
-            "{what} from {} since {since} ({} ago)",
+            "{what} from {}, since {since}, {} ago",
             self.peer,
             crate::report::human_duration(Duration::from_secs(ago.as_secs()))
         )
@@ -360,15 +366,15 @@ fn claim_for(shared: &ServerShared, peer: &str, client: &str) -> std::result::Re
     {
         let who = holder
             .as_ref()
-            .map(Holder::describe)
-            .unwrap_or_else(|| "another client".into());
-        let hint = if who.contains("replica watch") {
+            .map(|h| format!(" ({})", h.describe()))
+            .unwrap_or_default();
+        let hint = if who.contains("`replica watch`") {
             "a watch keeps it until it is stopped: stop that watch, or add this target to it"
         } else {
             "try again when it is done"
         };
         return Err(format!(
-            "{} is in use by {who}; {hint}",
+            "{} is already in use by another client{who}; {hint}",
             shared.dest.display()
         ));
     }

@@ -479,9 +479,7 @@ pub fn assert_published_files_whole(src: &Path, dest: &Path) -> u64 {
     bytes
 }
 
-/// `N` from `; N operations` on the summary line.
+/// `ops=N` from the totals line.
 pub fn operations(stdout: &str) -> Option<u64> {
-    let line = stdout.lines().rev().find(|l| l.contains("summary: "))?;
-    let before = &line[..line.find(" operations")?];
-    before.rsplit(' ').next()?.parse().ok()
+    summary_number(stdout, "ops")
 }
