@@ -9,7 +9,7 @@
 # about (polling), plus a few seconds into the transfer.
 set -eu
 cd "$(dirname "$0")/.."
-BIN=$(pwd)/target/release
+BIN=${CARGO_TARGET_DIR:-$(pwd)/target}/release
 DOCS="$(rustc --print sysroot)/share/doc/rust/html"
 OUT=docs/first-run.txt
 S=replica-first-run
@@ -17,13 +17,13 @@ STATE=$(mktemp -d)
 rm -rf /tmp/rust-docs-replica /tmp/rust-docs-2
 tmux kill-session -t $S 2>/dev/null || true
 tmux new-session -d -s $S -x 120 -y 40 \
-    "env -i HOME=$HOME TERM=xterm-256color PATH=$BIN:/usr/bin:/bin REPLICA_STATE_DIR=$STATE PS1='$ ' bash --norc --noprofile"
+    "env -i HOME=$HOME TERM=xterm-256color PATH=$BIN:$(dirname "$(command -v rustc)"):/usr/bin:/bin REPLICA_STATE_DIR=$STATE PS1='$ ' bash --norc --noprofile"
 : > $OUT
 screen() { tmux capture-pane -p -t $S; }
 snap() { printf '===== %s\n' "$1" >> $OUT; screen | sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' >> $OUT; echo >> $OUT; }
-run() { tmux send-keys -t $S "clear; $1" Enter; }
+run() { tmux send-keys -t $S "clear; $1" Enter; sleep 0.3; }
 wait_for() { until screen | grep -q -- "$1"; do sleep 0.05; done; }
-prompt() { until screen | tail -n 3 | grep -q '^\$ $'; do sleep 0.05; done; }
+prompt() { until screen | grep -v '^$' | tail -n 1 | grep -q '^\$ *$'; do sleep 0.05; done; }
 
 sleep 0.5
 run "replica --help"; prompt; snap "1. replica --help"

@@ -368,15 +368,25 @@ fn lib_err(e: replica::Error) -> anyhow::Error {
 }
 
 /// Says that a pass was cut off and what it had done.
-fn say_interrupted(reporter: &Reporter, before: &replica::report::OpCounts, sig: Signal) {
+fn say_interrupted(
+    reporter: &Reporter,
+    before: &replica::report::OpCounts,
+    sig: Signal,
+    local: bool,
+) {
     let done = reporter.counts().since(before).describe();
     let done = if done.is_empty() {
         "nothing changed yet".to_string()
     } else {
         format!("done before stopping: {done}")
     };
+    let temps = if local {
+        "no temporary file left behind"
+    } else {
+        "the server discards what was in flight (a large file resumes next time)"
+    };
     reporter.always(&format!(
-        "interrupted ({}): {done}; no temporary file left behind; run the command again to finish",
+        "interrupted ({}): {done}; {temps}; run the command again to finish",
         match sig {
             Signal::Interrupt => "SIGINT",
             Signal::Terminate => "SIGTERM",
@@ -403,7 +413,7 @@ fn sync_signals(
             return;
         }
         let _ = multi.clear();
-        say_interrupted(&reporter, &before, sig);
+        say_interrupted(&reporter, &before, sig, false);
         std::process::exit(i32::from(sig.exit_code()));
     })
 }
@@ -433,7 +443,8 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
         match (result, stop.signal()) {
             (Err(_), Some(sig)) => {
                 syncer.abandon();
-                say_interrupted(&reporter, &before, sig);
+                let _ = progress.multi.clear();
+                say_interrupted(&reporter, &before, sig, syncer.is_local());
                 return Ok(ExitCode::from(sig.exit_code()));
             }
             (Ok(r), _) => last_failed = report_pass(&reporter, &r),

@@ -8,7 +8,8 @@
 //! display), or the first few of each pass (a terminal without one, e.g.
 //! `watch`). Errors always reach the console in full, and the log file
 //! always gets everything. Every line is passed through [`escape_controls`]
-//! first, so a name holding a newline never splits a line.
+//! first, so a name holding a newline never splits a line. Lines carry an
+//! RFC 3339 timestamp, except on a terminal that is not shown every line.
 
 use crate::progress::OpWindow;
 use crate::protocol::{Op, OpReport, PassStats};
@@ -353,11 +354,14 @@ impl Reporter {
         if self.muted {
             return;
         }
-        let text = format!(
-            "{} {}",
-            now_rfc3339(),
-            escape_controls(&format!("{}{line}", self.prefix))
-        );
+        let prefixed = format!("{}{line}", self.prefix);
+        let line = escape_controls(&prefixed);
+        // A person at a terminal sees lines as they come: no timestamp
+        // (it would make the summary wrap); logs and pipes keep it.
+        let text = match self.ops {
+            ConsoleOps::All => format!("{} {line}", now_rfc3339()),
+            _ => line.into_owned(),
+        };
         match (&self.progress, to_stderr) {
             (Some(mp), _) if !mp.is_hidden() => {
                 let _ = mp.println(text);

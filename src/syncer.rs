@@ -381,6 +381,11 @@ impl Syncer {
         })
     }
 
+    /// Whether the target is a local directory (served in-process).
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
     /// A handle that stops this syncer's running pass from another thread.
     pub fn stopper(&self) -> PassStopper {
         PassStopper {
