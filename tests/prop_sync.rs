@@ -144,11 +144,12 @@ proptest! {
             build_tree(&dst, &to_specs(&replica, dst_root));
         }
         let src_before = snapshot(&src);
-        let r: Run = run_sync(&src, dst.to_str().unwrap(), &state, &[]).into();
+        // An empty source empties the replica only on purpose.
+        let r: Run = run_sync(&src, dst.to_str().unwrap(), &state, &["--allow-empty-source"]).into();
         r.assert_ok();
         assert_trees_equal(&src, &dst);
         assert_untouched(&src_before, &snapshot(&src));
-        let again: Run = run_sync(&src, dst.to_str().unwrap(), &state, &[]).into();
+        let again: Run = run_sync(&src, dst.to_str().unwrap(), &state, &["--allow-empty-source"]).into();
         again.assert_ok();
         prop_assert_eq!(again.summary().ops, 0, "{}", again.describe());
         assert_trees_equal(&src, &dst);

@@ -346,7 +346,7 @@ fn path_escapes_in_the_manifest_are_refused() {
     build_tree(&env.dst, &[f("existing", "already here"), d("a")]);
     let area = snapshot(&env.area);
     let parent_of_tmp = snapshot(env.tmp.path());
-    for bad in ["..", ".", "a/b", "../x", "a\\b", "C:", "x\0y", "", "/etc"] {
+    for bad in ["..", ".", "a/b", "../x", "x\0y", "", "/etc"] {
         escape_attempt(server(&env), bad);
         let diffs = diff_snapshots(&area, &snapshot(&env.area));
         assert!(diffs.is_empty(), "after {bad:?}: {diffs:?}");

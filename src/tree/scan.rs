@@ -30,6 +30,8 @@ pub struct ScanCounter {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LocalStat {
     pub ino: u64,
+    /// Hard links to the entry (1 for most files; 0 where unknown).
+    pub links: u32,
 }
 
 /// The result of scanning a source tree.
@@ -323,11 +325,14 @@ pub fn local_of(meta: &Metadata) -> LocalStat {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        LocalStat { ino: meta.ino() }
+        LocalStat {
+            ino: meta.ino(),
+            links: u32::try_from(meta.nlink()).unwrap_or(u32::MAX),
+        }
     }
     #[cfg(not(unix))]
     {
         let _ = meta;
-        LocalStat { ino: 0 }
+        LocalStat { ino: 0, links: 0 }
     }
 }

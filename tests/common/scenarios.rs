@@ -409,7 +409,8 @@ pub fn deletions_propagate(w: Where) {
         "{}",
         r.describe()
     );
-    // Emptying the source empties the replica.
+    // Emptying the source empties the replica, but only on purpose: an
+    // empty source looks like an unmounted disk.
     for e in fs::read_dir(&env.src).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() && !p.is_symlink() {
@@ -418,7 +419,10 @@ pub fn deletions_propagate(w: Where) {
             fs::remove_file(&p).unwrap();
         }
     }
-    env.sync_ok(&[]);
+    let before = snapshot(&env.dst);
+    env.sync(&[]).assert_code(1);
+    assert_untouched(&before, &snapshot(&env.dst));
+    env.sync_ok(&["--allow-empty-source"]);
     env.assert_replica_exact();
     assert_eq!(snapshot(&env.dst).len(), 1);
 }

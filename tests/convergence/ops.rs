@@ -147,6 +147,18 @@ pub enum Op {
         secs: i64,
         nanos: u32,
     },
+    /// Replaces whatever is at `path` (file, symlink, whole folder) with a
+    /// symlink: a type change.
+    ToSymlink {
+        path: String,
+        target: String,
+    },
+    /// Replaces whatever is at `path` with a regular file.
+    ToFile {
+        path: String,
+        len: usize,
+        seed: u64,
+    },
     /// A large file, so that later operations happen during its transfer.
     Big {
         path: String,
@@ -410,14 +422,28 @@ fn one_op(rng: &mut Rng, model: &Model, live: bool) -> Option<Op> {
             mib: 2 + rng.below(6) as usize,
             seed,
         },
-        // Type changes: a file becomes a directory or the other way round.
+        // Type changes: file, folder and symlink become one another.
         _ => {
             let path = rng.pick(&model.all())?.clone();
             if path == "keep" {
                 return None;
             }
-            return Some(match model.entries.get(&path)? {
-                M::Dir => Op::RemoveTree { path },
+            let current = *model.entries.get(&path)?;
+            return Some(match (current, rng.below(2)) {
+                (M::Dir, 0) => Op::ToFile {
+                    path,
+                    len: size(rng),
+                    seed,
+                },
+                (M::Dir, _) | (M::File, 0) => Op::ToSymlink {
+                    path,
+                    target: "a".into(),
+                },
+                (M::Link, 0) => Op::ToFile {
+                    path,
+                    len: size(rng),
+                    seed,
+                },
                 _ => Op::Mkdir { path },
             });
         }
@@ -442,6 +468,14 @@ fn apply_to_model(op: &Op, model: &mut Model) {
         Op::Rename { from, to } => model.rename(from, to),
         Op::Symlink { path, .. } => {
             model.entries.insert(path.clone(), M::Link);
+        }
+        Op::ToSymlink { path, .. } => {
+            model.remove_tree(path);
+            model.entries.insert(path.clone(), M::Link);
+        }
+        Op::ToFile { path, .. } => {
+            model.remove_tree(path);
+            model.entries.insert(path.clone(), M::File);
         }
         _ => {}
     }
@@ -538,6 +572,12 @@ pub fn apply(root: &Path, op: &Op) {
         }
         Op::Chmod { path, mode } => set_mode(&p(path), *mode),
         Op::Symlink { path, target } => make_symlink(target, &p(path)),
+        Op::ToSymlink { path, target } => {
+            remove_any(&p(path)).and_then(|_| make_symlink(target, &p(path)))
+        }
+        Op::ToFile { path, len, seed } => {
+            remove_any(&p(path)).and_then(|_| write_whole(&p(path), &bytes(*seed, *len)))
+        }
         Op::Touch { path, secs, nanos } => match fs::symlink_metadata(p(path)) {
             Ok(m) if !m.file_type().is_symlink() => {
                 let t = crate::common::system_time(*secs, *nanos);
@@ -546,6 +586,15 @@ pub fn apply(root: &Path, op: &Op) {
             _ => Ok(()),
         },
     };
+}
+
+/// Removes a file, symlink or whole folder; fine if nothing is there.
+fn remove_any(p: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(_) => Ok(()),
+    }
 }
 
 fn only_file(p: &Path) -> std::io::Result<PathBuf> {

@@ -192,13 +192,16 @@ fn tail(s: &str, max: usize) -> String {
 }
 
 /// The operations of a generated case in `mode`.
+/// `REPLICA_CONVERGE_KILLS=0` leaves the processes alone (a killed watch
+/// restarts with a full pass, which repairs what events missed).
 pub fn case(seed: u64, ops: usize, mode: Mode) -> Vec<Op> {
+    let kills = std::env::var("REPLICA_CONVERGE_KILLS").map_or(true, |v| v != "0");
     generate(
         seed,
         GenOptions {
             ops,
-            kill_client: true,
-            kill_server: mode.remote(),
+            kill_client: kills,
+            kill_server: kills && mode.remote(),
         },
     )
 }

@@ -15,12 +15,15 @@
 //!   server is unreachable it keeps merging, retries with backoff, and on
 //!   reconnection runs a full pass. One dead target never blocks another.
 
+mod links;
+
 use crate::error::Result;
 use crate::syncer::Syncer;
 use crate::tree::{path_to_key, scan_scoped, ScanOptions, Scopes};
+use links::{LinkGroups, Widen};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
@@ -78,7 +81,8 @@ enum Raw {
 /// The set of watched directories.
 struct Watches {
     watcher: notify::RecommendedWatcher,
-    dirs: HashSet<PathBuf>,
+    /// Sorted, so a folder's subtree is one range (paths order by component).
+    dirs: BTreeSet<PathBuf>,
     failed: bool,
     last_logged: usize,
 }
@@ -106,11 +110,12 @@ impl Watches {
         }
     }
 
+    /// Drops the watches of `path` and of every folder below it.
     fn remove_under(&mut self, path: &Path) {
         let gone: Vec<PathBuf> = self
             .dirs
-            .iter()
-            .filter(|d| d.starts_with(path))
+            .range::<Path, _>((std::ops::Bound::Included(path), std::ops::Bound::Unbounded))
+            .take_while(|d| d.starts_with(path))
             .cloned()
             .collect();
         for d in gone {
@@ -156,6 +161,42 @@ impl Watches {
         }
     }
 
+    /// A folder that moved away or was deleted has lost its watch, and so
+    /// have the folders below it (the watcher drops them): forget them now,
+    /// so that a folder made again under the same name is watched anew
+    /// (it was not: the set still listed the name, and files created in
+    /// the new folder were missed).
+    fn forget_moved_away(&mut self, ev: &notify::Event) {
+        use notify::event::RenameMode;
+        let gone: &[PathBuf] = match ev.kind {
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                &ev.paths
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                &ev.paths[..1.min(ev.paths.len())]
+            }
+            EventKind::Modify(ModifyKind::Name(_)) => {
+                for p in &ev.paths {
+                    if !p.is_dir() {
+                        self.remove_under(p);
+                    }
+                }
+                return;
+            }
+            _ => return,
+        };
+        for p in gone {
+            self.remove_under(p);
+        }
+    }
+
+    /// Drops every watch (the root was replaced: they watch the old one).
+    fn clear(&mut self) {
+        for d in std::mem::take(&mut self.dirs) {
+            let _ = self.watcher.unwatch(&d);
+        }
+    }
+
     fn log_count(&mut self, reporter: &crate::report::Reporter) {
         if self.dirs.len() != self.last_logged {
             self.last_logged = self.dirs.len();
@@ -176,6 +217,7 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
     };
     let reporter = first.reporter.clone();
     let hold: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let links: Arc<Mutex<LinkGroups>> = Arc::default();
 
     let (tx, rx) = mpsc::sync_channel::<Raw>(65_536);
     let overflow = Arc::new(AtomicBool::new(false));
@@ -196,7 +238,7 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
     };
     let mut watches = Watches {
         watcher,
-        dirs: HashSet::new(),
+        dirs: BTreeSet::new(),
         failed: false,
         last_logged: 0,
     };
@@ -214,7 +256,10 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
         queues.push((qtx, waiting));
         let stop = stop.clone();
         let scan_opts = scan_opts.clone();
-        workers.push(std::thread::spawn(move || worker(s, qrx, scan_opts, stop)));
+        let links = links.clone();
+        workers.push(std::thread::spawn(move || {
+            worker(s, qrx, scan_opts, links, stop)
+        }));
     }
     for (q, _) in &queues {
         let _ = q.send(Batch::Full("initial pass".into()));
@@ -229,9 +274,11 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
     let mut last_event = Instant::now();
     let mut last_full = Instant::now();
     let tick = Duration::from_millis(10);
+    let mut root_state = RootState::new(&root);
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(tick) {
             Ok(Raw::Event(ev)) => {
+                watches.forget_moved_away(&ev);
                 note_event(&ev, &mut pending, &mut writing, &mut soft);
                 first_event.get_or_insert_with(Instant::now);
                 last_event = Instant::now();
@@ -255,6 +302,29 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
             rescan.get_or_insert_with(|| "periodic safety rescan".into());
             first_event.get_or_insert_with(Instant::now);
         }
+        match root_state.check(&root, watches.failed || watches.dirs.contains(&root)) {
+            RootChange::Same => {}
+            RootChange::Gone => {
+                reporter.error(&format!(
+                    "source {} is gone (unmounted, moved or deleted?): replication paused, the replica is left as it is",
+                    root.display()
+                ));
+            }
+            RootChange::Back(why) => {
+                reporter.info(&format!("source {}: {why}; rescanning", root.display()));
+                watches.clear();
+                watches.add_tree(&root, &root, &scan_opts, &reporter);
+                rescan = Some(why.to_string());
+                first_event = Some(Instant::now());
+            }
+        }
+        if root_state.gone {
+            // Nothing to send until the root is back (its return rescans).
+            pending.clear();
+            writing.clear();
+            first_event = None;
+            continue;
+        }
         let Some(t0) = first_event else { continue };
         let quiet = last_event.elapsed() >= opts.quiet;
         if !(quiet || t0.elapsed() >= opts.max_delay) {
@@ -274,7 +344,9 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
         }
         let batch = if let Some(why) = rescan.take() {
             reporter.info(&format!("rescanning the whole tree: {why}"));
-            pending.clear();
+            // The rescan covers every change except the files it holds
+            // back: those stay pending until their hold ends.
+            pending.retain(|p| writing.contains_key(p));
             last_full = Instant::now();
             watches.failed = false;
             watches.add_tree(&root, &root, &scan_opts, &reporter);
@@ -334,6 +406,7 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
                 last_event = Instant::now();
                 continue;
             }
+            let mut unknown_links = false;
             for p in &ready {
                 pending.remove(p);
                 let meta = std::fs::symlink_metadata(p).ok();
@@ -349,7 +422,26 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
                 let Some(rel) = p.strip_prefix(&root).ok().and_then(path_to_key) else {
                     continue;
                 };
-                scopes.add_changed(&rel, is_dir);
+                match meta.as_ref().and_then(file_links) {
+                    Some((ino, n)) if n > 1 => {
+                        let mut groups = links.lock().unwrap_or_else(|e| e.into_inner());
+                        match groups.widen(&rel, ino, n) {
+                            Widen::Names(names) => {
+                                for name in names {
+                                    scopes.add_changed(&name, false);
+                                }
+                            }
+                            Widen::Rescan => unknown_links = true,
+                        }
+                    }
+                    _ => scopes.add_changed(&rel, is_dir),
+                }
+            }
+            if unknown_links {
+                rescan =
+                    Some("a hard-linked file changed and its other names are not known yet".into());
+                first_event = Some(t0);
+                continue;
             }
             Batch::Scoped(scopes)
         };
@@ -369,6 +461,91 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
         let _ = w.join();
     }
     Ok(())
+}
+
+/// The source root's identity: device and inode where the platform has
+/// them; `None` when it is missing or not a directory.
+fn root_id(root: &Path) -> Option<(u64, u64)> {
+    let m = std::fs::metadata(root).ok().filter(|m| m.is_dir())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        Some((0, 0))
+    }
+}
+
+/// Watches the source root itself: gone (an unmount, a deleted or moved
+/// folder) pauses replication; back, or replaced by another directory (a
+/// remount), re-watches the tree and rescans it.
+struct RootState {
+    id: Option<(u64, u64)>,
+    gone: bool,
+    last_check: Instant,
+}
+
+enum RootChange {
+    Same,
+    Gone,
+    Back(&'static str),
+}
+
+impl RootState {
+    /// How often the root is looked at (one stat).
+    const EVERY: Duration = Duration::from_millis(250);
+
+    fn new(root: &Path) -> Self {
+        RootState {
+            id: root_id(root),
+            gone: false,
+            last_check: Instant::now(),
+        }
+    }
+
+    /// `watched`: whether the root still has its watch (it loses it when
+    /// it is moved away, even if it comes back before it is looked at).
+    fn check(&mut self, root: &Path, watched: bool) -> RootChange {
+        if self.last_check.elapsed() < Self::EVERY {
+            return RootChange::Same;
+        }
+        self.last_check = Instant::now();
+        match root_id(root) {
+            None if !self.gone => {
+                self.gone = true;
+                RootChange::Gone
+            }
+            None => RootChange::Same,
+            Some(id) if self.gone => {
+                self.gone = false;
+                self.id = Some(id);
+                RootChange::Back("it is back")
+            }
+            Some(id) if Some(id) != self.id => {
+                self.id = Some(id);
+                RootChange::Back("it was replaced by another directory (remounted?)")
+            }
+            Some(_) if !watched => RootChange::Back("it is back"),
+            Some(_) => RootChange::Same,
+        }
+    }
+}
+
+/// A regular file's inode and link count (where the platform has them).
+fn file_links(m: &std::fs::Metadata) -> Option<(u64, u64)> {
+    if !m.is_file() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((m.ino(), m.nlink()))
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// Records the paths an event touches and tracks files open for writing.
@@ -458,7 +635,19 @@ fn recently_modified(dir: &Path, window: Duration) -> Vec<PathBuf> {
 /// Transient failures (unreachable, reset, busy) are retried with backoff;
 /// a permanent one (refused for good, a usage mistake) is reported, noted
 /// in the target's [`crate::syncer::TargetHealth`], and stops the whole watch.
-fn worker(mut s: Syncer, rx: mpsc::Receiver<Batch>, scan_opts: ScanOptions, stop: Arc<AtomicBool>) {
+fn worker(
+    mut s: Syncer,
+    rx: mpsc::Receiver<Batch>,
+    scan_opts: ScanOptions,
+    links: Arc<Mutex<LinkGroups>>,
+    stop: Arc<AtomicBool>,
+) {
+    let learn = |scan: &crate::tree::SourceScan, full: bool| {
+        links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .learn(scan, full)
+    };
     let waiting = s.preempt.clone().unwrap_or_default();
     let health = s.health.clone();
     let mut backlog: Option<Batch> = None;
@@ -495,9 +684,15 @@ fn worker(mut s: Syncer, rx: mpsc::Receiver<Batch>, scan_opts: ScanOptions, stop
             continue;
         };
         let result = match &batch {
-            Batch::Full(_) => s.pass(None),
+            Batch::Full(_) => s.scan().and_then(|scan| {
+                learn(&scan, true);
+                s.pass_with(&scan, None)
+            }),
             Batch::Scoped(scopes) => match scan_scoped(&s.src, scopes, &scan_opts) {
-                Ok(scan) => s.pass_with(&scan, None),
+                Ok(scan) => {
+                    learn(&scan, false);
+                    s.pass_with(&scan, None)
+                }
                 Err(e) => Err(crate::Error::source(&s.src, &e)),
             },
         };
@@ -546,6 +741,28 @@ fn worker(mut s: Syncer, rx: mpsc::Receiver<Batch>, scan_opts: ScanOptions, stop
                 health.interrupt();
                 s.abandon();
                 break;
+            }
+            Err(e @ crate::Error::Source { .. }) => {
+                // The source root is gone: said once; a full pass is tried
+                // again every second (quietly), or at once when the watcher
+                // sends more (it rescans when the root is back).
+                if !paused {
+                    s.reporter.error(&format!(
+                        "replication to {} paused: {e}",
+                        s.target().describe()
+                    ));
+                    paused = true;
+                }
+                let mut again = Batch::Full("the source is back".into());
+                let until = Instant::now() + Duration::from_secs(1);
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    if let Ok(b) = rx.try_recv() {
+                        again = again.merge(b);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                backlog = Some(again);
             }
             Err(e) if e.is_permanent() => {
                 let msg = format!("{}: {e}", s.target().describe());

@@ -1,0 +1,125 @@
+//! Hard-link groups of the source. A change made through one name of a
+//! hard-linked file (a write, a chmod) is reported by the kernel for that
+//! name only, yet every other name of the file changed too. The watcher
+//! learns the groups from the passes' scans and widens a change on one name
+//! to all of them; a hard-linked file whose other names it does not know
+//! yet asks for a full rescan, which finds them.
+
+use crate::tree::{Kind, SourceScan};
+use std::collections::{BTreeSet, HashMap};
+
+/// Inode -> the source keys (`/`-joined paths) that name it, for regular
+/// files with more than one link. Only such files are kept, so a tree
+/// without hard links costs nothing here.
+#[derive(Debug, Default)]
+pub struct LinkGroups {
+    by_ino: HashMap<u64, BTreeSet<String>>,
+}
+
+/// What a change on one hard-linked name needs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Widen {
+    /// These names changed with it (the name itself included).
+    Names(Vec<String>),
+    /// Its other names are unknown: rescan the tree.
+    Rescan,
+}
+
+impl LinkGroups {
+    /// Learns from a scan; a full scan replaces what was known (it saw
+    /// every name), a scoped one adds to it.
+    pub fn learn(&mut self, scan: &SourceScan, full: bool) {
+        if full {
+            self.by_ino.clear();
+        }
+        let m = &scan.manifest;
+        for (i, (e, local)) in m.entries.iter().zip(&scan.local).enumerate() {
+            if local.links > 1 && matches!(e.kind, Kind::File { .. }) {
+                self.by_ino.entry(local.ino).or_default().insert(m.key(i));
+            }
+        }
+    }
+
+    /// A regular file `key` (inode `ino`, `links` names) changed.
+    pub fn widen(&mut self, key: &str, ino: u64, links: u64) -> Widen {
+        if links <= 1 {
+            return Widen::Names(vec![key.to_string()]);
+        }
+        match self.by_ino.get_mut(&ino) {
+            Some(names) => {
+                names.insert(key.to_string());
+                Widen::Names(names.iter().cloned().collect())
+            }
+            None => Widen::Rescan,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Entry, LocalStat, Manifest, Timestamp};
+
+    fn scan(items: &[(&str, u64, u32)]) -> SourceScan {
+        let mut entries = vec![Entry {
+            parent: 0,
+            name: String::new(),
+            kind: Kind::Dir,
+            mode: None,
+            mtime: Timestamp::default(),
+        }];
+        let mut local = vec![LocalStat::default()];
+        for (name, ino, links) in items {
+            entries.push(Entry {
+                parent: 0,
+                name: name.to_string(),
+                kind: Kind::File { size: 1 },
+                mode: None,
+                mtime: Timestamp::default(),
+            });
+            local.push(LocalStat {
+                ino: *ino,
+                links: *links,
+            });
+        }
+        SourceScan {
+            manifest: Manifest {
+                entries,
+                ..Manifest::default()
+            },
+            local,
+            ..SourceScan::default()
+        }
+    }
+
+    #[test]
+    fn a_change_through_one_name_reaches_every_name() {
+        let mut g = LinkGroups::default();
+        g.learn(&scan(&[("a", 7, 2), ("b", 7, 2), ("c", 8, 1)]), true);
+        assert_eq!(
+            g.widen("a", 7, 2),
+            Widen::Names(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(g.widen("c", 8, 1), Widen::Names(vec!["c".into()]));
+    }
+
+    #[test]
+    fn an_unknown_group_asks_for_a_rescan_and_a_new_name_joins_its_group() {
+        let mut g = LinkGroups::default();
+        g.learn(&scan(&[("a", 7, 1)]), true);
+        assert_eq!(g.widen("new", 7, 2), Widen::Rescan);
+        g.learn(&scan(&[("a", 7, 2), ("new", 7, 2)]), true);
+        assert_eq!(
+            g.widen("third", 7, 3),
+            Widen::Names(vec!["a".into(), "new".into(), "third".into()])
+        );
+    }
+
+    #[test]
+    fn a_full_scan_forgets_stale_groups() {
+        let mut g = LinkGroups::default();
+        g.learn(&scan(&[("a", 7, 2), ("b", 7, 2)]), true);
+        g.learn(&scan(&[("a", 9, 1)]), true);
+        assert_eq!(g.widen("b", 7, 2), Widen::Rescan);
+    }
+}
