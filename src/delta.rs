@@ -95,22 +95,29 @@ pub fn literal_bytes(ops: &[DeltaOp]) -> u64 {
         .sum()
 }
 
+/// Why a delta cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadDelta {
+    #[error("basis piece {0} does not exist")]
+    NoPiece(u32),
+    #[error("delta rebuilds more bytes than the chunk holds")]
+    TooLong,
+}
+
 /// Rebuilds a chunk of at most `max_len` bytes; `read` fetches basis piece `i`.
 pub fn apply_delta(
     ops: &[DeltaOp],
     max_len: usize,
     mut read: impl FnMut(u32) -> Option<Vec<u8>>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, BadDelta> {
     let mut out = Vec::new();
     for op in ops {
         match op {
-            DeltaOp::Copy(i) => {
-                out.extend(read(*i).ok_or_else(|| format!("basis piece {i} does not exist"))?)
-            }
+            DeltaOp::Copy(i) => out.extend(read(*i).ok_or(BadDelta::NoPiece(*i))?),
             DeltaOp::Literal(b) => out.extend_from_slice(b),
         }
         if out.len() > max_len {
-            return Err("delta rebuilds more bytes than the chunk holds".into());
+            return Err(BadDelta::TooLong);
         }
     }
     Ok(out)

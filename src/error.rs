@@ -25,6 +25,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The link to the peer ended (closed, idle, unreadable).
+    #[error("connection to {peer}: {source}")]
+    Link {
+        peer: String,
+        #[source]
+        source: LinkError,
+    },
     #[error("protocol error from {peer}: {reason}")]
     Protocol { peer: String, reason: String },
     /// Refused for now (the destination is busy, the server is stopping):
@@ -63,6 +70,13 @@ impl Error {
         matches!(self, Error::Denied { .. } | Error::Usage(_))
     }
 
+    pub fn link(peer: impl Into<String>, source: LinkError) -> Self {
+        Error::Link {
+            peer: peer.into(),
+            source,
+        }
+    }
+
     /// The source root `path` cannot be scanned.
     pub fn source(path: impl Into<PathBuf>, e: &io::Error) -> Self {
         Error::Source {
@@ -80,6 +94,33 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a link stopped delivering messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The peer closed the connection between frames: a normal end.
+    #[error("connection closed")]
+    Closed,
+    /// Nothing at all (not even a keep-alive) arrived in time.
+    #[error("no data for {secs} s")]
+    Idle { secs: u64 },
+    /// A frame could not be read (reset, EOF inside a frame, oversize).
+    #[error("{0}")]
+    Frame(String),
+    /// The peer said nothing within the handshake's time limit.
+    #[error("no handshake within the time limit")]
+    HandshakeTimeout,
+    /// The peer answered in HTTP: an HTTP port (a status port?), not a
+    /// replica one.
+    #[error("the peer speaks HTTP, not the replica protocol (an HTTP port, such as a server's --status-addr, rather than its replica port?)")]
+    Http,
+    /// The peer closed the connection before its handshake message.
+    #[error("connection closed during the handshake")]
+    ClosedInHandshake,
+    /// A frame arrived but did not decode into a message.
+    #[error(transparent)]
+    Decode(#[from] crate::protocol::DecodeError),
+}
 
 /// A failure confined to one entry of the tree: reported, and the pass goes on.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -25,23 +25,37 @@ impl Default for Filter {
     }
 }
 
+/// Excludes that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadFilter {
+    #[error("bad exclude pattern {pattern:?}: {reason}")]
+    Pattern { pattern: String, reason: String },
+    #[error("bad exclude patterns: {0}")]
+    Patterns(String),
+    #[error("cannot read {}: {reason}", path.display())]
+    IgnoreFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
 impl Filter {
     /// Compiles patterns (one gitignore line each). Blank lines and `#`
     /// comments are ignored; a bad pattern is an error naming it.
-    pub fn new(patterns: Vec<String>) -> Result<Self, String> {
+    pub fn new(patterns: Vec<String>) -> Result<Self, BadFilter> {
         let mut b = GitignoreBuilder::new("");
         for p in &patterns {
-            b.add_line(None, p)
-                .map_err(|e| format!("bad exclude pattern {p:?}: {e}"))?;
+            b.add_line(None, p).map_err(|e| BadFilter::Pattern {
+                pattern: p.clone(),
+                reason: e.to_string(),
+            })?;
         }
-        let matcher = b
-            .build()
-            .map_err(|e| format!("bad exclude patterns: {e}"))?;
+        let matcher = b.build().map_err(|e| BadFilter::Patterns(e.to_string()))?;
         Ok(Filter { patterns, matcher })
     }
 
     /// `--exclude` globs plus the lines of `<root>/.replicaignore` if present.
-    pub fn for_source(root: &Path, excludes: &[String]) -> Result<Self, String> {
+    pub fn for_source(root: &Path, excludes: &[String]) -> Result<Self, BadFilter> {
         let mut patterns = excludes.to_vec();
         let file = root.join(IGNORE_FILE);
         match std::fs::read_to_string(&file) {
@@ -52,7 +66,12 @@ impl Filter {
                     .map(String::from),
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+            Err(e) => {
+                return Err(BadFilter::IgnoreFile {
+                    path: file,
+                    reason: e.to_string(),
+                })
+            }
         }
         Self::new(patterns)
     }
@@ -102,7 +121,7 @@ mod tests {
 
     #[test]
     fn bad_pattern_is_named() {
-        let err = Filter::new(vec!["a{b".into()]).unwrap_err();
+        let err = Filter::new(vec!["a{b".into()]).unwrap_err().to_string();
         assert!(err.contains("a{b"), "{err}");
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! # Map of the crate
 //!
-//! Data flows top to bottom:
+//! Data flows top to bottom. Dependencies run one way: protocol <- session
+//! <- transport <- syncer <- main; stores know nothing of sessions.
 //!
 //! - [`tree`]: what a tree is ([`tree::Manifest`] of [`tree::Entry`]) and
 //!   scanning a source directory into one (parallel walk, no symlink
@@ -16,18 +17,30 @@
 //!   whole-file hash -> where in the replica) and the source's (stat ->
 //!   digest, so unchanged files are never re-read).
 //! - [`plan`]: pure planning, source manifest x replica view -> operations.
-//! - [`apply`]: the replica on disk; every operation resolved below DEST
-//!   without following symlinks; atomic publication of files.
+//! - [`store`]: the replica's storage behind one trait ([`store::Store`]):
+//!   what a store must guarantee (keys never escape, atomic publication,
+//!   versions), the local directory ([`store::LocalStore`]: every operation
+//!   resolved below DEST one component at a time without following
+//!   symlinks), the dry run as a wrapper ([`store::DryRun`]), and the
+//!   free-space policy ([`store::MinFree`]).
 //! - [`protocol`]: frames (length-prefixed, bounded) and typed messages.
-//! - [`transport`]: connections (framing, zstd, byte counters, messages
-//!   handed over in batches), handshake, the server's accept loop, the
-//!   client's dialer, and the in-process link of a local sync.
-//! - [`session`]: the two halves of a pass as blocking code over a link:
-//!   the server plans and pulls ([`session::server`], its content engine in
-//!   `session/transfer.rs`, directory renames in `session/renames.rs`,
-//!   large files kept in part for the next pass in [`session::partial`]),
-//!   the client answers ([`session::client`]; large files may step aside
-//!   for newer changes in watch mode).
+//! - [`session`]: the two halves of a pass as blocking code over a
+//!   [`session::link::Link`] (typed messages, typed link errors):
+//!   - the server ([`session::server`]) scans the replica through its store
+//!     ([`session::scan`]), plans, carries out the steps that need no
+//!     content (`session/steps.rs`) and pulls the content it lacks
+//!     (`session/transfer/`: job, requests, sourcing, assemble, basis,
+//!     moves, publish); directory renames in `session/renames.rs`; large
+//!     files kept in part for the next pass in [`session::partial`]; what
+//!     every step shares, and per-file failures, in [`session::pass`];
+//!   - the client ([`session::client`]) sends the manifest and answers
+//!     (digests, groups, chunks); large files may step aside for newer
+//!     changes in watch mode.
+//! - [`transport`]: carrying a link: connections (framing, zstd, byte
+//!   counters, messages handed over in batches), TLS (`transport/tls/`:
+//!   fingerprints, identity, verifiers, known hosts), the handshake, the
+//!   server's accept loop, the client's dialer, and the in-process link of
+//!   a local sync. It wires a [`store::LocalStore`] to each server session.
 //! - [`syncer`]: the client driver (safety rails, reconnects, repeated passes).
 //! - [`watch`]: file-system events -> batches of changed paths -> scoped passes.
 //! - [`report`]: the operation log and pass summaries; [`progress`]: spinners
@@ -38,7 +51,6 @@
 //!
 //! The binary (`src/main.rs`) only parses arguments and prints.
 
-pub mod apply;
 pub mod chunk;
 pub mod delta;
 pub mod error;
@@ -51,6 +63,7 @@ pub mod report;
 pub mod session;
 pub mod shutdown;
 pub mod status;
+pub mod store;
 pub mod syncer;
 pub mod transport;
 pub mod tree;

@@ -283,7 +283,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(s) => Some(resolve_listen("--status-addr", s).map_err(usage)?),
         None => None,
     };
-    let min_free = replica::transport::server::MinFree::parse(&a.min_free).map_err(usage)?;
+    let min_free = replica::transport::server::MinFree::parse(&a.min_free)
+        .map_err(|e| usage(e.to_string()))?;
     if !is_loopback(&listen) && a.token.as_deref().unwrap_or("").is_empty() {
         return Err(usage(format!(
             "refusing to listen on non-loopback address {listen} without a token; pass --token or set REPLICA_TOKEN"

@@ -323,7 +323,8 @@ impl Syncer {
             // A bad --fingerprint is a usage mistake: caught before connecting.
             client_connect_options(&opts, addr)?;
         }
-        let filter = Filter::for_source(&src, &opts.excludes).map_err(Error::Usage)?;
+        let filter =
+            Filter::for_source(&src, &opts.excludes).map_err(|e| Error::Usage(e.to_string()))?;
         let id =
             blake3::hash(format!("{}\n{}", src.display(), target.describe()).as_bytes()).to_hex();
         let index_path = opts

@@ -12,7 +12,6 @@
 //! the shortest failing sequence the shrinker found.
 
 mod common;
-mod watch_support;
 
 #[path = "convergence/ops.rs"]
 mod ops;

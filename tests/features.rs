@@ -6,13 +6,12 @@
 #![cfg(unix)]
 
 mod common;
-mod watch_support;
 
+use common::*;
 use common::{build_tree, f, random_bytes, run_replica, run_sync, Proc, Run};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
-use watch_support::*;
 
 fn sync_run(src: &Path, target: &str, state: &Path, extra: &[&str]) -> Run {
     run_sync(src, target, state, extra).into()
@@ -45,12 +44,7 @@ fn status_endpoint_metrics_and_status_command() {
             f("d/c.bin", random_bytes(3, 100)),
         ],
     );
-    let server = start_server(
-        &dirs.dst,
-        "127.0.0.1:0",
-        tempfile::tempdir().unwrap(),
-        &["--status-addr", "127.0.0.1:0"],
-    );
+    let server = Server::start_with(&dirs.dst, &["--status-addr", "127.0.0.1:0"]);
     let http = status_addr(&server.stdout())
         .unwrap_or_else(|| panic!("no `status on` line\n{}", server.proc.describe()));
     let fp = server.fingerprint.clone().unwrap();
@@ -305,10 +299,8 @@ fn allow_client_admits_a_known_identity_without_the_token() {
     );
     let known = tempfile::tempdir().unwrap();
     let fp_known = identity(known.path());
-    let server = start_server(
+    let server = Server::start_with(
         &dirs.dst,
-        "127.0.0.1:0",
-        tempfile::tempdir().unwrap(),
         &["--token", "T0ken", "--allow-client", &fp_known],
     );
     let sfp = server.fingerprint.clone().unwrap();
@@ -352,12 +344,7 @@ fn allow_client_admits_a_known_identity_without_the_token() {
 #[test]
 fn status_endpoint_reads_a_request_split_across_segments() {
     let dirs = Dirs::new();
-    let server = start_server(
-        &dirs.dst,
-        "127.0.0.1:0",
-        tempfile::tempdir().unwrap(),
-        &["--status-addr", "127.0.0.1:0"],
-    );
+    let server = Server::start_with(&dirs.dst, &["--status-addr", "127.0.0.1:0"]);
     let http = status_addr(&server.stdout()).expect("a `status on` line");
     let (code, body) = http_request(
         http,

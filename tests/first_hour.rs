@@ -650,12 +650,10 @@ fn serve_mistakes_name_the_thing_and_the_cause() {
     assert_eq!(entries(t.path()), ["afile"]);
 
     // A host name is resolved.
-    let server = Server::start_on(
-        &t.path().join("dest"),
-        "localhost:0",
-        tempfile::tempdir().unwrap(),
-        &["--insecure-plaintext"],
-    );
+    let server = Server::builder(&t.path().join("dest"))
+        .listen("localhost:0")
+        .plaintext()
+        .start();
     assert!(server.addr.ip().is_loopback());
 
     // The same log-file check on the client side.

@@ -4,22 +4,22 @@
 //! ever be created, changed or removed outside DEST, and a refused manifest
 //! changes nothing inside it either.
 
-mod support;
+mod common;
 
+use common::*;
 use replica::chunk::{ChunkRef, GroupRef, Hash, CHUNKER_VERSION};
 use replica::protocol::{
     decode, encode, ClientMsg, Hello, HelloReply, Op, OpReport, PassOptions, PassStats, Purpose,
     ServerMsg, MAGIC, PROTOCOL_VERSION,
 };
 use replica::tree::{Entry, Kind, Timestamp};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
 
 // ---------------------------------------------------------------------------
 // A raw protocol peer
@@ -44,7 +44,7 @@ enum End {
 impl Peer {
     /// Connects and completes an uncompressed handshake, retrying while the
     /// server still holds the previous session.
-    fn connect(addr: &str) -> Peer {
+    fn connect(addr: &std::net::SocketAddr) -> Peer {
         let end = Instant::now() + DEADLINE;
         loop {
             let s = TcpStream::connect(addr).unwrap();
@@ -259,7 +259,10 @@ impl Arena {
         let dest = parent.join("dest");
         let outside = parent.join("outside");
         write_file(&outside, "secret.txt", b"do not touch");
-        let server = Server::start_plaintext(&dest, &scratch.state);
+        let server = Server::builder(&dest)
+            .state_at(&scratch.state)
+            .plaintext()
+            .start();
         Arena {
             _scratch: scratch,
             parent,
@@ -269,7 +272,7 @@ impl Arena {
         }
     }
 
-    fn snapshot(&self) -> BTreeMap<String, Node> {
+    fn snapshot(&self) -> Snapshot {
         snapshot(&self.parent)
     }
 
@@ -307,7 +310,7 @@ fn expect_refused(a: &Arena, what: &str, entries: Vec<Entry>, opaque: Vec<u32>, 
         "{what}: something changed under DEST's parent"
     );
     assert!(
-        file_names(&a.dest).is_empty() && snapshot(&a.dest).is_empty(),
+        file_names(&a.dest).is_empty() && snapshot(&a.dest).keys().all(|k| k == "."),
         "{what}: DEST is not empty: {:?}",
         snapshot(&a.dest).keys().collect::<Vec<_>>()
     );
@@ -1009,11 +1012,20 @@ fn protocol_symlinks_then_real_entries_never_write_through_them() {
         "a file was written above DEST"
     );
     let got = snapshot(&a.dest);
-    assert_eq!(got["abs"], Node::Dir);
-    assert_eq!(got["abs/secret.txt"], Node::File(b"through abs".to_vec()));
-    assert_eq!(got["file"], Node::File(b"through file".to_vec()));
-    assert_eq!(got["rel/secret.txt"], Node::File(b"through rel".to_vec()));
-    assert_eq!(got["up/x"], Node::File(b"through up".to_vec()));
+    assert_eq!(got["abs"].kind, common::Kind::Dir);
+    assert_eq!(
+        got["abs/secret.txt"].kind,
+        common::Kind::File(b"through abs".to_vec())
+    );
+    assert_eq!(
+        got["file"].kind,
+        common::Kind::File(b"through file".to_vec())
+    );
+    assert_eq!(
+        got["rel/secret.txt"].kind,
+        common::Kind::File(b"through rel".to_vec())
+    );
+    assert_eq!(got["up/x"].kind, common::Kind::File(b"through up".to_vec()));
     a.assert_no_panic();
 }
 
@@ -1053,15 +1065,17 @@ fn planted_directory_symlink_is_replaced_by_a_real_directory() {
         .unwrap()
         .file_type()
         .is_dir());
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
 
     std::fs::remove_dir_all(s.dest.join("sub")).unwrap();
     std::os::unix::fs::symlink(&t.outside, s.dest.join("sub")).unwrap();
-    let server = Server::start(&s.dest, &s.path("server-state"));
+    let server = Server::builder(&s.dest)
+        .state_at(&s.path("server-state"))
+        .start();
     let run = sync_to(&s.src, &server, &s.path("client-state"));
     assert_eq!(run.code, Some(0), "{}", run.describe());
     assert_eq!(snapshot(&t.outside), before, "outside DEST changed");
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
 }
 
 #[cfg(unix)]
@@ -1086,7 +1100,7 @@ fn planted_file_symlink_is_replaced_by_a_regular_file() {
             .file_type()
             .is_file());
     }
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
 }
 
 #[cfg(unix)]
@@ -1107,7 +1121,7 @@ fn extra_symlink_to_outside_is_removed_and_its_target_survives() {
     assert!(std::fs::symlink_metadata(s.dest.join("x")).is_err());
     assert!(std::fs::symlink_metadata(s.dest.join("y")).is_err());
     assert!(std::fs::symlink_metadata(s.dest.join("d")).is_err());
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
 }
 
 #[cfg(unix)]
@@ -1137,7 +1151,7 @@ fn hard_link_planted_in_dest_does_not_carry_metadata_outside() {
 
     let run = sync(&s.src, &s.dest_str(), &s.state);
     assert_eq!(run.code, Some(0), "{}", run.describe());
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
     assert_eq!(meta_of(&s.dest.join("f")).0, 0o644);
     assert_eq!(
         meta_of(&victim),
@@ -1199,7 +1213,7 @@ fn directory_swapped_for_a_symlink_during_passes_never_leaks_writes() {
 
     let run = sync(&s.src, &s.dest_str(), &s.state);
     assert_eq!(run.code, Some(0), "{}", run.describe());
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
     assert_eq!(snapshot(&t.outside), before);
 }
 
@@ -1218,12 +1232,12 @@ fn names_differing_only_in_case_both_sync() {
     write_file(&s.src, "dir/X", b"lower dir, upper file");
     let run = sync(&s.src, &s.dest_str(), &s.state);
     assert_eq!(run.code, Some(0), "{}", run.describe());
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
     let run = sync(&s.src, &s.dest_str(), &s.state);
     assert_eq!(run.code, Some(0), "{}", run.describe());
     assert_eq!(operations(&run.stdout), Some(0), "{}", run.describe());
     assert_eq!(run.content_sent(), 0);
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
 }
 
 #[cfg(unix)]
@@ -1236,7 +1250,7 @@ fn absolute_symlinks_are_replicated_verbatim() {
     std::os::unix::fs::symlink("a.txt", s.src.join("rel")).unwrap();
     let run = sync(&s.src, &s.dest_str(), &s.state);
     assert_eq!(run.code, Some(0), "{}", run.describe());
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
     // Replicated as links, never followed: /etc/hostname was not copied.
     assert_eq!(
         std::fs::read_link(s.dest.join("abs")).unwrap(),
@@ -1256,7 +1270,7 @@ fn longest_legal_multibyte_names_sync() {
     std::os::unix::fs::symlink("target", s.src.join(link_name)).unwrap();
     let run = sync(&s.src, &s.dest_str(), &s.state);
     assert_eq!(run.code, Some(0), "{}", run.describe());
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
 }
 
 #[test]
@@ -1267,10 +1281,10 @@ fn source_names_with_the_temp_prefix_settle() {
     write_file(&s.src, "plain.txt", b"plain");
     let run = sync(&s.src, &s.dest_str(), &s.state);
     assert_eq!(run.code, Some(0), "{}", run.describe());
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
     let run = sync(&s.src, &s.dest_str(), &s.state);
     assert_eq!(run.code, Some(0), "{}", run.describe());
-    assert_same_tree(&s.src, &s.dest);
+    assert_trees_equal(&s.src, &s.dest);
     assert_eq!(
         run.content_sent(),
         0,

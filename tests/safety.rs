@@ -3,14 +3,13 @@
 //! never wipes a replica, and what `watch` once missed.
 
 mod common;
-mod watch_support;
 
+use common::*;
 use common::{run_replica, run_sync, snapshot, Run, Server};
 use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
-use watch_support::*;
 
 /// Names that are ordinary on Linux and macOS but odd elsewhere.
 const ODD: &[&str] = &[
@@ -29,10 +28,10 @@ const ODD: &[&str] = &[
 
 fn odd_tree(root: &Path) {
     for (i, n) in ODD.iter().enumerate() {
-        put(root, n, format!("file {i}\n").as_bytes());
+        write_file(root, n, format!("file {i}\n").as_bytes());
     }
-    put(&root.join("C:dir"), "inside", b"inside a drive-like dir\n");
-    put(&root.join("dir.").join("CON"), "x", b"deep\n");
+    write_file(&root.join("C:dir"), "inside", b"inside a drive-like dir\n");
+    write_file(&root.join("dir.").join("CON"), "x", b"deep\n");
 }
 
 fn sync(src: &Path, target: &str, state: &Path, extra: &[&str]) -> Run {
@@ -70,8 +69,8 @@ fn odd_names_replicate_exactly_over_tls() {
 fn names_the_replica_cannot_hold_fail_alone() {
     let d = Dirs::new();
     odd_tree(&d.src);
-    put(&d.src, "plain.txt", b"plain\n");
-    put(&d.src.join("ok dir"), "inner", b"inner\n");
+    write_file(&d.src, "plain.txt", b"plain\n");
+    write_file(&d.src.join("ok dir"), "inner", b"inner\n");
     let server = Server::start_with(&d.dst, &["--min-free", "0", "--portable-names"]);
     let st = tempfile::tempdir().unwrap();
     let args = server.client_args();
@@ -115,7 +114,7 @@ fn names_the_replica_cannot_hold_fail_alone() {
 fn escapes_are_still_refused_before_anything_is_touched() {
     use replica::tree::{Entry, Kind, Timestamp};
     let d = Dirs::new();
-    put(&d.dst, "keep", b"keep");
+    write_file(&d.dst, "keep", b"keep");
     let before = snapshot(&d.dst);
     let server = Server::start_with(&d.dst, &["--min-free", "0", "--insecure-plaintext"]);
     for bad in ["..", ".", "", "a/b", "a\0b", "/etc"] {
@@ -164,8 +163,8 @@ fn escapes_are_still_refused_before_anything_is_touched() {
 #[test]
 fn an_empty_source_does_not_wipe_the_replica() {
     let d = Dirs::new();
-    put(&d.src, "a/b.txt", b"precious");
-    put(&d.src, "c.txt", b"also precious");
+    write_file(&d.src, "a/b.txt", b"precious");
+    write_file(&d.src, "c.txt", b"also precious");
     let st = tempfile::tempdir().unwrap();
     let target = d.dst.display().to_string();
     sync(&d.src, &target, st.path(), &[]).assert_ok();
@@ -205,7 +204,7 @@ fn an_empty_source_does_not_wipe_the_replica() {
 #[test]
 fn a_missing_or_wrong_source_changes_nothing_and_fails() {
     let d = Dirs::new();
-    put(&d.dst, "keep.txt", b"keep");
+    write_file(&d.dst, "keep.txt", b"keep");
     let before = snapshot(&d.dst);
     let st = tempfile::tempdir().unwrap();
     let missing = d.tmp.path().join("not-mounted");
@@ -235,11 +234,11 @@ fn a_missing_or_wrong_source_changes_nothing_and_fails() {
 #[test]
 fn ordinary_deletions_still_propagate() {
     let d = Dirs::new();
-    put(&d.src, "keep.txt", b"k");
-    put(&d.src, "dir/a", b"a");
-    put(&d.src, "dir/b", b"b");
+    write_file(&d.src, "keep.txt", b"k");
+    write_file(&d.src, "dir/a", b"a");
+    write_file(&d.src, "dir/b", b"b");
     for i in 0..50 {
-        put(&d.src, &format!("many/{i}"), b"m");
+        write_file(&d.src, &format!("many/{i}"), b"m");
     }
     let st = tempfile::tempdir().unwrap();
     let target = d.dst.display().to_string();
@@ -260,8 +259,8 @@ fn start_watch(src: &Path, dst: &Path, state: &Path) -> Watch {
 #[test]
 fn watch_pauses_when_the_source_empties_at_once_and_resumes() {
     let d = Dirs::new();
-    put(&d.src, "all/b.txt", b"precious");
-    put(&d.src, "all/c.txt", b"also precious");
+    write_file(&d.src, "all/b.txt", b"precious");
+    write_file(&d.src, "all/c.txt", b"also precious");
     let st = tempfile::tempdir().unwrap();
     let w = start_watch(&d.src, &d.dst, st.path());
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
@@ -280,7 +279,7 @@ fn watch_pauses_when_the_source_empties_at_once_and_resumes() {
     );
     common::assert_untouched(&before, &snapshot(&d.dst));
     // Content comes back: replication resumes and converges.
-    put(&d.src, "new.txt", b"back");
+    write_file(&d.src, "new.txt", b"back");
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
     assert!(w.stdout().contains("resumed"), "{}", w.describe());
     w.stop();
@@ -289,7 +288,7 @@ fn watch_pauses_when_the_source_empties_at_once_and_resumes() {
 #[test]
 fn watch_survives_its_source_root_vanishing_and_coming_back() {
     let d = Dirs::new();
-    put(&d.src, "a/b.txt", b"precious");
+    write_file(&d.src, "a/b.txt", b"precious");
     let st = tempfile::tempdir().unwrap();
     let w = start_watch(&d.src, &d.dst, st.path());
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
@@ -304,9 +303,9 @@ fn watch_survives_its_source_root_vanishing_and_coming_back() {
     common::assert_untouched(&before, &snapshot(&d.dst));
     // The root comes back (a remount): new changes are watched again.
     fs::rename(&aside, &d.src).unwrap();
-    put(&d.src, "a/after.txt", b"after");
+    write_file(&d.src, "a/after.txt", b"after");
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
-    put(&d.src, "a/later.txt", b"later, watched again");
+    write_file(&d.src, "a/later.txt", b"later, watched again");
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
     assert!(w.stdout().contains("is back"), "{}", w.describe());
     w.stop();
@@ -315,11 +314,11 @@ fn watch_survives_its_source_root_vanishing_and_coming_back() {
 #[test]
 fn watch_still_propagates_ordinary_deletions() {
     let d = Dirs::new();
-    put(&d.src, "keep.txt", b"k");
-    put(&d.src, "one.txt", b"1");
-    put(&d.src, "dir/a", b"a");
+    write_file(&d.src, "keep.txt", b"k");
+    write_file(&d.src, "one.txt", b"1");
+    write_file(&d.src, "dir/a", b"a");
     for i in 0..30 {
-        put(&d.src, &format!("many/{i}"), b"m");
+        write_file(&d.src, &format!("many/{i}"), b"m");
     }
     let st = tempfile::tempdir().unwrap();
     let w = start_watch(&d.src, &d.dst, st.path());
@@ -341,7 +340,7 @@ fn watch_still_propagates_ordinary_deletions() {
 fn watch_change_through_one_hard_link_reaches_every_name() {
     use std::os::unix::fs::PermissionsExt;
     let d = Dirs::new();
-    put(&d.src, "a/img.png", b"original picture");
+    write_file(&d.src, "a/img.png", b"original picture");
     let st = tempfile::tempdir().unwrap();
     let w = start_watch(&d.src, &d.dst, st.path());
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
@@ -361,12 +360,12 @@ fn watch_change_through_one_hard_link_reaches_every_name() {
 fn a_watch_restarted_mid_burst_converges() {
     let d = Dirs::new();
     for i in 0..20 {
-        put(&d.src, &format!("d{}/f{i}", i % 4), &vec![b'x'; 1000 + i]);
+        write_file(&d.src, &format!("d{}/f{i}", i % 4), &vec![b'x'; 1000 + i]);
     }
     let st = tempfile::tempdir().unwrap();
     let w = start_watch(&d.src, &d.dst, st.path());
     for i in 0..20 {
-        put(&d.src, &format!("d{}/g{i}", i % 3), &vec![b'y'; 2000 + i]);
+        write_file(&d.src, &format!("d{}/g{i}", i % 3), &vec![b'y'; 2000 + i]);
     }
     w.stop();
     let w = start_watch(&d.src, &d.dst, st.path());
@@ -384,8 +383,8 @@ fn a_watch_restarted_mid_burst_converges() {
 fn watch_sees_files_in_a_folder_made_again_under_the_same_name() {
     for remake in ["rename", "delete"] {
         let d = Dirs::new();
-        put(&d.src, "keep", b"k");
-        put(&d.src, "d1/sub/old.txt", b"old");
+        write_file(&d.src, "keep", b"k");
+        write_file(&d.src, "d1/sub/old.txt", b"old");
         let st = tempfile::tempdir().unwrap();
         let w = start_watch(&d.src, &d.dst, st.path());
         wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
@@ -396,8 +395,8 @@ fn watch_sees_files_in_a_folder_made_again_under_the_same_name() {
         fs::create_dir_all(d.src.join("d1").join("sub")).unwrap();
         wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
         // Later, a new file in the folder made again.
-        put(&d.src, "d1/new.txt", &vec![b'n'; 1500]);
-        put(&d.src, "d1/sub/new.txt", &vec![b's'; 1500]);
+        write_file(&d.src, "d1/new.txt", &vec![b'n'; 1500]);
+        write_file(&d.src, "d1/sub/new.txt", &vec![b's'; 1500]);
         wait_equal(&d.src, &d.dst, CONVERGE, || {
             format!("{remake}\n{}", w.describe())
         });
@@ -414,13 +413,13 @@ fn watch_sees_files_in_a_folder_made_again_under_the_same_name() {
 #[test]
 fn watch_rescan_keeps_files_it_holds_back() {
     let d = Dirs::new();
-    put(&d.src, "a", b"one name so far");
+    write_file(&d.src, "a", b"one name so far");
     let st = tempfile::tempdir().unwrap();
     let w = start_watch(&d.src, &d.dst, st.path());
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
     // A new folder with a file in it (held briefly), and a hard link whose
     // other name the watcher does not know yet (a full rescan), at once.
-    put(&d.src, "new/f.txt", b"");
+    write_file(&d.src, "new/f.txt", b"");
     fs::hard_link(d.src.join("a"), d.src.join("a2")).unwrap();
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
     w.stop();

@@ -647,12 +647,7 @@ fn a_changed_server_certificate_is_refused() {
     let addr = server(&env).addr;
     env.server = None; // killed
                        // The same address, a new identity (fresh server state directory).
-    env.server = Some(Server::start_on(
-        &env.dst,
-        &addr.to_string(),
-        tempfile::tempdir().unwrap(),
-        &[],
-    ));
+    env.server = Some(Server::builder(&env.dst).listen(addr).start());
     fs::write(env.src.join("b"), "b").unwrap();
     let area = snapshot(&env.area);
     let r = env.sync_raw(&[]);

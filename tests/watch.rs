@@ -8,8 +8,8 @@
 #![cfg(unix)]
 
 mod common;
-mod watch_support;
 
+use common::*;
 use common::{build_tree, d, f, op_lines, poll_until, random_bytes, Server};
 use std::fs;
 use std::io::Write;
@@ -17,7 +17,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use watch_support::*;
 
 /// A server, its replica, a source and a watch between them.
 struct Env {
@@ -39,7 +38,7 @@ impl Env {
     fn start_with(setup: impl FnOnce(&Path), extra: &[&str]) -> Env {
         let dirs = Dirs::new();
         setup(&dirs.src);
-        let server = start_server(&dirs.dst, "127.0.0.1:0", tempfile::tempdir().unwrap(), &[]);
+        let server = Server::start(&dirs.dst);
         let mut env = Env {
             dirs,
             cstate: tempfile::tempdir().unwrap(),
@@ -158,13 +157,13 @@ fn create_modify_delete_files() {
     let src = env.src().to_path_buf();
 
     // Create.
-    put(&src, "new.txt", b"brand new");
-    put(&src, "sub/b.bin", &random_bytes(2, 7000));
+    write_file(&src, "new.txt", b"brand new");
+    write_file(&src, "sub/b.bin", &random_bytes(2, 7000));
     env.converge();
 
     // Modify: another size, then the same size with other bytes, then the mode.
-    put(&src, "keep.txt", b"keep me, changed");
-    put(&src, "sub/a.bin", &random_bytes(3, 3000));
+    write_file(&src, "keep.txt", b"keep me, changed");
+    write_file(&src, "sub/a.bin", &random_bytes(3, 3000));
     common::set_mode(&src.join("new.txt"), 0o600);
     env.converge();
 
@@ -205,7 +204,7 @@ fn small_change_is_not_stuck_behind_a_large_transfer() {
         "the large file's transfer did not start\n{}",
         env.context()
     );
-    put(&src, "small.txt", b"made during the large transfer");
+    write_file(&src, "small.txt", b"made during the large transfer");
     assert!(
         poll_until(CONVERGE, || dst.join("small.txt").exists()),
         "the small change did not land\n{}",
@@ -232,7 +231,7 @@ fn nested_folders_five_levels_created_then_deleted() {
         }
         rel.push_str(&format!("n{level}"));
         fs::create_dir(src.join(&rel)).unwrap();
-        put(
+        write_file(
             &src,
             &format!("{rel}/file{level}.bin"),
             &random_bytes(10 + level, 1000 * level as usize),
@@ -273,7 +272,7 @@ fn ten_folders_deleted_at_once() {
 fn forty_files_created_at_once() {
     let env = Env::start(|src| build_tree(src, &[d("bulk"), f("x.txt", "x")]));
     for i in 0..40u64 {
-        put(
+        write_file(
             env.src(),
             &format!("bulk/file{i:02}.bin"),
             &random_bytes(100 + i, 5 * 1024),
@@ -496,19 +495,21 @@ fn server_killed_and_restarted_while_changes_happen() {
     });
     let src = env.src().to_path_buf();
     let fp = env.server().fingerprint.clone();
-    let (state, addr) = kill_server(env.server.take().unwrap());
+    let server = env.server.take().unwrap();
+    let addr = server.addr;
+    let again = server.kill_for_restart();
 
     // Changes while the server is down.
-    put(&src, "during/one.txt", b"written while the server was down");
+    write_file(&src, "during/one.txt", b"written while the server was down");
     fs::remove_file(src.join("gone.txt")).unwrap();
-    put(&src, "keep.txt", b"keep, changed while down");
+    write_file(&src, "keep.txt", b"keep, changed while down");
     let ok = poll_until(CONVERGE, || env.watch().stderr().contains("pass failed"));
     assert!(
         ok,
         "the watch never noticed the server was gone\n{}",
         env.context()
     );
-    put(&src, "during/two.bin", &random_bytes(51, 20_000));
+    write_file(&src, "during/two.bin", &random_bytes(51, 20_000));
     fs::remove_dir_all(src.join("data")).unwrap();
     assert!(
         env.watch.as_mut().unwrap().proc.alive(),
@@ -516,7 +517,7 @@ fn server_killed_and_restarted_while_changes_happen() {
         env.context()
     );
 
-    let server = start_server(env.dst(), &addr.to_string(), state, &[]);
+    let server = again.start();
     assert_eq!(
         server.fingerprint, fp,
         "the restarted server changed identity"
@@ -526,7 +527,7 @@ fn server_killed_and_restarted_while_changes_happen() {
     env.converge_within(Duration::from_secs(25));
 
     // And it goes on working normally.
-    put(&src, "after.txt", b"after the restart");
+    write_file(&src, "after.txt", b"after the restart");
     env.converge();
     env.finish();
 }
@@ -584,7 +585,7 @@ fn watch_killed_and_restarted() {
     // it is down: the next watch converges.
     let mark = env.mark();
     for i in 0..30u64 {
-        put(
+        write_file(
             &src,
             &format!("burst/f{i:02}.bin"),
             &random_bytes(700 + i, 64 * 1024),
@@ -594,9 +595,9 @@ fn watch_killed_and_restarted() {
         env.stdout_since(mark).contains("created burst")
     });
     sigkill(&mut env.watch.as_mut().unwrap().proc);
-    put(&src, "small.txt", b"changed while the watch was dead");
+    write_file(&src, "small.txt", b"changed while the watch was dead");
     fs::remove_file(src.join("big/d.bin")).unwrap();
-    put(&src, "late/new.txt", b"new while the watch was dead");
+    write_file(&src, "late/new.txt", b"new while the watch was dead");
     env.watch = Some(env.spawn_watch());
     env.converge();
     env.finish();
@@ -615,7 +616,7 @@ fn watched_directory_count_follows_the_tree() {
     for s in ["s1", "s2", "s3"] {
         fs::create_dir_all(src.join("w").join(s)).unwrap();
     }
-    put(src, "w/s2/file.txt", b"in s2");
+    write_file(src, "w/s2/file.txt", b"in s2");
     let ok = poll_until(CONVERGE, || env.watch().watched_dirs() == Some(n + 4));
     assert!(
         ok,
@@ -644,14 +645,14 @@ fn exclude_applies_in_watch_mode() {
         &["--exclude", "*.tmp"],
     );
     let src = env.src().to_path_buf();
-    put(&src, "x.tmp", b"temporary");
-    put(&src, "x.txt", b"real");
+    write_file(&src, "x.tmp", b"temporary");
+    write_file(&src, "x.txt", b"real");
     wait_equal_except(&src, env.dst(), &["x.tmp"], CONVERGE, || env.context());
     assert!(!env.dst().join("x.tmp").exists());
 
-    put(&src, "x.tmp", b"temporary, changed");
-    put(&src, "sub/y.tmp", b"another temporary");
-    put(&src, "sub/y.txt", b"another real");
+    write_file(&src, "x.tmp", b"temporary, changed");
+    write_file(&src, "sub/y.tmp", b"another temporary");
+    write_file(&src, "sub/y.txt", b"another real");
     wait_equal_except(&src, env.dst(), &["x.tmp", "sub/y.tmp"], CONVERGE, || {
         env.context()
     });
@@ -672,7 +673,7 @@ fn exclude_applies_in_watch_mode() {
 fn dead_target_does_not_block_a_live_one() {
     let dirs = Dirs::new();
     build_tree(&dirs.src, &[f("one.txt", "one"), f("sub/two.txt", "two")]);
-    let live = start_server(&dirs.dst, "127.0.0.1:0", tempfile::tempdir().unwrap(), &[]);
+    let live = Server::start(&dirs.dst);
     let dead_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -688,8 +689,8 @@ fn dead_target_does_not_block_a_live_one() {
     let ctx = |w: &Watch| format!("{}\n--- server\n{}", w.describe(), live.proc.describe());
     wait_equal(&dirs.src, &dirs.dst, CONVERGE, || ctx(&w));
 
-    put(&dirs.src, "three.txt", b"three");
-    put(&dirs.src, "sub/two.txt", b"two, changed");
+    write_file(&dirs.src, "three.txt", b"three");
+    write_file(&dirs.src, "sub/two.txt", b"two, changed");
     wait_equal(&dirs.src, &dirs.dst, CONVERGE, || ctx(&w));
     fs::remove_file(dirs.src.join("one.txt")).unwrap();
     wait_equal(&dirs.src, &dirs.dst, CONVERGE, || ctx(&w));
@@ -719,12 +720,12 @@ fn renamed_folder_is_still_watched() {
         .unwrap();
         env.converge();
         // Changes inside the renamed folder (and its subfolder) must still be seen.
-        put(
+        write_file(
             &src,
             &format!("dir{}/new{i}.txt", i + 1),
             format!("new {i}").as_bytes(),
         );
-        put(
+        write_file(
             &src,
             &format!("dir{}/inner/b.txt", i + 1),
             format!("b {i}").as_bytes(),
@@ -766,9 +767,9 @@ fn excluded_new_directory_is_not_watched() {
     let n = env.watch().watched_dirs().unwrap();
     assert_eq!(n, 2, "{}", env.context());
     fs::create_dir_all(env.src().join("cache/a/b")).unwrap();
-    put(env.src(), "cache/a/b/blob", b"cached");
+    write_file(env.src(), "cache/a/b/blob", b"cached");
     // A change next to it shows the batch was handled.
-    put(env.src(), "sub/real.txt", b"real");
+    write_file(env.src(), "sub/real.txt", b"real");
     wait_equal_except(
         env.src(),
         env.dst(),
@@ -800,7 +801,7 @@ fn folders_moved_into_and_out_of_the_source() {
     fs::rename(outside.join("in"), env.src().join("in")).unwrap();
     env.converge();
     // The folder that came in is watched like any other.
-    put(env.src(), "in/deep/c.txt", b"c");
+    write_file(env.src(), "in/deep/c.txt", b"c");
     env.converge();
     fs::rename(env.src().join("out"), outside.join("out")).unwrap();
     env.converge();
@@ -817,9 +818,9 @@ fn entry_type_changes() {
     });
     let src = env.src().to_path_buf();
     fs::remove_file(src.join("was_file")).unwrap();
-    put(&src, "was_file/now_inside.txt", b"dir now");
+    write_file(&src, "was_file/now_inside.txt", b"dir now");
     fs::remove_dir_all(src.join("was_dir")).unwrap();
-    put(&src, "was_dir", b"file now");
+    write_file(&src, "was_dir", b"file now");
     env.converge();
     env.finish();
 }
@@ -879,8 +880,8 @@ fn two_live_targets_kept_in_sync_independently() {
     );
     let dst2 = dirs.tmp.path().join("dst2");
     fs::create_dir(&dst2).unwrap();
-    let a = start_server(&dirs.dst, "127.0.0.1:0", tempfile::tempdir().unwrap(), &[]);
-    let b = start_server(&dst2, "127.0.0.1:0", tempfile::tempdir().unwrap(), &[]);
+    let a = Server::start(&dirs.dst);
+    let b = Server::start(&dst2);
     let cstate = tempfile::tempdir().unwrap();
     // Two servers, two certificates: trust on first use (known_hosts).
     let mut w = Watch::spawn(&dirs.src, &[a.target(), b.target()], cstate.path(), &[]);
@@ -905,14 +906,14 @@ fn two_live_targets_kept_in_sync_independently() {
     }
 
     // B goes away; A keeps up; B catches up after its restart.
-    let (state_b, addr_b) = kill_server(b.take().unwrap());
-    put(&dirs.src, "three.txt", b"three");
+    let again_b = b.take().unwrap().kill_for_restart();
+    write_file(&dirs.src, "three.txt", b"three");
     fs::remove_file(dirs.src.join("one.txt")).unwrap();
     wait_equal(&dirs.src, &dirs.dst, CONVERGE, || ctx(&w, &b));
     assert!(w.proc.alive(), "{}", ctx(&w, &b));
-    b = Some(start_server(&dst2, &addr_b.to_string(), state_b, &[]));
+    b = Some(again_b.start());
     wait_equal(&dirs.src, &dst2, Duration::from_secs(25), || ctx(&w, &b));
-    put(&dirs.src, "sub/four.txt", b"four");
+    write_file(&dirs.src, "sub/four.txt", b"four");
     wait_equal(&dirs.src, &dirs.dst, CONVERGE, || ctx(&w, &b));
     wait_equal(&dirs.src, &dst2, CONVERGE, || ctx(&w, &b));
     w.stop();

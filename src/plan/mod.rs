@@ -12,7 +12,8 @@ pub struct ReplicaEntry {
     pub kind: Kind,
     pub mode: Option<u32>,
     pub mtime: Timestamp,
-    pub ino: u64,
+    /// The store's identity of what is there (see [`crate::store`]).
+    pub version: crate::tree::Version,
 }
 
 /// The replica entries the server looked at. Only paths the source manifest

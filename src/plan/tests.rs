@@ -117,7 +117,7 @@ fn entries_of(replica: &Model, source: &Model) -> HashMap<String, ReplicaEntry> 
                         secs: *secs,
                         nanos: 0,
                     },
-                    ino: 0,
+                    version: crate::tree::Version::UNKNOWN,
                 },
             )
         })

@@ -135,6 +135,44 @@ pub enum ClientMsg {
     },
 }
 
+impl ClientMsg {
+    /// The message's name, for errors about where it came.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientMsg::BeginPass(_) => "BeginPass",
+            ClientMsg::Entries(_) => "Entries",
+            ClientMsg::EndManifest { .. } => "EndManifest",
+            ClientMsg::Summary { .. } => "Summary",
+            ClientMsg::GroupHashes { .. } => "GroupHashes",
+            ClientMsg::GroupChunks { .. } => "GroupChunks",
+            ClientMsg::Chunk { .. } => "Chunk",
+            ClientMsg::Chunks { .. } => "Chunks",
+            ClientMsg::ChunkDelta { .. } => "ChunkDelta",
+            ClientMsg::FileFailed { .. } => "FileFailed",
+            ClientMsg::Skip { .. } => "Skip",
+            ClientMsg::Bye => "Bye",
+        }
+    }
+
+    /// The manifest id of the file a transfer message is about.
+    pub fn file_id(&self) -> Option<u32> {
+        match self {
+            ClientMsg::Summary { id, .. }
+            | ClientMsg::GroupHashes { id, .. }
+            | ClientMsg::GroupChunks { id, .. }
+            | ClientMsg::Chunk { id, .. }
+            | ClientMsg::Chunks { id, .. }
+            | ClientMsg::ChunkDelta { id, .. }
+            | ClientMsg::FileFailed { id, .. }
+            | ClientMsg::Skip { id } => Some(*id),
+            ClientMsg::BeginPass(_)
+            | ClientMsg::Entries(_)
+            | ClientMsg::EndManifest { .. }
+            | ClientMsg::Bye => None,
+        }
+    }
+}
+
 /// Server → client after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMsg {
@@ -248,12 +286,21 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     postcard::to_stdvec(msg).expect("messages always serialise")
 }
 
+/// A frame payload that is not one message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("undecodable message: {0}")]
+    Undecodable(String),
+    #[error("{0} trailing bytes after message")]
+    Trailing(usize),
+}
+
 /// Parses a frame payload; trailing bytes are an error.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (msg, rest) =
-        postcard::take_from_bytes(bytes).map_err(|e| format!("undecodable message: {e}"))?;
+        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Undecodable(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(format!("{} trailing bytes after message", rest.len()));
+        return Err(DecodeError::Trailing(rest.len()));
     }
     Ok(msg)
 }

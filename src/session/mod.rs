@@ -3,10 +3,14 @@
 //! what it lacks; [`client`] scans, answers the server's requests and logs
 //! what the server reports.
 //!
-//! [`Link`]: crate::transport::Link
+//! [`Link`]: link::Link
 
 pub mod client;
+pub mod link;
 pub mod partial;
+pub mod pass;
 mod renames;
+pub mod scan;
 pub mod server;
+mod steps;
 mod transfer;

@@ -3,7 +3,7 @@
 //! server shutdown, or a client that set a big file aside to let small
 //! changes through first (`replica watch`).
 //!
-//! A partial is the temporary file beside its target plus which of its
+//! A partial is the file staged for its target plus which of its
 //! chunks are written (each was hash-checked when written). It is resumed
 //! only for the very same content (size and whole-file hash), and only after
 //! its directory has been resolved again from DEST and found to hold the same
@@ -11,8 +11,8 @@
 //! Partials live in the server's memory; after a restart their temporary
 //! files are stale and removed by the next pass.
 
-use crate::apply::{beside, Replica, TempFile};
 use crate::chunk::Hash;
+use crate::store::{Staged, Store};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -22,7 +22,7 @@ pub(crate) const RESUME_MIN: u64 = 8 << 20;
 const MAX_PARTIALS: usize = 8;
 
 struct Partial {
-    tmp: TempFile,
+    tmp: Box<dyn Staged>,
     size: u64,
     hash: Hash,
     written: Vec<bool>,
@@ -47,7 +47,7 @@ impl Partials {
     pub(crate) fn keep(
         &self,
         key: &str,
-        tmp: TempFile,
+        tmp: Box<dyn Staged>,
         size: u64,
         hash: Hash,
         written: Vec<bool>,
@@ -78,25 +78,25 @@ impl Partials {
     /// discarded.
     pub(crate) fn take(
         &self,
-        replica: &Replica,
+        store: &dyn Store,
         key: &str,
         size: u64,
         hash: &Hash,
         chunks: usize,
-    ) -> Option<(TempFile, Vec<bool>)> {
+    ) -> Option<(Box<dyn Staged>, Vec<bool>)> {
         let p = self.lock().remove(key)?;
         if p.size != size || p.hash != *hash || p.written.len() != chunks {
             return None;
         }
-        let tmp = replica.adopt_temp(key, p.tmp).ok()?;
+        let tmp = store.resume(key, p.tmp).ok()?;
         Some((tmp, p.written))
     }
 
     /// Keys of the temporary files kept (not stale: the scan leaves them).
     pub(crate) fn temp_keys(&self) -> HashSet<String> {
         self.lock()
-            .iter()
-            .map(|(key, p)| beside(key, p.tmp.name()))
+            .values()
+            .map(|p| p.tmp.key().to_string())
             .collect()
     }
 

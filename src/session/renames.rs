@@ -6,8 +6,8 @@
 //! Equality is the same quick check (size and mtime) that decides whether a
 //! file needs to be sent at all.
 
-use crate::apply::Replica;
 use crate::plan::{Plan, ReplicaView};
+use crate::store::{child_key, Store};
 use crate::tree::{Kind, Manifest, Timestamp};
 use std::collections::HashMap;
 
@@ -75,20 +75,16 @@ fn source_sigs(m: &Manifest) -> Vec<Option<Sig>> {
 }
 
 /// Signature of a replica directory, walking it (None if unreadable or empty of files).
-fn replica_sig(replica: &Replica, key: &str) -> Option<(Sig, bool)> {
-    let dir = replica.open_dir(key).ok()?;
-    let mut names: Vec<String> = Vec::new();
-    for item in dir.entries().ok()? {
-        names.push(item.ok()?.file_name().into_string().ok()?);
-    }
+fn replica_sig(store: &dyn Store, key: &str) -> Option<(Sig, bool)> {
+    let mut names = store.list(key).ok()?;
     names.sort();
     let mut h = blake3::Hasher::new();
     let mut has_file = false;
     for name in names {
-        let child_key = format!("{key}/{name}");
-        let e = replica.stat(&child_key).ok()??;
+        let child_key = child_key(key, &name);
+        let e = store.stat(&child_key).ok()??;
         let child = if e.kind.is_dir() {
-            match replica_sig(replica, &child_key) {
+            match replica_sig(store, &child_key) {
                 Some((s, f)) => {
                     has_file |= f;
                     s
@@ -110,7 +106,7 @@ pub(crate) fn detect(
     keys: &crate::plan::Keys,
     p: &Plan,
     view: &ReplicaView,
-    replica: &Replica,
+    store: &dyn Store,
 ) -> Vec<(String, String)> {
     let doomed_dirs: Vec<&String> = p
         .remove
@@ -122,7 +118,7 @@ pub(crate) fn detect(
     }
     let mut by_sig: HashMap<Sig, Vec<String>> = HashMap::new();
     for k in doomed_dirs {
-        if let Some((s, _)) = replica_sig(replica, k) {
+        if let Some((s, _)) = replica_sig(store, k) {
             by_sig.entry(s).or_default().push(k.clone());
         }
     }

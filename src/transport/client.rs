@@ -153,7 +153,7 @@ async fn handshake(
         )),
         Ok(HelloReply::Refused { reason }) => Err(refusal(peer, reason)),
         Ok(HelloReply::Status { .. }) => Err(Error::protocol(peer, "status reply to a sync hello")),
-        Err(e) => Err(Error::protocol(peer, e)),
+        Err(e) => Err(Error::protocol(peer, e.to_string())),
     }
 }
 
@@ -176,7 +176,7 @@ fn tls_refusal(peer: &str, e: super::tls::TlsError) -> Error {
         FingerprintChanged { .. } | FingerprintMismatch { .. } | InvalidFingerprint { .. } => {
             Error::Denied { peer, reason }
         }
-        KnownHosts { .. } | Handshake(_) => Error::Refused { peer, reason },
+        KnownHosts { .. } | Handshake(_) | Identity(_) => Error::Refused { peer, reason },
     }
 }
 
@@ -262,7 +262,7 @@ pub async fn query_status(addr: &str, opts: &ConnectOptions) -> Result<String> {
         Ok(HelloReply::Status { json }) => Ok(json),
         Ok(HelloReply::Refused { reason }) => Err(refusal(&peer, reason)),
         Ok(HelloReply::Welcome { .. }) => Err(Error::protocol(&peer, "unexpected welcome")),
-        Err(e) => Err(Error::protocol(&peer, e)),
+        Err(e) => Err(Error::protocol(&peer, e.to_string())),
     }
 }
 

@@ -1,4 +1,4 @@
-//! A [`Link`]: one owner per socket. Two tasks own the stream, a reader
+//! The carrier of a [`Link`]: one owner per socket. Two tasks own the stream, a reader
 //! that turns frames into messages and a writer that turns messages into
 //! frames (batched, then flushed when the queue runs dry); session logic
 //! talks to them through channels, so it can be plain blocking code.
@@ -9,12 +9,14 @@
 
 use crate::protocol::frame::FrameError;
 use crate::protocol::{decode, encode, read_frame, write_frame};
+pub use crate::session::link::{link_pair, Counters, Link};
+use crate::session::link::{Broken, LinkError};
 use async_compression::tokio::{bufread::ZstdDecoder, write::ZstdEncoder};
 use async_compression::zstd::CParameter;
 use async_compression::Level;
 use serde::{de::DeserializeOwned, Serialize};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,22 +35,6 @@ pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
 
 pub type BoxStream = Box<dyn AsyncStream>;
-
-/// Bytes that crossed the socket, both ways.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub sent: AtomicU64,
-    pub received: AtomicU64,
-}
-
-impl Counters {
-    pub fn total(&self) -> (u64, u64) {
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.received.load(Ordering::Relaxed),
-        )
-    }
-}
 
 /// A stream wrapper that counts bytes read and written.
 pub struct Counted<S> {
@@ -121,7 +107,7 @@ fn speaks_http(len: u64) -> bool {
 pub async fn recv_plain<T: DeserializeOwned>(
     s: &mut BoxStream,
     limit: Duration,
-) -> Result<T, String> {
+) -> Result<T, LinkError> {
     let mut buf = Vec::new();
     match tokio::time::timeout(
         limit,
@@ -129,13 +115,11 @@ pub async fn recv_plain<T: DeserializeOwned>(
     )
     .await
     {
-        Err(_) => Err("no handshake within the time limit".into()),
-        Ok(Err(FrameError::TooLarge(n))) if speaks_http(n) => Err(
-            "the peer speaks HTTP, not the replica protocol (an HTTP port, such as a server's --status-addr, rather than its replica port?)".into(),
-        ),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(false)) => Err("connection closed during the handshake".into()),
-        Ok(Ok(true)) => decode(&buf),
+        Err(_) => Err(LinkError::HandshakeTimeout),
+        Ok(Err(FrameError::TooLarge(n))) if speaks_http(n) => Err(LinkError::Http),
+        Ok(Err(e)) => Err(LinkError::Frame(e.to_string())),
+        Ok(Ok(false)) => Err(LinkError::ClosedInHandshake),
+        Ok(Ok(true)) => decode(&buf).map_err(LinkError::Decode),
     }
 }
 
@@ -144,122 +128,6 @@ pub async fn recv_plain<T: DeserializeOwned>(
 pub struct LinkCaps {
     pub outgoing: usize,
     pub incoming: usize,
-}
-
-/// The session logic's end of a connection. Messages travel between the
-/// session thread and the socket tasks in batches: `send` queues locally,
-/// and the queue goes out when it is full or before the thread waits for
-/// the peer (`recv`) — one wake-up per batch instead of per message.
-pub struct Link<Out, In> {
-    tx: mpsc::Sender<Vec<Out>>,
-    outbox: std::sync::Mutex<Vec<Out>>,
-    rx: std::sync::Mutex<(mpsc::Receiver<Vec<In>>, std::collections::VecDeque<In>)>,
-    /// Why the incoming side ended, set by the reader before it stops.
-    broken: Arc<std::sync::Mutex<Option<String>>>,
-    pub counters: Arc<Counters>,
-    pub peer: String,
-    /// The task writing to the socket (none for an in-process pair).
-    writer: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Messages queued by `send` before they are handed over anyway.
-const OUTBOX: usize = 64;
-
-impl<Out: Send + 'static, In> Link<Out, In> {
-    /// Queues a message from blocking code; false if the connection is gone.
-    pub fn send(&self, msg: Out) -> bool {
-        let full = {
-            let mut out = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            out.push(msg);
-            out.len() >= OUTBOX
-        };
-        if full {
-            self.flush()
-        } else {
-            !self.tx.is_closed()
-        }
-    }
-
-    /// Hands what `send` queued to the connection now (before a long piece
-    /// of local work, so the peer is not kept waiting).
-    pub fn flush(&self) -> bool {
-        let batch = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
-        batch.is_empty() || self.tx.blocking_send(batch).is_ok()
-    }
-
-    /// Sends what is queued and closes the sending side; returns the writer
-    /// task, which ends once everything is on the wire (None: nothing left
-    /// to wait for).
-    pub fn close(mut self) -> Option<tokio::task::JoinHandle<()>> {
-        self.flush();
-        self.writer.take()
-    }
-
-    /// Receives from blocking code (sending what is queued first); `Err`
-    /// names the cause when the link broke.
-    pub fn recv(&self) -> Result<In, String> {
-        self.flush();
-        let mut guard = self.rx.lock().unwrap_or_else(|e| e.into_inner());
-        let (rx, pending) = &mut *guard;
-        if let Some(m) = pending.pop_front() {
-            return Ok(m);
-        }
-        match rx.blocking_recv() {
-            Some(batch) => {
-                pending.extend(batch);
-                pending.pop_front().ok_or_else(|| "empty batch".to_string())
-            }
-            None => Err(self
-                .broken
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .unwrap_or_else(|| "connection closed".into())),
-        }
-    }
-}
-
-impl<Out, In> Drop for Link<Out, In> {
-    fn drop(&mut self) {
-        // Whatever was queued still goes out (a final report, a goodbye).
-        let batch = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
-        if !batch.is_empty() {
-            let _ = self.tx.try_send(batch);
-        }
-    }
-}
-
-fn end<Out, In>(
-    tx: mpsc::Sender<Vec<Out>>,
-    rx: mpsc::Receiver<Vec<In>>,
-    broken: Arc<std::sync::Mutex<Option<String>>>,
-    counters: Arc<Counters>,
-    peer: String,
-    writer: Option<tokio::task::JoinHandle<()>>,
-) -> Link<Out, In> {
-    Link {
-        tx,
-        outbox: std::sync::Mutex::new(Vec::new()),
-        rx: std::sync::Mutex::new((rx, std::collections::VecDeque::new())),
-        broken,
-        counters,
-        peer,
-        writer,
-    }
-}
-
-/// Two ends of an in-process link (local sync): messages pass as values,
-/// with no encoding, socket or byte count. `a_queue` bounds the batches the
-/// first end may have in flight, `b_queue` the second's.
-pub fn link_pair<A, B>(a_queue: usize, b_queue: usize, peer: &str) -> (Link<A, B>, Link<B, A>) {
-    let (a_tx, a_rx) = mpsc::channel::<Vec<A>>(a_queue);
-    let (b_tx, b_rx) = mpsc::channel::<Vec<B>>(b_queue);
-    let broken = || Arc::new(std::sync::Mutex::new(None));
-    let counters = || Arc::new(Counters::default());
-    (
-        end(a_tx, b_rx, broken(), counters(), peer.to_string(), None),
-        end(b_tx, a_rx, broken(), counters(), peer.to_string(), None),
-    )
 }
 
 /// Starts the reader and writer tasks on `stream` (after the handshake).
@@ -301,7 +169,7 @@ where
             out_rx,
         ))
     };
-    end(out_tx, in_rx, broken, counters, peer, Some(writer))
+    Link::new(out_tx, in_rx, broken, counters, peer, Some(writer))
 }
 
 async fn write_all<W: AsyncWrite + Unpin, Out: Serialize>(w: &mut W, batch: Vec<Out>) -> bool {
@@ -368,16 +236,18 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(
 async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned>(
     mut r: R,
     tx: mpsc::Sender<Vec<In>>,
-    broken: Arc<std::sync::Mutex<Option<String>>>,
+    broken: Broken,
 ) {
     let mut buf = Vec::new();
     let why = loop {
         let got = match tokio::time::timeout(IDLE_LIMIT, read_frame(&mut r, &mut buf)).await {
-            Err(_) => Err(format!("no data for {} s", IDLE_LIMIT.as_secs())),
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(false)) => Err("connection closed".into()),
+            Err(_) => Err(LinkError::Idle {
+                secs: IDLE_LIMIT.as_secs(),
+            }),
+            Ok(Err(e)) => Err(LinkError::Frame(e.to_string())),
+            Ok(Ok(false)) => Err(LinkError::Closed),
             Ok(Ok(true)) if buf.is_empty() => continue,
-            Ok(Ok(true)) => decode::<In>(&buf),
+            Ok(Ok(true)) => decode::<In>(&buf).map_err(LinkError::Decode),
         };
         match got {
             Ok(m) => {

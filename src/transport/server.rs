@@ -6,7 +6,6 @@
 use super::connection::{
     recv_plain, send_plain, spawn_link, BoxStream, Counted, Counters, LinkCaps,
 };
-use crate::apply::Replica;
 use crate::chunk::CHUNKER_VERSION;
 use crate::error::{Error, Result};
 use crate::index::ReplicaIndex;
@@ -14,6 +13,7 @@ use crate::protocol::{Hello, HelloReply, Purpose, MAGIC, PROTOCOL_VERSION};
 use crate::report::Reporter;
 use crate::session::server::{serve_session, ServerLink, ServerState};
 use crate::status::ServerStats;
+use crate::store::LocalStore;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,62 +70,7 @@ pub struct ServerOptions {
     pub names: crate::tree::NameRules,
 }
 
-/// Free space the server keeps on DEST's filesystem.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum MinFree {
-    Bytes(u64),
-    Percent(f64),
-}
-
-impl Default for MinFree {
-    fn default() -> Self {
-        MinFree::Bytes(1 << 30)
-    }
-}
-
-impl MinFree {
-    /// Parses `512M`, `1G`, `1073741824` or `5%`.
-    pub fn parse(s: &str) -> std::result::Result<MinFree, String> {
-        let t = s.trim();
-        if let Some(p) = t.strip_suffix('%') {
-            let v: f64 = p
-                .trim()
-                .parse()
-                .map_err(|_| format!("bad --min-free {s:?}"))?;
-            if !(0.0..=100.0).contains(&v) {
-                return Err(format!("--min-free {s:?} is not a percentage"));
-            }
-            return Ok(MinFree::Percent(v));
-        }
-        let (num, mult) = match t.char_indices().last() {
-            Some((i, c)) if c.is_ascii_alphabetic() => {
-                let m = match c.to_ascii_uppercase() {
-                    'K' => 1u64 << 10,
-                    'M' => 1 << 20,
-                    'G' => 1 << 30,
-                    'T' => 1 << 40,
-                    'B' => 1,
-                    _ => return Err(format!("bad --min-free {s:?}: unknown unit {c}")),
-                };
-                (&t[..i], m)
-            }
-            _ => (t, 1),
-        };
-        let v: f64 = num
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad --min-free {s:?}"))?;
-        Ok(MinFree::Bytes((v * mult as f64) as u64))
-    }
-
-    /// The number of bytes to keep free on a filesystem of `total` bytes.
-    pub fn bytes(&self, total: u64) -> u64 {
-        match *self {
-            MinFree::Bytes(b) => b,
-            MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
-        }
-    }
-}
+pub use crate::store::MinFree;
 
 /// Where the index of a destination lives inside the state directory.
 pub fn index_path(state_dir: &Path, dest: &Path) -> PathBuf {
@@ -138,16 +83,18 @@ pub fn index_path(state_dir: &Path, dest: &Path) -> PathBuf {
 
 impl ServerShared {
     pub fn open(opts: &ServerOptions, reporter: Arc<Reporter>) -> Result<Arc<Self>> {
-        let replica = Replica::open(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
+        let store =
+            LocalStore::open(&opts.dest, opts.fsync).map_err(|e| Error::io(&opts.dest, e))?;
         let dest = std::fs::canonicalize(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
         let index = ReplicaIndex::open(&index_path(&opts.state_dir, &dest))?;
         if let Some(why) = &index.rebuilt {
             reporter.warn(&format!("replica index {why}; it is being rebuilt"));
         }
         let (tls, fingerprint) = if opts.tls {
-            let id = super::tls::load_or_create_identity(&opts.state_dir).map_err(Error::Usage)?;
+            let id = super::tls::load_or_create_identity(&opts.state_dir)
+                .map_err(|e| Error::Usage(e.to_string()))?;
             (
-                Some(super::tls::acceptor(&id).map_err(Error::Usage)?),
+                Some(super::tls::acceptor(&id).map_err(|e| Error::Usage(e.to_string()))?),
                 Some(id.fingerprint),
             )
         } else {
@@ -165,10 +112,9 @@ impl ServerShared {
         *stats.dest.lock().unwrap_or_else(|e| e.into_inner()) = dest.display().to_string();
         let shutdown = Arc::new(AtomicBool::new(false));
         let state = ServerState {
-            replica,
+            store: Box::new(store),
             index,
             reporter: reporter.clone(),
-            fsync: opts.fsync,
             min_free: opts.min_free,
             shutdown: shutdown.clone(),
             in_pass: in_pass.clone(),
@@ -270,7 +216,8 @@ pub async fn accept_session(
             shared
                 .reporter
                 .warn(&format!("{peer}: connection dropped: {e}"));
-            let _ = send_plain(&mut s, &HelloReply::Refused { reason: e }).await;
+            let reason = e.to_string();
+            let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
             return;
         }
     };
@@ -615,17 +562,6 @@ mod tests {
         assert!(a("no-such-host.invalid")
             .unwrap_err()
             .contains("no-such-host.invalid"));
-    }
-
-    #[test]
-    fn min_free_parses() {
-        assert_eq!(MinFree::parse("1G"), Ok(MinFree::Bytes(1 << 30)));
-        assert_eq!(MinFree::parse("512m"), Ok(MinFree::Bytes(512 << 20)));
-        assert_eq!(MinFree::parse("1000"), Ok(MinFree::Bytes(1000)));
-        assert_eq!(MinFree::parse("5%"), Ok(MinFree::Percent(5.0)));
-        assert!(MinFree::parse("5x").is_err());
-        assert!(MinFree::parse("200%").is_err());
-        assert_eq!(MinFree::Percent(5.0).bytes(1000), 50);
     }
 
     #[test]

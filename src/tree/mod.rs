@@ -335,3 +335,19 @@ mod tests {
         assert_eq!(covered, vec![1, 2, 4, 5]);
     }
 }
+
+/// An entry's identity as its store sees it (an inode number on a local
+/// disk): two reads showing the same version saw the same file. Opaque to
+/// everything but the store; [`Version::UNKNOWN`] matches any version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Version(pub u64);
+
+impl Version {
+    /// No identity known (a platform or store without one).
+    pub const UNKNOWN: Version = Version(0);
+
+    /// Whether two versions may be of the same file (unknown matches all).
+    pub fn may_equal(self, other: Version) -> bool {
+        self == other || self == Version::UNKNOWN || other == Version::UNKNOWN
+    }
+}

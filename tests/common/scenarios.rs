@@ -3,6 +3,8 @@
 //! every one of them with their [`Where`].
 
 use super::*;
+use std::fs;
+use std::path::{Path, PathBuf};
 
 /// Which kind of target a scenario syncs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

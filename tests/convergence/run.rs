@@ -3,8 +3,7 @@
 //! sequence to a short one.
 
 use super::ops::{apply, generate, GenOptions, Op};
-use crate::common::{Proc, Server};
-use crate::watch_support::{kill_server, sigkill, start_server, tree_diffs};
+use crate::common::{sigkill, tree_diffs, Proc, Server, ServerBuilder};
 use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
@@ -72,8 +71,8 @@ impl Rig {
         }
     }
 
-    fn start_server(&mut self, listen: &str, state: tempfile::TempDir) {
-        self.server = Some(start_server(self.dst.path(), listen, state, &[]));
+    fn start_server(&mut self, how: ServerBuilder) {
+        self.server = Some(how.start());
     }
 
     fn start_client(&mut self) {
@@ -105,7 +104,7 @@ impl Rig {
 
     fn start(&mut self) {
         if self.mode.remote() {
-            self.start_server("127.0.0.1:0", tempfile::tempdir().unwrap());
+            self.start_server(Server::builder(self.dst.path()));
         }
         self.start_client();
     }
@@ -122,9 +121,9 @@ impl Rig {
     fn kill_server(&mut self) {
         let Some(s) = self.server.take() else { return };
         let out = format!("=== server killed\n{}", s.proc.describe());
-        let (state, addr) = kill_server(s);
+        let again = s.kill_for_restart();
         self.log.push_str(&out);
-        self.start_server(&addr.to_string(), state);
+        self.start_server(again);
     }
 
     fn describe(&self) -> String {

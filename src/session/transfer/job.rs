@@ -1,0 +1,85 @@
+//! One file in flight: what the client said about it, where its chunks
+//! come from, and how far its staged copy is.
+
+use crate::chunk::{ChunkRef, GroupRef, Hash};
+use crate::plan::Fetch;
+use crate::store::Staged;
+use std::collections::HashSet;
+
+pub(super) struct Job {
+    pub fetch: Fetch,
+    /// The replica file offered as a basis (the old version, or a similar
+    /// sibling for a new file) and its fine pieces (offset, len).
+    pub basis: Option<(String, Vec<(u64, u32)>)>,
+    /// Whether the client's summary arrived.
+    pub summarized: bool,
+    /// Running whole-file hash and the next chunk index it expects.
+    pub inc: Option<(blake3::Hasher, u32)>,
+    pub size: u64,
+    pub hash: Hash,
+    /// Known chunk list (None for a large file until its groups are resolved).
+    pub chunks: Option<Vec<ChunkRef>>,
+    pub groups: Vec<GroupRef>,
+    pub group_chunks: Vec<Option<Vec<ChunkRef>>>,
+    pub groups_missing: usize,
+    pub offs: Vec<u64>,
+    /// The staged file (None when the store records nothing).
+    pub tmp: Option<Box<dyn Staged>>,
+    /// Which chunks are in the staged file (hash-checked).
+    pub written: Vec<bool>,
+    /// Chunk indexes not yet written.
+    pub missing: usize,
+    /// Chunk indexes this job asked the client for.
+    pub asked: HashSet<u32>,
+    pub received: u64,
+    pub reused: u64,
+}
+
+impl Job {
+    pub fn new(fetch: Fetch) -> Self {
+        Job {
+            fetch,
+            size: 0,
+            summarized: false,
+            basis: None,
+            inc: Some((blake3::Hasher::new(), 0)),
+            hash: Hash([0; 32]),
+            chunks: None,
+            groups: Vec::new(),
+            group_chunks: Vec::new(),
+            groups_missing: 0,
+            offs: Vec::new(),
+            tmp: None,
+            written: Vec::new(),
+            missing: 0,
+            asked: HashSet::new(),
+            received: 0,
+            reused: 0,
+        }
+    }
+
+    /// Feeds the running whole-file hash while chunks are written in order;
+    /// the first write out of order gives it up (the file is read back).
+    pub fn note_written(&mut self, i: u32, data: &[u8]) {
+        if let Some(w) = self.written.get_mut(i as usize) {
+            *w = true;
+        }
+        if let Some((h, next)) = &mut self.inc {
+            if *next == i {
+                if data.len() >= 1 << 20 {
+                    h.update_rayon(data);
+                } else {
+                    h.update(data);
+                }
+                *next += 1;
+            } else {
+                self.inc = None;
+            }
+        }
+    }
+
+    /// The chunk list (known once the job is being assembled).
+    pub fn chunk_list(&self) -> &[ChunkRef] {
+        self.chunks.as_deref().expect("chunk list known")
+    }
+}

@@ -1,0 +1,264 @@
+//! The server's content engine: for each file the plan says to fetch, ask
+//! the client for its digest, find what the replica already holds (the same
+//! whole file, known groups, known chunks; all verified before use), pull
+//! only the missing chunks, assemble the file in the store's staging, verify
+//! the whole-file hash and publish it.
+//!
+//! - `job.rs`: one file in flight.
+//! - `requests.rs`: the client's answers (summaries, group lists, chunks),
+//!   each checked against what was asked.
+//! - `sourcing.rs`: which file asked for a chunk needed by several (pure).
+//! - `assemble.rs`: where each chunk comes from; local copies, verified.
+//! - `basis.rs`: an old or similar file offered for small-file deltas.
+//! - `moves.rs`: content already in the replica (unchanged, or at a path
+//!   this pass removes: renamed, not copied); old versions kept aside.
+//! - `publish.rs`: verify and publish, or give up, or set aside as partial.
+//!
+//! Requests are pipelined within a window ([`MAX_OPEN`] files in flight);
+//! small files go first, big ones last.
+
+mod assemble;
+mod basis;
+mod job;
+mod moves;
+mod publish;
+mod requests;
+mod sourcing;
+
+use super::pass::PassCtx;
+use crate::error::{Error, Result};
+use crate::index::IndexTxn;
+use crate::plan::{Fetch, ReplicaView};
+use crate::protocol::{ClientMsg, PassStats, ServerMsg};
+use crate::store::{ReadAt, Room};
+use crate::tree::Kind;
+use job::Job;
+use sourcing::Sourcing;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Most files in flight at once (digest requested, not yet published).
+const MAX_OPEN: usize = 1024;
+/// Most summaries asked for in one message.
+const ASK_BATCH: usize = 256;
+/// Files at least this large are fetched after all the others of a pass.
+const BIG_FILE: u64 = 16 << 20;
+
+pub(crate) struct Transfer<'c, 'a> {
+    ctx: &'c PassCtx<'a>,
+    view: &'c ReplicaView,
+    /// Whether content is pulled at all: a store that records nothing (a
+    /// dry run) only counts what would be fetched.
+    pull: bool,
+    doomed: HashSet<String>,
+    moved_away: HashSet<String>,
+    queue: VecDeque<Fetch>,
+    jobs: HashMap<u32, Job>,
+    sourcing: Sourcing,
+    reader: Option<(String, Box<dyn ReadAt>)>,
+    /// Files given up on during this pass (their late messages are ignored).
+    dropped: HashSet<u32>,
+    /// Old versions kept aside, removed at the end of the pass.
+    stashed: Vec<String>,
+    /// Replica files by directory (for bases of new files), built on first use.
+    siblings: Option<basis::Siblings<'c>>,
+    room: Room,
+}
+
+fn proto(ctx: &PassCtx, why: impl Into<String>) -> Error {
+    Error::protocol(&ctx.link.peer, why)
+}
+
+impl<'c, 'a> Transfer<'c, 'a> {
+    pub fn new(
+        ctx: &'c PassCtx<'a>,
+        view: &'c ReplicaView,
+        doomed: HashSet<String>,
+        mut fetch: Vec<Fetch>,
+    ) -> Self {
+        // The fetch order: smaller files in manifest order (directory by
+        // directory), then the big ones, so a few large files never hold up
+        // many small changes. A stable sort keeps manifest order within each
+        // part, and the deque takes over the vector's buffer.
+        fetch.sort_by_key(|f| is_big(ctx, f));
+        Transfer {
+            ctx,
+            view,
+            pull: ctx.store.capabilities().records,
+            doomed,
+            moved_away: HashSet::new(),
+            queue: VecDeque::from(fetch),
+            jobs: HashMap::new(),
+            sourcing: Sourcing::default(),
+            reader: None,
+            dropped: HashSet::new(),
+            stashed: Vec::new(),
+            siblings: None,
+            room: Room::new(ctx.min_free),
+        }
+    }
+
+    /// Paths whose content was moved elsewhere (no longer to be removed).
+    pub fn moved_away(&self) -> &HashSet<String> {
+        &self.moved_away
+    }
+
+    /// When the pass fetches big files (which come last), the small files
+    /// and symlinks it removes go once the smaller files are done, before
+    /// the big ones, instead of at the very end: a deleted small file must
+    /// not wait for a large transfer. (A big file's content cannot be in a
+    /// smaller file, so no move is lost; directories still go last.)
+    pub fn removable_early(&self, remove: &[String]) -> Vec<String> {
+        if !self.queue.iter().any(|f| is_big(self.ctx, f)) {
+            return Vec::new();
+        }
+        remove
+            .iter()
+            .filter(|k| match self.view.get(k).map(|e| &e.kind) {
+                Some(Kind::File { size }) => *size < BIG_FILE,
+                Some(Kind::Symlink { .. }) => true,
+                _ => false,
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn key(&self, id: u32) -> &'a str {
+        self.ctx.key(id)
+    }
+
+    fn entry(&self, id: u32) -> &'a crate::tree::Entry {
+        self.ctx.entry(id)
+    }
+
+    /// Runs the transfer to its end, or (with `before_big`) until only big
+    /// files are left.
+    pub fn run(
+        &mut self,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+        before_big: bool,
+    ) -> Result<()> {
+        let r = self.run_until(txn, stats, before_big);
+        if r.is_err() || self.ctx.interrupted() {
+            // Large files resume from here next time; other staged files
+            // are removed as their jobs drop.
+            self.set_aside_all();
+        }
+        r
+    }
+
+    fn run_until(
+        &mut self,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+        before_big: bool,
+    ) -> Result<()> {
+        loop {
+            let big_next = self.queue.front().is_some_and(|f| is_big(self.ctx, f));
+            if before_big && big_next && self.jobs.is_empty() {
+                return Ok(());
+            }
+            self.ask_more();
+            if self.jobs.is_empty() && self.queue.is_empty() {
+                return Ok(());
+            }
+            if self.ctx.interrupted() {
+                return Ok(());
+            }
+            let link = self.ctx.link;
+            let msg = link.recv().map_err(|e| Error::link(&link.peer, e))?;
+            self.handle(msg, txn, stats)?;
+            txn.checkpoint()?;
+        }
+    }
+
+    fn ask_more(&mut self) {
+        let mut ids = Vec::new();
+        while self.jobs.len() < MAX_OPEN && ids.len() < ASK_BATCH {
+            let Some(f) = self.queue.pop_front() else {
+                break;
+            };
+            ids.push(f.id);
+            let mut job = Job::new(f);
+            if self.pull {
+                job.basis = self.offer_basis(f.id, f.has_old);
+            }
+            self.jobs.insert(f.id, job);
+        }
+        if !ids.is_empty() {
+            self.ctx.link.send(ServerMsg::NeedFiles { ids });
+        }
+    }
+
+    fn handle(&mut self, msg: ClientMsg, txn: &mut IndexTxn, stats: &mut PassStats) -> Result<()> {
+        // Messages still in flight for a file the server gave up on are dropped.
+        let given_up = |id: u32| self.dropped.contains(&id) && !self.jobs.contains_key(&id);
+        if msg.file_id().is_some_and(given_up) {
+            return Ok(());
+        }
+        match msg {
+            ClientMsg::Summary {
+                id,
+                size,
+                hash,
+                chunks,
+            } => self.on_summary(id, size, hash, chunks, txn, stats),
+            ClientMsg::GroupHashes {
+                id,
+                start,
+                total,
+                groups,
+            } => self.on_group_hashes(id, start, total, groups, txn, stats),
+            ClientMsg::GroupChunks { id, group, chunks } => {
+                self.on_group_chunks(id, group, chunks, txn, stats)
+            }
+            ClientMsg::Chunk { id, index, data } => {
+                let sent = data.len() as u64;
+                self.on_chunk(id, index, data, sent, txn, stats)
+            }
+            ClientMsg::Chunks { id, first, data } => self.on_chunks(id, first, &data, txn, stats),
+            ClientMsg::ChunkDelta { id, index, ops } => {
+                self.on_chunk_delta(id, index, ops, txn, stats)
+            }
+            ClientMsg::FileFailed { id, reason } => {
+                if self.jobs.contains_key(&id) {
+                    self.drop_job(id, true);
+                    self.ctx
+                        .fail(stats, self.key(id), super::pass::Failure::Client(reason));
+                }
+                Ok(())
+            }
+            ClientMsg::Skip { id } => {
+                if self.jobs.contains_key(&id) {
+                    self.drop_job(id, true);
+                }
+                Ok(())
+            }
+            other => Err(proto(
+                self.ctx,
+                format!("unexpected {} during transfer", other.name()),
+            )),
+        }
+    }
+
+    fn job(&mut self, id: u32) -> Result<&mut Job> {
+        let ctx = self.ctx;
+        self.jobs.get_mut(&id).ok_or_else(|| {
+            proto(
+                ctx,
+                format!("message for file {id}, which was not asked for"),
+            )
+        })
+    }
+}
+
+fn is_big(ctx: &PassCtx, f: &Fetch) -> bool {
+    now_size(&ctx.entry(f.id).kind) >= BIG_FILE
+}
+
+fn now_size(k: &Kind) -> u64 {
+    match k {
+        Kind::File { size } => *size,
+        _ => u64::MAX,
+    }
+}

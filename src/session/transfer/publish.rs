@@ -1,0 +1,159 @@
+//! The end of a file in flight: verified and published, given up, or set
+//! aside as a partial for a later pass.
+
+use super::job::Job;
+use super::Transfer;
+use crate::chunk::{hash_reader, Digest, Hash};
+use crate::error::Result;
+use crate::index::{FileRecord, IndexTxn};
+use crate::protocol::{Op, OpReport, PassStats, Reason, ServerMsg};
+use crate::session::pass::{simple, Failure};
+use crate::store::{Reader, Staged};
+
+impl Transfer<'_, '_> {
+    /// Verifies the assembled file and publishes it.
+    pub(super) fn publish(
+        &mut self,
+        id: u32,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
+        let Some(mut job) = self.jobs.remove(&id) else {
+            return Ok(());
+        };
+        let ctx = self.ctx;
+        ctx.link.send(ServerMsg::Done { id });
+        let (key, e) = (self.key(id), self.entry(id));
+        let op = if job.received == 0 && job.size > 0 {
+            Op::Copied
+        } else if job.fetch.has_old || job.fetch.reason == Reason::TypeChanged {
+            Op::Updated
+        } else {
+            Op::Created
+        };
+        let report = OpReport {
+            received: job.received,
+            reused: job.reused,
+            ..simple(op, key, job.fetch.reason)
+        };
+        stats.reused += job.reused;
+        if let Some(tmp) = job.tmp.take() {
+            if let Err(why) = verify(&mut job, &*tmp) {
+                ctx.fail(stats, key, why);
+                return Ok(());
+            }
+            if job.fetch.has_old {
+                self.stash_old(key, txn)?;
+            }
+            let version = match ctx.store.publish(tmp, key, e.mode, e.mtime) {
+                Ok(v) => v,
+                Err(err) => {
+                    ctx.fail(stats, key, Failure::store("rename into place", err));
+                    return Ok(());
+                }
+            };
+            self.note_sibling(key, job.size);
+            let rec = FileRecord {
+                size: job.size,
+                mtime: e.mtime,
+                version,
+                digest: Digest {
+                    size: job.size,
+                    hash: job.hash,
+                    chunks: job.chunks.take().unwrap_or_default(),
+                },
+            };
+            txn.put_file(key, &rec)?;
+        }
+        ctx.stats.note_reused(job.reused);
+        ctx.report(stats, report);
+        Ok(())
+    }
+
+    /// Gives up on file `id` for this pass; with `keep`, what it received
+    /// so far is set aside for a later pass (large files only). Chunks it
+    /// was to receive for other files are asked again by one of them.
+    pub(super) fn drop_job(&mut self, id: u32, keep: bool) {
+        let Some(job) = self.jobs.remove(&id) else {
+            return;
+        };
+        let job = if keep {
+            self.set_aside(id, job)
+        } else {
+            Some(job)
+        };
+        self.dropped.insert(id);
+        let jobs = &self.jobs;
+        for (heir, i) in self.sourcing.release(id, |w| jobs.contains_key(&w)) {
+            if let Some(j) = self.jobs.get_mut(&heir) {
+                j.asked.insert(i);
+            }
+            self.ctx.link.send(ServerMsg::NeedChunks {
+                id: heir,
+                ranges: vec![(i, 1)],
+            });
+        }
+        drop(job);
+        self.ctx.link.send(ServerMsg::Done { id });
+    }
+
+    /// Keeps a large file's staged file and written chunks as a partial
+    /// (see [`crate::session::partial`]); gives the job back if it is not kept.
+    fn set_aside(&self, id: u32, mut job: Job) -> Option<Job> {
+        let Some(partials) = self.ctx.partials else {
+            return Some(job);
+        };
+        if job.chunks.is_none() || job.tmp.is_none() {
+            return Some(job);
+        }
+        let tmp = job.tmp.take().expect("checked");
+        let written = std::mem::take(&mut job.written);
+        partials.keep(
+            self.key(id),
+            tmp,
+            job.size,
+            job.hash,
+            written,
+            self.ctx.pass_no,
+        );
+        None
+    }
+
+    /// At an interruption or a broken link: sets aside what large files
+    /// received so far; the rest is removed.
+    pub(super) fn set_aside_all(&mut self) {
+        let jobs: Vec<(u32, Job)> = self.jobs.drain().collect();
+        for (id, job) in jobs {
+            let _ = self.set_aside(id, job);
+        }
+    }
+}
+
+/// Checks the staged file against the source's whole-file hash: a
+/// one-chunk file was verified in memory (chunk hash = file hash), a file
+/// written in order was hashed on the way, others are read back.
+fn verify(job: &mut Job, tmp: &dyn Staged) -> std::result::Result<(), Failure> {
+    let verified = match job.chunks.as_deref() {
+        Some([c]) => c.hash == job.hash && c.len as u64 == job.size,
+        Some([]) => job.size == 0 && job.hash == Hash::of(&[]),
+        _ => false,
+    };
+    let streamed = match job.inc.take() {
+        Some((h, next)) if next as usize == job.offs.len().saturating_sub(1) => {
+            Some(Hash(*h.finalize().as_bytes()))
+        }
+        _ => None,
+    };
+    let (size, hash) = if verified {
+        (job.size, job.hash)
+    } else if let Some(hash) = streamed {
+        (job.size, hash)
+    } else {
+        hash_reader(Reader::new(tmp), job.size).map_err(|e| Failure::store("verify", e))?
+    };
+    if hash == job.hash && size == job.size {
+        Ok(())
+    } else {
+        Err(Failure::Mismatch)
+    }
+}

@@ -1,0 +1,256 @@
+//! The replica's storage, behind one trait: everything a server session
+//! does to a replica goes through [`Store`], so the session (planning,
+//! dedup, verification, reports) never knows where the replica lives.
+//!
+//! - [`local`]: a directory on a local disk (today's only real store).
+//! - [`dry_run`]: a wrapper that reads through to another store and
+//!   changes nothing (`--dry-run`).
+//! - [`space`]: the free-space policy (`--min-free`) over a store's answer.
+//!
+//! # What a store must guarantee
+//!
+//! - **Keys** are `/`-joined relative paths of valid single components
+//!   (`""` is the root). A store never resolves a key outside its replica:
+//!   no `..`, no absolute paths, no link followed on the way (a link planted
+//!   in the replica is an entry like any other, never a way out).
+//! - **Atomic publication**: a staged file ([`Staged`]) is invisible under
+//!   its key until [`Store::publish`], which makes the whole content, mode
+//!   and mtime appear at once, replacing what was there. A reader sees the
+//!   old version or the new one, never a mix. A staged file dropped
+//!   unpublished leaves nothing behind (or only what [`Store::is_staging`]
+//!   recognises, removed by a later pass).
+//! - **Versions** ([`Version`]): [`Store::stat`] returns, with each file, an
+//!   identity that changes whenever the content behind the key may have
+//!   changed (a new inode, a new object generation). The session trusts its
+//!   index of a file's content only while size, mtime and version match.
+//! - **Capabilities** are honest: the session adapts to them (no rename
+//!   shortcut where a rename is a copy, no symlinks where there are none).
+//! - Errors are `std::io::Error`s with their kind set (`NotFound`,
+//!   `NotADirectory`, `StorageFull`, …): the session reports them per entry.
+
+pub mod dry_run;
+pub mod local;
+pub mod space;
+
+pub use crate::tree::Version;
+pub use dry_run::DryRun;
+pub use local::LocalStore;
+pub use space::{MinFree, Room};
+
+use crate::plan::ReplicaEntry;
+use crate::tree::{Kind, Timestamp};
+use std::io;
+
+/// What a store can do; the session adapts to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Symlinks are stored as such.
+    pub symlinks: bool,
+    /// Unix permission bits are kept.
+    pub modes: bool,
+    /// A rename is one cheap operation, even of a whole directory (so a
+    /// renamed directory is moved, not rebuilt).
+    pub cheap_rename: bool,
+    /// [`Store::keep_aside`] costs no copy.
+    pub hard_links: bool,
+    /// Changes are recorded at all. False for a dry run: the session then
+    /// counts the content it would fetch instead of fetching it.
+    pub records: bool,
+}
+
+/// Free and total bytes where the replica lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub free: u64,
+    pub total: u64,
+}
+
+/// A replica, as the server session sees it. See the module doc for what
+/// an implementation must guarantee.
+pub trait Store: Send + Sync {
+    /// What this store can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The entry at `key` (no link followed), or None if there is none.
+    fn stat(&self, key: &str) -> io::Result<Option<ReplicaEntry>>;
+
+    /// The names in directory `key` (staging names included).
+    fn list(&self, key: &str) -> io::Result<Vec<String>>;
+
+    /// Opens file `key` for reading at offsets.
+    fn open(&self, key: &str) -> io::Result<Box<dyn ReadAt>>;
+
+    /// Creates directory `key` (fine if it already is one).
+    fn mkdir(&self, key: &str) -> io::Result<()>;
+
+    /// Creates (or replaces) symlink `key` with the verbatim `target`.
+    fn symlink(&self, key: &str, target: &str) -> io::Result<()>;
+
+    /// Sets the mode and mtime of the entry at `key`, never through a link,
+    /// never changing another name of the same file.
+    fn set_meta(
+        &self,
+        key: &str,
+        kind: &Kind,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<()>;
+
+    /// Moves `from` to `to` (replacing a file at `to`).
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// Removes whatever is at `key`, a whole directory tree included;
+    /// returns how many entries went (0: there was nothing).
+    fn remove(&self, key: &str) -> io::Result<u64>;
+
+    /// Keeps the current version of file `key` reachable under a staging
+    /// key beside it (until removed); returns that key.
+    fn keep_aside(&self, key: &str) -> io::Result<String>;
+
+    /// Starts a new file meant for `key`, invisible until published.
+    fn stage(&self, key: &str) -> io::Result<Box<dyn Staged>>;
+
+    /// Takes over a file staged for `key` by an earlier pass, if it is still
+    /// in place (else an error, and nothing is written through it).
+    fn resume(&self, key: &str, staged: Box<dyn Staged>) -> io::Result<Box<dyn Staged>>;
+
+    /// Makes a staged file appear at `key` with its mode and mtime, all at
+    /// once; returns its version.
+    fn publish(
+        &self,
+        staged: Box<dyn Staged>,
+        key: &str,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<Version>;
+
+    /// Whether a name found in a listing is staging (stale unless kept).
+    fn is_staging(&self, name: &str) -> bool;
+
+    /// Forgets anything cached about the replica: called as each pass
+    /// starts (the replica may have changed since the last one).
+    fn refresh(&self) {}
+
+    /// Free space where the replica lives, if the store can tell.
+    fn space(&self) -> Option<Space> {
+        None
+    }
+
+    /// Counts the entries a removal of `key` would remove.
+    fn count(&self, key: &str) -> io::Result<u64> {
+        match self.stat(key)? {
+            None => Ok(0),
+            Some(e) if !e.kind.is_dir() => Ok(1),
+            Some(_) => {
+                let mut n = 1;
+                for name in self.list(key)? {
+                    n += self.count(&child_key(key, &name))?;
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    /// Removes `key` like [`Store::remove`], except entries for which
+    /// `keep(key, is_dir)` holds (excluded paths) and the directories
+    /// holding them. Returns the number of entries removed and whether
+    /// anything was kept.
+    fn remove_keeping(
+        &self,
+        key: &str,
+        keep: &dyn Fn(&str, bool) -> bool,
+    ) -> io::Result<(u64, bool)> {
+        let Some(entry) = self.stat(key)? else {
+            return Ok((0, false));
+        };
+        let is_dir = entry.kind.is_dir();
+        if keep(key, is_dir) {
+            return Ok((0, true));
+        }
+        if !is_dir {
+            return self.remove(key).map(|n| (n, false));
+        }
+        let (mut removed, mut kept) = (0, false);
+        for name in self.list(key)? {
+            let (n, k) = self.remove_keeping(&child_key(key, &name), keep)?;
+            removed += n;
+            kept |= k;
+        }
+        if !kept {
+            removed += self.remove(key)?;
+        }
+        Ok((removed, kept))
+    }
+}
+
+/// A file of the replica open for reading.
+pub trait ReadAt: Send {
+    /// Reads at `offset` into `buf`; returns how many bytes (0 at the end).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+/// A new file being written, invisible under its key until published.
+pub trait Staged: ReadAt {
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Its own key in the store (so a kept one is not taken for stale).
+    fn key(&self) -> &str;
+
+    /// For the store that made it, to take it back.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`.
+pub fn read_exact_at(r: &(impl ReadAt + ?Sized), buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read_at(&mut buf[done..], offset + done as u64)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+/// A [`ReadAt`] read from its start as a [`std::io::Read`].
+pub struct Reader<'a, R: ?Sized> {
+    inner: &'a R,
+    at: u64,
+}
+
+impl<'a, R: ReadAt + ?Sized> Reader<'a, R> {
+    pub fn new(inner: &'a R) -> Self {
+        Reader { inner, at: 0 }
+    }
+}
+
+impl<R: ReadAt + ?Sized> io::Read for Reader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// The key of `name` inside directory `dir` (`""` is the root).
+pub fn child_key(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// A key's parent directory and last component.
+pub fn split_key(key: &str) -> (&str, &str) {
+    match key.rfind('/') {
+        Some(i) => (&key[..i], &key[i + 1..]),
+        None => ("", key),
+    }
+}
+
+/// The key of `name` in the same directory as `key`.
+pub fn beside(key: &str, name: &str) -> String {
+    child_key(split_key(key).0, name)
+}
