@@ -22,7 +22,13 @@ tmux new-session -d -s $S -x 120 -y 40 \
 screen() { tmux capture-pane -p -t $S; }
 snap() { printf '===== %s\n' "$1" >> $OUT; screen | sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' >> $OUT; echo >> $OUT; }
 run() { tmux send-keys -t $S "clear; $1" Enter; sleep 0.3; }
-wait_for() { until screen | grep -q -- "$1"; do sleep 0.05; done; }
+wait_for() {
+    n=0
+    until screen | grep -q -- "$1"; do
+        n=$((n + 1)); [ $n -lt 6000 ] || { echo "gave up waiting for $1" >&2; exit 1; }
+        sleep 0.05
+    done
+}
 prompt() { until screen | grep -v '^$' | tail -n 1 | grep -q '^\$ *$'; do sleep 0.05; done; }
 
 sleep 0.5
@@ -30,12 +36,12 @@ run "replica --help"; prompt; snap "1. replica --help"
 run "replica sync --help | head -24"; prompt; snap "2. replica sync --help (first lines)"
 
 run "replica sync \"\$(rustc --print sysroot)/share/doc/rust/html\" /tmp/rust-docs-replica"
-wait_for "scanning:"; snap "3. initial sync of the Rust docs: scanning"
+wait_for "scanning:\|comparing\|files [0-9]"; snap "3. initial sync of the Rust docs: the first screen drawn"
 wait_for "files [0-9]"; sleep 1; snap "4. a second into the transfer (no ETA yet)"
 sleep 4; snap "5. five seconds later"
-wait_for " summary: "; prompt; snap "6. done"
+wait_for "^summary: "; prompt; snap "6. done"
 run "replica sync \"\$(rustc --print sysroot)/share/doc/rust/html\" /tmp/rust-docs-replica"
-wait_for " summary: "; prompt; snap "7. the same command again (nothing to do)"
+wait_for "^summary: "; prompt; snap "7. the same command again (nothing to do)"
 
 run "replica sync ~/notes 127.0.0.1:7420; echo exit=\$?; replica sync ~/notes /tmp/x --every 0s; echo exit=\$?; replica serve /etc/hostname; echo exit=\$?; replica sync /tmp/nonexistent /tmp/x; echo exit=\$?"
 prompt; snap "8. mistakes"

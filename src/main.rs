@@ -415,6 +415,7 @@ fn sync_signals(
         }
         let _ = multi.clear();
         say_interrupted(&reporter, &before, sig, false);
+        replica::progress::restore_terminal();
         std::process::exit(i32::from(sig.exit_code()));
     })
 }
@@ -444,7 +445,6 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
         match (result, stop.signal()) {
             (Err(_), Some(sig)) => {
                 syncer.abandon();
-                let _ = progress.multi.clear();
                 say_interrupted(&reporter, &before, sig, syncer.is_local());
                 return Ok(ExitCode::from(sig.exit_code()));
             }

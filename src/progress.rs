@@ -20,19 +20,77 @@ use std::time::Instant;
 /// The progress display of one client.
 pub struct Progress {
     pub multi: MultiProgress,
+    _echo: Option<QuietControlEcho>,
+}
+
+/// While bars are drawn, the terminal does not echo control keys: the `^C`
+/// it would print when Ctrl-C is pressed shifts the cursor under the bars,
+/// and clearing them would then leave a stale line. Restored when dropped,
+/// and by [`restore_terminal`] before the process exits without unwinding.
+struct QuietControlEcho;
+
+/// The terminal settings to put back (saved once).
+#[cfg(unix)]
+static SAVED_TERMIOS: Mutex<Option<rustix::termios::Termios>> = Mutex::new(None);
+
+impl QuietControlEcho {
+    #[cfg(unix)]
+    fn start() -> Option<Self> {
+        use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+        let tty = std::io::stderr();
+        let saved = tcgetattr(&tty).ok()?;
+        if !saved.local_modes.contains(LocalModes::ECHOCTL) {
+            return None;
+        }
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(LocalModes::ECHOCTL);
+        tcsetattr(&tty, OptionalActions::Now, &quiet).ok()?;
+        *SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
+        Some(QuietControlEcho)
+    }
+
+    #[cfg(not(unix))]
+    fn start() -> Option<Self> {
+        None
+    }
+}
+
+impl Drop for QuietControlEcho {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// Puts back the terminal settings a progress display changed (call
+/// before `std::process::exit`).
+pub fn restore_terminal() {
+    #[cfg(unix)]
+    if let Some(saved) = SAVED_TERMIOS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stderr(),
+            rustix::termios::OptionalActions::Now,
+            &saved,
+        );
+    }
 }
 
 impl Progress {
     /// A display drawn on stderr when it is a terminal and `enabled`.
     pub fn new(enabled: bool) -> Self {
         use std::io::IsTerminal;
-        let target = if enabled && std::io::stderr().is_terminal() {
+        let shown = enabled && std::io::stderr().is_terminal();
+        let target = if shown {
             ProgressDrawTarget::stderr_with_hz(8)
         } else {
             ProgressDrawTarget::hidden()
         };
         Progress {
             multi: MultiProgress::with_draw_target(target),
+            _echo: shown.then(QuietControlEcho::start).flatten(),
         }
     }
 
@@ -249,9 +307,9 @@ impl OpWindow {
     /// Removes the window (at the end of a pass).
     pub fn clear(&self) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Cleared, not removed: a removed bar's lines could stay drawn.
         for pb in st.bars.drain(..) {
             pb.finish_and_clear();
-            self.multi.remove(&pb);
         }
         st.recent.clear();
         st.drawn = None;

@@ -496,7 +496,8 @@ impl PassReport {
     /// and the errors, in words true to the mode (local copies, remote
     /// sends, dry runs).
     ///
-    /// `summary: 3 created, 1 moved in 0.4 s; 1.5 MiB sent (0.9 MiB on the wire), 2.0 MiB found in the replica; no errors`
+    /// `summary: 3 created, 1 moved in 0.4 s; 1.5 MiB sent (0.9 MiB on the wire), 2.0 MiB deduplicated; no errors`
+    /// ("deduplicated": rebuilt from content the replica already had).
     pub fn line(&self) -> String {
         let s = &self.summary;
         let what = self.counts.describe();
@@ -552,11 +553,11 @@ impl PassReport {
         }
         if dedup > 0 {
             let verb = if s.dry_run {
-                "would be reused"
+                "would be deduplicated"
             } else {
-                "reused"
+                "deduplicated"
             };
-            out.push_str(&format!(", {} {verb} from the replica", human_bytes(dedup)));
+            out.push_str(&format!(", {} {verb}", human_bytes(dedup)));
         }
         Some(out)
     }

@@ -129,6 +129,7 @@ pub fn watch_signals(
             if s.record(sig) {
                 on_first(sig);
             } else {
+                crate::progress::restore_terminal();
                 std::process::exit(i32::from(sig.exit_code()));
             }
         }

@@ -355,7 +355,7 @@ fn a_watched_rename_is_a_rename() {
     let s = summary_of(&w.stdout());
     assert!(s.contains("1 moved"), "{s}\n{}", w.describe());
     assert!(
-        !s.contains("reused") && !s.contains("sent") && !s.contains("copied"),
+        !s.contains("deduplicated") && !s.contains("sent") && !s.contains("copied"),
         "{s}"
     );
     assert!(w.alive());
