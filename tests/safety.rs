@@ -281,7 +281,11 @@ fn watch_pauses_when_the_source_empties_at_once_and_resumes() {
     // Content comes back: replication resumes and converges.
     write_file(&d.src, "new.txt", b"back");
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
-    assert!(w.stdout().contains("resumed"), "{}", w.describe());
+    assert!(
+        common::poll_until(CONVERGE, || w.stdout().contains("resumed")),
+        "{}",
+        w.describe()
+    );
     w.stop();
 }
 
@@ -307,7 +311,11 @@ fn watch_survives_its_source_root_vanishing_and_coming_back() {
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
     write_file(&d.src, "a/later.txt", b"later, watched again");
     wait_equal(&d.src, &d.dst, CONVERGE, || w.describe());
-    assert!(w.stdout().contains("is back"), "{}", w.describe());
+    assert!(
+        common::poll_until(CONVERGE, || w.stdout().contains("is back")),
+        "{}",
+        w.describe()
+    );
     w.stop();
 }
 

@@ -531,6 +531,15 @@ mod tests {
         assert!(s.set_meta("l/f", &file, Some(0o777), stamp(5)).is_err());
         let after = (mode_and_mtime(&outside), mode_and_mtime(&outside.join("f")));
         assert_eq!(before, after);
+
+        // A directory its owner cannot read still gets its metadata.
+        s.set_meta("d", &Kind::Dir, Some(0o300), stamp(3_000_000))
+            .unwrap();
+        s.set_meta("d", &Kind::Dir, Some(0o311), stamp(4_000_000))
+            .unwrap();
+        assert_eq!(mode_and_mtime(&dest.join("d")), (0o311, 4_000_000, 5));
+        s.set_meta("d", &Kind::Dir, Some(0o755), stamp(4_000_000))
+            .unwrap();
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl Mode {
 }
 
 /// How long a quiet tool may take to make the replica equal the source.
-const SETTLE: Duration = Duration::from_secs(25);
+const SETTLE: Duration = Duration::from_secs(60);
 
 /// One running case: the source, the replica, and the processes.
 struct Rig {

@@ -67,7 +67,19 @@ pub(super) fn set_dir_meta(
         // directory handles are): fchmod and futimens need that.
         let mut opts = cap_std::fs::OpenOptions::new();
         opts.read(true).follow(FollowSymlinks::No).maybe_dir(true);
-        let d = dir.open_with(name, &opts)?;
+        let d = match dir.open_with(name, &opts) {
+            Ok(d) => d,
+            // Unreadable (mode without r for the owner): checked, then
+            // changed by name (the link itself for the mtime).
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                if !dir.symlink_metadata(name)?.is_dir() {
+                    return Err(e);
+                }
+                set_mode_at(dir, name, mode)?;
+                return set_mtime_at(dir, name, mtime, when(mtime), true);
+            }
+            Err(e) => return Err(e),
+        };
         if !d.metadata()?.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::NotADirectory,
