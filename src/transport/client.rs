@@ -30,7 +30,7 @@ impl Target {
         let Some(rest) = s.strip_prefix("replica://") else {
             return match looks_remote(s) {
                 Some(addr) => Err(format!(
-                    "{s}: not a replica target; did you mean replica://{addr}? (for a local directory, write ./{s})"
+                    "{s}: not a replica target; did you mean replica://{addr}? (a local directory: ./{s})"
                 )),
                 None => Ok(Target::Local(s.into())),
             };
