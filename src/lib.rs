@@ -17,6 +17,8 @@
 //!   whole-file hash -> where in the replica) and the source's (stat ->
 //!   digest, so unchanged files are never re-read).
 //! - [`plan`]: pure planning, source manifest x replica view -> operations.
+//! - [`sparse`]: zeros over a hole are not written (replica files keep
+//!   their holes).
 //! - [`store`]: the replica's storage behind one trait ([`store::Store`]):
 //!   what a store must guarantee (keys never escape, atomic publication,
 //!   versions), the local directory ([`store::LocalStore`]: every operation
@@ -33,18 +35,25 @@
 //!     moves, publish); directory renames in `session/renames.rs`; large
 //!     files kept in part for the next pass in [`session::partial`]; what
 //!     every step shares, and per-file failures, in [`session::pass`];
+//!     hard links and extended attributes after the content, in
+//!     `session/extras.rs`;
 //!   - the client ([`session::client`]) sends the manifest and answers
 //!     (digests, groups, chunks); large files may step aside for newer
 //!     changes in watch mode.
 //! - [`transport`]: carrying a link: connections (framing, zstd, byte
 //!   counters, messages handed over in batches), TLS (`transport/tls/`:
 //!   fingerprints, identity, verifiers, known hosts), the handshake, the
-//!   server's accept loop, the client's dialer, and the in-process link of
-//!   a local sync. It wires a [`store::LocalStore`] to each server session.
+//!   server's accept loop, the client's dialer, the in-process link of a
+//!   local sync, and the `--bwlimit` token bucket (`transport/throttle.rs`).
+//!   It wires a [`store::LocalStore`] to each server session.
 //! - [`syncer`]: the client driver (safety rails, reconnects, repeated passes).
 //! - [`watch`]: file-system events -> batches of changed paths -> scoped passes.
 //! - [`report`]: the operation log and pass summaries; [`progress`]: spinners
-//!   and bars on a terminal; [`status`]: server counters, `/status`, `/metrics`.
+//!   and bars on a terminal; [`status`]: server counters, throughput
+//!   history and recent operations; the live page, `/status` and
+//!   `/metrics` over HTTP (hyper).
+//! - [`versions`]: `--versions DIR`: version names, where DIR may be,
+//!   pruning by age.
 //! - [`shutdown`]: SIGINT/SIGTERM: stop the pass in progress, leave no
 //!   temporary file behind, exit with a documented code.
 //! - [`error`]: error types and the rules for them.
@@ -62,11 +71,13 @@ pub mod protocol;
 pub mod report;
 pub mod session;
 pub mod shutdown;
+pub mod sparse;
 pub mod status;
 pub mod store;
 pub mod syncer;
 pub mod transport;
 pub mod tree;
+pub mod versions;
 pub mod watch;
 
 pub use error::{Error, FileError, Result};

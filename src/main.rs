@@ -90,6 +90,34 @@ struct Common {
     /// Say why each operation happened and how many bytes it sent or rebuilt.
     #[arg(short, long)]
     verbose: bool,
+    /// Move files a pass removes or replaces into DIR (outside the
+    /// destination, on its filesystem) instead of deleting them; for
+    /// `serve`, or `sync`/`watch` to a local directory.
+    #[arg(long, value_name = "DIR")]
+    versions: Option<PathBuf>,
+    /// How long versions are kept (pruned at the end of each pass).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration, requires = "versions")]
+    keep_versions: Duration,
+}
+
+/// `--versions` and `--keep-versions`, as the library takes them.
+fn versions_of(c: &Common) -> Option<replica::versions::VersionsOptions> {
+    c.versions
+        .as_ref()
+        .map(|dir| replica::versions::VersionsOptions {
+            dir: dir.clone(),
+            keep: c.keep_versions,
+        })
+}
+
+/// Refuses `--versions` when no target is a local directory.
+fn check_versions(c: &Common, targets: &[Target]) -> anyhow::Result<()> {
+    if c.versions.is_some() && !targets.iter().any(|t| matches!(t, Target::Local(_))) {
+        return Err(usage(
+            "--versions keeps versions where the replica is: pass it to `replica serve` for a replica://HOST:PORT target".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// How a client reaches a server.
@@ -105,6 +133,31 @@ struct RemoteArgs {
     /// Speak plaintext to a server started with --insecure-plaintext (loopback testing only).
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Limit what is sent to servers to RATE bytes per second, all targets
+    /// together (e.g. 500K, 2M = 2 MiB/s, 1G). Local targets are not limited.
+    #[arg(long, value_name = "RATE", value_parser = parse_bwlimit)]
+    bwlimit: Option<u64>,
+}
+
+fn parse_bwlimit(s: &str) -> Result<u64, String> {
+    replica::transport::throttle::parse_rate(s).map_err(|e| e.to_string())
+}
+
+/// One bucket for every remote target of this process; refuses a limit
+/// that no target would use.
+fn bandwidth(
+    remote: &RemoteArgs,
+    targets: &[Target],
+) -> anyhow::Result<Option<Arc<replica::transport::throttle::Bandwidth>>> {
+    let Some(rate) = remote.bwlimit else {
+        return Ok(None);
+    };
+    if !targets.iter().any(|t| matches!(t, Target::Remote(_))) {
+        return Err(usage(
+            "--bwlimit limits what goes over the network; no target is replica://HOST:PORT".into(),
+        ));
+    }
+    Ok(Some(replica::transport::throttle::Bandwidth::new(rate)))
 }
 
 #[derive(Args)]
@@ -123,9 +176,14 @@ struct ServeArgs {
     /// Speak plaintext instead of TLS. For loopback testing only: refused on other addresses.
     #[arg(long)]
     insecure_plaintext: bool,
-    /// Serve GET /status (JSON) and GET /metrics (Prometheus) on this address.
+    /// Serve a live page (GET /), GET /status (JSON) and GET /metrics
+    /// (Prometheus) on this address.
     #[arg(long, value_name = "ADDR")]
     status_addr: Option<String>,
+    /// Limit what the server sends to clients to RATE bytes per second
+    /// (e.g. 500K, 2M = 2 MiB/s).
+    #[arg(long, value_name = "RATE", value_parser = parse_bwlimit)]
+    bwlimit: Option<u64>,
     /// Warn when free space drops below this, and refuse files that would not
     /// leave it free: bytes with an optional K/M/G/T suffix, or a percentage.
     #[arg(long, value_name = "SIZE|PCT", default_value = "1G")]
@@ -183,6 +241,9 @@ struct PassArgs {
     /// not wipe a replica).
     #[arg(long)]
     allow_empty_source: bool,
+    /// Replicate `user.*` extended attributes (Linux, macOS).
+    #[arg(long)]
+    xattrs: bool,
 }
 
 /// The library's options for one source and target.
@@ -193,10 +254,11 @@ fn sync_options(
     pass: &PassArgs,
     common: &Common,
     dry_run: bool,
-    command: &'static str,
+    bwlimit: Option<Arc<replica::transport::throttle::Bandwidth>>,
 ) -> SyncOptions {
     SyncOptions {
-        command,
+        bwlimit: bwlimit.filter(|_| matches!(target, Target::Remote(_))),
+        versions: versions_of(common).filter(|_| matches!(target, Target::Local(_))),
         src: src.to_path_buf(),
         target: Some(target),
         token: remote.token.clone(),
@@ -211,7 +273,9 @@ fn sync_options(
         fsync: common.fsync,
         force: pass.force,
         allow_empty_source: pass.allow_empty_source,
+        xattrs: pass.xattrs,
         min_free: replica::transport::server::MinFree::Bytes(0),
+        command: "",
     }
 }
 
@@ -312,11 +376,20 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             replica::tree::NameRules::native()
         },
+        bwlimit: a.bwlimit.map(replica::transport::throttle::Bandwidth::new),
+        versions: versions_of(&a.common),
     };
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(listen))
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    if let Some(v) = &opts.versions {
+        // DIR inside DEST, around it or on another filesystem: a usage error.
+        let dest = std::fs::create_dir_all(&a.dest)
+            .and_then(|()| std::fs::canonicalize(&a.dest))
+            .with_context(|| format!("cannot open {}", a.dest.display()))?;
+        replica::versions::check_dir(&v.dir, &dest).map_err(|e| usage(e.to_string()))?;
+    }
     let shared = ServerShared::open(&opts, reporter.clone()).map_err(lib_err)?;
     match &shared.fingerprint {
         Some(fp) => println!("certificate fingerprint {fp}"),
@@ -327,8 +400,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let l = rt
             .block_on(tokio::net::TcpListener::bind(sa))
             .with_context(|| format!("cannot listen on {sa} for status"))?;
-        println!("status on http://{}/status", l.local_addr()?);
-        rt.spawn(replica::status::serve_http(
+        let at = l.local_addr()?;
+        println!("status on http://{at}/status");
+        println!("live page on http://{at}/");
+        rt.spawn(replica::status::http::serve_http(
             l,
             shared.stats.clone(),
             std::future::pending(),
@@ -425,13 +500,16 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = a.every {
         check_period("--every", p).map_err(lib_err)?;
     }
+    let bw = bandwidth(&a.remote, std::slice::from_ref(&target))?;
+    check_versions(&a.common, std::slice::from_ref(&target))?;
     check_common(&a.common)?;
     let rt = runtime()?;
     let progress = Progress::new(!a.common.quiet);
     let reporter = Arc::new(reporter(&a.common, Some(&progress))?);
-    let opts = sync_options(
-        &a.src, target, &a.remote, &a.pass, &a.common, a.dry_run, "sync",
-    );
+    let opts = SyncOptions {
+        command: "sync",
+        ..sync_options(&a.src, target, &a.remote, &a.pass, &a.common, a.dry_run, bw)
+    };
     let mut syncer = Syncer::new(opts, reporter.clone(), rt.handle().clone()).map_err(lib_err)?;
     let in_pass = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = sync_signals(&rt, &syncer, &reporter, &progress, &in_pass);
@@ -481,19 +559,31 @@ fn report_pass(reporter: &Reporter, r: &PassReport) -> bool {
 }
 
 fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
-    let mut targets = Vec::new();
-    for t in &a.targets {
-        targets.push(Target::parse(t).map_err(usage)?);
-    }
+    let targets = a
+        .targets
+        .iter()
+        .map(|t| Target::parse(t).map_err(usage))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     check_period("--rescan-every", a.rescan_every).map_err(lib_err)?;
+    let bw = bandwidth(&a.remote, &targets)?;
+    check_versions(&a.common, &targets)?;
     check_common(&a.common)?;
     let rt = runtime()?;
     let reporter = Arc::new(reporter(&a.common, None)?);
     let mut syncers = Vec::new();
     for (t, target) in a.targets.iter().zip(targets) {
-        let opts = sync_options(
-            &a.src, target, &a.remote, &a.pass, &a.common, false, "watch",
-        );
+        let opts = SyncOptions {
+            command: "watch",
+            ..sync_options(
+                &a.src,
+                target,
+                &a.remote,
+                &a.pass,
+                &a.common,
+                false,
+                bw.clone(),
+            )
+        };
         let prefix = if a.targets.len() > 1 {
             format!("[{t}] ")
         } else {

@@ -40,6 +40,13 @@ pub struct SyncOptions {
     pub fingerprint: Option<String>,
     /// The command (`sync`, `watch`), told to a server.
     pub command: &'static str,
+    /// `--xattrs`: replicate `user.*` extended attributes.
+    pub xattrs: bool,
+    /// `--versions DIR` for a local target (a server has its own).
+    pub versions: Option<crate::versions::VersionsOptions>,
+    /// `--bwlimit`: paces what goes to a remote target (one bucket may be
+    /// shared by several targets). Local targets are not limited.
+    pub bwlimit: Option<Arc<crate::transport::throttle::Bandwidth>>,
 }
 
 /// The default place for replica's own state (indexes, keys).
@@ -140,6 +147,7 @@ pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectO
             pin: None,
             identity: None,
             command: opts.command,
+            bwlimit: opts.bwlimit.clone(),
         });
     }
     let pin = match &opts.fingerprint {
@@ -155,6 +163,7 @@ pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectO
         pin: Some(pin),
         identity,
         command: opts.command,
+        bwlimit: opts.bwlimit.clone(),
     })
 }
 
@@ -358,6 +367,8 @@ impl Syncer {
                     tls: false,
                     allowed_clients: Vec::new(),
                     names: crate::tree::NameRules::native(),
+                    bwlimit: None,
+                    versions: opts.versions.clone(),
                 };
                 Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
             }
@@ -474,6 +485,7 @@ impl Syncer {
             max_delete: self.opts.max_delete,
             excludes: self.filter.patterns().to_vec(),
             allow_empty_source: self.opts.allow_empty_source,
+            xattrs: self.opts.xattrs,
         }
     }
 

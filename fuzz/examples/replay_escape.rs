@@ -39,6 +39,7 @@ fn pass(files: &[u8]) -> Step {
         entries,
         opaque: vec![],
         partial: vec![],
+        links: vec![],
     })
 }
 

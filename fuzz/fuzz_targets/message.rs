@@ -1,6 +1,8 @@
 //! Messages: arbitrary bytes through `decode` for every message type the
 //! wire carries. Whatever decodes must re-encode (without panicking) to
 //! bytes that decode to an equal value, and re-encoding that is stable.
+//! Decoded hard links and extended attributes also go through the server's
+//! checks (`tree::Extras`), which must refuse or accept without panicking.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,4 +28,16 @@ fuzz_target!(|data: &[u8]| {
     check::<ServerMsg>("ServerMsg", data);
     check::<Hello>("Hello", data);
     check::<HelloReply>("HelloReply", data);
+    let mut extras = replica::tree::Extras::default();
+    match decode::<ClientMsg>(data) {
+        Ok(ClientMsg::Links(links)) => {
+            if extras.add_links(links, 64).is_ok() {
+                let _ = extras.validate(&replica::tree::Manifest::default());
+            }
+        }
+        Ok(ClientMsg::Xattrs(list)) => {
+            let _ = extras.add_xattrs(list, 64);
+        }
+        _ => {}
+    }
 });

@@ -168,6 +168,8 @@ fn world() -> &'static World {
             tls: false,
             allowed_clients: Vec::new(),
             names: replica::tree::NameRules::native(),
+            bwlimit: None,
+            versions: None,
         };
         let shared = ServerShared::open(&opts, Arc::new(reporter)).expect("ServerShared::open");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -499,8 +501,14 @@ pub enum FMsg {
         entries: Vec<FEntry>,
         opaque: Vec<u8>,
         partial: Vec<u8>,
+        /// Hard links sent between the entries and the end (entry, leader).
+        links: Vec<(FId, FId)>,
     },
     BeginPass(FPass),
+    /// Hard links (entry, leader).
+    Links(Vec<(FId, FId)>),
+    /// Extended attributes: per entry, (name from a dictionary, value).
+    Xattrs(Vec<(FId, Vec<(u8, Vec<u8>)>)>),
     Entries {
         /// Prepend a valid root entry.
         root: bool,
@@ -635,6 +643,7 @@ fn pass_options(p: &FPass) -> PassOptions {
         max_delete: p.max_delete.map(u64::from),
         excludes: p.excludes.iter().take(4).map(exclude).collect(),
         allow_empty_source: p.delete_excluded && p.checksum,
+        xattrs: p.checksum,
     }
 }
 
@@ -916,6 +925,48 @@ impl<'a> Conv<'a> {
         ClientMsg::Chunk { id, index, data }
     }
 
+    fn links(&self, links: &[(FId, FId)]) -> ClientMsg {
+        ClientMsg::Links(
+            links
+                .iter()
+                .take(64)
+                .map(|(e, l)| replica::protocol::HardLink {
+                    entry: self.id(*e),
+                    leader: self.id(*l),
+                })
+                .collect(),
+        )
+    }
+
+    fn xattrs(&self, list: &[(FId, Vec<(u8, Vec<u8>)>)]) -> ClientMsg {
+        const NAMES: &[&str] = &[
+            "user.a",
+            "user.b",
+            "user.",
+            "security.selinux",
+            "system.posix_acl_access",
+            "trusted.x",
+            "user.a\0b",
+            "",
+        ];
+        ClientMsg::Xattrs(
+            list.iter()
+                .take(16)
+                .map(|(e, attrs)| replica::protocol::EntryXattrs {
+                    entry: self.id(*e),
+                    attrs: attrs
+                        .iter()
+                        .take(8)
+                        .map(|(n, v)| replica::tree::xattr::Xattr {
+                            name: NAMES[*n as usize % NAMES.len()].to_string(),
+                            value: v.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        )
+    }
+
     /// Wire payloads for one scripted message.
     fn script(&mut self, m: &FMsg, out: &mut Vec<Vec<u8>>) {
         let msg = match m {
@@ -925,6 +976,7 @@ impl<'a> Conv<'a> {
                 entries,
                 opaque,
                 partial,
+                links,
             } => {
                 self.begin();
                 out.push(encode(&ClientMsg::BeginPass(pass_options(opts))));
@@ -936,6 +988,9 @@ impl<'a> Conv<'a> {
                 let cut = all.len() / 2;
                 out.push(encode(&ClientMsg::Entries(all[..cut].to_vec())));
                 out.push(encode(&ClientMsg::Entries(all[cut..].to_vec())));
+                if !links.is_empty() {
+                    out.push(encode(&self.links(links)));
+                }
                 ClientMsg::EndManifest { opaque, partial }
             }
             FMsg::BeginPass(p) => {
@@ -1010,6 +1065,8 @@ impl<'a> Conv<'a> {
             },
             FMsg::Skip { id } => ClientMsg::Skip { id: self.id(*id) },
             FMsg::Bye => ClientMsg::Bye,
+            FMsg::Links(links) => self.links(links),
+            FMsg::Xattrs(list) => self.xattrs(list),
             FMsg::Raw(bytes) => {
                 out.push(bytes.clone());
                 return;

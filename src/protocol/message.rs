@@ -3,17 +3,21 @@
 //! [`ServerMsg`], each serialised with postcard into one frame.
 
 use crate::chunk::{ChunkRef, GroupRef, Hash};
+pub use crate::tree::xattr::EntryXattrs;
 use crate::tree::Entry;
+pub use crate::tree::HardLink;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// First bytes of every session.
 pub const MAGIC: [u8; 8] = *b"REPLICA\x01";
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Most manifest entries the server accepts in one pass.
 pub const MAX_ENTRIES: usize = 20_000_000;
 /// Most group hashes sent in one message.
 pub const GROUPS_PER_MSG: usize = 16_384;
+/// Most hard links, or entries with extended attributes, in one message.
+pub const EXTRAS_PER_MSG: usize = 2048;
 
 /// Client → server, first frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +75,9 @@ pub struct PassOptions {
     /// Let an empty source root empty a replica that holds entries
     /// (otherwise such a pass is stopped before it changes anything).
     pub allow_empty_source: bool,
+    /// `--xattrs`: the client sends `user.*` extended attributes
+    /// ([`ClientMsg::Xattrs`]) and the replica's are made equal to them.
+    pub xattrs: bool,
 }
 
 /// Client → server after the handshake.
@@ -133,6 +140,13 @@ pub enum ClientMsg {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Hard links among the manifest's files (after the entries, before
+    /// [`ClientMsg::EndManifest`]; ≤ [`EXTRAS_PER_MSG`] per message).
+    Links(Vec<HardLink>),
+    /// Extended attributes of entries (with `xattrs` in the pass options;
+    /// after the entries, before [`ClientMsg::EndManifest`]; ≤
+    /// [`EXTRAS_PER_MSG`] entries per message). Entries not listed have none.
+    Xattrs(Vec<EntryXattrs>),
 }
 
 impl ClientMsg {
@@ -151,6 +165,8 @@ impl ClientMsg {
             ClientMsg::FileFailed { .. } => "FileFailed",
             ClientMsg::Skip { .. } => "Skip",
             ClientMsg::Bye => "Bye",
+            ClientMsg::Links(_) => "Links",
+            ClientMsg::Xattrs(_) => "Xattrs",
         }
     }
 
@@ -168,6 +184,8 @@ impl ClientMsg {
             ClientMsg::BeginPass(_)
             | ClientMsg::Entries(_)
             | ClientMsg::EndManifest { .. }
+            | ClientMsg::Links(_)
+            | ClientMsg::Xattrs(_)
             | ClientMsg::Bye => None,
         }
     }
@@ -358,6 +376,7 @@ mod tests {
                         max_delete,
                         excludes,
                         allow_empty_source: checksum && dry_run,
+                        xattrs: checksum || dry_run,
                     })
                 }),
             proptest::collection::vec(entry(), 0..5).prop_map(ClientMsg::Entries),
@@ -431,6 +450,27 @@ mod tests {
                         .collect()
                 }),
             Just(ClientMsg::Bye),
+            proptest::collection::vec(
+                (any::<u32>(), any::<u32>()).prop_map(|(entry, leader)| HardLink { entry, leader }),
+                0..5
+            )
+            .prop_map(ClientMsg::Links),
+            proptest::collection::vec(
+                (
+                    any::<u32>(),
+                    proptest::collection::vec(
+                        (
+                            "user\\.[a-z.]{1,12}",
+                            proptest::collection::vec(any::<u8>(), 0..16)
+                        )
+                            .prop_map(|(name, value)| crate::tree::xattr::Xattr { name, value }),
+                        0..4
+                    )
+                )
+                    .prop_map(|(entry, attrs)| EntryXattrs { entry, attrs }),
+                0..4
+            )
+            .prop_map(ClientMsg::Xattrs),
         ]
     }
 

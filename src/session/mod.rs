@@ -6,6 +6,7 @@
 //! [`Link`]: link::Link
 
 pub mod client;
+mod extras;
 pub mod link;
 pub mod partial;
 pub mod pass;

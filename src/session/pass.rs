@@ -98,7 +98,7 @@ impl<'a> PassCtx<'a> {
             stats.ops += 1;
         }
         self.reporter.op(&r);
-        self.stats.note_op();
+        self.stats.note_report(&r);
         self.link.send(ServerMsg::Report(r));
     }
 

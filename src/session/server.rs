@@ -1,6 +1,7 @@
 //! The server's side of a session: for each pass, receive the manifest,
 //! scan the replica through its store, plan, carry the plan out
-//! (`steps.rs`) and pull the content it lacks (`transfer/`), then report.
+//! (`steps.rs`) and pull the content it lacks (`transfer/`), then act on
+//! hard links and extended attributes (`extras.rs`), then report.
 //!
 //! A dry run is decided here and nowhere else: the pass runs on a
 //! [`DryRun`] wrapper of the store, an index transaction that is never
@@ -20,7 +21,7 @@ use crate::protocol::{
 };
 use crate::report::Reporter;
 use crate::store::{DryRun, MinFree, Store};
-use crate::tree::{Kind, Manifest};
+use crate::tree::{Extras, Kind, Manifest};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -73,8 +74,10 @@ pub fn serve_session(link: &ServerLink, st: &ServerState) -> Result<()> {
     }
 }
 
-fn receive_manifest(link: &ServerLink) -> Result<Manifest> {
+fn receive_manifest(link: &ServerLink) -> Result<(Manifest, Extras)> {
     let mut m = Manifest::default();
+    let mut extras = Extras::default();
+    let bad = |e: String| Error::protocol(&link.peer, e);
     loop {
         match link.recv().map_err(|e| Error::link(&link.peer, e))? {
             ClientMsg::Entries(batch) => {
@@ -86,12 +89,15 @@ fn receive_manifest(link: &ServerLink) -> Result<Manifest> {
                 }
                 m.entries.extend(batch);
             }
+            ClientMsg::Links(batch) => extras.add_links(batch, m.entries.len()).map_err(bad)?,
+            ClientMsg::Xattrs(batch) => extras.add_xattrs(batch, m.entries.len()).map_err(bad)?,
             ClientMsg::EndManifest { opaque, partial } => {
                 m.opaque = opaque;
                 m.partial = partial;
-                m.validate()
-                    .map_err(|e| Error::protocol(&link.peer, format!("invalid manifest: {e}")))?;
-                return Ok(m);
+                let invalid = |e: String| bad(format!("invalid manifest: {e}"));
+                m.validate().map_err(invalid)?;
+                extras.validate(&m).map_err(invalid)?;
+                return Ok((m, extras));
             }
             other => {
                 return Err(Error::protocol(
@@ -119,13 +125,34 @@ impl<'i> Txns<'i> {
     }
 }
 
+/// Removes versions older than `--keep-versions`, and their index records.
+fn prune_versions(st: &ServerState) -> Result<()> {
+    match st.store.prune_versions() {
+        Ok(gone) if gone.is_empty() => Ok(()),
+        Ok(gone) => {
+            let mut txn = st.index.begin()?;
+            for vkey in gone {
+                txn.remove_file(&format!("{}{vkey}", crate::versions::INDEX_PREFIX))?;
+            }
+            txn.commit()
+        }
+        Err(e) => {
+            st.reporter.warn(&format!(
+                "cannot prune old versions: {}",
+                crate::error::describe_io(&e)
+            ));
+            Ok(())
+        }
+    }
+}
+
 /// Whether a manifest lists its root in full, and nothing in it.
 fn source_is_empty(m: &Manifest) -> bool {
     m.entries.len() == 1 && !m.opaque.contains(&0) && !m.partial.contains(&0)
 }
 
 fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()> {
-    let mut manifest = receive_manifest(link)?;
+    let (mut manifest, extras) = receive_manifest(link)?;
     let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
     let filter = Filter::new(opts.excludes.clone())
         .map_err(|e| Error::protocol(&link.peer, e.to_string()))?;
@@ -164,17 +191,23 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
         checksum: opts.checksum,
     };
     let mut stats = PassStats::default();
-    let Some((view, p)) = look(&ctx, &opts, scan_opts, &txns, &mut stats)? else {
+    let Some((view, mut p)) = look(&ctx, &opts, scan_opts, &txns, &mut stats)? else {
         link.send(ServerMsg::PassDone(stats));
         return Ok(());
     };
+    // The other names of hard-link groups get their leader's file after
+    // the content step, never content of their own.
+    super::extras::drop_members(&mut p, &extras.leaders(manifest.entries.len()));
     if let Some(warning) = st.min_free.warning(store) {
         st.reporter.warn(&warning);
     }
     announce(&ctx, &p);
     let mut txn = txns.begin()?;
-    apply(&ctx, &view, p, &mut txn, &mut stats)?;
+    apply(&ctx, &view, p, (&extras, opts.xattrs), &mut txn, &mut stats)?;
     txn.commit()?;
+    if !opts.dry_run {
+        prune_versions(st)?;
+    }
     finish(&ctx, st, full, stats)
 }
 
@@ -292,6 +325,7 @@ fn apply(
     ctx: &PassCtx,
     view: &ReplicaView,
     mut p: Plan,
+    (extras, xattrs): (&Extras, bool),
     txn: &mut IndexTxn,
     stats: &mut PassStats,
 ) -> Result<()> {
@@ -309,6 +343,7 @@ fn apply(
     transfer.clean_stash(txn)?;
     run?;
     super::steps::remove_extras(ctx, &p.remove, transfer.moved_away(), txn, stats)?;
+    super::extras::apply(ctx, extras, xattrs, stats);
     super::steps::fix_dirs(ctx, &p.dirs_deepest_first);
     Ok(())
 }

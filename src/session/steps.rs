@@ -96,7 +96,7 @@ pub(super) fn remove_extras(
         if moved_away.contains(key) {
             continue;
         }
-        txn.remove_tree(key)?;
+        let _ = ctx.store.take_retired();
         let removed = match ctx.keep_excluded {
             Some(f) => ctx
                 .store
@@ -104,6 +104,8 @@ pub(super) fn remove_extras(
                 .map(|(n, _)| n),
             None => ctx.store.remove(key),
         };
+        index_versions(ctx, txn)?;
+        txn.remove_tree(key)?;
         match removed {
             Ok(0) => continue,
             Ok(_) => {}
@@ -114,6 +116,17 @@ pub(super) fn remove_extras(
         }
         txn.checkpoint()?;
         ctx.report(stats, simple(Op::Removed, key, Reason::Extra));
+    }
+    Ok(())
+}
+
+/// Files just moved into the versions (`--versions`) stay findable for
+/// dedup, under their key there after [`crate::versions::INDEX_PREFIX`].
+fn index_versions(ctx: &PassCtx, txn: &mut IndexTxn) -> Result<()> {
+    for (key, vkey) in ctx.store.take_retired() {
+        if let Some(rec) = txn.file(&key)? {
+            txn.put_file(&format!("{}{vkey}", crate::versions::INDEX_PREFIX), &rec)?;
+        }
     }
     Ok(())
 }

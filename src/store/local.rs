@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+mod extras;
 mod meta;
 use meta::{
     entry_of, file_version, not_file, open_dir_handle, set_dir_meta, set_file_meta, set_file_mode,
@@ -37,6 +38,8 @@ pub struct LocalStore {
     /// The directories last opened, each inside the one before: reused by
     /// the next operation on the same directory or below it.
     chain: Mutex<Vec<(String, Dir)>>,
+    /// Versions, hard links, extended attributes (`local/extras.rs`).
+    extras: extras::Extras,
 }
 
 /// A file being written beside its final name.
@@ -64,7 +67,8 @@ impl ReadAt for LocalStaged {
 
 impl Staged for LocalStaged {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        pwrite_all(&self.file, buf, offset)
+        // Zeros over a hole stay a hole: sparse files stay sparse.
+        crate::sparse::write_at(&self.file, buf, offset)
     }
 
     fn key(&self) -> &str {
@@ -103,6 +107,7 @@ impl LocalStore {
             root_path: path.to_path_buf(),
             fsync,
             chain: Mutex::new(Vec::new()),
+            extras: Default::default(),
         })
     }
 
@@ -156,8 +161,9 @@ impl LocalStore {
         self.with_dir(parent, |d| f(d, name))
     }
 
-    /// Replaces the file at `key` by a private copy with the given metadata.
-    fn rewrite_as_copy(&self, key: &str, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
+    /// Replaces the file at `key` by a private copy with the given metadata
+    /// (the same content: no version of it is kept).
+    fn copy_in_place(&self, key: &str, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
         let src = self.open(key)?;
         let mut tmp = self.stage(key)?;
         let mut buf = vec![0u8; 1 << 20];
@@ -170,7 +176,38 @@ impl LocalStore {
             tmp.write_at(&buf[..n], at)?;
             at += n as u64;
         }
-        self.publish(tmp, key, mode, mtime).map(|_| ())
+        self.publish_as(tmp, key, mode, mtime, false).map(|_| ())
+    }
+
+    /// [`Store::publish`]; `retire`: what it replaces goes to the versions.
+    fn publish_as(
+        &self,
+        staged: Box<dyn Staged>,
+        key: &str,
+        mode: Option<u32>,
+        mtime: Timestamp,
+        retire: bool,
+    ) -> io::Result<Version> {
+        let Ok(mut tmp) = staged.into_any().downcast::<LocalStaged>() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not staged by this store",
+            ));
+        };
+        set_file_mode(&tmp.file, mode)?;
+        tmp.file
+            .set_times(std::fs::FileTimes::new().set_modified(mtime.to_system()))?;
+        if self.fsync {
+            tmp.file.sync_all()?;
+        }
+        let version = file_version(&tmp.file);
+        let (_, name) = split_key(key);
+        if retire {
+            self.retire_file_at(&tmp.dir, name, key)?;
+        }
+        tmp.dir.rename(&tmp.name, &tmp.dir, name)?;
+        tmp.published = true;
+        Ok(version)
     }
 }
 
@@ -191,7 +228,10 @@ impl Store for LocalStore {
             return entry_of(&self.root, ".", &m).map(Some);
         }
         let r = self.with_parent(key, |dir, name| match dir.symlink_metadata(name) {
-            Ok(m) => Ok(Some(entry_of(dir, name, &m)?)),
+            Ok(m) => {
+                self.note_links(key, &m);
+                Ok(Some(entry_of(dir, name, &m)?))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         });
@@ -213,7 +253,7 @@ impl Store for LocalStore {
     }
 
     fn open(&self, key: &str) -> io::Result<Box<dyn ReadAt>> {
-        self.with_parent(key, |dir, name| {
+        let open = |dir: &Dir, name: &str| {
             if !dir.symlink_metadata(name)?.is_file() {
                 return Err(not_file());
             }
@@ -221,7 +261,13 @@ impl Store for LocalStore {
             opts.read(true);
             let f = dir.open_with(name, &opts)?.into_std();
             Ok(Box::new(LocalFile(f)) as Box<dyn ReadAt>)
-        })
+        };
+        // A version (`--versions`), as the index names it.
+        if let Some(vkey) = key.strip_prefix(crate::versions::INDEX_PREFIX) {
+            let (dir, name) = self.version_parent(vkey)?;
+            return open(&dir, &name);
+        }
+        self.with_parent(key, |dir, name| open(dir, name))
     }
 
     fn mkdir(&self, key: &str) -> io::Result<()> {
@@ -271,7 +317,7 @@ impl Store for LocalStore {
         if in_place {
             Ok(())
         } else {
-            self.rewrite_as_copy(key, mode, mtime)
+            self.copy_in_place(key, mode, mtime)
         }
     }
 
@@ -280,6 +326,7 @@ impl Store for LocalStore {
         let (tdir, tname) = split_key(to);
         let target = self.with_dir(tdir, |d| d.try_clone())?;
         self.forget();
+        self.retire_file_at(&target, tname, to)?;
         self.with_dir(fdir, |d| d.rename(fname, &target, tname))
     }
 
@@ -293,7 +340,11 @@ impl Store for LocalStore {
             if meta.is_dir() {
                 Ok(Some((dir.try_clone()?, true)))
             } else {
-                dir.remove_file_or_symlink(name)?;
+                if meta.is_file() && self.versions_on() && !name.starts_with(TEMP_PREFIX) {
+                    self.retire(dir, name, key)?;
+                } else {
+                    dir.remove_file_or_symlink(name)?;
+                }
                 Ok(Some((dir.try_clone()?, false)))
             }
         })?;
@@ -307,6 +358,7 @@ impl Store for LocalStore {
         self.forget();
         let name = split_key(key).1;
         let n = count_tree(&dir.open_dir_nofollow(name)?)?;
+        self.retire(&dir, name, key)?;
         dir.remove_dir_all(name)?;
         Ok(n + 1)
     }
@@ -384,23 +436,7 @@ impl Store for LocalStore {
         mode: Option<u32>,
         mtime: Timestamp,
     ) -> io::Result<Version> {
-        let Ok(mut tmp) = staged.into_any().downcast::<LocalStaged>() else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not staged by this store",
-            ));
-        };
-        set_file_mode(&tmp.file, mode)?;
-        tmp.file
-            .set_times(std::fs::FileTimes::new().set_modified(mtime.to_system()))?;
-        if self.fsync {
-            tmp.file.sync_all()?;
-        }
-        let version = file_version(&tmp.file);
-        let (_, name) = split_key(key);
-        tmp.dir.rename(&tmp.name, &tmp.dir, name)?;
-        tmp.published = true;
-        Ok(version)
+        self.publish_as(staged, key, mode, mtime, true)
     }
 
     fn is_staging(&self, name: &str) -> bool {
@@ -411,6 +447,7 @@ impl Store for LocalStore {
         // A directory may have been moved away since the last pass: never
         // reuse a handle across passes.
         self.forget();
+        self.forget_links();
     }
 
     fn space(&self) -> Option<Space> {
@@ -418,6 +455,39 @@ impl Store for LocalStore {
             free: fs4::available_space(&self.root_path).ok()?,
             total: fs4::total_space(&self.root_path).ok()?,
         })
+    }
+
+    fn file_links(&self, key: &str) -> io::Result<Option<(u64, u64)>> {
+        self.links_of(key)
+    }
+
+    fn take_linked(&self) -> Vec<(String, u64)> {
+        self.take_linked_files()
+    }
+
+    fn hard_link(&self, from: &str, to: &str) -> io::Result<()> {
+        self.link_over(from, to)
+    }
+
+    fn own_copy(&self, key: &str, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
+        self.copy_in_place(key, mode, mtime)
+    }
+
+    fn set_xattrs(
+        &self,
+        key: &str,
+        kind: &Kind,
+        want: &[crate::tree::xattr::Xattr],
+    ) -> Result<bool, crate::tree::xattr::XattrError> {
+        self.xattrs_to(key, kind, want)
+    }
+
+    fn take_retired(&self) -> Vec<(String, String)> {
+        self.take_retired_files()
+    }
+
+    fn prune_versions(&self) -> io::Result<Vec<String>> {
+        self.prune()
     }
 }
 

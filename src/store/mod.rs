@@ -27,6 +27,14 @@
 //!   shortcut where a rename is a copy, no symlinks where there are none).
 //! - Errors are `std::io::Error`s with their kind set (`NotFound`,
 //!   `NotADirectory`, `StorageFull`, …): the session reports them per entry.
+//! - **Issue 17** (defaults: the store has none of it): hard links
+//!   ([`Store::hard_link`], [`Store::file_links`], [`Store::take_linked`],
+//!   [`Store::own_copy`]), `user.*` extended attributes
+//!   ([`Store::set_xattrs`]), and `--versions` (a file removed or replaced is
+//!   kept elsewhere; [`Store::take_retired`] says where, so the index keeps
+//!   it findable, and [`Store::prune_versions`] ends its life). The local
+//!   store's are in `local/extras.rs`; it writes zeros over holes as holes
+//!   ([`crate::sparse`]).
 
 pub mod dry_run;
 pub mod local;
@@ -134,6 +142,67 @@ pub trait Store: Send + Sync {
     /// Free space where the replica lives, if the store can tell.
     fn space(&self) -> Option<Space> {
         None
+    }
+
+    // Issue 17: hard links, extended attributes, versions. A store without
+    // them keeps the defaults (no links seen, nothing linked, attributes
+    // refused, no versions).
+
+    /// The identity and link count of the regular file at `key` (None: no
+    /// regular file there).
+    fn file_links(&self, _key: &str) -> io::Result<Option<(u64, u64)>> {
+        Ok(None)
+    }
+
+    /// Files [`Store::stat`] found with more than one link since the last
+    /// [`Store::refresh`], with their identity.
+    fn take_linked(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
+    /// Makes `to` another name of the file at `from`, replacing what `to`
+    /// held (atomically).
+    fn hard_link(&self, _from: &str, _to: &str) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this store has no hard links",
+        ))
+    }
+
+    /// Gives the file at `key` a private copy of its content, with this
+    /// mode and mtime (its other names keep the old file).
+    fn own_copy(&self, _key: &str, _mode: Option<u32>, _mtime: Timestamp) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Makes the `user.*` extended attributes of `key` equal to `want`;
+    /// returns whether anything changed.
+    fn set_xattrs(
+        &self,
+        _key: &str,
+        _kind: &Kind,
+        want: &[crate::tree::xattr::Xattr],
+    ) -> Result<bool, crate::tree::xattr::XattrError> {
+        if want.is_empty() {
+            Ok(false)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this store has no extended attributes",
+            )
+            .into())
+        }
+    }
+
+    /// Files moved into the versions (`--versions`) since the last call:
+    /// (key, key in the versions).
+    fn take_retired(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Removes versions older than `--keep-versions`; returns their keys.
+    fn prune_versions(&self) -> io::Result<Vec<String>> {
+        Ok(Vec::new())
     }
 
     /// Counts the entries a removal of `key` would remove.

@@ -5,6 +5,7 @@ use super::connection::{
     link_pair, recv_plain, send_plain, spawn_link, BoxStream, Counted, Counters, LinkCaps,
 };
 use super::server::{claim, run_session, ServerShared};
+use super::throttle::Throttled;
 use crate::chunk::CHUNKER_VERSION;
 use crate::error::{Error, Result};
 use crate::protocol::{Hello, HelloReply, Purpose, MAGIC, PROTOCOL_VERSION};
@@ -106,6 +107,8 @@ pub struct ConnectOptions {
     /// The command connecting (`sync`, `watch`), told to the server so that
     /// another client it turns away can be told who holds the destination.
     pub command: &'static str,
+    /// `--bwlimit`: paces what this client writes to the socket.
+    pub bwlimit: Option<Arc<super::throttle::Bandwidth>>,
 }
 
 fn hello(opts: &ConnectOptions, compress: bool) -> Hello {
@@ -203,7 +206,13 @@ async fn dial(
     })?;
     let _ = tcp.set_nodelay(true);
     let counters = Arc::new(Counters::default());
-    let s: BoxStream = Box::new(Counted::new(tcp, counters.clone()));
+    let s: BoxStream = match &opts.bwlimit {
+        Some(b) => Box::new(Counted::new(
+            Throttled::new(tcp, b.clone()),
+            counters.clone(),
+        )),
+        None => Box::new(Counted::new(tcp, counters.clone())),
+    };
     match &opts.pin {
         None => Ok((s, counters, None)),
         Some(pin) => {

@@ -1,11 +1,13 @@
 //! Connections: framing and compression over any byte stream
 //! ([`connection`]), the handshake, the server's accept loop ([`server`]),
 //! the client's dialer ([`client`]) and the in-process pipe used by local
-//! syncs, which runs the very same client and server code.
+//! syncs, which runs the very same client and server code; `--bwlimit`
+//! paces what a process writes to its sockets ([`throttle`]).
 
 pub mod client;
 pub mod connection;
 pub mod server;
+pub mod throttle;
 pub mod tls;
 
 pub use connection::{BoxStream, Counters, Link};

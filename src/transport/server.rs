@@ -52,6 +52,8 @@ pub struct ServerShared {
     pub fingerprint: Option<String>,
     /// Client certificate fingerprints accepted without a token.
     pub allowed_clients: Vec<String>,
+    /// `--bwlimit`: paces what the server writes to its clients.
+    pub bwlimit: Option<Arc<super::throttle::Bandwidth>>,
 }
 
 /// Settings of a server (or of the server half of a local sync).
@@ -68,6 +70,12 @@ pub struct ServerOptions {
     pub allowed_clients: Vec<String>,
     /// Which names the replica can hold (per-file errors for the others).
     pub names: crate::tree::NameRules,
+    /// `--bwlimit`: paces what the server writes to its clients (all of
+    /// them together).
+    pub bwlimit: Option<Arc<super::throttle::Bandwidth>>,
+    /// `--versions DIR` and `--keep-versions`: removed and replaced files
+    /// are moved there (DIR as given; checked against DEST at open).
+    pub versions: Option<crate::versions::VersionsOptions>,
 }
 
 pub use crate::store::MinFree;
@@ -83,9 +91,15 @@ pub fn index_path(state_dir: &Path, dest: &Path) -> PathBuf {
 
 impl ServerShared {
     pub fn open(opts: &ServerOptions, reporter: Arc<Reporter>) -> Result<Arc<Self>> {
-        let store =
+        let mut store =
             LocalStore::open(&opts.dest, opts.fsync).map_err(|e| Error::io(&opts.dest, e))?;
         let dest = std::fs::canonicalize(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
+        if let Some(v) = &opts.versions {
+            let dir = crate::versions::check_dir(&v.dir, &dest)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            let v = crate::versions::VersionsOptions { dir, keep: v.keep };
+            store = store.with_versions(&v).map_err(|e| Error::io(&v.dir, e))?;
+        }
         let index = ReplicaIndex::open(&index_path(&opts.state_dir, &dest))?;
         if let Some(why) = &index.rebuilt {
             reporter.warn(&format!("replica index {why}; it is being rebuilt"));
@@ -137,6 +151,7 @@ impl ServerShared {
             tls,
             fingerprint,
             allowed_clients,
+            bwlimit: opts.bwlimit.clone(),
         }))
     }
 }
@@ -463,7 +478,13 @@ async fn secure(
         }
     };
     let counters = Arc::new(Counters::default());
-    let mut s: BoxStream = Box::new(Counted::new(tcp, counters));
+    let mut s: BoxStream = match &sh.bwlimit {
+        Some(b) => Box::new(Counted::new(
+            super::throttle::Throttled::new(tcp, b.clone()),
+            counters,
+        )),
+        None => Box::new(Counted::new(tcp, counters)),
+    };
     match (&sh.tls, looks_tls) {
         (Some(acc), true) => match super::tls::accept_tls(acc, s).await {
             Ok((s, fp)) => Some((s, fp)),

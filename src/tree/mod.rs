@@ -6,10 +6,15 @@
 //! names its parent by index and carries one path component, so a path is a
 //! sequence of validated components, never a string glued with `/`.
 
+mod extras;
+mod hardlinks;
 mod name;
 pub mod scan;
 mod scoped;
+pub mod xattr;
 
+pub use extras::Extras;
+pub use hardlinks::{hard_links, HardLink};
 pub use name::{validate_name, windows_can_hold, NameError, NameRules};
 pub use scan::{scan_source, LocalStat, ScanCounter, ScanOptions, SourceScan};
 pub use scoped::{scan_scoped, Scopes};

@@ -29,6 +29,9 @@ pub struct ScanCounter {
 /// Facts about a source entry that stay on this machine (quick check).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LocalStat {
+    /// The filesystem holding the entry (an inode number is unique only
+    /// within one).
+    pub dev: u64,
     pub ino: u64,
     /// Hard links to the entry (1 for most files; 0 where unknown).
     pub links: u32,
@@ -326,6 +329,7 @@ pub fn local_of(meta: &Metadata) -> LocalStat {
     {
         use std::os::unix::fs::MetadataExt;
         LocalStat {
+            dev: meta.dev(),
             ino: meta.ino(),
             links: u32::try_from(meta.nlink()).unwrap_or(u32::MAX),
         }
@@ -333,6 +337,6 @@ pub fn local_of(meta: &Metadata) -> LocalStat {
     #[cfg(not(unix))]
     {
         let _ = meta;
-        LocalStat { ino: 0, links: 0 }
+        LocalStat::default()
     }
 }

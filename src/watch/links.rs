@@ -80,6 +80,7 @@ mod tests {
             local.push(LocalStat {
                 ino: *ino,
                 links: *links,
+                ..LocalStat::default()
             });
         }
         SourceScan {

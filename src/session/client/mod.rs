@@ -175,10 +175,32 @@ impl ClientPass<'_> {
             // flight at most, not a large part of a big manifest.
             self.link.flush();
         }
+        self.send_extras(opts)?;
         self.send(ClientMsg::EndManifest {
             opaque: m.opaque.clone(),
             partial: m.partial.clone(),
         })
+    }
+
+    /// Hard links among the files (always) and, with `--xattrs`, extended
+    /// attributes, between the entries and the end of the manifest.
+    fn send_extras(&self, opts: &PassOptions) -> Result<()> {
+        use crate::protocol::EXTRAS_PER_MSG;
+        let links = crate::tree::hard_links(self.scan);
+        for batch in links.chunks(EXTRAS_PER_MSG) {
+            self.send(ClientMsg::Links(batch.to_vec()))?;
+        }
+        if opts.xattrs {
+            let (attrs, errors) = crate::tree::xattr::read_tree(self.root, &self.scan.manifest);
+            for e in errors {
+                self.reporter.warn(&e.to_string());
+            }
+            for batch in attrs.chunks(EXTRAS_PER_MSG) {
+                self.send(ClientMsg::Xattrs(batch.to_vec()))?;
+                self.link.flush();
+            }
+        }
+        Ok(())
     }
 
     /// Handles one message from the server; the pass's stats when it is over.

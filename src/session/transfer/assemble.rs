@@ -127,12 +127,16 @@ impl Transfer<'_, '_> {
                 first_local.entry(c.hash).or_insert(i as u32);
             }
         }
+        let mut zeros: Vec<u32> = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
             if prewritten.get(i).copied().unwrap_or(false) {
                 continue;
             }
             let i = i as u32;
-            if let Some(&first) = first_local.get(&c.hash) {
+            if is_zero_chunk(c) {
+                // A hole of a sparse file: never asked, left a hole.
+                zeros.push(i);
+            } else if let Some(&first) = first_local.get(&c.hash) {
                 repeats.push((first, i));
             } else if self.sourcing.is_asked(&c.hash) {
                 self.sourcing.need(c.hash, (id, i));
@@ -140,6 +144,11 @@ impl Transfer<'_, '_> {
                 first_local.insert(c.hash, i);
                 local.push((i, loc));
             } else if self.sourcing.need(c.hash, (id, i)) {
+                ask.push(i);
+            }
+        }
+        for i in zeros {
+            if !self.fill_zeros(id, i) && self.sourcing.need(chunks[i as usize].hash, (id, i)) {
                 ask.push(i);
             }
         }
@@ -249,6 +258,25 @@ impl Transfer<'_, '_> {
         }
     }
 
+    /// Writes chunk `i` of file `id` as zeros (a hole, where the store
+    /// keeps holes).
+    fn fill_zeros(&mut self, id: u32, i: u32) -> bool {
+        let job = self.jobs.get_mut(&id).expect("job exists");
+        let len = (job.offs[i as usize + 1] - job.offs[i as usize]) as usize;
+        let Some(t) = job.tmp.as_mut() else {
+            job.missing -= 1;
+            return true;
+        };
+        let buf = vec![0u8; len];
+        if t.write_at(&buf, job.offs[i as usize]).is_err() {
+            return false;
+        }
+        job.note_written(i, &buf);
+        job.missing -= 1;
+        job.reused += len as u64;
+        true
+    }
+
     /// Copies chunk `from` of file `id` to its chunk `to` (same content).
     fn copy_within(&mut self, id: u32, from: u32, to: u32) -> bool {
         let job = self.jobs.get_mut(&id).expect("job exists");
@@ -311,6 +339,15 @@ fn runs(idx: &[u32]) -> Vec<(u32, u32)> {
         }
     }
     out
+}
+
+/// Whether a chunk is all zeros. Zero runs are cut into chunks of the
+/// largest size (the chunker never finds a cut point in them), so only
+/// those are checked: one hash, computed once.
+fn is_zero_chunk(c: &ChunkRef) -> bool {
+    static ZEROS: std::sync::OnceLock<Hash> = std::sync::OnceLock::new();
+    c.len == crate::chunk::MAX_CHUNK
+        && c.hash == *ZEROS.get_or_init(|| Hash::of(&vec![0u8; crate::chunk::MAX_CHUNK as usize]))
 }
 
 #[cfg(test)]

@@ -42,6 +42,12 @@ impl Transfer<'_, '_> {
                 ctx.fail(stats, key, why);
                 return Ok(());
             }
+            // The replaced file's record, in case it goes to the versions.
+            let old = if job.fetch.has_old {
+                txn.file(key)?
+            } else {
+                None
+            };
             if job.fetch.has_old {
                 self.stash_old(key, txn)?;
             }
@@ -52,6 +58,7 @@ impl Transfer<'_, '_> {
                     return Ok(());
                 }
             };
+            index_versions(ctx.store.take_retired(), key, old, txn)?;
             self.note_sibling(key, job.size);
             let rec = FileRecord {
                 size: job.size,
@@ -156,4 +163,21 @@ fn verify(job: &mut Job, tmp: &dyn Staged) -> std::result::Result<(), Failure> {
     } else {
         Err(Failure::Mismatch)
     }
+}
+
+/// A file replaced under `key` and moved into the versions (`--versions`)
+/// stays findable for dedup under its key there, with its old record.
+fn index_versions(
+    retired: Vec<(String, String)>,
+    key: &str,
+    old: Option<FileRecord>,
+    txn: &mut IndexTxn,
+) -> Result<()> {
+    let Some(rec) = old else { return Ok(()) };
+    for (k, vkey) in retired {
+        if k == key {
+            txn.put_file(&format!("{}{vkey}", crate::versions::INDEX_PREFIX), &rec)?;
+        }
+    }
+    Ok(())
 }

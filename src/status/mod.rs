@@ -1,13 +1,22 @@
-//! Live counters of a running server, and the ways to read them: a small
-//! HTTP endpoint (`GET /status` as JSON, `GET /metrics` in Prometheus text
-//! format) and a status request over the replica protocol itself.
+//! Live counters of a running server, and the ways to read them: an HTTP
+//! endpoint ([`http`]: a live page at `GET /`, `GET /status` as JSON,
+//! `GET /metrics` in Prometheus text format) and a status request over the
+//! replica protocol itself.
+//!
+//! Sessions update [`ServerStats`]; readers take a [`StatusSnapshot`] (the
+//! counters, also sent over the protocol) or a [`LiveStatus`] (the
+//! snapshot plus the throughput history and recent operations of
+//! [`live`], for the page).
 
-use crate::protocol::PassStats;
+pub mod http;
+pub mod live;
+
+use crate::protocol::{OpReport, PassStats};
+use live::{RecentOp, Ring, Second, HISTORY_SECONDS, RECENT_OPS};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Counters updated by sessions, read by the status endpoint.
 #[derive(Debug)]
@@ -25,6 +34,10 @@ pub struct ServerStats {
     pub speed: AtomicU64,
     pub last_change: Mutex<Option<SystemTime>>,
     pub dest: Mutex<String>,
+    /// Throughput second by second, oldest first.
+    pub history: Mutex<Ring<Second>>,
+    /// The most recent operations, oldest first.
+    pub recent: Mutex<Ring<RecentOp>>,
 }
 
 impl Default for ServerStats {
@@ -42,6 +55,8 @@ impl Default for ServerStats {
             speed: AtomicU64::new(0),
             last_change: Mutex::new(None),
             dest: Mutex::new(String::new()),
+            history: Mutex::new(Ring::new(HISTORY_SECONDS)),
+            recent: Mutex::new(Ring::new(RECENT_OPS)),
         }
     }
 }
@@ -64,10 +79,30 @@ pub struct StatusSnapshot {
     pub free_bytes: Option<u64>,
 }
 
+/// What the live page polls: the snapshot, plus throughput and recent
+/// operations (kept out of the protocol's status reply, which is bounded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveStatus {
+    #[serde(flatten)]
+    pub snapshot: StatusSnapshot,
+    /// Bytes per second over the last minutes, oldest first, one entry per
+    /// second (fewer right after start).
+    pub throughput: Vec<Second>,
+    /// The most recent operations, newest last.
+    pub recent: Vec<RecentOp>,
+}
+
 impl ServerStats {
     pub fn note_op(&self) {
         self.ops.fetch_add(1, Ordering::Relaxed);
         *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
+    }
+
+    /// Records an operation carried out (or failed) on the replica.
+    pub fn note_report(&self, r: &OpReport) {
+        self.note_op();
+        let op = RecentOp::of(r, crate::report::now_rfc3339());
+        lock(&self.recent).push(op);
     }
 
     pub fn note_received(&self, n: u64) {
@@ -111,15 +146,55 @@ impl ServerStats {
         }
     }
 
-    /// Keeps `speed` current (call from a spawned task).
-    pub async fn track_speed(self: Arc<Self>) {
-        let mut last = self.received.load(Ordering::Relaxed);
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = self.received.load(Ordering::Relaxed);
-            self.speed.store(now - last, Ordering::Relaxed);
-            last = now;
+    /// The snapshot with the page's history and recent operations.
+    pub fn live(&self) -> LiveStatus {
+        LiveStatus {
+            snapshot: self.snapshot(),
+            throughput: lock(&self.history).to_vec(),
+            recent: lock(&self.recent).to_vec(),
         }
+    }
+
+    /// Keeps `speed` and the throughput history current, once a second
+    /// (call from a spawned task).
+    pub async fn track_speed(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is at once
+        let mut last = (
+            self.received.load(Ordering::Relaxed),
+            self.reused.load(Ordering::Relaxed),
+        );
+        loop {
+            tick.tick().await;
+            last = self.sample(last);
+        }
+    }
+
+    /// Records the traffic since `last` (received, reused) as one second;
+    /// returns the new totals.
+    pub fn sample(&self, last: (u64, u64)) -> (u64, u64) {
+        let now = (
+            self.received.load(Ordering::Relaxed),
+            self.reused.load(Ordering::Relaxed),
+        );
+        let second = Second {
+            received: now.0.saturating_sub(last.0),
+            reused: now.1.saturating_sub(last.1),
+        };
+        self.speed.store(second.received, Ordering::Relaxed);
+        lock(&self.history).push(second);
+        now
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LiveStatus {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("status serialises")
     }
 }
 
@@ -223,46 +298,6 @@ impl StatusSnapshot {
     }
 }
 
-/// Serves `GET /status` and `GET /metrics` until `shutdown` resolves.
-pub async fn serve_http(
-    listener: tokio::net::TcpListener,
-    stats: Arc<ServerStats>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            acc = listener.accept() => {
-                let Ok((mut s, _)) = acc else { continue };
-                let stats = stats.clone();
-                tokio::spawn(async move {
-                    // Read the request head (bounded: 8 KiB, 5 s), however it is split.
-                    let mut buf = Vec::with_capacity(1024);
-                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                        let mut chunk = [0u8; 1024];
-                        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-                            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let req = String::from_utf8_lossy(&buf);
-                    let path = req.split_whitespace().nth(1).unwrap_or("");
-                    let (code, ctype, body) = match (req.starts_with("GET "), path) {
-                        (true, "/status") => ("200 OK", "application/json", stats.snapshot().to_json()),
-                        (true, "/metrics") => ("200 OK", "text/plain; version=0.0.4", stats.snapshot().to_prometheus()),
-                        _ => ("404 Not Found", "text/plain", "try /status or /metrics\n".to_string()),
-                    };
-                    let resp = format!("HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-                    let _ = s.write_all(resp.as_bytes()).await;
-                    let _ = s.shutdown().await;
-                });
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +325,51 @@ mod tests {
             .to_prometheus()
             .contains("replica_received_bytes_total 100\n"));
         assert!(snap.to_human().contains("3 files"));
+    }
+
+    #[test]
+    fn the_live_status_holds_seconds_and_recent_operations() {
+        use crate::protocol::{Op, Reason};
+        let s = ServerStats::default();
+        s.note_received(1000);
+        let last = s.sample((0, 0));
+        s.note_reused(10);
+        s.sample(last);
+        let r = OpReport {
+            op: Op::Created,
+            path: "d/a.txt".into(),
+            from: None,
+            reason: Reason::New,
+            received: 1000,
+            reused: 0,
+            detail: None,
+        };
+        s.note_report(&r);
+        let live = s.live();
+        assert_eq!(
+            live.throughput,
+            vec![
+                Second {
+                    received: 1000,
+                    reused: 0
+                },
+                Second {
+                    received: 0,
+                    reused: 10
+                }
+            ]
+        );
+        assert_eq!(live.recent.len(), 1);
+        assert_eq!(
+            (live.recent[0].op.as_str(), live.recent[0].path.as_str()),
+            ("created", "d/a.txt")
+        );
+        assert_eq!(live.snapshot.operations, 1);
+        let json: serde_json::Value = serde_json::from_str(&live.to_json()).unwrap();
+        assert_eq!(
+            json["bytes_received"], 1000,
+            "the snapshot's fields at the top level"
+        );
+        assert_eq!(json["throughput"][0]["received"], 1000);
     }
 }
