@@ -34,8 +34,15 @@ pub enum Error {
     },
     #[error("protocol error from {peer}: {reason}")]
     Protocol { peer: String, reason: String },
+    /// Refused for now (the destination is busy, the server is stopping):
+    /// trying again later may succeed.
     #[error("refused by {peer}: {reason}")]
     Refused { peer: String, reason: String },
+    /// Refused for good as things are configured (wrong or missing token,
+    /// a certificate that does not match, another protocol version):
+    /// retrying cannot help, the user must change something.
+    #[error("refused by {peer}: {reason}")]
+    Denied { peer: String, reason: String },
     #[error("index {path}: {reason}")]
     Index { path: PathBuf, reason: String },
     /// The source root is missing, not a directory, or unreadable: the
@@ -54,6 +61,13 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// Whether trying again (later, unchanged) cannot succeed: a usage
+    /// mistake or a refusal for good. Network failures, a busy or stopping
+    /// server and protocol hiccups are transient.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Denied { .. } | Error::Usage(_))
     }
 
     pub fn link(peer: impl Into<String>, source: LinkError) -> Self {
@@ -96,6 +110,10 @@ pub enum LinkError {
     /// The peer said nothing within the handshake's time limit.
     #[error("no handshake within the time limit")]
     HandshakeTimeout,
+    /// The peer answered in HTTP: an HTTP port (a status port?), not a
+    /// replica one.
+    #[error("the peer speaks HTTP, not the replica protocol (an HTTP port, such as a server's --status-addr, rather than its replica port?)")]
+    Http,
     /// The peer closed the connection before its handshake message.
     #[error("connection closed during the handshake")]
     ClosedInHandshake,

@@ -54,6 +54,8 @@
 //!   `/metrics` over HTTP (hyper).
 //! - [`versions`]: `--versions DIR`: version names, where DIR may be,
 //!   pruning by age.
+//! - [`shutdown`]: SIGINT/SIGTERM: stop the pass in progress, leave no
+//!   temporary file behind, exit with a documented code.
 //! - [`error`]: error types and the rules for them.
 //!
 //! The binary (`src/main.rs`) only parses arguments and prints.
@@ -68,6 +70,7 @@ pub mod progress;
 pub mod protocol;
 pub mod report;
 pub mod session;
+pub mod shutdown;
 pub mod sparse;
 pub mod status;
 pub mod store;

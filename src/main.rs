@@ -4,10 +4,13 @@
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use replica::progress::Progress;
-use replica::report::{Reporter, Verbosity};
-use replica::syncer::{default_state_dir, SyncOptions, Syncer};
+use replica::report::{check_log_file, ConsoleOps, PassReport, Reporter, Verbosity};
+use replica::shutdown::{watch_signals, Signal, Stop};
+use replica::syncer::{check_period, default_state_dir, SyncOptions, Syncer};
 use replica::transport::client::Target;
-use replica::transport::server::{is_loopback, serve_listener, ServerOptions, ServerShared};
+use replica::transport::server::{
+    discard_partials, is_loopback, resolve_listen, serve_listener, ServerOptions, ServerShared,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -272,6 +275,7 @@ fn sync_options(
         allow_empty_source: pass.allow_empty_source,
         xattrs: pass.xattrs,
         min_free: replica::transport::server::MinFree::Bytes(0),
+        command: "",
     }
 }
 
@@ -310,40 +314,61 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
+/// The checks of `Common` that need no side effect (before anything is touched).
+fn check_common(c: &Common) -> anyhow::Result<()> {
+    if let Some(p) = &c.log_file {
+        check_log_file(p).map_err(lib_err)?;
     }
-    #[cfg(not(unix))]
-    ctrl_c.await;
+    Ok(())
+}
+
+/// The operation log of a command; `progress` draws bars and the live
+/// window of recent operations on a terminal.
+fn reporter(c: &Common, progress: Option<&Progress>) -> anyhow::Result<Reporter> {
+    let v = verbosity(c);
+    let r = Reporter::new(c.log_file.as_deref(), v).map_err(lib_err)?;
+    Ok(match progress {
+        Some(p) => r
+            .with_progress(p.multi.clone())
+            .with_console_ops(ConsoleOps::detect(v, p.op_window())),
+        None => r.with_console_ops(ConsoleOps::detect(v, None)),
+    })
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    if a.dest.exists() && !a.dest.is_dir() {
+        return Err(usage(format!(
+            "{}: not a directory (serve keeps the replica in a directory; give a new or existing one)",
+            a.dest.display()
+        )));
+    }
+    let listen = resolve_listen("--listen", &a.listen).map_err(usage)?;
+    let status_addr = match &a.status_addr {
+        Some(s) => Some(resolve_listen("--status-addr", s).map_err(usage)?),
+        None => None,
+    };
+    let min_free = replica::transport::server::MinFree::parse(&a.min_free)
+        .map_err(|e| usage(e.to_string()))?;
+    if !is_loopback(&listen) && a.token.as_deref().unwrap_or("").is_empty() {
+        return Err(usage(format!(
+            "refusing to listen on non-loopback address {listen} without a token; pass --token or set REPLICA_TOKEN"
+        )));
+    }
+    if a.insecure_plaintext && !is_loopback(&listen) {
+        return Err(usage(format!(
+            "--insecure-plaintext is for loopback testing only; refusing to serve plaintext on {listen}"
+        )));
+    }
+    check_common(&a.common)?;
     let rt = runtime()?;
     let progress = Progress::new(!a.common.quiet);
-    let reporter = Arc::new(
-        Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common))
-            .context("cannot open the log file")?
-            .with_progress(progress.multi.clone()),
-    );
-    let state_dir = a.common.state_dir.clone().unwrap_or_else(default_state_dir);
+    let reporter = Arc::new(reporter(&a.common, Some(&progress))?);
     let opts = ServerOptions {
         dest: a.dest.clone(),
-        state_dir,
+        state_dir: a.common.state_dir.clone().unwrap_or_else(default_state_dir),
         token: a.token.clone(),
         fsync: a.common.fsync,
-        min_free: replica::transport::server::MinFree::parse(&a.min_free)
-            .map_err(|e| usage(e.to_string()))?,
+        min_free,
         tls: !a.insecure_plaintext,
         allowed_clients: a.allow_client.clone(),
         names: if a.portable_names {
@@ -355,19 +380,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         versions: versions_of(&a.common),
     };
     let listener = rt
-        .block_on(tokio::net::TcpListener::bind(&a.listen))
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    if !is_loopback(&addr) && a.token.as_deref().unwrap_or("").is_empty() {
-        return Err(usage(format!(
-            "refusing to listen on non-loopback address {addr} without a token; pass --token or set REPLICA_TOKEN"
-        )));
-    }
-    if a.insecure_plaintext && !is_loopback(&addr) {
-        return Err(usage(format!(
-            "--insecure-plaintext is for loopback testing only; refusing to serve plaintext on {addr}"
-        )));
-    }
     if let Some(v) = &opts.versions {
         // DIR inside DEST, around it or on another filesystem: a usage error.
         let dest = std::fs::create_dir_all(&a.dest)
@@ -375,13 +390,13 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot open {}", a.dest.display()))?;
         replica::versions::check_dir(&v.dir, &dest).map_err(|e| usage(e.to_string()))?;
     }
-    let shared = ServerShared::open(&opts, reporter.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shared = ServerShared::open(&opts, reporter.clone()).map_err(lib_err)?;
     match &shared.fingerprint {
         Some(fp) => println!("certificate fingerprint {fp}"),
         None => println!("WARNING: plaintext mode (--insecure-plaintext): traffic is neither encrypted nor authenticated; for loopback testing only"),
     }
     rt.spawn(shared.stats.clone().track_speed());
-    if let Some(sa) = &a.status_addr {
+    if let Some(sa) = status_addr {
         let l = rt
             .block_on(tokio::net::TcpListener::bind(sa))
             .with_context(|| format!("cannot listen on {sa} for status"))?;
@@ -398,8 +413,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let status_line = progress.server_status(shared.stats.clone());
-    rt.block_on(serve_listener(listener, shared, shutdown_signal()));
+    rt.block_on(serve_listener(listener, shared.clone(), async {
+        replica::shutdown::signal().await;
+    }));
     drop(status_line);
+    // Parts of large files kept for resuming live in this process only.
+    discard_partials(&shared, Duration::from_secs(5));
     reporter.info("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -424,125 +443,191 @@ fn lib_err(e: replica::Error) -> anyhow::Error {
     }
 }
 
-/// One pass, with a scanning spinner and a transfer bar on a terminal.
-fn pass_with_progress(
-    syncer: &mut Syncer,
-    progress: &Progress,
-) -> replica::Result<replica::report::PassSummary> {
-    let counter = Arc::new(replica::tree::ScanCounter::default());
-    let scan = {
-        let _spinner = progress.scanning(counter.clone());
-        syncer.scan_counting(Some(counter))?
+/// Says that a pass was cut off and what it had done.
+fn say_interrupted(
+    reporter: &Reporter,
+    before: &replica::report::OpCounts,
+    sig: Signal,
+    local: bool,
+) {
+    let done = reporter.counts().since(before).describe();
+    let done = if done.is_empty() {
+        "nothing changed yet".to_string()
+    } else {
+        format!("done before stopping: {done}")
     };
-    let bar = progress.transfer();
-    let result = syncer.pass_with(&scan, Some(&bar));
-    bar.finish();
-    result
+    let temps = if local {
+        "no temporary file left behind"
+    } else {
+        "the server discards what was in flight (a large file resumes next time)"
+    };
+    reporter.always(&format!(
+        "interrupted ({}): {done}; {temps}; run the command again to finish",
+        match sig {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        }
+    ));
+}
+
+/// Watches for signals during `sync`: the first stops the pass in
+/// progress (a local one finishes or discards the file in flight; a
+/// remote one is cut off at once, the server keeping or removing its
+/// temporary files), a second ends the process.
+fn sync_signals(
+    rt: &tokio::runtime::Runtime,
+    syncer: &Syncer,
+    reporter: &Arc<Reporter>,
+    progress: &Progress,
+    in_pass: &Arc<std::sync::atomic::AtomicBool>,
+) -> Stop {
+    let stopper = syncer.stopper();
+    let (reporter, multi, in_pass) = (reporter.clone(), progress.multi.clone(), in_pass.clone());
+    let before = reporter.counts();
+    watch_signals(rt.handle(), move |sig| {
+        if stopper.stop() || !in_pass.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let _ = multi.clear();
+        say_interrupted(&reporter, &before, sig, false);
+        replica::progress::restore_terminal();
+        std::process::exit(i32::from(sig.exit_code()));
+    })
 }
 
 fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
-    let rt = runtime()?;
     let target = Target::parse(&a.target).map_err(usage)?;
-    let progress = Progress::new(!a.common.quiet);
-    let reporter = Arc::new(
-        Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common))
-            .context("cannot open the log file")?
-            .with_progress(progress.multi.clone()),
-    );
+    if let Some(p) = a.every {
+        check_period("--every", p).map_err(lib_err)?;
+    }
     let bw = bandwidth(&a.remote, std::slice::from_ref(&target))?;
     check_versions(&a.common, std::slice::from_ref(&target))?;
-    let opts = sync_options(&a.src, target, &a.remote, &a.pass, &a.common, a.dry_run, bw);
-    let mut syncer = Syncer::new(opts, reporter.clone(), rt.handle().clone()).map_err(lib_err)?;
-    let Some(period) = a.every else {
-        let s = pass_with_progress(&mut syncer, &progress).map_err(lib_err)?;
-        syncer.close();
-        reporter.always(&s.line());
-        if let Some(why) = &s.stats.stopped {
-            reporter.error(why);
-        }
-        return Ok(if s.failed() {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        });
+    check_common(&a.common)?;
+    let rt = runtime()?;
+    let progress = Progress::new(!a.common.quiet);
+    let reporter = Arc::new(reporter(&a.common, Some(&progress))?);
+    let opts = SyncOptions {
+        command: "sync",
+        ..sync_options(&a.src, target, &a.remote, &a.pass, &a.common, a.dry_run, bw)
     };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        rt.spawn(async move {
-            shutdown_signal().await;
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
-    }
-    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
-    while !stopped() {
+    let mut syncer = Syncer::new(opts, reporter.clone(), rt.handle().clone()).map_err(lib_err)?;
+    let in_pass = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = sync_signals(&rt, &syncer, &reporter, &progress, &in_pass);
+    let mut last_failed;
+    loop {
         let started = std::time::Instant::now();
-        match pass_with_progress(&mut syncer, &progress) {
-            Ok(s) => {
-                reporter.always(&s.line());
-                if let Some(why) = &s.stats.stopped {
-                    reporter.error(why);
-                }
+        let before = reporter.counts();
+        in_pass.store(true, std::sync::atomic::Ordering::Relaxed);
+        let result = progress.pass(&mut syncer, &stop);
+        in_pass.store(false, std::sync::atomic::Ordering::Relaxed);
+        match (result, stop.signal()) {
+            (Err(_), Some(sig)) => {
+                syncer.abandon();
+                say_interrupted(&reporter, &before, sig, syncer.is_local());
+                return Ok(ExitCode::from(sig.exit_code()));
             }
-            Err(e) => reporter.error(&format!("pass failed: {e}; retrying at the next period")),
+            (Ok(r), _) => last_failed = report_pass(&reporter, &r),
+            (Err(e), None) if a.every.is_none() => return Err(lib_err(e)),
+            (Err(e), None) => {
+                last_failed = true;
+                reporter.error(&format!("pass failed: {e}; retrying at the next period"));
+            }
         }
-        while !stopped() && started.elapsed() < period {
+        let Some(period) = a.every else { break };
+        while !stop.is_set() && started.elapsed() < period {
             std::thread::sleep(Duration::from_millis(50).min(period));
+        }
+        if stop.is_set() {
+            break;
         }
     }
     syncer.close();
-    Ok(ExitCode::SUCCESS)
+    Ok(if last_failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Prints a pass's summary (and why it stopped early); true if it failed.
+fn report_pass(reporter: &Reporter, r: &PassReport) -> bool {
+    reporter.summary(r);
+    if let Some(why) = &r.summary.stats.stopped {
+        reporter.error(why);
+    }
+    r.failed()
 }
 
 fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
-    let rt = runtime()?;
-    let reporter = Arc::new(
-        Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common))
-            .context("cannot open the log file")?,
-    );
-    let mut syncers = Vec::new();
-    let parsed = a
+    let targets = a
         .targets
         .iter()
         .map(|t| Target::parse(t).map_err(usage))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let bw = bandwidth(&a.remote, &parsed)?;
-    check_versions(&a.common, &parsed)?;
-    for (t, target) in a.targets.iter().zip(parsed) {
-        let opts = sync_options(
-            &a.src,
-            target,
-            &a.remote,
-            &a.pass,
-            &a.common,
-            false,
-            bw.clone(),
-        );
+    check_period("--rescan-every", a.rescan_every).map_err(lib_err)?;
+    let bw = bandwidth(&a.remote, &targets)?;
+    check_versions(&a.common, &targets)?;
+    check_common(&a.common)?;
+    let rt = runtime()?;
+    let reporter = Arc::new(reporter(&a.common, None)?);
+    let mut syncers = Vec::new();
+    for (t, target) in a.targets.iter().zip(targets) {
+        let opts = SyncOptions {
+            command: "watch",
+            ..sync_options(
+                &a.src,
+                target,
+                &a.remote,
+                &a.pass,
+                &a.common,
+                false,
+                bw.clone(),
+            )
+        };
         let prefix = if a.targets.len() > 1 {
             format!("[{t}] ")
         } else {
             String::new()
         };
-        let r = Arc::new(
-            Reporter::new(a.common.log_file.as_deref(), verbosity(&a.common))?.with_prefix(prefix),
-        );
+        let r = Arc::new(reporter_for(&a.common)?.with_prefix(prefix));
         syncers.push(Syncer::new(opts, r, rt.handle().clone()).map_err(lib_err)?);
     }
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        rt.spawn(async move {
-            shutdown_signal().await;
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
-    }
+    let health: Vec<_> = syncers.iter().map(|s| s.health.clone()).collect();
+    let stoppers: Vec<_> = syncers.iter().map(Syncer::stopper).collect();
+    let stop_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let stop_flag = stop_flag.clone();
+        watch_signals(rt.handle(), move |_| {
+            stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            for s in &stoppers {
+                s.stop();
+            }
+        })
+    };
     let opts = replica::watch::WatchOptions {
         rescan_every: a.rescan_every,
         ..Default::default()
     };
-    replica::watch::watch(syncers, opts, stop).map_err(lib_err)?;
+    replica::watch::watch(syncers, opts, stop_flag).map_err(lib_err)?;
+    if let Some(why) = health.iter().find_map(|h| h.fatal()) {
+        return Err(anyhow::anyhow!("watch stopped: {why}"));
+    }
+    let sig = stop.signal();
+    if let Some(sig) = sig.filter(|_| health.iter().any(|h| h.was_interrupted())) {
+        reporter.always("interrupted: a pass was cut off; the next run completes it");
+        return Ok(ExitCode::from(sig.exit_code()));
+    }
     reporter.info("stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(if health.iter().any(|h| h.failing()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A reporter for one of `watch`'s targets.
+fn reporter_for(c: &Common) -> anyhow::Result<Reporter> {
+    reporter(c, None)
 }
 
 fn status(
@@ -554,15 +639,16 @@ fn status(
     let Target::Remote(addr) = Target::parse(server).map_err(usage)? else {
         return Err(usage(format!("{server}: expected replica://HOST:PORT")));
     };
-    let rt = runtime()?;
     let so = SyncOptions {
         token: remote.token,
         fingerprint: remote.fingerprint,
         insecure_plaintext: remote.insecure_plaintext,
         state_dir: state_dir.unwrap_or_else(default_state_dir),
+        command: "status",
         ..Default::default()
     };
     let co = replica::syncer::client_connect_options(&so, &addr).map_err(lib_err)?;
+    let rt = runtime()?;
     let text = rt
         .block_on(replica::transport::client::query_status(&addr, &co))
         .map_err(lib_err)?;

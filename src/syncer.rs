@@ -1,12 +1,14 @@
 //! The client's driver: safety rails, state locations, connecting (over
 //! TCP or to an in-process server for a local target), running passes with
-//! reconnection, and repeating passes for `--every`.
+//! reconnection, and stopping a pass on request (a signal): the in-process
+//! server of a local target finishes or discards the file in flight and
+//! leaves no temporary file behind.
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::index::SourceIndex;
 use crate::protocol::PassOptions;
-use crate::report::{PassSummary, Reporter};
+use crate::report::{PassReport, PassSummary, Reporter};
 use crate::session::client::{ClientLink, ClientPass, PassObserver};
 use crate::transport::client::{connect, connect_local, ConnectOptions, Target};
 use crate::transport::server::{ServerOptions, ServerShared};
@@ -36,6 +38,8 @@ pub struct SyncOptions {
     pub insecure_plaintext: bool,
     /// The server certificate's expected fingerprint (else trust on first use).
     pub fingerprint: Option<String>,
+    /// The command (`sync`, `watch`), told to a server.
+    pub command: &'static str,
     /// `--xattrs`: replicate `user.*` extended attributes.
     pub xattrs: bool,
     /// `--versions DIR` for a local target (a server has its own).
@@ -142,11 +146,12 @@ pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectO
             token: opts.token.clone(),
             pin: None,
             identity: None,
+            command: opts.command,
             bwlimit: opts.bwlimit.clone(),
         });
     }
     let pin = match &opts.fingerprint {
-        Some(fp) => Pin::Exact(fp.clone()),
+        Some(fp) => Pin::Exact(check_fingerprint(fp)?),
         None => Pin::TrustOnFirstUse {
             known_hosts: known_hosts(&opts.state_dir),
             host: addr.to_string(),
@@ -157,8 +162,33 @@ pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectO
         token: opts.token.clone(),
         pin: Some(pin),
         identity,
+        command: opts.command,
         bwlimit: opts.bwlimit.clone(),
     })
+}
+
+/// A `--fingerprint` as typed, checked before anything connects.
+pub fn check_fingerprint(fp: &str) -> Result<String> {
+    crate::transport::tls::normalize_fingerprint(fp).map_err(|reason| {
+        Error::Usage(format!(
+            "--fingerprint {fp}: {reason} (expected blake3: followed by 64 hex digits, as `replica serve` prints it)"
+        ))
+    })
+}
+
+/// The shortest `--every` and `--rescan-every` accepted: below it a
+/// period is a mistake (a busy loop), not a schedule.
+pub const MIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Refuses a zero or absurdly small period given to `flag`.
+pub fn check_period(flag: &str, d: std::time::Duration) -> Result<()> {
+    if d < MIN_PERIOD {
+        return Err(Error::Usage(format!(
+            "{flag} {}: too short; give at least 1s (e.g. {flag} 30s)",
+            humantime::format_duration(d)
+        )));
+    }
+    Ok(())
 }
 
 /// A client bound to one source and one target, keeping its connection and
@@ -179,6 +209,112 @@ pub struct Syncer {
     /// Set by `watch` when newer changes wait for this target.
     pub preempt: Option<Arc<std::sync::atomic::AtomicBool>>,
     saved_digests: crate::session::client::SavedDigests,
+    /// The empty stand-in for a dry run's missing destination.
+    _scratch: Option<Scratch>,
+    /// How this target is doing (watch).
+    pub health: Arc<TargetHealth>,
+}
+
+/// An empty directory standing in for a destination that does not exist,
+/// so that a dry run creates nothing; removed (with the index made for it)
+/// when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        let base = std::env::temp_dir();
+        for n in 0u32.. {
+            let p = base.join(format!("replica-dry-run-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&p) {
+                Ok(()) => {
+                    std::fs::create_dir(p.join("dest")).map_err(|e| Error::io(&p, e))?;
+                    return Ok(Scratch(p));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(&p, e)),
+            }
+        }
+        unreachable!("some scratch name is free")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How a target of `watch` is doing, readable after the watch ends.
+#[derive(Debug, Default)]
+pub struct TargetHealth {
+    /// The last pass failed (transiently); cleared by a pass that works.
+    failing: std::sync::atomic::AtomicBool,
+    /// Why the target was given up for good.
+    fatal: std::sync::Mutex<Option<String>>,
+    /// A pass was cut off by a signal.
+    interrupted: std::sync::atomic::AtomicBool,
+}
+
+impl TargetHealth {
+    /// A transient failure: to be retried.
+    pub fn fail_for_now(&self) {
+        self.failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A permanent failure: the target is given up.
+    pub fn fail_for_good(&self, why: String) {
+        *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// A pass worked; true if the previous one had failed.
+    pub fn recovered(&self) -> bool {
+        self.failing
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the last pass failed.
+    pub fn failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A pass was cut off by a signal.
+    pub fn interrupt(&self) {
+        self.interrupted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn was_interrupted(&self) -> bool {
+        self.interrupted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the target was given up, if it was.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Stops a running pass from another thread (a signal handler).
+#[derive(Clone)]
+pub struct PassStopper {
+    local: Option<Arc<ServerShared>>,
+}
+
+impl PassStopper {
+    /// Asks the pass to stop after the file in flight. True when it will
+    /// (a local target); false when only dropping the connection can stop
+    /// it (a server keeps or removes its own temporary files then).
+    pub fn stop(&self) -> bool {
+        match &self.local {
+            Some(shared) => {
+                shared
+                    .shutdown
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Syncer {
@@ -192,6 +328,10 @@ impl Syncer {
             .clone()
             .ok_or_else(|| Error::Usage("no target given".into()))?;
         let (src, dest) = check_paths(&opts.src, &target, opts.force)?;
+        if let Target::Remote(addr) = &target {
+            // A bad --fingerprint is a usage mistake: caught before connecting.
+            client_connect_options(&opts, addr)?;
+        }
         let filter =
             Filter::for_source(&src, &opts.excludes).map_err(|e| Error::Usage(e.to_string()))?;
         let id =
@@ -208,11 +348,19 @@ impl Syncer {
                 None
             }
         };
+        let scratch = match &dest {
+            Some(d) if opts.dry_run && !d.exists() => Some(Scratch::new()?),
+            _ => None,
+        };
         let local = match &dest {
             Some(d) => {
+                let (dest, state_dir) = match &scratch {
+                    Some(s) => (s.0.join("dest"), s.0.join("state")),
+                    None => (d.clone(), opts.state_dir.clone()),
+                };
                 let so = ServerOptions {
-                    dest: d.clone(),
-                    state_dir: opts.state_dir.clone(),
+                    dest,
+                    state_dir,
                     token: None,
                     fsync: opts.fsync,
                     min_free: opts.min_free,
@@ -240,7 +388,32 @@ impl Syncer {
             hold: None,
             preempt: None,
             saved_digests: Default::default(),
+            _scratch: scratch,
+            health: Arc::default(),
         })
+    }
+
+    /// Whether the target is a local directory (served in-process).
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// A handle that stops this syncer's running pass from another thread.
+    pub fn stopper(&self) -> PassStopper {
+        PassStopper {
+            local: self.local.clone(),
+        }
+    }
+
+    /// After a stopped pass: drops the connection and, for a local target,
+    /// waits for the in-process server to let go of the replica and removes
+    /// the temporary files it kept for resuming (nothing will resume them
+    /// once this process ends).
+    pub fn abandon(&mut self) {
+        self.disconnect();
+        if let Some(shared) = &self.local {
+            crate::transport::server::discard_partials(shared, std::time::Duration::from_secs(30));
+        }
     }
 
     pub fn target(&self) -> &Target {
@@ -322,6 +495,24 @@ impl Syncer {
         &mut self,
         scan: &SourceScan,
         observer: Option<&dyn PassObserver>,
+    ) -> Result<PassReport> {
+        let started = std::time::Instant::now();
+        let before = self.reporter.counts();
+        self.reporter.pass_started();
+        let result = self.pass_summary(scan, observer);
+        self.reporter.pass_finished();
+        Ok(PassReport {
+            summary: result?,
+            counts: self.reporter.counts().since(&before),
+            elapsed: started.elapsed(),
+            local: self.local.is_some(),
+        })
+    }
+
+    fn pass_summary(
+        &mut self,
+        scan: &SourceScan,
+        observer: Option<&dyn PassObserver>,
     ) -> Result<PassSummary> {
         for w in &scan.warnings {
             self.reporter.warn(&w.to_string());
@@ -386,9 +577,12 @@ impl Syncer {
     }
 
     /// Scans, then runs one pass.
-    pub fn pass(&mut self, observer: Option<&dyn PassObserver>) -> Result<PassSummary> {
+    pub fn pass(&mut self, observer: Option<&dyn PassObserver>) -> Result<PassReport> {
+        let started = std::time::Instant::now();
         let scan = self.scan()?;
-        self.pass_with(&scan, observer)
+        let mut report = self.pass_with(&scan, observer)?;
+        report.elapsed = started.elapsed();
+        Ok(report)
     }
 
     /// Ends the session politely.

@@ -188,7 +188,7 @@ fn large_file_cut_midway_resumes_where_it_stopped() {
 
     let run = sync_to(&s.src, &server, &client_state);
     assert_converged(&s.src, &s.dest, &run);
-    let sent = summary_number(&run.stdout, "content: ").expect("summary");
+    let sent = summary_number(&run.stdout, "content_sent").expect("summary");
     assert!(
         sent + (6 << 20) <= SIZE as u64,
         "the resumed pass sent {sent} B of {SIZE} (the server held at least 8 MiB):\n{}",

@@ -491,7 +491,7 @@ fn every_repeats_passes_until_sigterm() {
         "--state-dir".as_ref(),
         env.state.as_os_str(),
         "--every".as_ref(),
-        "100ms".as_ref(),
+        "1s".as_ref(),
     ]);
     assert!(
         poll_until(DEADLINE, || fs::read(env.dst.join("a")).ok().as_deref()
@@ -507,6 +507,12 @@ fn every_repeats_passes_until_sigterm() {
         p.describe()
     );
     assert!(p.alive(), "{}", p.describe());
+    // Between passes (a signal during one cuts it off: exit 143).
+    assert!(
+        poll_until(DEADLINE, || p.stdout().matches(" summary: ").count() >= 2),
+        "{}",
+        p.describe()
+    );
     p.terminate();
     let status = p.wait_exit(DEADLINE).expect("still running after SIGTERM");
     assert_eq!(status.code(), Some(0), "{}", p.describe());

@@ -198,7 +198,7 @@ fn wrong_token_is_refused_and_nothing_is_written() {
     let r = env.sync(&[]);
     r.assert_code(1);
     assert!(
-        r.stderr.contains("wrong token"),
+        r.stderr.contains("requires a token") && r.stderr.contains("--token"),
         "no token at all: {}",
         r.describe()
     );

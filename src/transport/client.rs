@@ -23,15 +23,23 @@ pub enum Target {
 }
 
 impl Target {
-    /// Parses `replica://HOST:PORT` or a local path.
+    /// Parses `replica://HOST:PORT` or a local path. Something that looks
+    /// like an address but is not a `replica://` one (`http://h:7420`,
+    /// `h:7420`, `replica:/h:7420`) is refused with the likely fix rather
+    /// than taken for a directory name; `./NAME` still names a local one.
     pub fn parse(s: &str) -> std::result::Result<Target, String> {
         let Some(rest) = s.strip_prefix("replica://") else {
-            return Ok(Target::Local(s.into()));
+            return match looks_remote(s) {
+                Some(addr) => Err(format!(
+                    "{s}: not a replica target; did you mean replica://{addr}? (a local directory: ./{s})"
+                )),
+                None => Ok(Target::Local(s.into())),
+            };
         };
         let rest = rest.trim_end_matches('/');
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s}: expected replica://HOST:PORT"))?;
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+            format!("{s}: no port; expected replica://HOST:PORT, e.g. replica://{rest}:7420")
+        })?;
         if host.is_empty()
             || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']')))
         {
@@ -40,7 +48,7 @@ impl Target {
             ));
         }
         port.parse::<u16>()
-            .map_err(|_| format!("{s}: bad port {port:?}"))?;
+            .map_err(|_| format!("{s}: bad port {port:?} (expected a number up to 65535)"))?;
         Ok(Target::Remote(rest.to_string()))
     }
 
@@ -52,6 +60,41 @@ impl Target {
     }
 }
 
+/// The `HOST:PORT` a string seems meant to reach, when it looks like an
+/// address rather than a path: another scheme (`http://h:7420/`), a
+/// misspelt `replica:/h:7420` or `replica:h:7420`, or a bare `h:7420`
+/// (no path separator, a numeric port).
+fn looks_remote(s: &str) -> Option<String> {
+    if let Some((scheme, rest)) = s.split_once("://") {
+        let plain_scheme = !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+        if plain_scheme {
+            let addr = rest.split('/').next().unwrap_or("");
+            return Some(if addr.is_empty() {
+                "HOST:PORT".into()
+            } else {
+                addr.into()
+            });
+        }
+    }
+    if let Some(rest) = s.strip_prefix("replica:") {
+        return Some(rest.trim_start_matches('/').trim_end_matches('/').into());
+    }
+    if s.contains(['/', '\\']) {
+        return None;
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let numeric = !port.is_empty() && port.len() <= 5 && port.chars().all(|c| c.is_ascii_digit());
+    let hostish = !host.is_empty()
+        && (host.starts_with('[') && host.ends_with(']')
+            || host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)));
+    (numeric && hostish).then(|| s.to_string())
+}
+
 /// Client-side connection settings.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
@@ -61,18 +104,26 @@ pub struct ConnectOptions {
     pub pin: Option<super::tls::Pin>,
     /// The client's own certificate, presented to servers with an allow-list.
     pub identity: Option<super::tls::ServerIdentity>,
+    /// The command connecting (`sync`, `watch`), told to the server so that
+    /// another client it turns away can be told who holds the destination.
+    pub command: &'static str,
     /// `--bwlimit`: paces what this client writes to the socket.
     pub bwlimit: Option<Arc<super::throttle::Bandwidth>>,
 }
 
-fn hello(token: &Option<String>, compress: bool) -> Hello {
+fn hello(opts: &ConnectOptions, compress: bool) -> Hello {
+    let token = &opts.token;
+    let client = match opts.command {
+        "" => format!("replica {}", env!("CARGO_PKG_VERSION")),
+        c => format!("replica {} {c}", env!("CARGO_PKG_VERSION")),
+    };
     Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         chunker: CHUNKER_VERSION,
         token: token.clone().unwrap_or_default(),
         compress,
-        client: format!("replica {}", env!("CARGO_PKG_VERSION")),
+        client,
         purpose: Purpose::Sync,
     }
 }
@@ -103,12 +154,32 @@ async fn handshake(
             counters,
             peer.to_string(),
         )),
-        Ok(HelloReply::Refused { reason }) => Err(Error::Refused {
-            peer: peer.to_string(),
-            reason,
-        }),
+        Ok(HelloReply::Refused { reason }) => Err(refusal(peer, reason)),
         Ok(HelloReply::Status { .. }) => Err(Error::protocol(peer, "status reply to a sync hello")),
         Err(e) => Err(Error::protocol(peer, e.to_string())),
+    }
+}
+
+/// A server's refusal, for good or for now (see [`super::server::refusal_is_permanent`]).
+fn refusal(peer: &str, reason: String) -> Error {
+    let peer = peer.to_string();
+    if super::server::refusal_is_permanent(&reason) {
+        Error::Denied { peer, reason }
+    } else {
+        Error::Refused { peer, reason }
+    }
+}
+
+/// A failed TLS handshake: a certificate that is not the one trusted is
+/// final; anything else (a reset mid-handshake) may pass on a retry.
+fn tls_refusal(peer: &str, e: super::tls::TlsError) -> Error {
+    use super::tls::TlsError::*;
+    let (peer, reason) = (peer.to_string(), e.to_string());
+    match e {
+        FingerprintChanged { .. } | FingerprintMismatch { .. } | InvalidFingerprint { .. } => {
+            Error::Denied { peer, reason }
+        }
+        KnownHosts { .. } | Handshake(_) | Identity(_) => Error::Refused { peer, reason },
     }
 }
 
@@ -147,10 +218,7 @@ async fn dial(
         Some(pin) => {
             let (s, trust) = super::tls::connect_tls_with(s, pin, opts.identity.as_ref())
                 .await
-                .map_err(|e| Error::Refused {
-                    peer: peer.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| tls_refusal(&peer, e))?;
             Ok((s, counters, Some(trust)))
         }
     }
@@ -163,7 +231,7 @@ pub async fn connect(
 ) -> Result<(ClientLink, Option<super::tls::ServerTrust>)> {
     let peer = format!("replica://{addr}");
     let (s, counters, trust) = dial(addr, opts).await?;
-    let link = handshake(s, &peer, hello(&opts.token, true), counters).await?;
+    let link = handshake(s, &peer, hello(opts, true), counters).await?;
     Ok((link, trust))
 }
 
@@ -193,7 +261,7 @@ const LOCAL_CLIENT_QUEUE: usize = 4;
 pub async fn query_status(addr: &str, opts: &ConnectOptions) -> Result<String> {
     let peer = format!("replica://{addr}");
     let (mut s, _, _) = dial(addr, opts).await?;
-    let mut h = hello(&opts.token, false);
+    let mut h = hello(opts, false);
     h.purpose = Purpose::Status;
     send_plain(&mut s, &h).await.map_err(|e| Error::Net {
         peer: peer.clone(),
@@ -201,7 +269,7 @@ pub async fn query_status(addr: &str, opts: &ConnectOptions) -> Result<String> {
     })?;
     match recv_plain::<HelloReply>(&mut s, Duration::from_secs(30)).await {
         Ok(HelloReply::Status { json }) => Ok(json),
-        Ok(HelloReply::Refused { reason }) => Err(Error::Refused { peer, reason }),
+        Ok(HelloReply::Refused { reason }) => Err(refusal(&peer, reason)),
         Ok(HelloReply::Welcome { .. }) => Err(Error::protocol(&peer, "unexpected welcome")),
         Err(e) => Err(Error::protocol(&peer, e.to_string())),
     }
@@ -232,5 +300,36 @@ mod tests {
             Target::parse("some/dir"),
             Ok(Target::Local("some/dir".into()))
         );
+    }
+
+    #[test]
+    fn addresses_are_not_taken_for_directories() {
+        for (typed, meant) in [
+            ("http://127.0.0.1:7420", "replica://127.0.0.1:7420?"),
+            ("https://nas.local:7420/", "replica://nas.local:7420?"),
+            ("127.0.0.1:7420", "replica://127.0.0.1:7420?"),
+            ("host:7420", "replica://host:7420?"),
+            ("[::1]:7420", "replica://[::1]:7420?"),
+            ("replica:/host:7420", "replica://host:7420?"),
+            ("replica:host:7420", "replica://host:7420?"),
+        ] {
+            let e = Target::parse(typed).unwrap_err();
+            assert!(e.contains(&format!("did you mean {meant}")), "{typed}: {e}");
+            assert!(e.contains(&format!("./{typed}")), "{typed}: {e}");
+        }
+        for local in [
+            "./host:7420",
+            "dir/host:7420",
+            "host",
+            "notes:v2",
+            "C:\\data",
+            "a:b:c",
+        ] {
+            assert_eq!(
+                Target::parse(local),
+                Ok(Target::Local(local.into())),
+                "{local}"
+            );
+        }
     }
 }

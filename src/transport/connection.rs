@@ -7,6 +7,7 @@
 //! [`KEEPALIVE`] of silence, the reader drops the link after [`IDLE_LIMIT`]
 //! without any frame.
 
+use crate::protocol::frame::FrameError;
 use crate::protocol::{decode, encode, read_frame, write_frame};
 pub use crate::session::link::{link_pair, Counters, Link};
 use crate::session::link::{Broken, LinkError};
@@ -94,6 +95,14 @@ pub async fn send_plain<T: Serialize>(s: &mut BoxStream, msg: &T) -> std::io::Re
 /// Largest handshake message accepted (before authentication).
 pub const MAX_HELLO: usize = 64 * 1024;
 
+/// Whether a frame length is really the start of an HTTP request or
+/// reply (`GET `, `POST`, `HTTP`) read as one.
+fn speaks_http(len: u64) -> bool {
+    [*b"GET ", *b"POST", *b"HEAD", *b"HTTP"]
+        .iter()
+        .any(|w| u64::from(u32::from_le_bytes(*w)) == len)
+}
+
 /// Reads one handshake message (uncompressed), within `limit`.
 pub async fn recv_plain<T: DeserializeOwned>(
     s: &mut BoxStream,
@@ -107,6 +116,7 @@ pub async fn recv_plain<T: DeserializeOwned>(
     .await
     {
         Err(_) => Err(LinkError::HandshakeTimeout),
+        Ok(Err(FrameError::TooLarge(n))) if speaks_http(n) => Err(LinkError::Http),
         Ok(Err(e)) => Err(LinkError::Frame(e.to_string())),
         Ok(Ok(false)) => Err(LinkError::ClosedInHandshake),
         Ok(Ok(true)) => decode(&buf).map_err(LinkError::Decode),

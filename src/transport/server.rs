@@ -36,6 +36,8 @@ const SERVER_CAPS: LinkCaps = LinkCaps {
 pub struct ServerShared {
     pub state: Mutex<ServerState>,
     pub busy: AtomicBool,
+    /// Who holds the destination while `busy` (told to clients turned away).
+    pub holder: Mutex<Option<Holder>>,
     pub token: Option<String>,
     pub reporter: Arc<Reporter>,
     pub stats: Arc<ServerStats>,
@@ -138,6 +140,7 @@ impl ServerShared {
         Ok(Arc::new(ServerShared {
             state: Mutex::new(state),
             busy: AtomicBool::new(false),
+            holder: Mutex::new(None),
             token: opts.token.clone().filter(|t| !t.is_empty()),
             reporter,
             stats,
@@ -151,6 +154,24 @@ impl ServerShared {
             bwlimit: opts.bwlimit.clone(),
         }))
     }
+}
+
+/// Reasons a client is refused for good (retrying unchanged cannot help);
+/// clients tell them from "busy" or "shutting down" by these texts, which
+/// only this module writes.
+const PERMANENT_REFUSALS: [&str; 7] = [
+    "not a replica client",
+    "protocol version",
+    "chunker version",
+    "wrong token",
+    "this server requires a token",
+    "--allow-client list",
+    "this server requires TLS",
+];
+
+/// Whether a refusal's reason is one retrying cannot change.
+pub fn refusal_is_permanent(reason: &str) -> bool {
+    PERMANENT_REFUSALS.iter().any(|p| reason.contains(p))
 }
 
 /// Checks a hello; the error is the reason sent back. With a token set, a
@@ -180,6 +201,14 @@ fn check_hello(
     let cert_ok = client_fp.is_some_and(|fp| allowed.iter().any(|a| a == fp));
     if let Some(t) = token {
         // blake3::Hash compares in constant time.
+        if h.token.is_empty() && !cert_ok {
+            let or_cert = if allowed.is_empty() {
+                ""
+            } else {
+                " (or connect from a client whose `replica identity` is on its --allow-client list)"
+            };
+            return Err(format!("this server requires a token: pass --token TOKEN or set REPLICA_TOKEN (the secret the server was started with){or_cert}"));
+        }
         if blake3::hash(t.as_bytes()) != blake3::hash(h.token.as_bytes()) && !cert_ok {
             return Err("wrong token".into());
         }
@@ -218,6 +247,7 @@ pub async fn accept_session(
         return;
     }
     if hello.purpose == Purpose::Status {
+        // Only sessions count as clients; this status request is not one.
         let json = shared.stats.snapshot().to_json();
         let _ = send_plain(&mut s, &HelloReply::Status { json }).await;
         return;
@@ -232,7 +262,7 @@ pub async fn accept_session(
         .await;
         return;
     }
-    if let Err(reason) = claim(&shared) {
+    if let Err(reason) = claim_for(&shared, &peer, &hello.client) {
         shared.reporter.warn(&format!("{peer}: refused: {reason}"));
         let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
         return;
@@ -242,7 +272,7 @@ pub async fn accept_session(
         server: format!("replica {}", env!("CARGO_PKG_VERSION")),
     };
     if send_plain(&mut s, &welcome).await.is_err() {
-        shared.busy.store(false, Ordering::Release);
+        release(&shared);
         return;
     }
     shared
@@ -253,31 +283,109 @@ pub async fn accept_session(
     run_session(link, peer, shared).await
 }
 
+/// Who holds a destination: the peer, its client text and since when.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub peer: String,
+    pub client: String,
+    pub since: std::time::SystemTime,
+}
+
+impl Holder {
+    /// `` `replica watch` from 127.0.0.1:50312, since 2026-12-02 10:31:02 UTC, 12m 04s ago ``.
+    fn describe(&self) -> String {
+        let what = match self.client.rsplit(' ').next() {
+            Some(c @ ("watch" | "sync")) => format!("`replica {c}`"),
+            _ if self.client.is_empty() => "a local sync".into(),
+            _ => self.client.clone(),
+        };
+        let since = time::OffsetDateTime::from(self.since)
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+            ))
+            .unwrap_or_default();
+        let ago = self.since.elapsed().unwrap_or_default();
+        format!(
+            "{what} from {}, since {since}, {} ago",
+            self.peer,
+            crate::report::human_duration(Duration::from_secs(ago.as_secs()))
+        )
+    }
+}
+
 /// Takes the destination for one session (one at a time per DEST).
 pub(crate) fn claim(shared: &ServerShared) -> std::result::Result<(), String> {
-    shared
+    claim_for(shared, "local", "")
+}
+
+/// Takes the destination for `peer`'s session, or says who holds it.
+fn claim_for(shared: &ServerShared, peer: &str, client: &str) -> std::result::Result<(), String> {
+    let mut holder = shared.holder.lock().unwrap_or_else(|e| e.into_inner());
+    if shared
         .busy
         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-        .map(|_| ())
-        .map_err(|_| {
-            format!(
-                "another client is already syncing {}; try again when it is done",
-                shared.dest.display()
-            )
-        })
+        .is_err()
+    {
+        let who = holder
+            .as_ref()
+            .map(|h| format!(" ({})", h.describe()))
+            .unwrap_or_default();
+        let hint = if who.contains("`replica watch`") {
+            "a watch keeps it until it is stopped: stop that watch, or add this target to it"
+        } else {
+            "try again when it is done"
+        };
+        return Err(format!(
+            "{} is already in use by another client{who}; {hint}",
+            shared.dest.display()
+        ));
+    }
+    *holder = Some(Holder {
+        peer: peer.to_string(),
+        client: client.to_string(),
+        since: std::time::SystemTime::now(),
+    });
+    Ok(())
+}
+
+/// Empties the holder and frees the destination.
+fn release(shared: &ServerShared) {
+    let mut holder = shared.holder.lock().unwrap_or_else(|e| e.into_inner());
+    *holder = None;
+    shared.busy.store(false, Ordering::Release);
+}
+
+/// Removes the temporary files of large files kept for resuming: called
+/// when nothing will resume them (the process is stopping). Waits up to
+/// `limit` for a running session to let go of the replica; false if it
+/// did not.
+pub fn discard_partials(shared: &ServerShared, limit: Duration) -> bool {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        if let Ok(st) = shared.state.try_lock() {
+            st.partials.forget_older_than(u64::MAX);
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Runs a claimed session to its end on a blocking thread, then frees the
 /// destination and logs how it ended.
 pub(crate) async fn run_session(link: ServerLink, peer: String, shared: Arc<ServerShared>) {
     shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
+    shared.stats.clients.fetch_add(1, Ordering::Relaxed);
     let sh = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
         let state = sh.state.lock().unwrap_or_else(|e| e.into_inner());
         serve_session(&link, &state)
     })
     .await;
-    shared.busy.store(false, Ordering::Release);
+    shared.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    release(&shared);
     release_free_memory();
     match result {
         Ok(Ok(())) => shared.reporter.info(&format!("session from {peer} ended")),
@@ -331,14 +439,12 @@ pub async fn serve_listener(
                 }
                 let _ = tcp.set_nodelay(true);
                 shared.conns.fetch_add(1, Ordering::Relaxed);
-                shared.stats.clients.fetch_add(1, Ordering::Relaxed);
                 let sh = shared.clone();
                 tokio::spawn(async move {
                     if let Some((s, fp)) = secure(tcp, addr, &sh).await {
                         accept_session(s, addr.to_string(), sh.clone(), fp).await;
                     }
                     sh.conns.fetch_sub(1, Ordering::Relaxed);
-                    sh.stats.clients.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         }
@@ -409,6 +515,40 @@ async fn secure(
     }
 }
 
+/// The port `--listen HOST` gets when none is given.
+pub const DEFAULT_PORT: u16 = 7420;
+
+/// Resolves a listen address as typed: `HOST:PORT`, `[IPv6]:PORT`, or a
+/// host (name or address) alone for the default port. The error names the
+/// address and the cause.
+pub fn resolve_listen(flag: &str, s: &str) -> std::result::Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let t = s.trim();
+    let with_port = match t.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, DEFAULT_PORT).to_string(),
+        Err(_) if !t.contains(':') || (t.starts_with('[') && t.ends_with(']')) => {
+            format!("{t}:{DEFAULT_PORT}")
+        }
+        Err(_) => t.to_string(),
+    };
+    if let Some((_, port)) = with_port.rsplit_once(':') {
+        if port.parse::<u16>().is_err() {
+            return Err(format!(
+                "{flag} {s}: bad port {port:?} (expected HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT})"
+            ));
+        }
+    }
+    let mut addrs = with_port.to_socket_addrs().map_err(|e| {
+        format!(
+            "{flag} {s}: cannot resolve the host name: {}",
+            crate::error::describe_io(&e)
+        )
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{flag} {s}: the host name has no address"))
+}
+
 /// Whether an address is loopback-only (a token is then optional).
 pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
     addr.ip().is_loopback()
@@ -431,6 +571,21 @@ mod tests {
     }
 
     #[test]
+    fn listen_addresses_resolve() {
+        let a = |s| resolve_listen("--listen", s);
+        assert_eq!(a("127.0.0.1:1").unwrap().to_string(), "127.0.0.1:1");
+        assert_eq!(a("127.0.0.1").unwrap().port(), DEFAULT_PORT);
+        assert_eq!(a("[::1]").unwrap().port(), DEFAULT_PORT);
+        assert_eq!(a("::1").unwrap().port(), DEFAULT_PORT);
+        assert!(a("localhost").unwrap().ip().is_loopback());
+        assert!(a("localhost:0").unwrap().ip().is_loopback());
+        assert!(a("127.0.0.1:http").unwrap_err().contains("bad port"));
+        assert!(a("no-such-host.invalid")
+            .unwrap_err()
+            .contains("no-such-host.invalid"));
+    }
+
+    #[test]
     fn hello_checks() {
         let tok = Some("s3cret".to_string());
         assert!(check_hello(&good(), &tok, &[], None).is_ok());
@@ -438,6 +593,11 @@ mod tests {
         let mut h = good();
         h.token = "nope".into();
         assert_eq!(check_hello(&h, &tok, &[], None).unwrap_err(), "wrong token");
+        h.token.clear();
+        let missing = check_hello(&h, &tok, &[], None).unwrap_err();
+        assert!(missing.contains("requires a token") && missing.contains("--token"));
+        assert!(refusal_is_permanent(&missing) && refusal_is_permanent("wrong token"));
+        h.token = "nope".into();
         let allowed = vec!["blake3:aa".to_string()];
         assert!(check_hello(&h, &tok, &allowed, Some("blake3:aa")).is_ok());
         assert!(check_hello(&h, &tok, &allowed, Some("blake3:bb")).is_err());

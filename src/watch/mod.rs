@@ -632,6 +632,9 @@ fn recently_modified(dir: &Path, window: Duration) -> Vec<PathBuf> {
 }
 
 /// One target's loop: merge queued batches, run a pass, retry on failure.
+/// Transient failures (unreachable, reset, busy) are retried with backoff;
+/// a permanent one (refused for good, a usage mistake) is reported, noted
+/// in the target's [`crate::syncer::TargetHealth`], and stops the whole watch.
 fn worker(
     mut s: Syncer,
     rx: mpsc::Receiver<Batch>,
@@ -646,9 +649,9 @@ fn worker(
             .learn(scan, full)
     };
     let waiting = s.preempt.clone().unwrap_or_default();
+    let health = s.health.clone();
     let mut backlog: Option<Batch> = None;
     let mut backoff = Duration::from_millis(250);
-    let mut failing = false;
     // A pass stopped by a safety rail (an empty source, --max-delete):
     // said once, and again when replication resumes.
     let mut paused = false;
@@ -694,15 +697,15 @@ fn worker(
             },
         };
         match result {
-            Ok(summary) => {
-                if failing {
+            Ok(report) => {
+                if health.recovered() {
                     s.reporter
                         .info(&format!("{}: reachable again", s.target().describe()));
                 }
-                failing = false;
                 backoff = Duration::from_millis(250);
+                let summary = &report.summary;
                 if summary.stats.ops > 0 || summary.failed() || matches!(batch, Batch::Full(_)) {
-                    s.reporter.always(&summary.line());
+                    s.reporter.summary(&report);
                 }
                 match (&summary.stats.stopped, paused) {
                     (Some(why), false) => {
@@ -733,6 +736,12 @@ fn worker(
                     });
                 }
             }
+            Err(_) if stop.load(Ordering::Relaxed) => {
+                // Stopped by a signal: nothing will resume what is in flight.
+                health.interrupt();
+                s.abandon();
+                break;
+            }
             Err(e @ crate::Error::Source { .. }) => {
                 // The source root is gone: said once; a full pass is tried
                 // again every second (quietly), or at once when the watcher
@@ -755,13 +764,20 @@ fn worker(
                 }
                 backlog = Some(again);
             }
+            Err(e) if e.is_permanent() => {
+                let msg = format!("{}: {e}", s.target().describe());
+                s.reporter.error(&format!("{msg}; not retrying"));
+                health.fail_for_good(msg);
+                stop.store(true, Ordering::Relaxed);
+                break;
+            }
             Err(e) => {
                 s.reporter.error(&format!(
                     "{}: pass failed: {e}; retrying in {:.1} s",
                     s.target().describe(),
                     backoff.as_secs_f64()
                 ));
-                failing = true;
+                health.fail_for_now();
                 // After a failure the replica's state is unknown: the next pass is a full one.
                 backlog = Some(Batch::Full("reconnected".into()));
                 let until = Instant::now() + backoff;

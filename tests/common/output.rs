@@ -1,7 +1,7 @@
-//! Reading what `replica` printed: the pass summary line and the
-//! operation log.
+//! Reading what `replica` printed: the pass's `totals:` line (exact
+//! figures; the short `summary:` line is for people) and the operation log.
 
-/// The figures of a `summary:` line.
+/// The exact figures of a pass, from its `totals:` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Summary {
     pub files: u64,
@@ -16,65 +16,33 @@ pub struct Summary {
     pub errors: u64,
 }
 
-/// The exact byte counts of a text: every integer written as `N B`
-/// (the human-readable figures in parentheses are ignored).
-pub fn byte_counts(text: &str) -> Vec<u64> {
-    let toks: Vec<&str> = text.split_whitespace().collect();
-    toks.windows(2)
-        .filter(|w| w[1].trim_end_matches([',', ';']) == "B")
-        .filter_map(|w| w[0].parse().ok())
-        .collect()
-}
-
-/// The plain integers of a text (`3 files`, `6 dirs`, ...).
-fn integers(text: &str) -> Vec<u64> {
-    text.split_whitespace()
-        .filter_map(|t| t.trim_end_matches([',', ';']).parse().ok())
-        .collect()
-}
-
-/// Parses a summary line: `... summary: scanned F files of N B and D dirs;
-/// O operations done; wire: S B sent, R B received; content: C B sent, U B
-/// rebuilt from the replica (dedup); E errors`.
+/// Parses the exact figures of a pass, its `totals:` line: `... totals:
+/// files=F file_bytes=N dirs=D ops=O content_sent=C reused=U moved_bytes=M
+/// errors=E [wire_sent=S wire_received=R] [dry_run]` (no wire figures for a
+/// local target: they are zero).
 pub fn parse_summary(line: &str) -> Summary {
     let at = line
-        .find("summary: ")
-        .unwrap_or_else(|| panic!("not a summary line: {line}"));
-    let parts: Vec<&str> = line[at + "summary: ".len()..].split("; ").collect();
-    assert_eq!(parts.len(), 5, "unexpected summary shape: {line}");
-    let scanned = integers(parts[0]);
-    let bytes = byte_counts(parts[0]);
-    assert!(
-        parts[0].starts_with("scanned ") && scanned.len() >= 3 && bytes.len() == 1,
-        "bad scan part: {line}"
-    );
-    let ops = integers(parts[1]);
-    let wire = byte_counts(
-        parts[2]
-            .strip_prefix("wire: ")
-            .unwrap_or_else(|| panic!("bad wire part: {line}")),
-    );
-    let content = byte_counts(
-        parts[3]
-            .strip_prefix("content: ")
-            .unwrap_or_else(|| panic!("bad content part: {line}")),
-    );
-    let errors = integers(parts[4]);
-    assert!(
-        ops.len() == 1 && wire.len() == 2 && content.len() == 2 && errors.len() == 1,
-        "bad summary: {line}"
-    );
+        .find("totals: ")
+        .unwrap_or_else(|| panic!("not a totals line: {line}"));
+    let words: Vec<&str> = line[at + "totals: ".len()..].split(' ').collect();
+    let num = |key: &str| -> u64 {
+        words
+            .iter()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("bad {key}: {line}")))
+            .unwrap_or(0)
+    };
     Summary {
-        files: scanned[0],
-        file_bytes: bytes[0],
-        dirs: *scanned.last().unwrap(),
-        ops: ops[0],
-        dry_run: parts[1].ends_with("would be done"),
-        wire_sent: wire[0],
-        wire_received: wire[1],
-        content_sent: content[0],
-        rebuilt: content[1],
-        errors: errors[0],
+        files: num("files"),
+        file_bytes: num("file_bytes"),
+        dirs: num("dirs"),
+        ops: num("ops"),
+        dry_run: words.contains(&"dry_run"),
+        wire_sent: num("wire_sent"),
+        wire_received: num("wire_received"),
+        content_sent: num("content_sent"),
+        rebuilt: num("reused"),
+        errors: num("errors"),
     }
 }
 
@@ -124,24 +92,24 @@ pub fn op_lines(text: &str) -> Vec<OpLine> {
     out
 }
 
-/// The number right after `label` on the `summary:` line.
-pub fn summary_number(stdout: &str, label: &str) -> Option<u64> {
-    let line = stdout.lines().rev().find(|l| l.contains("summary: "))?;
-    let rest = &line[line.find(label)? + label.len()..];
-    rest.split(' ').next()?.parse().ok()
+/// The number `key=N` on the last `totals:` line.
+pub fn summary_number(stdout: &str, key: &str) -> Option<u64> {
+    let line = stdout.lines().rev().find(|l| l.contains(" totals: "))?;
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
+        .parse()
+        .ok()
 }
 
-/// `N` from `; N operations` on the summary line.
+/// `ops=N` from the last `totals:` line.
 pub fn operations(stdout: &str) -> Option<u64> {
-    let line = stdout.lines().rev().find(|l| l.contains("summary: "))?;
-    let before = &line[..line.find(" operations")?];
-    before.rsplit(' ').next()?.parse().ok()
+    summary_number(stdout, "ops")
 }
 
-/// The summary lines of a log text.
+/// The exact figures of each pass of a log text (its `totals:` lines).
 pub fn summaries(text: &str) -> Vec<Summary> {
     text.lines()
-        .filter(|l| l.contains(" summary: "))
+        .filter(|l| l.contains(" totals: "))
         .map(parse_summary)
         .collect()
 }

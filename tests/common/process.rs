@@ -24,9 +24,9 @@ impl Run {
         self.output.status.code()
     }
 
-    /// `content: N B sent` from the pass summary line.
+    /// `content_sent=N` from the pass's totals line.
     pub fn content_sent(&self) -> u64 {
-        summary_number(&self.stdout, "content: ")
+        summary_number(&self.stdout, "content_sent")
             .unwrap_or_else(|| panic!("no summary line in stdout:\n{}", self.stdout))
     }
 
@@ -35,8 +35,8 @@ impl Run {
             .stdout
             .lines()
             .rev()
-            .find(|l| l.contains(" summary: "))
-            .unwrap_or_else(|| panic!("no summary line\n{}", self.describe()));
+            .find(|l| l.contains(" totals: "))
+            .unwrap_or_else(|| panic!("no totals line\n{}", self.describe()));
         parse_summary(line)
     }
 
