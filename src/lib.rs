@@ -47,7 +47,11 @@
 //!   local sync, and the `--bwlimit` token bucket (`transport/throttle.rs`).
 //!   It wires a [`store::LocalStore`] to each server session.
 //! - [`syncer`]: the client driver (safety rails, reconnects, repeated passes).
-//! - [`watch`]: file-system events -> batches of changed paths -> scoped passes.
+//! - [`watch`]: file-system events -> batches of changed paths -> scoped
+//!   passes; a folder's watches are dropped as soon as it moves away or is
+//!   deleted (so a folder made again is watched), a change through one name
+//!   of a hard-linked file is widened to all its names (`watch/links.rs`),
+//!   and the source root vanishing or being replaced pauses replication.
 //! - [`report`]: the operation log and pass summaries; [`progress`]: spinners
 //!   and bars on a terminal; [`status`]: server counters, throughput
 //!   history and recent operations; the live page, `/status` and
