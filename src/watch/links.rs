@@ -8,12 +8,12 @@
 use crate::tree::{Kind, SourceScan};
 use std::collections::{BTreeSet, HashMap};
 
-/// Inode -> the source keys (`/`-joined paths) that name it, for regular
+/// (device, inode) -> the source keys (`/`-joined paths) that name it, for regular
 /// files with more than one link. Only such files are kept, so a tree
 /// without hard links costs nothing here.
 #[derive(Debug, Default)]
 pub struct LinkGroups {
-    by_ino: HashMap<u64, BTreeSet<String>>,
+    by_ino: HashMap<(u64, u64), BTreeSet<String>>,
 }
 
 /// What a change on one hard-linked name needs.
@@ -35,17 +35,20 @@ impl LinkGroups {
         let m = &scan.manifest;
         for (i, (e, local)) in m.entries.iter().zip(&scan.local).enumerate() {
             if local.links > 1 && matches!(e.kind, Kind::File { .. }) {
-                self.by_ino.entry(local.ino).or_default().insert(m.key(i));
+                self.by_ino
+                    .entry((local.dev, local.ino))
+                    .or_default()
+                    .insert(m.key(i));
             }
         }
     }
 
-    /// A regular file `key` (inode `ino`, `links` names) changed.
-    pub fn widen(&mut self, key: &str, ino: u64, links: u64) -> Widen {
+    /// A regular file `key` (file id `(device, inode)`, `links` names) changed.
+    pub fn widen(&mut self, key: &str, id: (u64, u64), links: u64) -> Widen {
         if links <= 1 {
             return Widen::Names(vec![key.to_string()]);
         }
-        match self.by_ino.get_mut(&ino) {
+        match self.by_ino.get_mut(&id) {
             Some(names) => {
                 names.insert(key.to_string());
                 Widen::Names(names.iter().cloned().collect())
@@ -98,20 +101,20 @@ mod tests {
         let mut g = LinkGroups::default();
         g.learn(&scan(&[("a", 7, 2), ("b", 7, 2), ("c", 8, 1)]), true);
         assert_eq!(
-            g.widen("a", 7, 2),
+            g.widen("a", (0, 7), 2),
             Widen::Names(vec!["a".into(), "b".into()])
         );
-        assert_eq!(g.widen("c", 8, 1), Widen::Names(vec!["c".into()]));
+        assert_eq!(g.widen("c", (0, 8), 1), Widen::Names(vec!["c".into()]));
     }
 
     #[test]
     fn an_unknown_group_asks_for_a_rescan_and_a_new_name_joins_its_group() {
         let mut g = LinkGroups::default();
         g.learn(&scan(&[("a", 7, 1)]), true);
-        assert_eq!(g.widen("new", 7, 2), Widen::Rescan);
+        assert_eq!(g.widen("new", (0, 7), 2), Widen::Rescan);
         g.learn(&scan(&[("a", 7, 2), ("new", 7, 2)]), true);
         assert_eq!(
-            g.widen("third", 7, 3),
+            g.widen("third", (0, 7), 3),
             Widen::Names(vec!["a".into(), "new".into(), "third".into()])
         );
     }
@@ -121,6 +124,6 @@ mod tests {
         let mut g = LinkGroups::default();
         g.learn(&scan(&[("a", 7, 2), ("b", 7, 2)]), true);
         g.learn(&scan(&[("a", 9, 1)]), true);
-        assert_eq!(g.widen("b", 7, 2), Widen::Rescan);
+        assert_eq!(g.widen("b", (0, 7), 2), Widen::Rescan);
     }
 }

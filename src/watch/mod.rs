@@ -423,9 +423,9 @@ pub fn watch(syncers: Vec<Syncer>, opts: WatchOptions, stop: Arc<AtomicBool>) ->
                     continue;
                 };
                 match meta.as_ref().and_then(file_links) {
-                    Some((ino, n)) if n > 1 => {
+                    Some((id, n)) if n > 1 => {
                         let mut groups = links.lock().unwrap_or_else(|e| e.into_inner());
-                        match groups.widen(&rel, ino, n) {
+                        match groups.widen(&rel, id, n) {
                             Widen::Names(names) => {
                                 for name in names {
                                     scopes.add_changed(&name, false);
@@ -534,15 +534,16 @@ impl RootState {
     }
 }
 
-/// A regular file's inode and link count (where the platform has them).
-fn file_links(m: &std::fs::Metadata) -> Option<(u64, u64)> {
+/// A regular file's id (device, inode) and link count (where the platform
+/// has them).
+fn file_links(m: &std::fs::Metadata) -> Option<((u64, u64), u64)> {
     if !m.is_file() {
         return None;
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        Some((m.ino(), m.nlink()))
+        Some(((m.dev(), m.ino()), m.nlink()))
     }
     #[cfg(not(unix))]
     None
