@@ -262,7 +262,7 @@ pub async fn accept_session(
         .await;
         return;
     }
-    if let Err(reason) = claim_for(&shared, &peer, &hello.client) {
+    if let Err(reason) = claim_waiting(&shared, &peer, &hello.client).await {
         shared.reporter.warn(&format!("{peer}: refused: {reason}"));
         let _ = send_plain(&mut s, &HelloReply::Refused { reason }).await;
         return;
@@ -346,6 +346,39 @@ fn claim_for(shared: &ServerShared, peer: &str, client: &str) -> std::result::Re
         since: std::time::SystemTime::now(),
     });
     Ok(())
+}
+
+/// How long a new session waits for one that is finishing (a script's
+/// second `sync` right after its first, a client reconnecting after an
+/// error) before it is told the destination is in use.
+const CLAIM_GRACE: Duration = Duration::from_secs(3);
+
+/// [`claim_for`], waiting up to [`CLAIM_GRACE`] for a finishing session to
+/// let go; a `watch` holds its destination until stopped, so it is
+/// reported at once.
+async fn claim_waiting(
+    shared: &ServerShared,
+    peer: &str,
+    client: &str,
+) -> std::result::Result<(), String> {
+    let end = tokio::time::Instant::now() + CLAIM_GRACE;
+    loop {
+        match claim_for(shared, peer, client) {
+            Ok(()) => return Ok(()),
+            Err(reason) if held_by_watch(shared) || tokio::time::Instant::now() >= end => {
+                return Err(reason)
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Whether a `watch` holds the destination (it keeps it until stopped).
+fn held_by_watch(shared: &ServerShared) -> bool {
+    let holder = shared.holder.lock().unwrap_or_else(|e| e.into_inner());
+    holder
+        .as_ref()
+        .is_some_and(|h| h.client.ends_with(" watch"))
 }
 
 /// Empties the holder and frees the destination.

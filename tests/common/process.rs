@@ -139,13 +139,14 @@ pub struct Proc {
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     lines: std::sync::mpsc::Receiver<String>,
+    drains: Vec<std::thread::JoinHandle<()>>,
 }
 
 fn drain(
     r: impl Read + Send + 'static,
     buf: Arc<Mutex<String>>,
     lines: Option<std::sync::mpsc::Sender<String>>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut r = BufReader::new(r);
         let mut line = String::new();
@@ -161,7 +162,7 @@ fn drain(
                 }
             }
         }
-    });
+    })
 }
 
 impl Proc {
@@ -179,13 +180,16 @@ impl Proc {
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = std::sync::mpsc::channel();
-        drain(child.stdout.take().unwrap(), stdout.clone(), Some(tx));
-        drain(child.stderr.take().unwrap(), stderr.clone(), None);
+        let drains = vec![
+            drain(child.stdout.take().unwrap(), stdout.clone(), Some(tx)),
+            drain(child.stderr.take().unwrap(), stderr.clone(), None),
+        ];
         Proc {
             child,
             stdout,
             stderr,
             lines,
+            drains,
         }
     }
 
@@ -240,13 +244,19 @@ impl Proc {
         assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
     }
 
-    /// Polls for the exit status until the deadline.
+    /// Polls for the exit status until the deadline; once the process has
+    /// exited, waits for the rest of its output to be read.
     pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
         let mut status = None;
         poll_until(deadline, || {
             status = self.child.try_wait().ok().flatten();
             status.is_some()
         });
+        if status.is_some() {
+            for d in self.drains.drain(..) {
+                let _ = d.join();
+            }
+        }
         status
     }
 }

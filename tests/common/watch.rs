@@ -65,7 +65,9 @@ impl Watch {
         })
     }
 
-    /// SIGTERM, then asserts a clean exit (status 0).
+    /// SIGTERM, then asserts an orderly exit: status 0, or 143 when the
+    /// signal cut off a pass in progress and the watch said so (a rescan
+    /// may still be running after the replica already matches).
     #[cfg(unix)]
     #[track_caller]
     pub fn stop(mut self) {
@@ -74,9 +76,9 @@ impl Watch {
         let Some(status) = status else {
             panic!("replica watch did not stop on SIGTERM\n{}", self.describe());
         };
-        assert_eq!(
-            status.code(),
-            Some(0),
+        let said_interrupted = self.describe().contains("interrupted: a pass was cut off");
+        assert!(
+            status.code() == Some(0) || (status.code() == Some(143) && said_interrupted),
             "replica watch did not exit cleanly on SIGTERM ({status:?})\n{}",
             self.describe()
         );
