@@ -149,3 +149,64 @@ fn bad_settings_fail_in_one_line_naming_bucket_endpoint_and_cause() {
     r.assert_code(2);
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.describe());
 }
+
+#[test]
+fn renamed_folders_and_duplicated_large_files_send_no_content_to_the_store() {
+    let g = Garage::start();
+    let relay = Relay::start(&g.endpoint);
+    let t = tempfile::tempdir().unwrap();
+    let (src, state) = (t.path().join("src"), t.path().join("state"));
+    let mut spec = vec![f("large.bin", random_bytes(7, 40 << 20))];
+    for i in 0..6 {
+        spec.push(f(&format!("folder/f{i}"), random_bytes(100 + i, 1 << 20)));
+    }
+    build_tree(&src, &spec);
+    let r = g.sync_via(&relay.endpoint(), &src, "dedup", &state, &[]);
+    r.assert_ok();
+    let initial = relay.sent();
+    assert!(initial >= 46 << 20, "the first pass sent only {initial} B");
+    let s3 = g.client();
+    assert_eq!(s3.uploads(&g.bucket, "dedup"), 0, "an unfinished multipart upload was left");
+    assert_layout(&s3, &g.bucket, "dedup", &src);
+
+    // A folder renamed, the large file duplicated: copies inside the store.
+    std::fs::rename(src.join("folder"), src.join("renamed")).unwrap();
+    std::fs::copy(src.join("large.bin"), src.join("large-copy.bin")).unwrap();
+    let before = relay.sent();
+    let r = g.sync_via(&relay.endpoint(), &src, "dedup", &state, &[]);
+    r.assert_ok();
+    let sent = relay.sent() - before;
+    let moved_and_copied = (46u64 << 20) as f64;
+    assert!(
+        (sent as f64) < 0.01 * moved_and_copied,
+        "{sent} B went to the store for a rename and a duplicate: {}",
+        r.describe()
+    );
+    assert!(!r.paths("copied").is_empty() || !r.paths("moved").is_empty(), "{}", r.describe());
+    assert_layout(&s3, &g.bucket, "dedup", &src);
+    assert_eq!(s3.uploads(&g.bucket, "dedup"), 0);
+}
+
+#[test]
+fn an_object_changed_behind_the_servers_back_is_never_used_as_a_copy_source() {
+    let g = Garage::start();
+    let t = tempfile::tempdir().unwrap();
+    let (src, state) = (t.path().join("src"), t.path().join("state"));
+    let original = random_bytes(3, 300_000);
+    build_tree(&src, &[f("a.bin", &original)]);
+    g.sync(&src, "behind", &state, &[]).assert_ok();
+    // Someone rewrites the object: same size, same metadata, other bytes.
+    let s3 = g.client();
+    let obj = s3
+        .objects(&g.bucket, "behind")
+        .into_iter()
+        .find(|o| o.key == "a.bin")
+        .expect("a.bin in the bucket");
+    let meta: Vec<(&str, &str)> = obj.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    s3.put(&g.bucket, "behind/a.bin", &random_bytes(4, 300_000), &meta);
+    // A new file with the original content must not be copied from it.
+    write_file(&src, "b.bin", &original);
+    let r = g.sync(&src, "behind", &state, &[]);
+    r.assert_ok();
+    assert_eq!(s3.get(&g.bucket, "behind/b.bin"), original, "{}", r.describe());
+}
