@@ -166,7 +166,11 @@ fn renamed_folders_and_duplicated_large_files_send_no_content_to_the_store() {
     let initial = relay.sent();
     assert!(initial >= 46 << 20, "the first pass sent only {initial} B");
     let s3 = g.client();
-    assert_eq!(s3.uploads(&g.bucket, "dedup"), 0, "an unfinished multipart upload was left");
+    assert_eq!(
+        s3.uploads(&g.bucket, "dedup"),
+        0,
+        "an unfinished multipart upload was left"
+    );
     assert_layout(&s3, &g.bucket, "dedup", &src);
 
     // A folder renamed, the large file duplicated: copies inside the store.
@@ -182,7 +186,11 @@ fn renamed_folders_and_duplicated_large_files_send_no_content_to_the_store() {
         "{sent} B went to the store for a rename and a duplicate: {}",
         r.describe()
     );
-    assert!(!r.paths("copied").is_empty() || !r.paths("moved").is_empty(), "{}", r.describe());
+    assert!(
+        !r.paths("copied").is_empty() || !r.paths("moved").is_empty(),
+        "{}",
+        r.describe()
+    );
     assert_layout(&s3, &g.bucket, "dedup", &src);
     assert_eq!(s3.uploads(&g.bucket, "dedup"), 0);
 }
@@ -202,11 +210,139 @@ fn an_object_changed_behind_the_servers_back_is_never_used_as_a_copy_source() {
         .into_iter()
         .find(|o| o.key == "a.bin")
         .expect("a.bin in the bucket");
-    let meta: Vec<(&str, &str)> = obj.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let meta: Vec<(&str, &str)> = obj
+        .meta
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     s3.put(&g.bucket, "behind/a.bin", &random_bytes(4, 300_000), &meta);
     // A new file with the original content must not be copied from it.
     write_file(&src, "b.bin", &original);
     let r = g.sync(&src, "behind", &state, &[]);
     r.assert_ok();
-    assert_eq!(s3.get(&g.bucket, "behind/b.bin"), original, "{}", r.describe());
+    assert_eq!(
+        s3.get(&g.bucket, "behind/b.bin"),
+        original,
+        "{}",
+        r.describe()
+    );
+}
+
+/// Waits until the bucket under `prefix` is exactly what `src` demands.
+#[track_caller]
+fn wait_layout(g: &Garage, prefix: &str, src: &std::path::Path, what: impl Fn() -> String) {
+    let s3 = g.client();
+    let mut last = Vec::new();
+    let ok = poll_until(std::time::Duration::from_secs(60), || {
+        last = layout_diffs(&s3, &g.bucket, prefix, src);
+        last.is_empty()
+    });
+    assert!(
+        ok,
+        "the bucket never matched the source:\n  {}\n{}",
+        last.join("\n  "),
+        what()
+    );
+}
+
+#[test]
+fn serve_s3_takes_a_remote_client_and_watch_keeps_a_bucket_in_step() {
+    let g = Garage::start();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_tree(&src, &common::scenarios::rich_source());
+    let mut serve = g.replica(&g.endpoint);
+    serve
+        .arg("serve")
+        .arg(g.url("served"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--state-dir",
+        ])
+        .arg(t.path().join("server-state"));
+    let mut server = Proc::spawn_cmd(serve);
+    let addr = server
+        .wait_line("listening on ")
+        .unwrap_or_else(|| panic!("no address: {}", server.describe()));
+    let r = run_replica(&[
+        "sync".as_ref(),
+        src.as_os_str(),
+        format!("replica://{}", addr.trim()).as_ref(),
+        "--insecure-plaintext".as_ref(),
+        "--state-dir".as_ref(),
+        t.path().join("client-state").as_os_str(),
+    ]);
+    r.assert_ok();
+    assert_layout(&g.client(), &g.bucket, "served", &src);
+    server.terminate();
+
+    // watch: changes reach the bucket without another command.
+    let mut watch = g.replica(&g.endpoint);
+    watch
+        .arg("watch")
+        .arg(&src)
+        .arg(g.url("watched"))
+        .arg("--state-dir")
+        .arg(t.path().join("watch-state"));
+    let w = Proc::spawn_cmd(watch);
+    wait_layout(&g, "watched", &src, || w.describe());
+    write_file(&src, "later/new.txt", b"arrived while watching");
+    std::fs::remove_file(src.join("top.txt")).unwrap();
+    wait_layout(&g, "watched", &src, || w.describe());
+    w.terminate();
+}
+
+#[test]
+fn a_pass_completes_with_one_node_of_three_killed_midway() {
+    let g = Garage::start();
+    let relay = Relay::start(&g.endpoint);
+    let t = tempfile::tempdir().unwrap();
+    let (src, state) = (t.path().join("src"), t.path().join("state"));
+    let spec: Vec<Spec> = (0..300)
+        .map(|i| f(&format!("d{}/f{i}", i % 10), random_bytes(i, 30_000)))
+        .collect();
+    build_tree(&src, &spec);
+    let mut cmd = g.replica(&relay.endpoint());
+    cmd.arg("sync")
+        .arg(&src)
+        .arg(g.url("faults"))
+        .arg("--state-dir")
+        .arg(&state);
+    let mut pass = Proc::spawn_cmd(cmd);
+    // Once a third of the content went out, node 3 dies.
+    assert!(poll_until(DEADLINE, || relay.sent() > 3_000_000 || !pass.alive()));
+    g.kill(3);
+    let status = pass
+        .wait_exit(std::time::Duration::from_secs(120))
+        .expect("the pass ends");
+    assert!(status.success(), "{}", pass.describe());
+    assert_layout(&g.client(), &g.bucket, "faults", &src);
+}
+
+#[test]
+fn with_two_nodes_of_three_down_a_pass_fails_cleanly_and_the_next_converges() {
+    let g = Garage::start();
+    let t = tempfile::tempdir().unwrap();
+    let (src, state) = (t.path().join("src"), t.path().join("state"));
+    build_tree(&src, &[f("a", "a"), f("d/b", random_bytes(1, 100_000))]);
+    g.sync(&src, "quorum", &state, &[]).assert_ok();
+    write_file(&src, "d/c", b"written while the store is down");
+    g.kill(2);
+    g.kill(3);
+    let r = g.sync(&src, "quorum", &state, &[]);
+    r.assert_code(1);
+    assert!(r.stderr.contains("bucket replica at"), "{}", r.describe());
+    g.revive(2);
+    g.revive(3);
+    // The cluster takes a moment to see its nodes again.
+    let mut last = String::new();
+    let ok = poll_until(std::time::Duration::from_secs(60), || {
+        let r = g.sync(&src, "quorum", &state, &[]);
+        last = r.describe();
+        r.code() == Some(0)
+    });
+    assert!(ok, "no pass converged after recovery: {last}");
+    assert_layout(&g.client(), &g.bucket, "quorum", &src);
 }
