@@ -346,3 +346,90 @@ fn with_two_nodes_of_three_down_a_pass_fails_cleanly_and_the_next_converges() {
     assert!(ok, "no pass converged after recovery: {last}");
     assert_layout(&g.client(), &g.bucket, "quorum", &src);
 }
+
+/// The largest spool file under a server's state directory.
+fn spool_len(state: &std::path::Path) -> u64 {
+    let mut max = 0;
+    let mut dirs = vec![state.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.parent().is_some_and(|p| p.ends_with("spool")) {
+                max = max.max(e.metadata().map(|m| m.len()).unwrap_or(0));
+            }
+        }
+    }
+    max
+}
+
+#[test]
+fn serve_s3_resumes_a_large_file_cut_midway() {
+    const SIZE: usize = 48 << 20;
+    let g = Garage::start();
+    let t = tempfile::tempdir().unwrap();
+    let (src, sstate) = (t.path().join("src"), t.path().join("server-state"));
+    build_tree(&src, &[f("big.bin", random_bytes(9, SIZE))]);
+    let mut serve = g.replica(&g.endpoint);
+    serve
+        .arg("serve")
+        .arg(g.url("resume"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--state-dir",
+        ])
+        .arg(&sstate);
+    let mut server = Proc::spawn_cmd(serve);
+    let addr = server.wait_line("listening on ").expect("address");
+    let url = format!("replica://{}", addr.trim());
+    let cstate = t.path().join("client-state");
+    let sync = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin());
+        c.arg("sync")
+            .arg(&src)
+            .arg(&url)
+            .args(["--insecure-plaintext", "--state-dir"])
+            .arg(&cstate)
+            .args(extra);
+        c
+    };
+    let mut child = Proc::spawn_cmd(sync(&["--bwlimit", "8M"]));
+    assert!(
+        poll_until(DEADLINE, || spool_len(&sstate) >= 8 << 20),
+        "the large file never reached 8 MiB on the server: {}",
+        server.describe()
+    );
+    child.kill();
+    let s3 = g.client();
+    assert!(
+        s3.objects(&g.bucket, "resume")
+            .iter()
+            .all(|o| o.key != "big.bin"),
+        "published while incomplete"
+    );
+    // The server keeps what it holds; the next pass sends the rest only.
+    let mut run: Option<Run> = None;
+    poll_until(DEADLINE, || {
+        let r: Run = sync(&[]).output().unwrap().into();
+        let busy = r.code() != Some(0) && r.stderr.contains("in use");
+        run = Some(r);
+        !busy
+    });
+    let run = run.expect("a pass ran");
+    run.assert_ok();
+    let sent = run.content_sent();
+    assert!(
+        sent + (6 << 20) <= SIZE as u64,
+        "the resumed pass sent {sent} B of {SIZE}: {}",
+        run.describe()
+    );
+    assert_layout(&s3, &g.bucket, "resume", &src);
+    assert_eq!(s3.uploads(&g.bucket, "resume"), 0);
+    server.terminate();
+}
