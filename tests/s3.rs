@@ -313,7 +313,11 @@ fn a_pass_completes_with_one_node_of_three_killed_midway() {
     let mut pass = Proc::spawn_cmd(cmd);
     // Once a third of the content went out, node 3 dies.
     assert!(poll_until(DEADLINE, || relay.sent() > 3_000_000 || !pass.alive()));
-    assert!(pass.alive(), "the pass ended before node 3 was killed: {}", pass.describe());
+    assert!(
+        pass.alive(),
+        "the pass ended before node 3 was killed: {}",
+        pass.describe()
+    );
     g.kill(3);
     let status = pass
         .wait_exit(std::time::Duration::from_secs(120))
