@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// Background writes in flight at once.
-const WRITES_AT_ONCE: usize = 16;
+const WRITES_AT_ONCE: usize = 32;
 /// Deletes gathered before they are sent.
 const DELETE_BATCH: usize = 1000;
 
