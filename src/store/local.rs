@@ -219,6 +219,7 @@ impl Store for LocalStore {
             cheap_rename: true,
             hard_links: true,
             records: true,
+            server_copy: false,
         }
     }
 
@@ -443,11 +444,12 @@ impl Store for LocalStore {
         name.starts_with(TEMP_PREFIX)
     }
 
-    fn refresh(&self) {
+    fn refresh(&self) -> io::Result<()> {
         // A directory may have been moved away since the last pass: never
         // reuse a handle across passes.
         self.forget();
         self.forget_links();
+        Ok(())
     }
 
     fn space(&self) -> Option<Space> {
