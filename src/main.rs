@@ -128,6 +128,15 @@ fn versions_of(c: &Common) -> Option<replica::versions::VersionsOptions> {
 
 /// Refuses `--versions` when no target is a local directory.
 fn check_versions(c: &Common, targets: &[Target]) -> anyhow::Result<()> {
+    if let (Some(_), Some(Target::S3(loc))) = (
+        &c.versions,
+        targets.iter().find(|t| matches!(t, Target::S3(_))),
+    ) {
+        return Err(usage(format!(
+            "--versions keeps versions in a directory; {} is an object store (use the bucket's own versioning)",
+            loc.describe()
+        )));
+    }
     if c.versions.is_some() && !targets.iter().any(|t| matches!(t, Target::Local(_))) {
         return Err(usage(
             "--versions keeps versions where the replica is: pass it to `replica serve` for a replica://HOST:PORT target".into(),

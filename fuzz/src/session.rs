@@ -170,6 +170,7 @@ fn world() -> &'static World {
             names: replica::tree::NameRules::native(),
             bwlimit: None,
             versions: None,
+            s3: None,
         };
         let shared = ServerShared::open(&opts, Arc::new(reporter)).expect("ServerShared::open");
         let rt = tokio::runtime::Builder::new_current_thread()
