@@ -268,7 +268,7 @@ impl ClientPass<'_> {
         id: u32,
         (i, j): (u32, u32),
         data: Vec<u8>,
-        basis: Option<&HashMap<u32, u32>>,
+        basis: Option<&crate::delta::BasisMap>,
     ) -> Result<()> {
         let len = data.len() as u64;
         if let Some(ops) = basis.and_then(|b| crate::delta::make_delta(&data, b)) {

@@ -232,9 +232,8 @@ impl Transfer<'_, '_> {
         let c = job.chunk_list()[index as usize];
         let (basis_key, places) = job.basis.clone().unwrap_or_default();
         let literal = crate::delta::literal_bytes(&ops);
-        let rebuilt = crate::delta::apply_delta(&ops, c.len as usize, |i| {
-            let &(off, len) = places.get(i as usize)?;
-            let mut buf = vec![0u8; len as usize];
+        let rebuilt = crate::delta::apply_delta(&ops, c.len as usize, &places, |off, len| {
+            let mut buf = vec![0u8; len];
             self.read_replica(&basis_key, &mut buf, off).then_some(buf)
         });
         match rebuilt {
@@ -248,6 +247,7 @@ impl Transfer<'_, '_> {
                 }
                 ctx.link.send(ServerMsg::Basis {
                     id,
+                    avg: crate::delta::AVG_MIN,
                     hashes: Vec::new(),
                 });
                 ctx.link.send(ServerMsg::NeedChunks {
