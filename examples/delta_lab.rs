@@ -86,7 +86,10 @@ fn main() {
     );
     println!("oracle, each file against its old version: {oracle}");
     // Piece size: fixed, or the old file's size / n (a power of two, 256..=2048).
-    for policy in [2048u32, 1024, 512, 256, 16, 32, 64] {
+    let policies: Vec<u32> = std::env::var("POLICIES")
+        .map(|v| v.split(',').map(|x| x.parse().unwrap()).collect())
+        .unwrap_or(vec![2048, 1024, 512, 256, 16, 32, 64]);
+    for policy in policies {
         let avg_of = |len: usize| -> u32 {
             if policy >= 256 {
                 policy
@@ -97,6 +100,7 @@ fn main() {
         let (mut lits, mut basis, mut ops) = (Vec::new(), 0usize, 0usize);
         let mut hashes = Vec::new();
         let mut per_copied = 0usize;
+        let (mut hist3, mut hist19) = (0usize, 0usize);
         for (o, n) in &changed {
             let avg = avg_of(o.len());
             let mut map = HashMap::new();
@@ -115,15 +119,22 @@ fn main() {
                 }
                 ops += 1;
             }
+            let mut dict = lits[lits.len().saturating_sub(1 << 20)..].to_vec();
+            dict.extend_from_slice(&copied);
+            if !lit.is_empty() {
+                hist3 += zp(3, &lit, &dict);
+                hist19 += zp(19, &lit, &dict);
+            }
             lits.extend_from_slice(&lit);
             per_copied += zp(3, &lit, &copied);
         }
         let st = stream(3, &lits);
         let basis = stream(3, &hashes).min(basis);
         println!(
-            "pieces {}: basis {basis} B, ~{ops} ops; literal {} B; stream(literals) {st}; basis+stream {}; per file literals|copied {per_copied}",
+            "pieces {}: basis {basis} B, ~{ops} ops; literal {} B; stream(literals) {st} (level 19: {}); basis+stream {}; per file literals|copied {per_copied}; literals|1M history+copied: level 3 {hist3}, level 19 {hist19}",
             if policy >= 256 { format!("avg {policy}") } else { format!("size/{policy}") },
             lits.len(),
+            stream(19, &lits),
             basis + st,
         );
     }
