@@ -129,6 +129,9 @@ fn main() {
             per_copied += zp(3, &lit, &copied);
         }
         let st = stream(3, &lits);
+        if let Ok(dump) = std::env::var("DUMP") {
+            std::fs::write(format!("{dump}.{policy}"), &lits).unwrap();
+        }
         let basis = stream(3, &hashes).min(basis);
         println!(
             "pieces {}: basis {basis} B, ~{ops} ops; literal {} B; stream(literals) {st} (level 19: {}); basis+stream {}; per file literals|copied {per_copied}; literals|1M history+copied: level 3 {hist3}, level 19 {hist19}",

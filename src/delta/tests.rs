@@ -95,10 +95,17 @@ fn lying_deltas_are_bounded() {
 #[test]
 fn bad_bases_are_refused_before_allocation() {
     assert_eq!(BasisMap::parse(300, &[]), Err(BadBasis::Avg(300)));
-    assert_eq!(BasisMap::parse(256, &[1, 2, 3]), Err(BadBasis::Hashes(3)));
+    assert_eq!(
+        BasisMap::parse(256, &[1; HASH_BYTES + 1]),
+        Err(BadBasis::Hashes(HASH_BYTES + 1))
+    );
     let too_many = vec![0u8; (MAX_PIECES + 1) * HASH_BYTES];
     assert!(BasisMap::parse(256, &too_many).is_err());
-    let m = BasisMap::parse(512, &[1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]).unwrap();
+    let mut hashes = Vec::new();
+    for h in [1u32, 2, 1] {
+        hashes.extend_from_slice(&h.to_le_bytes()[..HASH_BYTES]);
+    }
+    let m = BasisMap::parse(512, &hashes).unwrap();
     assert_eq!(m.index.get(&1), Some(&0)); // the first piece of a repeated hash
     assert_eq!(m.index.get(&2), Some(&1));
 }
