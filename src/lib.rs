@@ -49,10 +49,14 @@
 //!   It wires a [`store::LocalStore`] to each server session.
 //! - [`syncer`]: the client driver (safety rails, reconnects, repeated passes).
 //! - [`watch`]: file-system events -> batches of changed paths -> scoped
-//!   passes; a folder's watches are dropped as soon as it moves away or is
-//!   deleted (so a folder made again is watched), a change through one name
-//!   of a hard-linked file is widened to all its names (`watch/links.rs`),
-//!   and the source root vanishing or being replaced pauses replication.
+//!   passes, one worker per target (`watch/worker.rs`). The watched set
+//!   (`watch/watches.rs`) drops a folder's watches as soon as it moves
+//!   away or is deleted (so a folder made again is watched); events
+//!   (`watch/events.rs`) mark files open for writing, held back until
+//!   closed; the batcher (`watch/batcher.rs`) waits for quiet and decides
+//!   scoped or full; a change through one name of a hard-linked file is
+//!   widened to all its names (`watch/links.rs`); the source root vanishing
+//!   or being replaced pauses replication (`watch/root.rs`).
 //! - [`report`]: the operation log and pass summaries; [`progress`]: spinners
 //!   and bars on a terminal; [`status`]: server counters, throughput
 //!   history and recent operations; the live page, `/status` and

@@ -34,7 +34,7 @@ impl Transfer<'_, '_> {
         if has_old && self.old_content_matches(id, &hash, txn) {
             return self.finish_metadata_only(id, txn, stats);
         }
-        if self.try_move(id, &hash, txn, stats)? {
+        if self.try_move(id, &hash, txn, stats)? || self.try_copy(id, &hash, txn, stats)? {
             return Ok(());
         }
         match chunks {
