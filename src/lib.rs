@@ -12,7 +12,8 @@
 //! - [`chunk`]: content-defined chunking (FastCDC) and BLAKE3 content ids;
 //!   [`chunk::Digest`] is a file's hash plus its chunk list.
 //! - [`delta`]: small changed files sent as copies of the replica's old
-//!   version's fine pieces plus literal bytes.
+//!   version's fine pieces (their size follows the file's) plus literal
+//!   bytes; `examples/delta_lab.rs` measures encodings on two real trees.
 //! - [`index`]: persistent redb indexes: the replica's (chunk, group and
 //!   whole-file hash -> where in the replica) and the source's (stat ->
 //!   digest, so unchanged files are never re-read).
