@@ -43,8 +43,9 @@
 //!   - the client ([`session::client`]) sends the manifest and answers
 //!     (digests, groups, chunks); large files may step aside for newer
 //!     changes in watch mode.
-//! - [`transport`]: carrying a link: connections (framing, zstd, byte
-//!   counters, messages handed over in batches), TLS (`transport/tls/`:
+//! - [`transport`]: carrying a link: connections (framing, byte counters,
+//!   messages handed over in batches), `--compress` (`transport/compress/`:
+//!   segments sent raw or as one zstd stream, chosen by measured throughput), TLS (`transport/tls/`:
 //!   fingerprints, identity, verifiers, known hosts), the handshake, the
 //!   server's accept loop, the client's dialer, the in-process link of a
 //!   local sync, and the `--bwlimit` token bucket (`transport/throttle.rs`).

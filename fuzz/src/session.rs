@@ -1349,7 +1349,7 @@ async fn run_session(w: &'static World, contents: &[Content], steps: &[Step]) {
         version: PROTOCOL_VERSION,
         chunker: CHUNKER_VERSION,
         token: String::new(),
-        compress: false,
+        compress: replica::protocol::Compress::Off,
         client: "fuzz".into(),
         purpose: Purpose::Sync,
     };
