@@ -166,7 +166,11 @@ fn renamed_folders_and_duplicated_large_files_send_no_content_to_the_store() {
     let initial = relay.sent();
     assert!(initial >= 46 << 20, "the first pass sent only {initial} B");
     let s3 = g.client();
-    assert_eq!(s3.uploads(&g.bucket, "dedup"), 0, "an unfinished multipart upload was left");
+    assert_eq!(
+        s3.uploads(&g.bucket, "dedup"),
+        0,
+        "an unfinished multipart upload was left"
+    );
     assert_layout(&s3, &g.bucket, "dedup", &src);
 
     // A folder renamed, the large file duplicated: copies inside the store.
@@ -182,7 +186,11 @@ fn renamed_folders_and_duplicated_large_files_send_no_content_to_the_store() {
         "{sent} B went to the store for a rename and a duplicate: {}",
         r.describe()
     );
-    assert!(!r.paths("copied").is_empty() || !r.paths("moved").is_empty(), "{}", r.describe());
+    assert!(
+        !r.paths("copied").is_empty() || !r.paths("moved").is_empty(),
+        "{}",
+        r.describe()
+    );
     assert_layout(&s3, &g.bucket, "dedup", &src);
     assert_eq!(s3.uploads(&g.bucket, "dedup"), 0);
 }
@@ -202,11 +210,20 @@ fn an_object_changed_behind_the_servers_back_is_never_used_as_a_copy_source() {
         .into_iter()
         .find(|o| o.key == "a.bin")
         .expect("a.bin in the bucket");
-    let meta: Vec<(&str, &str)> = obj.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let meta: Vec<(&str, &str)> = obj
+        .meta
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     s3.put(&g.bucket, "behind/a.bin", &random_bytes(4, 300_000), &meta);
     // A new file with the original content must not be copied from it.
     write_file(&src, "b.bin", &original);
     let r = g.sync(&src, "behind", &state, &[]);
     r.assert_ok();
-    assert_eq!(s3.get(&g.bucket, "behind/b.bin"), original, "{}", r.describe());
+    assert_eq!(
+        s3.get(&g.bucket, "behind/b.bin"),
+        original,
+        "{}",
+        r.describe()
+    );
 }
