@@ -24,8 +24,10 @@
 //!   what a store must guarantee (keys never escape, atomic publication,
 //!   versions), the local directory ([`store::LocalStore`]: every operation
 //!   resolved below DEST one component at a time without following
-//!   symlinks), the dry run as a wrapper ([`store::DryRun`]), and the
-//!   free-space policy ([`store::MinFree`]).
+//!   symlinks), an S3 bucket ([`store::S3Store`], `store/s3/`: rclone's
+//!   layout, a listing per pass, background PUTs flushed at the end of a
+//!   pass, server-side copies), the dry run as a wrapper
+//!   ([`store::DryRun`]), and the free-space policy ([`store::MinFree`]).
 //! - [`protocol`]: frames (length-prefixed, bounded) and typed messages.
 //! - [`session`]: the two halves of a pass as blocking code over a
 //!   [`session::link::Link`] (typed messages, typed link errors):
@@ -41,12 +43,14 @@
 //!   - the client ([`session::client`]) sends the manifest and answers
 //!     (digests, groups, chunks); large files may step aside for newer
 //!     changes in watch mode.
-//! - [`transport`]: carrying a link: connections (framing, zstd, byte
-//!   counters, messages handed over in batches), TLS (`transport/tls/`:
+//! - [`transport`]: carrying a link: connections (framing, byte counters,
+//!   messages handed over in batches), `--compress` (`transport/compress/`:
+//!   segments sent raw or as one zstd stream, chosen by measured throughput), TLS (`transport/tls/`:
 //!   fingerprints, identity, verifiers, known hosts), the handshake, the
 //!   server's accept loop, the client's dialer, the in-process link of a
 //!   local sync, and the `--bwlimit` token bucket (`transport/throttle.rs`).
-//!   It wires a [`store::LocalStore`] to each server session.
+//!   It wires a [`store::LocalStore`] or an [`store::S3Store`] (for an
+//!   `s3://` destination) to each server session.
 //! - [`syncer`]: the client driver (safety rails, reconnects, repeated passes).
 //! - [`watch`]: file-system events -> batches of changed paths -> scoped
 //!   passes, one worker per target (`watch/worker.rs`). The watched set

@@ -227,3 +227,214 @@ fn an_object_changed_behind_the_servers_back_is_never_used_as_a_copy_source() {
         r.describe()
     );
 }
+
+/// Waits until the bucket under `prefix` is exactly what `src` demands.
+#[track_caller]
+fn wait_layout(g: &Garage, prefix: &str, src: &std::path::Path, what: impl Fn() -> String) {
+    let s3 = g.client();
+    let mut last = Vec::new();
+    let ok = poll_until(std::time::Duration::from_secs(60), || {
+        last = layout_diffs(&s3, &g.bucket, prefix, src);
+        last.is_empty()
+    });
+    assert!(
+        ok,
+        "the bucket never matched the source:\n  {}\n{}",
+        last.join("\n  "),
+        what()
+    );
+}
+
+#[test]
+fn serve_s3_takes_a_remote_client_and_watch_keeps_a_bucket_in_step() {
+    let g = Garage::start();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_tree(&src, &common::scenarios::rich_source());
+    let mut serve = g.replica(&g.endpoint);
+    serve
+        .arg("serve")
+        .arg(g.url("served"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--state-dir",
+        ])
+        .arg(t.path().join("server-state"));
+    let mut server = Proc::spawn_cmd(serve);
+    let addr = server
+        .wait_line("listening on ")
+        .unwrap_or_else(|| panic!("no address: {}", server.describe()));
+    let r = run_replica(&[
+        "sync".as_ref(),
+        src.as_os_str(),
+        format!("replica://{}", addr.trim()).as_ref(),
+        "--insecure-plaintext".as_ref(),
+        "--state-dir".as_ref(),
+        t.path().join("client-state").as_os_str(),
+    ]);
+    r.assert_ok();
+    assert_layout(&g.client(), &g.bucket, "served", &src);
+    server.terminate();
+
+    // watch: changes reach the bucket without another command.
+    let mut watch = g.replica(&g.endpoint);
+    watch
+        .arg("watch")
+        .arg(&src)
+        .arg(g.url("watched"))
+        .arg("--state-dir")
+        .arg(t.path().join("watch-state"));
+    let w = Proc::spawn_cmd(watch);
+    wait_layout(&g, "watched", &src, || w.describe());
+    write_file(&src, "later/new.txt", b"arrived while watching");
+    std::fs::remove_file(src.join("top.txt")).unwrap();
+    wait_layout(&g, "watched", &src, || w.describe());
+    w.terminate();
+}
+
+#[test]
+fn a_pass_completes_with_one_node_of_three_killed_midway() {
+    let g = Garage::start();
+    let relay = Relay::start(&g.endpoint);
+    let t = tempfile::tempdir().unwrap();
+    let (src, state) = (t.path().join("src"), t.path().join("state"));
+    let spec: Vec<Spec> = (0..300)
+        .map(|i| f(&format!("d{}/f{i}", i % 10), random_bytes(i, 30_000)))
+        .collect();
+    build_tree(&src, &spec);
+    let mut cmd = g.replica(&relay.endpoint());
+    cmd.arg("sync")
+        .arg(&src)
+        .arg(g.url("faults"))
+        .arg("--state-dir")
+        .arg(&state);
+    let mut pass = Proc::spawn_cmd(cmd);
+    // Once a third of the content went out, node 3 dies.
+    assert!(poll_until(DEADLINE, || relay.sent() > 3_000_000 || !pass.alive()));
+    assert!(
+        pass.alive(),
+        "the pass ended before node 3 was killed: {}",
+        pass.describe()
+    );
+    g.kill(3);
+    let status = pass
+        .wait_exit(std::time::Duration::from_secs(120))
+        .expect("the pass ends");
+    assert!(status.success(), "{}", pass.describe());
+    assert_layout(&g.client(), &g.bucket, "faults", &src);
+}
+
+#[test]
+fn with_two_nodes_of_three_down_a_pass_fails_cleanly_and_the_next_converges() {
+    let g = Garage::start();
+    let t = tempfile::tempdir().unwrap();
+    let (src, state) = (t.path().join("src"), t.path().join("state"));
+    build_tree(&src, &[f("a", "a"), f("d/b", random_bytes(1, 100_000))]);
+    g.sync(&src, "quorum", &state, &[]).assert_ok();
+    write_file(&src, "d/c", b"written while the store is down");
+    g.kill(2);
+    g.kill(3);
+    let r = g.sync(&src, "quorum", &state, &[]);
+    r.assert_code(1);
+    assert!(r.stderr.contains("bucket replica at"), "{}", r.describe());
+    g.revive(2);
+    g.revive(3);
+    // The cluster takes a moment to see its nodes again.
+    let mut last = String::new();
+    let ok = poll_until(std::time::Duration::from_secs(60), || {
+        let r = g.sync(&src, "quorum", &state, &[]);
+        last = r.describe();
+        r.code() == Some(0)
+    });
+    assert!(ok, "no pass converged after recovery: {last}");
+    assert_layout(&g.client(), &g.bucket, "quorum", &src);
+}
+
+/// The largest spool file under a server's state directory.
+fn spool_len(state: &std::path::Path) -> u64 {
+    let mut max = 0;
+    let mut dirs = vec![state.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.parent().is_some_and(|p| p.ends_with("spool")) {
+                max = max.max(e.metadata().map(|m| m.len()).unwrap_or(0));
+            }
+        }
+    }
+    max
+}
+
+#[test]
+fn serve_s3_resumes_a_large_file_cut_midway() {
+    const SIZE: usize = 48 << 20;
+    let g = Garage::start();
+    let t = tempfile::tempdir().unwrap();
+    let (src, sstate) = (t.path().join("src"), t.path().join("server-state"));
+    build_tree(&src, &[f("big.bin", random_bytes(9, SIZE))]);
+    let mut serve = g.replica(&g.endpoint);
+    serve
+        .arg("serve")
+        .arg(g.url("resume"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--state-dir",
+        ])
+        .arg(&sstate);
+    let mut server = Proc::spawn_cmd(serve);
+    let addr = server.wait_line("listening on ").expect("address");
+    let url = format!("replica://{}", addr.trim());
+    let cstate = t.path().join("client-state");
+    let sync = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin());
+        c.arg("sync")
+            .arg(&src)
+            .arg(&url)
+            .args(["--insecure-plaintext", "--state-dir"])
+            .arg(&cstate)
+            .args(extra);
+        c
+    };
+    let mut child = Proc::spawn_cmd(sync(&["--bwlimit", "8M"]));
+    assert!(
+        poll_until(DEADLINE, || spool_len(&sstate) >= 8 << 20),
+        "the large file never reached 8 MiB on the server: {}",
+        server.describe()
+    );
+    child.kill();
+    let s3 = g.client();
+    assert!(
+        s3.objects(&g.bucket, "resume")
+            .iter()
+            .all(|o| o.key != "big.bin"),
+        "published while incomplete"
+    );
+    // The server keeps what it holds; the next pass sends the rest only.
+    let mut run: Option<Run> = None;
+    poll_until(DEADLINE, || {
+        let r: Run = sync(&[]).output().unwrap().into();
+        let busy = r.code() != Some(0) && r.stderr.contains("in use");
+        run = Some(r);
+        !busy
+    });
+    let run = run.expect("a pass ran");
+    run.assert_ok();
+    let sent = run.content_sent();
+    assert!(
+        sent + (6 << 20) <= SIZE as u64,
+        "the resumed pass sent {sent} B of {SIZE}: {}",
+        run.describe()
+    );
+    assert_layout(&s3, &g.bucket, "resume", &src);
+    assert_eq!(s3.uploads(&g.bucket, "resume"), 0);
+    server.terminate();
+}

@@ -170,6 +170,7 @@ fn world() -> &'static World {
             names: replica::tree::NameRules::native(),
             bwlimit: None,
             versions: None,
+            s3: None,
         };
         let shared = ServerShared::open(&opts, Arc::new(reporter)).expect("ServerShared::open");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1348,7 +1349,7 @@ async fn run_session(w: &'static World, contents: &[Content], steps: &[Step]) {
         version: PROTOCOL_VERSION,
         chunker: CHUNKER_VERSION,
         token: String::new(),
-        compress: false,
+        compress: replica::protocol::Compress::Off,
         client: "fuzz".into(),
         purpose: Purpose::Sync,
     };

@@ -26,12 +26,64 @@ pub struct Hello {
     pub version: u32,
     pub chunker: u16,
     pub token: String,
-    /// Whether the rest of the session is zstd-compressed (both directions).
-    pub compress: bool,
+    /// How the rest of the session is compressed (both directions).
+    pub compress: Compress,
     /// Free text naming the client, for the server's log.
     pub client: String,
     /// What the connection is for.
     pub purpose: Purpose,
+}
+
+/// How a session's byte stream is compressed after the handshake
+/// (`--compress`). With `Level` and `Auto` each direction is a sequence of
+/// segments, each either zstd (one continuous stream) or raw; `Off` sends
+/// plain frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compress {
+    /// Plain frames, no segments.
+    Off,
+    /// Every segment compressed at this zstd level (1..=19).
+    Level(i8),
+    /// Each sender compresses at level 3 while that moves data faster than
+    /// sending it raw, measured as it goes (see `transport::compress`).
+    #[default]
+    Auto,
+}
+
+impl Compress {
+    /// The level `Auto` compresses at.
+    pub const AUTO_LEVEL: i8 = 3;
+
+    /// Whether the stream is cut into segments.
+    pub fn segmented(self) -> bool {
+        self != Compress::Off
+    }
+
+    /// Whether a peer's setting is one this side can use (levels 1..=19).
+    pub fn is_valid(self) -> bool {
+        match self {
+            Compress::Level(n) => (1..=19).contains(&n),
+            Compress::Off | Compress::Auto => true,
+        }
+    }
+}
+
+impl std::str::FromStr for Compress {
+    type Err = String;
+
+    /// `auto`, `off` or a zstd level 1..=19.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Compress::Auto),
+            "off" => Ok(Compress::Off),
+            _ => match s.parse::<i8>() {
+                Ok(n) if (1..=19).contains(&n) => Ok(Compress::Level(n)),
+                _ => Err(format!(
+                    "`{s}` is not a compression setting: use auto, off or a zstd level 1..19"
+                )),
+            },
+        }
+    }
 }
 
 /// What a connection is for.
@@ -551,7 +603,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             chunker: 1,
             token: "t".into(),
-            compress: true,
+            compress: Compress::Auto,
             client: "c".into(),
             purpose: Purpose::Sync,
         };

@@ -291,12 +291,19 @@ impl S3 {
                         .bucket(bucket)
                         .key(&key)
                         .send()
-                        .await
-                        .expect("head");
+                        .await;
+                    let meta = match h {
+                        Ok(h) => h.metadata().cloned().unwrap_or_default(),
+                        // Removed since the listing (a watch at work).
+                        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                            continue
+                        }
+                        Err(e) => panic!("head {key}: {e:?}"),
+                    };
                     out.push(Object {
                         key: key[prefix.len() + 1..].to_string(),
                         size: o.size().unwrap_or(0) as u64,
-                        meta: h.metadata().cloned().unwrap_or_default(),
+                        meta,
                     });
                 }
                 token = r.next_continuation_token().map(str::to_string);

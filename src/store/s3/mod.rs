@@ -136,15 +136,40 @@ impl S3Store {
         }
     }
 
+    /// Settles the background writes already over, so that the map of
+    /// those in flight stays small in a pass of many files.
+    fn sweep(&self) {
+        if lock(&self.pending).len() < 2 * WRITES_AT_ONCE {
+            return;
+        }
+        let done: Vec<(String, Pending)> = {
+            let mut p = lock(&self.pending);
+            let keys: Vec<String> = p
+                .iter()
+                .filter(|(_, h)| h.is_finished())
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| p.remove(&k).map(|h| (k, h)))
+                .collect()
+        };
+        for (k, h) in done {
+            let _ = self.settle(&k, h);
+        }
+    }
+
     /// Starts a background write for `key` (after any earlier one).
     fn in_background<F>(&self, key: &str, f: F)
     where
         F: std::future::Future<Output = io::Result<()>> + Send + 'static,
     {
         let _ = self.wait(key);
-        let slots = self.slots.clone();
+        self.sweep();
+        // Waiting for a slot here (not in the task) bounds the bodies held
+        // in memory to the writes in flight.
+        let slot = self.conn.run(self.slots.clone().acquire_owned());
         let h = self.conn.spawn(async move {
-            let _slot = slots.acquire_owned().await;
+            let _slot = slot;
             f.await
         });
         lock(&self.pending).insert(key.to_string(), h);
