@@ -143,6 +143,14 @@ impl FileError {
 /// Short, lower-case description of an I/O error, without the "(os error N)" noise.
 pub fn describe_io(e: &io::Error) -> String {
     use io::ErrorKind::*;
+    if e.raw_os_error().is_none() && e.get_ref().is_some() && e.kind() != Other {
+        // A message of our own (an object store's cause, say) says more
+        // than the kind.
+        let s = e.to_string();
+        if s.contains(" (bucket ") {
+            return s;
+        }
+    }
     match e.kind() {
         NotFound => "not found".into(),
         PermissionDenied => "permission denied".into(),

@@ -98,6 +98,22 @@ struct Common {
     /// How long versions are kept (pruned at the end of each pass).
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration, requires = "versions")]
     keep_versions: Duration,
+    /// The S3 endpoint of s3:// targets [default: $AWS_ENDPOINT_URL, else AWS].
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+}
+
+/// A target with `--s3-endpoint` applied.
+fn with_endpoint(t: Target, c: &Common) -> Target {
+    match t {
+        Target::S3(mut loc) => {
+            if c.s3_endpoint.is_some() {
+                loc.endpoint = c.s3_endpoint.clone();
+            }
+            Target::S3(loc)
+        }
+        t => t,
+    }
 }
 
 /// `--versions` and `--keep-versions`, as the library takes them.
@@ -112,6 +128,15 @@ fn versions_of(c: &Common) -> Option<replica::versions::VersionsOptions> {
 
 /// Refuses `--versions` when no target is a local directory.
 fn check_versions(c: &Common, targets: &[Target]) -> anyhow::Result<()> {
+    if let (Some(_), Some(Target::S3(loc))) = (
+        &c.versions,
+        targets.iter().find(|t| matches!(t, Target::S3(_))),
+    ) {
+        return Err(usage(format!(
+            "--versions keeps versions in a directory; {} is an object store (use the bucket's own versioning)",
+            loc.describe()
+        )));
+    }
     if c.versions.is_some() && !targets.iter().any(|t| matches!(t, Target::Local(_))) {
         return Err(usage(
             "--versions keeps versions where the replica is: pass it to `replica serve` for a replica://HOST:PORT target".into(),
@@ -357,7 +382,23 @@ fn reporter(c: &Common, progress: Option<&Progress>) -> anyhow::Result<Reporter>
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    if a.dest.exists() && !a.dest.is_dir() {
+    let s3_dest = match replica::store::S3Location::parse(&a.dest.to_string_lossy()) {
+        Some(loc) => {
+            let mut loc = loc.map_err(usage)?;
+            if a.common.s3_endpoint.is_some() {
+                loc.endpoint = a.common.s3_endpoint.clone();
+            }
+            if a.common.versions.is_some() {
+                return Err(usage(format!(
+                    "--versions keeps versions in a directory; {} is an object store (use the bucket's own versioning)",
+                    loc.describe()
+                )));
+            }
+            Some(loc)
+        }
+        None => None,
+    };
+    if s3_dest.is_none() && a.dest.exists() && !a.dest.is_dir() {
         return Err(usage(format!(
             "{}: not a directory (serve keeps the replica in a directory; give a new or existing one)",
             a.dest.display()
@@ -399,6 +440,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         bwlimit: a.bwlimit.map(replica::transport::throttle::Bandwidth::new),
         versions: versions_of(&a.common),
+        s3: s3_dest,
     };
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(listen))
@@ -517,7 +559,7 @@ fn sync_signals(
 }
 
 fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
-    let target = Target::parse(&a.target).map_err(usage)?;
+    let target = with_endpoint(Target::parse(&a.target).map_err(usage)?, &a.common);
     if let Some(p) = a.every {
         check_period("--every", p).map_err(lib_err)?;
     }
@@ -585,6 +627,7 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
         .targets
         .iter()
         .map(|t| Target::parse(t).map_err(usage))
+        .map(|t| t.map(|t| with_endpoint(t, &a.common)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     check_period("--rescan-every", a.rescan_every).map_err(lib_err)?;
     let bw = bandwidth(&a.remote, &targets)?;

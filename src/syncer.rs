@@ -356,8 +356,24 @@ impl Syncer {
             Some(d) if opts.dry_run && !d.exists() => Some(Scratch::new()?),
             _ => None,
         };
-        let local = match &dest {
-            Some(d) => {
+        let local = match (&dest, &target) {
+            (None, Target::S3(loc)) => {
+                let so = ServerOptions {
+                    dest: loc.describe().into(),
+                    state_dir: opts.state_dir.clone(),
+                    token: None,
+                    fsync: opts.fsync,
+                    min_free: opts.min_free,
+                    tls: false,
+                    allowed_clients: Vec::new(),
+                    names: crate::tree::NameRules::native(),
+                    bwlimit: None,
+                    versions: None,
+                    s3: Some(loc.clone()),
+                };
+                Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
+            }
+            (Some(d), _) => {
                 let (dest, state_dir) = match &scratch {
                     Some(s) => (s.0.join("dest"), s.0.join("state")),
                     None => (d.clone(), opts.state_dir.clone()),
@@ -373,10 +389,11 @@ impl Syncer {
                     names: crate::tree::NameRules::native(),
                     bwlimit: None,
                     versions: opts.versions.clone(),
+                    s3: None,
                 };
                 Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
             }
-            None => None,
+            (None, _) => None,
         };
         Ok(Syncer {
             skip: dest.into_iter().collect(),

@@ -164,7 +164,7 @@ pub enum ClientMsg {
         group: u32,
         chunks: Vec<ChunkRef>,
     },
-    /// One chunk, as copies of the file's basis pieces plus literal bytes.
+    /// One chunk, as runs of the file's basis pieces plus literal bytes.
     ChunkDelta {
         id: u32,
         index: u32,
@@ -249,9 +249,15 @@ pub enum ServerMsg {
     /// What the pass will fetch: files whose content must be checked or sent.
     Plan { files: u64, bytes: u64 },
     /// The replica's old version of file `id`, as truncated hashes of its
-    /// fine pieces: chunks of `id` may be sent as [`ClientMsg::ChunkDelta`].
-    /// An empty list withdraws the basis.
-    Basis { id: u32, hashes: Vec<u32> },
+    /// fine pieces (cut with average size `avg`; [`crate::delta::HASH_BYTES`]
+    /// little-endian bytes each): chunks of `id` may be sent as
+    /// [`ClientMsg::ChunkDelta`]. An empty list withdraws the basis.
+    Basis {
+        id: u32,
+        avg: u32,
+        #[serde(with = "serde_bytes")]
+        hashes: Vec<u8>,
+    },
     /// Send a [`ClientMsg::Summary`] for each of these manifest ids.
     NeedFiles { ids: Vec<u32> },
     /// Send the group list of file `id`.
@@ -490,14 +496,14 @@ mod tests {
             (
                 any::<u32>(),
                 any::<u32>(),
-                proptest::collection::vec(any::<u32>(), 0..3)
+                proptest::collection::vec((any::<u32>(), any::<u32>()), 0..3)
             )
                 .prop_map(|(id, index, c)| ClientMsg::ChunkDelta {
                     id,
                     index,
                     ops: c
                         .into_iter()
-                        .map(crate::delta::DeltaOp::Copy)
+                        .map(|(first, count)| crate::delta::DeltaOp::Copy { first, count })
                         .chain([crate::delta::DeltaOp::Literal(vec![1, 2])])
                         .collect()
                 }),
@@ -539,8 +545,12 @@ mod tests {
             )
                 .prop_map(|(id, ranges)| ServerMsg::NeedChunks { id, ranges }),
             any::<u32>().prop_map(|id| ServerMsg::Done { id }),
-            (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..5))
-                .prop_map(|(id, hashes)| ServerMsg::Basis { id, hashes }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..20)
+            )
+                .prop_map(|(id, avg, hashes)| ServerMsg::Basis { id, avg, hashes }),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(files, bytes)| ServerMsg::Plan { files, bytes }),
             (".{0,20}", any::<u64>(), any::<u64>()).prop_map(|(path, received, reused)| {

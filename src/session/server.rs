@@ -204,6 +204,10 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     announce(&ctx, &p);
     let mut txn = txns.begin()?;
     apply(&ctx, &view, p, (&extras, opts.xattrs), &mut txn, &mut stats)?;
+    for (key, e) in store.flush() {
+        let shown = if key.is_empty() { "." } else { &key };
+        ctx.fail(&mut stats, shown, Failure::store("write", e));
+    }
     txn.commit()?;
     if !opts.dry_run {
         prune_versions(st)?;
@@ -220,7 +224,9 @@ fn look(
     txns: &Txns,
     stats: &mut PassStats,
 ) -> Result<Option<(ReplicaView, Plan)>> {
-    ctx.store.refresh();
+    ctx.store
+        .refresh()
+        .map_err(|e| Error::io("the replica's store", e))?;
     let (mut view, extras) = scan(ctx.store, ctx.manifest, ctx.keys, scan_opts);
     for &(id, why) in &ctx.unholdable.refused {
         ctx.fail(stats, ctx.key(id), Failure::Unholdable(why));

@@ -54,8 +54,14 @@ impl Store for DryRun<'_> {
             // A rename that does not happen would not show in a rescan.
             cheap_rename: false,
             records: false,
+            server_copy: false,
             ..self.inner.capabilities()
         }
+    }
+
+    fn refresh(&self) -> io::Result<()> {
+        // Reading the replica afresh changes nothing.
+        self.inner.refresh()
     }
 
     fn stat(&self, key: &str) -> io::Result<Option<ReplicaEntry>> {

@@ -219,6 +219,7 @@ impl Store for LocalStore {
             cheap_rename: true,
             hard_links: true,
             records: true,
+            server_copy: false,
         }
     }
 
@@ -443,11 +444,12 @@ impl Store for LocalStore {
         name.starts_with(TEMP_PREFIX)
     }
 
-    fn refresh(&self) {
+    fn refresh(&self) -> io::Result<()> {
         // A directory may have been moved away since the last pass: never
         // reuse a handle across passes.
         self.forget();
         self.forget_links();
+        Ok(())
     }
 
     fn space(&self) -> Option<Space> {
@@ -544,20 +546,7 @@ pub fn pread(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<us
 
 /// Writes all of `buf` at `offset`.
 pub fn pwrite_all(file: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        file.write_all_at(buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        use std::os::windows::fs::FileExt;
-        let mut done = 0;
-        while done < buf.len() {
-            done += file.seek_write(&buf[done..], offset + done as u64)?;
-        }
-        Ok(())
-    }
+    crate::sparse::write_all_at(file, buf, offset)
 }
 
 #[cfg(all(test, unix))]

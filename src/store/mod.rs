@@ -2,7 +2,10 @@
 //! does to a replica goes through [`Store`], so the session (planning,
 //! dedup, verification, reports) never knows where the replica lives.
 //!
-//! - [`local`]: a directory on a local disk (today's only real store).
+//! - [`local`]: a directory on a local disk.
+//! - [`s3`]: an S3 bucket under a prefix, laid out like rclone's copy of
+//!   a directory (objects, `.rclonelink` symlinks, `dir/` markers, rclone's
+//!   `mtime` and `mode` metadata).
 //! - [`dry_run`]: a wrapper that reads through to another store and
 //!   changes nothing (`--dry-run`).
 //! - [`space`]: the free-space policy (`--min-free`) over a store's answer.
@@ -38,11 +41,13 @@
 
 pub mod dry_run;
 pub mod local;
+pub mod s3;
 pub mod space;
 
 pub use crate::tree::Version;
 pub use dry_run::DryRun;
 pub use local::LocalStore;
+pub use s3::{S3Location, S3Store};
 pub use space::{MinFree, Room};
 
 use crate::plan::ReplicaEntry;
@@ -64,6 +69,10 @@ pub struct Capabilities {
     /// Changes are recorded at all. False for a dry run: the session then
     /// counts the content it would fetch instead of fetching it.
     pub records: bool,
+    /// [`Store::copy_file`] copies inside the store without the data
+    /// passing through the server (an object store's CopyObject): a whole
+    /// file the replica already holds elsewhere is copied, not rebuilt.
+    pub server_copy: bool,
 }
 
 /// Free and total bytes where the replica lives.
@@ -136,8 +145,31 @@ pub trait Store: Send + Sync {
     fn is_staging(&self, name: &str) -> bool;
 
     /// Forgets anything cached about the replica: called as each pass
-    /// starts (the replica may have changed since the last one).
-    fn refresh(&self) {}
+    /// starts (the replica may have changed since the last one). An error
+    /// fails the pass before anything is changed.
+    fn refresh(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Copies file `from` to `to` inside the store with this mode and
+    /// mtime (see [`Capabilities::server_copy`]); None: not done (too
+    /// large, or no such copy here), build it another way.
+    fn copy_file(
+        &self,
+        _from: &str,
+        _to: &str,
+        _mode: Option<u32>,
+        _mtime: Timestamp,
+    ) -> io::Result<Option<Version>> {
+        Ok(None)
+    }
+
+    /// Waits for writes still in flight (a store that sends files in the
+    /// background) at the end of a pass; returns those that failed, by key
+    /// (`""`: the pass as a whole).
+    fn flush(&self) -> Vec<(String, io::Error)> {
+        Vec::new()
+    }
 
     /// Free space where the replica lives, if the store can tell.
     fn space(&self) -> Option<Space> {

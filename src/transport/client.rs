@@ -20,6 +20,8 @@ pub enum Target {
     Remote(String),
     /// A local directory.
     Local(std::path::PathBuf),
+    /// `s3://BUCKET/PREFIX`: an object store, written by an in-process server.
+    S3(crate::store::S3Location),
 }
 
 impl Target {
@@ -28,6 +30,9 @@ impl Target {
     /// `h:7420`, `replica:/h:7420`) is refused with the likely fix rather
     /// than taken for a directory name; `./NAME` still names a local one.
     pub fn parse(s: &str) -> std::result::Result<Target, String> {
+        if let Some(loc) = crate::store::S3Location::parse(s) {
+            return loc.map(Target::S3);
+        }
         let Some(rest) = s.strip_prefix("replica://") else {
             return match looks_remote(s) {
                 Some(addr) => Err(format!(
@@ -56,6 +61,7 @@ impl Target {
         match self {
             Target::Remote(a) => format!("replica://{a}"),
             Target::Local(p) => p.display().to_string(),
+            Target::S3(l) => l.describe(),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::protocol::{Hello, HelloReply, Purpose, MAGIC, PROTOCOL_VERSION};
 use crate::report::Reporter;
 use crate::session::server::{serve_session, ServerLink, ServerState};
 use crate::status::ServerStats;
-use crate::store::LocalStore;
+use crate::store::{LocalStore, S3Store, Store};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,6 +76,9 @@ pub struct ServerOptions {
     /// `--versions DIR` and `--keep-versions`: removed and replaced files
     /// are moved there (DIR as given; checked against DEST at open).
     pub versions: Option<crate::versions::VersionsOptions>,
+    /// The replica is in an object store, not at `dest` (which then only
+    /// names it, as `s3://BUCKET/PREFIX`).
+    pub s3: Option<crate::store::S3Location>,
 }
 
 pub use crate::store::MinFree;
@@ -91,15 +94,7 @@ pub fn index_path(state_dir: &Path, dest: &Path) -> PathBuf {
 
 impl ServerShared {
     pub fn open(opts: &ServerOptions, reporter: Arc<Reporter>) -> Result<Arc<Self>> {
-        let mut store =
-            LocalStore::open(&opts.dest, opts.fsync).map_err(|e| Error::io(&opts.dest, e))?;
-        let dest = std::fs::canonicalize(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
-        if let Some(v) = &opts.versions {
-            let dir = crate::versions::check_dir(&v.dir, &dest)
-                .map_err(|e| Error::Usage(e.to_string()))?;
-            let v = crate::versions::VersionsOptions { dir, keep: v.keep };
-            store = store.with_versions(&v).map_err(|e| Error::io(&v.dir, e))?;
-        }
+        let (store, dest) = open_store(opts)?;
         let index = ReplicaIndex::open(&index_path(&opts.state_dir, &dest))?;
         if let Some(why) = &index.rebuilt {
             reporter.warn(&format!("replica index {why}; it is being rebuilt"));
@@ -126,7 +121,7 @@ impl ServerShared {
         *stats.dest.lock().unwrap_or_else(|e| e.into_inner()) = dest.display().to_string();
         let shutdown = Arc::new(AtomicBool::new(false));
         let state = ServerState {
-            store: Box::new(store),
+            store,
             index,
             reporter: reporter.clone(),
             min_free: opts.min_free,
@@ -154,6 +149,36 @@ impl ServerShared {
             bwlimit: opts.bwlimit.clone(),
         }))
     }
+}
+
+/// The replica's store and the name of its destination (canonical for a
+/// directory).
+fn open_store(opts: &ServerOptions) -> Result<(Box<dyn Store>, PathBuf)> {
+    if let Some(loc) = &opts.s3 {
+        if opts.versions.is_some() {
+            return Err(Error::Usage(format!(
+                "--versions keeps versions in a directory; {} is an object store (use the bucket's own versioning)",
+                loc.describe()
+            )));
+        }
+        let dest = PathBuf::from(loc.describe());
+        let state = index_path(&opts.state_dir, &dest)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| opts.state_dir.clone());
+        let store = S3Store::open(loc, &state).map_err(|e| Error::io(&dest, e))?;
+        return Ok((Box::new(store), dest));
+    }
+    let mut store =
+        LocalStore::open(&opts.dest, opts.fsync).map_err(|e| Error::io(&opts.dest, e))?;
+    let dest = std::fs::canonicalize(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
+    if let Some(v) = &opts.versions {
+        let dir =
+            crate::versions::check_dir(&v.dir, &dest).map_err(|e| Error::Usage(e.to_string()))?;
+        let v = crate::versions::VersionsOptions { dir, keep: v.keep };
+        store = store.with_versions(&v).map_err(|e| Error::io(&v.dir, e))?;
+    }
+    Ok((Box::new(store), dest))
 }
 
 /// Reasons a client is refused for good (retrying unchanged cannot help);

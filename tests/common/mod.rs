@@ -19,6 +19,7 @@ pub mod data;
 pub mod http;
 pub mod output;
 pub mod process;
+pub mod s3;
 pub mod scenarios;
 pub mod server;
 pub mod snapshot;

@@ -168,10 +168,16 @@ fn drain(
 impl Proc {
     /// Spawns `replica ARGS...` without any ambient token or state dir.
     pub fn spawn(args: &[&std::ffi::OsStr]) -> Proc {
-        let mut child = Command::new(bin())
-            .args(args)
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
             .env_remove("REPLICA_TOKEN")
-            .env_remove("REPLICA_STATE_DIR")
+            .env_remove("REPLICA_STATE_DIR");
+        Proc::spawn_cmd(cmd)
+    }
+
+    /// Spawns a prepared command (its environment as set).
+    pub fn spawn_cmd(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

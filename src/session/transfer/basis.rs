@@ -5,7 +5,7 @@
 //! basis's fine pieces plus literal bytes.
 
 use super::Transfer;
-use crate::delta::{basis_of, BASIS_MAX_FILE, BASIS_MIN_FILE};
+use crate::delta::{basis_of, piece_avg, BASIS_MAX_FILE, BASIS_MIN_FILE};
 use crate::protocol::ServerMsg;
 use crate::store::Reader;
 use crate::tree::Kind;
@@ -46,8 +46,9 @@ impl<'c> Transfer<'c, '_> {
             .take(BASIS_MAX_FILE)
             .read_to_end(&mut data)
             .ok()?;
-        let (places, hashes) = basis_of(&data);
-        self.ctx.link.send(ServerMsg::Basis { id, hashes });
+        let avg = piece_avg(data.len() as u64);
+        let (places, hashes) = basis_of(&data, avg);
+        self.ctx.link.send(ServerMsg::Basis { id, avg, hashes });
         Some((basis_key, places))
     }
 

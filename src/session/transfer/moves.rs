@@ -127,6 +127,66 @@ impl Transfer<'_, '_> {
         Ok(true)
     }
 
+    /// If the store copies inside itself ([`crate::store::Capabilities`]'s
+    /// `server_copy`) and a replica file holds exactly this content (still
+    /// as indexed), copies it here (true: the file is done).
+    pub(super) fn try_copy(
+        &mut self,
+        id: u32,
+        hash: &Hash,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<bool> {
+        let ctx = self.ctx;
+        if !ctx.store.capabilities().server_copy {
+            return Ok(false);
+        }
+        let (key, e) = (self.key(id), self.entry(id));
+        let Some(from) = txn.find_whole(hash)? else {
+            return Ok(false);
+        };
+        let Some(rec) = txn.file(&from)? else {
+            return Ok(false);
+        };
+        let still = match ctx.store.stat(&from) {
+            Ok(Some(now)) => {
+                matches!(now.kind, Kind::File { .. })
+                    && rec.matches(rec.size, now.mtime, now.version)
+                    && rec.size == now_size(&now.kind)
+            }
+            _ => false,
+        };
+        if from == key || !still {
+            return Ok(false);
+        }
+        let version = match ctx.store.copy_file(&from, key, e.mode, e.mtime) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(false),
+            Err(err) => {
+                ctx.reporter.warn(&format!(
+                    "{key}: cannot copy from {from} in the store ({}); sending it",
+                    crate::error::describe_io(&err)
+                ));
+                return Ok(false);
+            }
+        };
+        let size = rec.size;
+        self.jobs.remove(&id);
+        ctx.link.send(ServerMsg::Done { id });
+        let mut rec = rec;
+        rec.mtime = e.mtime;
+        rec.version = version;
+        txn.put_file(key, &rec)?;
+        let r = OpReport {
+            from: Some(from),
+            reused: size,
+            ..simple(Op::Copied, key, Reason::New)
+        };
+        stats.reused += size;
+        ctx.report(stats, r);
+        Ok(true)
+    }
+
     /// A replica file with content `hash` at a path this pass removes
     /// (not yet moved, still as indexed), and its record.
     fn movable(&self, hash: &Hash, txn: &mut IndexTxn) -> Result<Option<(String, FileRecord)>> {

@@ -1,0 +1,606 @@
+//! The replica in an S3 object store (`s3://BUCKET/PREFIX`), laid out the
+//! way rclone lays out a directory (`layout.rs`), so any S3 tool can
+//! browse it.
+//!
+//! - `client.rs`: the location, the client from the AWS environment, its
+//!   runtime, errors as one line (bucket, endpoint, cause); retries with
+//!   bounded backoff.
+//! - `layout.rs`: object keys, escaping, rclone's metadata (pure).
+//! - `tree.rs`: the replica as last listed, kept current by our writes.
+//! - `listing.rs`: one listing of the prefix per pass plus a persisted
+//!   metadata cache (HEAD only for objects that changed).
+//! - `staged.rs`: spool files in the state directory; ranged-GET readers.
+//! - `writes.rs`: PUT, multipart, CopyObject, deletes.
+//!
+//! Small files are sent in the background, a bounded number at once; any
+//! later operation on the same key waits for them, and [`Store::flush`]
+//! at the end of a pass waits for all and reports those that failed. A
+//! file's version is its ETag, so an object rewritten behind the server's
+//! back no longer matches the index and is checked again; metadata changed
+//! behind its back shows as a different mtime or mode at the next listing.
+
+pub mod client;
+pub mod layout;
+mod listing;
+mod staged;
+mod tree;
+mod writes;
+
+pub use client::S3Location;
+
+use super::{Capabilities, ReadAt, Staged, Store, Version};
+use crate::plan::ReplicaEntry;
+use crate::tree::{Kind, Timestamp};
+use client::Conn;
+use layout::{marker_of, object_of};
+use listing::Cached;
+use staged::{S3Reader, S3Staged};
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
+use tree::{Node, Tree};
+
+/// Files up to this size are sent in the background.
+const SMALL: u64 = 8 << 20;
+/// Background writes in flight at once.
+const WRITES_AT_ONCE: usize = 16;
+
+type Pending = JoinHandle<io::Result<()>>;
+
+/// A replica in an S3 bucket under a prefix.
+pub struct S3Store {
+    conn: Arc<Conn>,
+    tree: Mutex<Tree>,
+    cache: Arc<Mutex<HashMap<String, Cached>>>,
+    cache_path: PathBuf,
+    spool: PathBuf,
+    pending: Mutex<HashMap<String, Pending>>,
+    failures: Mutex<Vec<(String, io::Error)>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A file's version: its ETag, hashed.
+fn version_of(etag: &str) -> Version {
+    let h = blake3::hash(etag.as_bytes());
+    let v = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+    Version(v.max(1))
+}
+
+fn not_found(key: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{key}: not in the replica"),
+    )
+}
+
+impl S3Store {
+    /// Connects and checks the bucket answers (the error is one line);
+    /// `state` is this replica's directory in the server's state directory
+    /// (metadata cache, spool).
+    pub fn open(loc: &S3Location, state: &std::path::Path) -> io::Result<S3Store> {
+        let conn = Arc::new(Conn::new(loc)?);
+        conn.check()?;
+        std::fs::create_dir_all(state)?;
+        let cache_path = state.join("s3-meta.bin");
+        let spool = state.join("spool");
+        // Spool files of a killed process: nothing resumes them.
+        let _ = std::fs::remove_dir_all(&spool);
+        Ok(S3Store {
+            cache: Arc::new(Mutex::new(listing::load_cache(&cache_path))),
+            cache_path,
+            spool,
+            conn,
+            tree: Mutex::new(Tree::default()),
+            pending: Mutex::new(HashMap::new()),
+            failures: Mutex::new(Vec::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(WRITES_AT_ONCE)),
+        })
+    }
+
+    /// Waits for the background write of `key`, if any (its failure is
+    /// kept for [`Store::flush`] and returned).
+    fn wait(&self, key: &str) -> io::Result<()> {
+        let h = lock(&self.pending).remove(key);
+        match h {
+            None => Ok(()),
+            Some(h) => self.settle(key, h),
+        }
+    }
+
+    fn settle(&self, key: &str, h: Pending) -> io::Result<()> {
+        let r = self
+            .conn
+            .run(h)
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+        if let Err(e) = &r {
+            lock(&self.failures).push((key.to_string(), io::Error::new(e.kind(), e.to_string())));
+        }
+        r
+    }
+
+    /// Waits for the background writes at or below `key` (all for `""`).
+    fn wait_below(&self, key: &str) {
+        let keys: Vec<String> = lock(&self.pending)
+            .keys()
+            .filter(|k| key.is_empty() || *k == key || k.starts_with(&format!("{key}/")))
+            .cloned()
+            .collect();
+        for k in keys {
+            let _ = self.wait(&k);
+        }
+    }
+
+    /// Settles the background writes already over, so that the map of
+    /// those in flight stays small in a pass of many files.
+    fn sweep(&self) {
+        if lock(&self.pending).len() < 2 * WRITES_AT_ONCE {
+            return;
+        }
+        let done: Vec<(String, Pending)> = {
+            let mut p = lock(&self.pending);
+            let keys: Vec<String> = p
+                .iter()
+                .filter(|(_, h)| h.is_finished())
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| p.remove(&k).map(|h| (k, h)))
+                .collect()
+        };
+        for (k, h) in done {
+            let _ = self.settle(&k, h);
+        }
+    }
+
+    /// Starts a background write for `key` (after any earlier one).
+    fn in_background<F>(&self, key: &str, f: F)
+    where
+        F: std::future::Future<Output = io::Result<()>> + Send + 'static,
+    {
+        let _ = self.wait(key);
+        self.sweep();
+        // Waiting for a slot here (not in the task) bounds the bodies held
+        // in memory to the writes in flight.
+        let slot = self.conn.run(self.slots.clone().acquire_owned());
+        let h = self.conn.spawn(async move {
+            let _slot = slot;
+            f.await
+        });
+        lock(&self.pending).insert(key.to_string(), h);
+    }
+
+    /// Records what an object of ours now holds (its last-modified time is
+    /// bound by the next listing).
+    fn remember(&self, object: &str, etag: &str, size: u64, node: &Node) {
+        let target = match &node.kind {
+            Kind::Symlink { target } => Some(target.clone()),
+            _ => None,
+        };
+        lock(&self.cache).insert(
+            object.to_string(),
+            Cached {
+                etag: etag.to_string(),
+                size,
+                modified: None,
+                mtime: node.mtime,
+                mode: node.mode,
+                target,
+            },
+        );
+    }
+
+    fn forget(&self, object: &str) {
+        lock(&self.cache).remove(object);
+    }
+
+    /// The object holding the entry `node` at `key`.
+    fn object(&self, key: &str, node: &Node) -> String {
+        self.conn.full(&match node.kind {
+            Kind::Dir => marker_of(key),
+            Kind::Symlink { .. } => object_of(key, true),
+            Kind::File { .. } => object_of(key, false),
+        })
+    }
+
+    /// Writes a directory marker or a symlink object with its metadata, in
+    /// the background.
+    fn write_small(&self, key: &str, node: Node) {
+        let object = self.object(key, &node);
+        let body = match &node.kind {
+            Kind::Symlink { target } => target.clone().into_bytes(),
+            _ => Vec::new(),
+        };
+        let etag = writes::md5_hex(&body);
+        self.remember(&object, &etag, body.len() as u64, &node);
+        let meta = writes::metadata(&node.kind, node.mode, node.mtime);
+        let conn = self.conn.clone();
+        self.in_background(key, async move {
+            writes::put(&conn, &object, body, meta).await.map(|_| ())
+        });
+    }
+
+    /// Deletes the object of a removed entry (in the background).
+    fn delete_node(&self, key: &str, node: &Node) {
+        if node.kind.is_dir() && !node.marker {
+            return;
+        }
+        let object = self.object(key, node);
+        self.forget(&object);
+        let conn = self.conn.clone();
+        self.in_background(key, async move { writes::delete(&conn, &object).await });
+    }
+
+    fn node(&self, key: &str) -> Option<Node> {
+        lock(&self.tree).get(key).cloned()
+    }
+
+    /// Server-side copy of file `from` to `to` with this metadata.
+    fn copy_to(
+        &self,
+        from: &str,
+        to: &str,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<Version> {
+        let src = self.node(from).ok_or_else(|| not_found(from))?;
+        let Kind::File { size } = src.kind else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file"));
+        };
+        self.wait(from)?;
+        let _ = self.wait(to);
+        self.clear_other_kind(to, &src.kind);
+        let (src_obj, dst_obj) = (
+            self.object(from, &src),
+            self.conn.full(&object_of(to, false)),
+        );
+        let meta = writes::metadata(&src.kind, mode, mtime);
+        let etag = self
+            .conn
+            .run(writes::copy(&self.conn, &src_obj, &dst_obj, meta))?;
+        let node = Node {
+            kind: src.kind.clone(),
+            mode,
+            mtime,
+            etag: etag.clone(),
+            marker: false,
+            dirty: false,
+        };
+        self.remember(&dst_obj, &etag, size, &node);
+        lock(&self.tree).insert(to, node);
+        Ok(version_of(&etag))
+    }
+
+    /// An entry of another kind at `key` (a symlink where a file goes, or
+    /// the reverse) is removed: its object has another name.
+    fn clear_other_kind(&self, key: &str, kind: &Kind) {
+        let Some(old) = self.node(key) else {
+            return;
+        };
+        let same = matches!(
+            (&old.kind, kind),
+            (Kind::File { .. }, Kind::File { .. }) | (Kind::Symlink { .. }, Kind::Symlink { .. })
+        );
+        if !same && !old.kind.is_dir() {
+            lock(&self.tree).remove(key);
+            self.delete_node(key, &old);
+        }
+    }
+
+    /// Publishes a spool file at `key`.
+    fn send(&self, staged: &S3Staged, key: &str, node: Node) -> io::Result<Version> {
+        let size = staged.len()?;
+        let _ = self.wait(key);
+        self.clear_other_kind(key, &node.kind);
+        let object = self.conn.full(&object_of(key, false));
+        let meta = writes::metadata(&node.kind, node.mode, node.mtime);
+        let etag = if size >= writes::MULTIPART_MIN {
+            writes::put_multipart(&self.conn, &object, &staged.file, size, meta)?
+        } else {
+            let mut body = vec![0u8; size as usize];
+            super::read_exact_at(staged, &mut body, 0)?;
+            let etag = writes::md5_hex(&body);
+            let conn = self.conn.clone();
+            let obj = object.clone();
+            if size <= SMALL {
+                self.in_background(key, async move {
+                    writes::put(&conn, &obj, body, meta).await.map(|_| ())
+                });
+                etag
+            } else {
+                self.conn.run(writes::put(&conn, &obj, body, meta))?
+            }
+        };
+        let node = Node {
+            etag: etag.clone(),
+            ..node
+        };
+        self.remember(&object, &etag, size, &node);
+        lock(&self.tree).insert(key, node);
+        Ok(version_of(&etag))
+    }
+}
+
+impl Store for S3Store {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            symlinks: true,
+            modes: true,
+            cheap_rename: false,
+            hard_links: false,
+            records: true,
+            server_copy: true,
+        }
+    }
+
+    fn stat(&self, key: &str) -> io::Result<Option<ReplicaEntry>> {
+        Ok(self.node(key).map(|n| ReplicaEntry {
+            version: match n.kind {
+                Kind::Dir => Version::UNKNOWN,
+                _ => version_of(&n.etag),
+            },
+            kind: n.kind,
+            mode: n.mode,
+            mtime: n.mtime,
+        }))
+    }
+
+    fn list(&self, key: &str) -> io::Result<Vec<String>> {
+        lock(&self.tree).names(key).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{key} is not a directory"),
+            )
+        })
+    }
+
+    fn open(&self, key: &str) -> io::Result<Box<dyn ReadAt>> {
+        let node = self.node(key).ok_or_else(|| not_found(key))?;
+        let Kind::File { size } = node.kind else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{key}: not a file"),
+            ));
+        };
+        self.wait(key)?;
+        Ok(Box::new(S3Reader {
+            conn: self.conn.clone(),
+            object: self.object(key, &node),
+            size,
+        }))
+    }
+
+    fn mkdir(&self, key: &str) -> io::Result<()> {
+        let mut tree = lock(&self.tree);
+        match tree.get(key) {
+            Some(n) if n.kind.is_dir() => Ok(()),
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{key}: exists"),
+            )),
+            None => {
+                let node = Node {
+                    dirty: true,
+                    ..Node::implied_dir()
+                };
+                if tree.insert(key, node) {
+                    Ok(())
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        format!("{key}: a parent is not a directory"),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn symlink(&self, key: &str, target: &str) -> io::Result<()> {
+        let kind = Kind::Symlink {
+            target: target.to_string(),
+        };
+        self.clear_other_kind(key, &kind);
+        let old = self.node(key);
+        let node = Node {
+            kind,
+            mode: None,
+            mtime: old.map(|o| o.mtime).unwrap_or_default(),
+            etag: String::new(),
+            marker: false,
+            dirty: true,
+        };
+        if lock(&self.tree).insert(key, node) {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{key}: cannot hold a symlink"),
+            ))
+        }
+    }
+
+    fn set_meta(
+        &self,
+        key: &str,
+        kind: &Kind,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<()> {
+        let node = self.node(key).ok_or_else(|| not_found(key))?;
+        let mode = if matches!(node.kind, Kind::Symlink { .. }) {
+            None
+        } else {
+            mode
+        };
+        match (&node.kind, kind) {
+            (Kind::File { .. }, Kind::File { .. }) => {
+                self.copy_to(key, key, mode, mtime)?;
+            }
+            (Kind::Dir, Kind::Dir) | (Kind::Symlink { .. }, Kind::Symlink { .. }) => {
+                let node = Node {
+                    mode,
+                    mtime,
+                    marker: node.kind.is_dir(),
+                    dirty: false,
+                    ..node
+                };
+                lock(&self.tree).insert(key, node.clone());
+                self.write_small(key, node);
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{key}: not of that kind"),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let node = self.node(from).ok_or_else(|| not_found(from))?;
+        match &node.kind {
+            Kind::File { .. } => {
+                self.copy_to(from, to, node.mode, node.mtime)?;
+            }
+            Kind::Symlink { target } => {
+                self.symlink(to, target)?;
+                self.set_meta(to, &node.kind, None, node.mtime)?;
+            }
+            Kind::Dir => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "an object store cannot rename a directory",
+                ))
+            }
+        }
+        let gone = lock(&self.tree).remove(from);
+        for (k, n) in gone {
+            self.delete_node(&k, &n);
+        }
+        Ok(())
+    }
+
+    fn remove(&self, key: &str) -> io::Result<u64> {
+        self.wait_below(key);
+        let gone = lock(&self.tree).remove(key);
+        let n = gone.len() as u64;
+        if gone.len() <= 1 {
+            for (k, node) in &gone {
+                self.delete_node(k, node);
+            }
+            return Ok(n);
+        }
+        let objects: Vec<String> = gone
+            .iter()
+            .filter(|(_, n)| !n.kind.is_dir() || n.marker)
+            .map(|(k, n)| self.object(k, n))
+            .collect();
+        for o in &objects {
+            self.forget(o);
+        }
+        self.conn.run(writes::delete_many(&self.conn, objects))?;
+        Ok(n)
+    }
+
+    fn keep_aside(&self, _key: &str) -> io::Result<String> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "an object store keeps nothing aside",
+        ))
+    }
+
+    fn stage(&self, key: &str) -> io::Result<Box<dyn Staged>> {
+        Ok(Box::new(S3Staged::create(&self.spool, key)?))
+    }
+
+    fn resume(&self, _key: &str, staged: Box<dyn Staged>) -> io::Result<Box<dyn Staged>> {
+        let Ok(old) = staged.into_any().downcast::<S3Staged>() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not staged by this store",
+            ));
+        };
+        Ok(Box::new(old.take_over()?))
+    }
+
+    fn publish(
+        &self,
+        staged: Box<dyn Staged>,
+        key: &str,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<Version> {
+        let Ok(staged) = staged.into_any().downcast::<S3Staged>() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not staged by this store",
+            ));
+        };
+        let node = Node {
+            kind: Kind::File {
+                size: staged.len()?,
+            },
+            mode,
+            mtime,
+            etag: String::new(),
+            marker: false,
+            dirty: false,
+        };
+        self.send(&staged, key, node)
+    }
+
+    fn is_staging(&self, _name: &str) -> bool {
+        false
+    }
+
+    fn refresh(&self) -> io::Result<()> {
+        self.wait_below("");
+        let mut cache = lock(&self.cache);
+        let tree = listing::read_tree(&self.conn, &mut cache)?;
+        *lock(&self.tree) = tree;
+        let _ = listing::save_cache(&self.cache_path, &cache);
+        drop(cache);
+        writes::abort_stale_uploads(&self.conn)?;
+        Ok(())
+    }
+
+    fn copy_file(
+        &self,
+        from: &str,
+        to: &str,
+        mode: Option<u32>,
+        mtime: Timestamp,
+    ) -> io::Result<Option<Version>> {
+        match self.node(from) {
+            Some(Node {
+                kind: Kind::File { size },
+                ..
+            }) if size <= writes::COPY_MAX => self.copy_to(from, to, mode, mtime).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn flush(&self) -> Vec<(String, io::Error)> {
+        let dirty = lock(&self.tree).dirty();
+        for key in dirty {
+            if let Some(mut n) = self.node(&key) {
+                n.dirty = false;
+                n.marker = n.kind.is_dir();
+                lock(&self.tree).insert(&key, n.clone());
+                self.write_small(&key, n);
+            }
+        }
+        self.wait_below("");
+        if let Err(e) = writes::abort_stale_uploads(&self.conn) {
+            lock(&self.failures).push((String::new(), e));
+        }
+        let _ = listing::save_cache(&self.cache_path, &lock(&self.cache));
+        std::mem::take(&mut *lock(&self.failures))
+    }
+}
