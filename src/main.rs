@@ -162,6 +162,26 @@ struct RemoteArgs {
     /// together (e.g. 500K, 2M = 2 MiB/s, 1G). Local targets are not limited.
     #[arg(long, value_name = "RATE", value_parser = parse_bwlimit)]
     bwlimit: Option<u64>,
+    /// How the link to servers is compressed: auto (the default: zstd
+    /// while it moves data faster than sending it raw, measured as it
+    /// goes), off, or a zstd level 1..19 (always compressed).
+    #[arg(long, value_name = "auto|off|LEVEL", value_parser = parse_compress)]
+    compress: Option<replica::protocol::Compress>,
+}
+
+fn parse_compress(s: &str) -> Result<replica::protocol::Compress, String> {
+    s.parse()
+}
+
+/// Refuses `--compress` when no target goes over the network.
+fn check_compress(remote: &RemoteArgs, targets: &[Target]) -> anyhow::Result<()> {
+    if remote.compress.is_some() && !targets.iter().any(|t| matches!(t, Target::Remote(_))) {
+        return Err(usage(
+            "--compress sets how the network link is compressed; no target is replica://HOST:PORT"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_bwlimit(s: &str) -> Result<u64, String> {
@@ -283,6 +303,7 @@ fn sync_options(
 ) -> SyncOptions {
     SyncOptions {
         bwlimit: bwlimit.filter(|_| matches!(target, Target::Remote(_))),
+        compress: remote.compress.unwrap_or_default(),
         versions: versions_of(common).filter(|_| matches!(target, Target::Local(_))),
         src: src.to_path_buf(),
         target: Some(target),
@@ -544,6 +565,7 @@ fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     }
     let bw = bandwidth(&a.remote, std::slice::from_ref(&target))?;
     check_versions(&a.common, std::slice::from_ref(&target))?;
+    check_compress(&a.remote, std::slice::from_ref(&target))?;
     check_common(&a.common)?;
     let rt = runtime()?;
     let progress = Progress::new(!a.common.quiet);
@@ -610,6 +632,7 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
     check_period("--rescan-every", a.rescan_every).map_err(lib_err)?;
     let bw = bandwidth(&a.remote, &targets)?;
     check_versions(&a.common, &targets)?;
+    check_compress(&a.remote, &targets)?;
     check_common(&a.common)?;
     let rt = runtime()?;
     let reporter = Arc::new(reporter(&a.common, None)?);

@@ -93,7 +93,8 @@ pub fn is_hole(_file: &std::fs::File, _offset: u64, _len: u64) -> bool {
     false
 }
 
-fn write_all_at(file: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
+/// Writes all of `buf` at `offset` (positional: the file's cursor is not used).
+pub(crate) fn write_all_at(file: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileExt;

@@ -47,6 +47,8 @@ pub struct SyncOptions {
     /// `--bwlimit`: paces what goes to a remote target (one bucket may be
     /// shared by several targets). Local targets are not limited.
     pub bwlimit: Option<Arc<crate::transport::throttle::Bandwidth>>,
+    /// `--compress`: how the link to a remote target is compressed.
+    pub compress: crate::protocol::Compress,
 }
 
 /// The default place for replica's own state (indexes, keys).
@@ -148,6 +150,7 @@ pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectO
             identity: None,
             command: opts.command,
             bwlimit: opts.bwlimit.clone(),
+            compress: opts.compress,
         });
     }
     let pin = match &opts.fingerprint {
@@ -164,6 +167,7 @@ pub fn client_connect_options(opts: &SyncOptions, addr: &str) -> Result<ConnectO
         identity,
         command: opts.command,
         bwlimit: opts.bwlimit.clone(),
+        compress: opts.compress,
     })
 }
 

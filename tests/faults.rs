@@ -663,7 +663,7 @@ fn hello(version: u32, magic: [u8; 8]) -> Vec<u8> {
         version,
         chunker: replica::chunk::CHUNKER_VERSION,
         token: String::new(),
-        compress: false,
+        compress: replica::protocol::Compress::Off,
         client: "faults test".into(),
         purpose: replica::protocol::Purpose::Sync,
     }))

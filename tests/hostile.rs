@@ -58,7 +58,7 @@ impl Peer {
                 version: PROTOCOL_VERSION,
                 chunker: CHUNKER_VERSION,
                 token: String::new(),
-                compress: false,
+                compress: replica::protocol::Compress::Off,
                 client: "hostile test".into(),
                 purpose: Purpose::Sync,
             }));

@@ -31,6 +31,11 @@ fn one_byte_change_updates() {
     scenarios::one_byte_change_updates(Where::Local);
 }
 
+#[test]
+fn small_text_edits_send_little() {
+    scenarios::small_text_edits_send_little(Where::Local);
+}
+
 #[cfg(unix)]
 #[test]
 fn deletions_propagate() {

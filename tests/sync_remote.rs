@@ -36,6 +36,11 @@ fn one_byte_change_updates() {
     scenarios::one_byte_change_updates(Where::Remote);
 }
 
+#[test]
+fn small_text_edits_send_little() {
+    scenarios::small_text_edits_send_little(Where::Remote);
+}
+
 #[cfg(unix)]
 #[test]
 fn deletions_propagate() {

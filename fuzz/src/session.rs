@@ -27,7 +27,7 @@
 
 use arbitrary::Arbitrary;
 use replica::chunk::{group_hash, ChunkRef, GroupRef, Hash, CHUNKER_VERSION};
-use replica::delta::{make_delta, DeltaOp};
+use replica::delta::{make_delta, BasisMap, DeltaOp};
 use replica::protocol::frame::parse_frame;
 use replica::protocol::GROUPS_PER_MSG;
 use replica::protocol::{
@@ -237,10 +237,16 @@ fn blob(k: u8) -> &'static [u8] {
 
 fn tweak_ops(mut ops: Vec<DeltaOp>, t: Option<&Tweak>) -> Vec<DeltaOp> {
     match t {
-        Some(Tweak::Count(n)) => ops.push(DeltaOp::Copy(*n)),
+        Some(Tweak::Count(n)) => ops.push(DeltaOp::Copy {
+            first: *n,
+            count: 1,
+        }),
         Some(Tweak::ChunkLen { index, len }) if !ops.is_empty() => {
             let i = *index as usize % ops.len();
-            ops[i] = DeltaOp::Copy(*len);
+            ops[i] = DeltaOp::Copy {
+                first: u32::from(*index),
+                count: *len,
+            };
         }
         Some(Tweak::Hash(j)) => {
             for op in &mut ops {
@@ -690,7 +696,7 @@ struct Conv<'a> {
     /// Entries sent so far in the current manifest.
     count: usize,
     /// The server's basis per file id (piece hash -> piece index).
-    basis: HashMap<u32, HashMap<u32, u32>>,
+    basis: HashMap<u32, BasisMap>,
     /// A BeginPass was sent and no entries since: the next entries start a
     /// new manifest.
     fresh: bool,
@@ -719,17 +725,14 @@ impl<'a> Conv<'a> {
     }
 
     /// Remembers (or, when empty, withdraws) the basis offered for a file.
-    fn note_basis(&mut self, id: u32, hashes: &[u32]) {
-        if hashes.is_empty() {
-            self.basis.remove(&id);
-        } else {
-            let map = hashes
-                .iter()
-                .enumerate()
-                .rev() // the first index wins for repeated pieces
-                .map(|(i, &h)| (h, i as u32))
-                .collect();
-            self.basis.insert(id, map);
+    fn note_basis(&mut self, id: u32, avg: u32, hashes: &[u8]) {
+        match BasisMap::parse(avg, hashes) {
+            Ok(map) if !hashes.is_empty() => {
+                self.basis.insert(id, map);
+            }
+            _ => {
+                self.basis.remove(&id);
+            }
         }
     }
 
@@ -1346,7 +1349,7 @@ async fn run_session(w: &'static World, contents: &[Content], steps: &[Step]) {
         version: PROTOCOL_VERSION,
         chunker: CHUNKER_VERSION,
         token: String::new(),
-        compress: false,
+        compress: replica::protocol::Compress::Off,
         client: "fuzz".into(),
         purpose: Purpose::Sync,
     };
@@ -1413,7 +1416,11 @@ async fn run_session(w: &'static World, contents: &[Content], steps: &[Step]) {
                     let Some(m) = server_msg(&f) else { continue };
                     match m {
                         ServerMsg::PassDone(_) => idle = true,
-                        ServerMsg::Basis { id, ref hashes } => conv.note_basis(id, hashes),
+                        ServerMsg::Basis {
+                            id,
+                            avg,
+                            ref hashes,
+                        } => conv.note_basis(id, avg, hashes),
                         ServerMsg::Fatal { .. } => gone = true,
                         ServerMsg::NeedFiles { .. }
                         | ServerMsg::NeedGroupHashes { .. }

@@ -11,7 +11,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// First bytes of every session.
 pub const MAGIC: [u8; 8] = *b"REPLICA\x01";
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Most manifest entries the server accepts in one pass.
 pub const MAX_ENTRIES: usize = 20_000_000;
 /// Most group hashes sent in one message.
@@ -26,12 +26,64 @@ pub struct Hello {
     pub version: u32,
     pub chunker: u16,
     pub token: String,
-    /// Whether the rest of the session is zstd-compressed (both directions).
-    pub compress: bool,
+    /// How the rest of the session is compressed (both directions).
+    pub compress: Compress,
     /// Free text naming the client, for the server's log.
     pub client: String,
     /// What the connection is for.
     pub purpose: Purpose,
+}
+
+/// How a session's byte stream is compressed after the handshake
+/// (`--compress`). With `Level` and `Auto` each direction is a sequence of
+/// segments, each either zstd (one continuous stream) or raw; `Off` sends
+/// plain frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compress {
+    /// Plain frames, no segments.
+    Off,
+    /// Every segment compressed at this zstd level (1..=19).
+    Level(i8),
+    /// Each sender compresses at level 3 while that moves data faster than
+    /// sending it raw, measured as it goes (see `transport::compress`).
+    #[default]
+    Auto,
+}
+
+impl Compress {
+    /// The level `Auto` compresses at.
+    pub const AUTO_LEVEL: i8 = 3;
+
+    /// Whether the stream is cut into segments.
+    pub fn segmented(self) -> bool {
+        self != Compress::Off
+    }
+
+    /// Whether a peer's setting is one this side can use (levels 1..=19).
+    pub fn is_valid(self) -> bool {
+        match self {
+            Compress::Level(n) => (1..=19).contains(&n),
+            Compress::Off | Compress::Auto => true,
+        }
+    }
+}
+
+impl std::str::FromStr for Compress {
+    type Err = String;
+
+    /// `auto`, `off` or a zstd level 1..=19.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Compress::Auto),
+            "off" => Ok(Compress::Off),
+            _ => match s.parse::<i8>() {
+                Ok(n) if (1..=19).contains(&n) => Ok(Compress::Level(n)),
+                _ => Err(format!(
+                    "`{s}` is not a compression setting: use auto, off or a zstd level 1..19"
+                )),
+            },
+        }
+    }
 }
 
 /// What a connection is for.
@@ -112,7 +164,7 @@ pub enum ClientMsg {
         group: u32,
         chunks: Vec<ChunkRef>,
     },
-    /// One chunk, as copies of the file's basis pieces plus literal bytes.
+    /// One chunk, as runs of the file's basis pieces plus literal bytes.
     ChunkDelta {
         id: u32,
         index: u32,
@@ -197,9 +249,15 @@ pub enum ServerMsg {
     /// What the pass will fetch: files whose content must be checked or sent.
     Plan { files: u64, bytes: u64 },
     /// The replica's old version of file `id`, as truncated hashes of its
-    /// fine pieces: chunks of `id` may be sent as [`ClientMsg::ChunkDelta`].
-    /// An empty list withdraws the basis.
-    Basis { id: u32, hashes: Vec<u32> },
+    /// fine pieces (cut with average size `avg`; [`crate::delta::HASH_BYTES`]
+    /// little-endian bytes each): chunks of `id` may be sent as
+    /// [`ClientMsg::ChunkDelta`]. An empty list withdraws the basis.
+    Basis {
+        id: u32,
+        avg: u32,
+        #[serde(with = "serde_bytes")]
+        hashes: Vec<u8>,
+    },
     /// Send a [`ClientMsg::Summary`] for each of these manifest ids.
     NeedFiles { ids: Vec<u32> },
     /// Send the group list of file `id`.
@@ -438,14 +496,14 @@ mod tests {
             (
                 any::<u32>(),
                 any::<u32>(),
-                proptest::collection::vec(any::<u32>(), 0..3)
+                proptest::collection::vec((any::<u32>(), any::<u32>()), 0..3)
             )
                 .prop_map(|(id, index, c)| ClientMsg::ChunkDelta {
                     id,
                     index,
                     ops: c
                         .into_iter()
-                        .map(crate::delta::DeltaOp::Copy)
+                        .map(|(first, count)| crate::delta::DeltaOp::Copy { first, count })
                         .chain([crate::delta::DeltaOp::Literal(vec![1, 2])])
                         .collect()
                 }),
@@ -487,8 +545,12 @@ mod tests {
             )
                 .prop_map(|(id, ranges)| ServerMsg::NeedChunks { id, ranges }),
             any::<u32>().prop_map(|id| ServerMsg::Done { id }),
-            (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..5))
-                .prop_map(|(id, hashes)| ServerMsg::Basis { id, hashes }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..20)
+            )
+                .prop_map(|(id, avg, hashes)| ServerMsg::Basis { id, avg, hashes }),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(files, bytes)| ServerMsg::Plan { files, bytes }),
             (".{0,20}", any::<u64>(), any::<u64>()).prop_map(|(path, received, reused)| {
@@ -541,7 +603,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             chunker: 1,
             token: "t".into(),
-            compress: true,
+            compress: Compress::Auto,
             client: "c".into(),
             purpose: Purpose::Sync,
         };

@@ -546,20 +546,7 @@ pub fn pread(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<us
 
 /// Writes all of `buf` at `offset`.
 pub fn pwrite_all(file: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        file.write_all_at(buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        use std::os::windows::fs::FileExt;
-        let mut done = 0;
-        while done < buf.len() {
-            done += file.seek_write(&buf[done..], offset + done as u64)?;
-        }
-        Ok(())
-    }
+    crate::sparse::write_all_at(file, buf, offset)
 }
 
 #[cfg(all(test, unix))]

@@ -8,7 +8,7 @@ use super::server::{claim, run_session, ServerShared};
 use super::throttle::Throttled;
 use crate::chunk::CHUNKER_VERSION;
 use crate::error::{Error, Result};
-use crate::protocol::{Hello, HelloReply, Purpose, MAGIC, PROTOCOL_VERSION};
+use crate::protocol::{Compress, Hello, HelloReply, Purpose, MAGIC, PROTOCOL_VERSION};
 use crate::session::client::ClientLink;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,9 +115,11 @@ pub struct ConnectOptions {
     pub command: &'static str,
     /// `--bwlimit`: paces what this client writes to the socket.
     pub bwlimit: Option<Arc<super::throttle::Bandwidth>>,
+    /// `--compress`: how the session's stream is compressed.
+    pub compress: Compress,
 }
 
-fn hello(opts: &ConnectOptions, compress: bool) -> Hello {
+fn hello(opts: &ConnectOptions, compress: Compress) -> Hello {
     let token = &opts.token;
     let client = match opts.command {
         "" => format!("replica {}", env!("CARGO_PKG_VERSION")),
@@ -237,7 +239,7 @@ pub async fn connect(
 ) -> Result<(ClientLink, Option<super::tls::ServerTrust>)> {
     let peer = format!("replica://{addr}");
     let (s, counters, trust) = dial(addr, opts).await?;
-    let link = handshake(s, &peer, hello(opts, true), counters).await?;
+    let link = handshake(s, &peer, hello(opts, opts.compress), counters).await?;
     Ok((link, trust))
 }
 
@@ -267,7 +269,7 @@ const LOCAL_CLIENT_QUEUE: usize = 4;
 pub async fn query_status(addr: &str, opts: &ConnectOptions) -> Result<String> {
     let peer = format!("replica://{addr}");
     let (mut s, _, _) = dial(addr, opts).await?;
-    let mut h = hello(opts, false);
+    let mut h = hello(opts, Compress::Off);
     h.purpose = Purpose::Status;
     send_plain(&mut s, &h).await.map_err(|e| Error::Net {
         peer: peer.clone(),

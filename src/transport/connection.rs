@@ -7,13 +7,12 @@
 //! [`KEEPALIVE`] of silence, the reader drops the link after [`IDLE_LIMIT`]
 //! without any frame.
 
+use super::compress::{SegmentReader, SegmentWriter};
 use crate::protocol::frame::FrameError;
+use crate::protocol::Compress;
 use crate::protocol::{decode, encode, read_frame, write_frame};
 pub use crate::session::link::{link_pair, Counters, Link};
 use crate::session::link::{Broken, LinkError};
-use async_compression::tokio::{bufread::ZstdDecoder, write::ZstdEncoder};
-use async_compression::zstd::CParameter;
-use async_compression::Level;
 use serde::{de::DeserializeOwned, Serialize};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -133,7 +132,7 @@ pub struct LinkCaps {
 /// Starts the reader and writer tasks on `stream` (after the handshake).
 pub fn spawn_link<Out, In>(
     stream: BoxStream,
-    compress: bool,
+    compress: Compress,
     caps: LinkCaps,
     counters: Arc<Counters>,
     peer: String,
@@ -146,35 +145,65 @@ where
     let (in_tx, in_rx) = mpsc::channel::<Vec<In>>(caps.incoming);
     let broken = Arc::new(std::sync::Mutex::new(None));
     let (r, w) = tokio::io::split(stream);
-    let writer = if compress {
-        let enc = ZstdEncoder::with_quality_and_params(
-            w,
-            Level::Precise(3),
-            &[CParameter::window_log(24)],
-        );
-        tokio::spawn(read_loop(
-            ZstdDecoder::new(BufReader::new(r)),
-            in_tx,
-            broken.clone(),
-        ));
-        tokio::spawn(write_loop(enc, out_rx))
-    } else {
-        tokio::spawn(read_loop(
-            BufReader::with_capacity(256 * 1024, r),
-            in_tx,
-            broken.clone(),
-        ));
-        tokio::spawn(write_loop(
-            tokio::io::BufWriter::with_capacity(256 * 1024, w),
-            out_rx,
-        ))
+    let level = match compress {
+        Compress::Off => None,
+        Compress::Level(n) => Some((n, false)),
+        Compress::Auto => Some((Compress::AUTO_LEVEL, true)),
+    };
+    let r = BufReader::with_capacity(256 * 1024, r);
+    let writer = match level {
+        Some((n, auto)) => {
+            // Levels are checked at the hello (1..=19); zstd accepts those
+            // and the window, so neither can fail.
+            let r = SegmentReader::new(r).expect("zstd decoder parameters");
+            let w = SegmentWriter::new(w, n, auto).expect("zstd level 1..=19");
+            tokio::spawn(read_loop(r, in_tx, broken.clone()));
+            tokio::spawn(write_loop(Sink::Segments(w), out_rx))
+        }
+        None => {
+            tokio::spawn(read_loop(r, in_tx, broken.clone()));
+            let w = tokio::io::BufWriter::with_capacity(256 * 1024, w);
+            tokio::spawn(write_loop(Sink::Plain(w), out_rx))
+        }
     };
     Link::new(out_tx, in_rx, broken, counters, peer, Some(writer))
 }
 
-async fn write_all<W: AsyncWrite + Unpin, Out: Serialize>(w: &mut W, batch: Vec<Out>) -> bool {
+/// Where the writer puts frames: plainly, or cut into segments.
+enum Sink<W> {
+    Plain(tokio::io::BufWriter<W>),
+    Segments(SegmentWriter<W>),
+}
+
+impl<W: AsyncWrite + Unpin> Sink<W> {
+    async fn put(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => write_frame(w, payload).await.map_err(std::io::Error::other),
+            Sink::Segments(w) => w.put_frame(payload).await,
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush().await,
+            Sink::Segments(w) => w.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.shutdown().await,
+            Sink::Segments(w) => w.shutdown().await,
+        }
+    }
+}
+
+async fn write_all<W: AsyncWrite + Unpin, Out: Serialize>(
+    w: &mut Sink<W>,
+    batch: Vec<Out>,
+) -> bool {
     for m in batch {
-        if write_frame(w, &encode(&m)).await.is_err() {
+        if w.put(&encode(&m)).await.is_err() {
             return false;
         }
     }
@@ -182,13 +211,13 @@ async fn write_all<W: AsyncWrite + Unpin, Out: Serialize>(w: &mut W, batch: Vec<
 }
 
 async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize>(
-    mut w: W,
+    mut w: Sink<W>,
     mut rx: mpsc::Receiver<Vec<Out>>,
 ) {
     loop {
         let first = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
             Err(_) => {
-                if write_frame(&mut w, &[]).await.is_err() || w.flush().await.is_err() {
+                if w.put(&[]).await.is_err() || w.flush().await.is_err() {
                     return;
                 }
                 continue;

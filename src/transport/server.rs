@@ -217,6 +217,12 @@ fn check_hello(
             h.version
         ));
     }
+    if !h.compress.is_valid() {
+        return Err(format!(
+            "not a replica client (compression {:?} is not auto, off or a level 1..19)",
+            h.compress
+        ));
+    }
     if h.chunker != CHUNKER_VERSION {
         return Err(format!(
             "chunker version {} differs from the server's {CHUNKER_VERSION}",
@@ -622,7 +628,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             chunker: CHUNKER_VERSION,
             token: "s3cret".into(),
-            compress: true,
+            compress: crate::protocol::Compress::Auto,
             client: "t".into(),
             purpose: Purpose::Sync,
         }
@@ -670,5 +676,20 @@ mod tests {
         assert!(check_hello(&h, &tok, &[], None)
             .unwrap_err()
             .contains("magic"));
+        use crate::protocol::Compress;
+        for (c, ok) in [
+            (Compress::Off, true),
+            (Compress::Level(1), true),
+            (Compress::Level(19), true),
+            (Compress::Level(0), false),
+            (Compress::Level(22), false),
+            (Compress::Level(-5), false),
+        ] {
+            let mut h = good();
+            h.compress = c;
+            let r = check_hello(&h, &tok, &[], None);
+            assert_eq!(r.is_ok(), ok, "{c:?}: {r:?}");
+            assert!(r.is_ok() || refusal_is_permanent(&r.unwrap_err()));
+        }
     }
 }

@@ -150,12 +150,51 @@ mod imp {
         Ok(buf)
     }
 
-    /// The `user.*` attributes of `path` (not following a final symlink),
-    /// sorted by name. A filesystem without them reports none.
-    pub fn read_path(path: &Path) -> Result<Vec<Xattr>, XattrError> {
+    /// Where attributes are read from: a path (not following a final
+    /// symlink) or an open file.
+    trait Holder {
+        fn list_size(&self) -> rustix::io::Result<usize>;
+        fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize>;
+        fn value_size(&self, name: &str) -> rustix::io::Result<usize>;
+        fn value(&self, name: &str, buf: &mut [u8]) -> rustix::io::Result<usize>;
+    }
+
+    impl Holder for &Path {
+        fn list_size(&self) -> rustix::io::Result<usize> {
+            llistxattr_query(*self)
+        }
+        fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+            llistxattr(*self, buf)
+        }
+        fn value_size(&self, name: &str) -> rustix::io::Result<usize> {
+            lgetxattr_query(*self, name)
+        }
+        fn value(&self, name: &str, buf: &mut [u8]) -> rustix::io::Result<usize> {
+            lgetxattr(*self, name, buf)
+        }
+    }
+
+    impl Holder for &std::fs::File {
+        fn list_size(&self) -> rustix::io::Result<usize> {
+            flistxattr_query(*self)
+        }
+        fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+            flistxattr(*self, buf)
+        }
+        fn value_size(&self, name: &str) -> rustix::io::Result<usize> {
+            fgetxattr_query(*self, name)
+        }
+        fn value(&self, name: &str, buf: &mut [u8]) -> rustix::io::Result<usize> {
+            fgetxattr(*self, name, buf)
+        }
+    }
+
+    /// The `user.*` attributes of `h`, sorted by name, each bounded before
+    /// it is read. A filesystem without them reports none.
+    fn read_all(h: impl Holder) -> Result<Vec<Xattr>, XattrError> {
         let list = match bounded(
-            || llistxattr_query(path),
-            |b| llistxattr(path, b),
+            || h.list_size(),
+            |b| h.list(b),
             MAX_LIST,
             |size| XattrError::ListTooLarge { size },
         ) {
@@ -169,8 +208,8 @@ mod imp {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let value = bounded(
-                || lgetxattr_query(path, name.as_str()),
-                |b| lgetxattr(path, name.as_str(), b),
+                || h.value_size(&name),
+                |b| h.value(&name, b),
                 MAX_VALUE,
                 |size| XattrError::ValueTooLarge {
                     name: name.clone(),
@@ -183,36 +222,15 @@ mod imp {
         Ok(out)
     }
 
+    /// The `user.*` attributes of `path` (not following a final symlink),
+    /// sorted by name. A filesystem without them reports none.
+    pub fn read_path(path: &Path) -> Result<Vec<Xattr>, XattrError> {
+        read_all(path)
+    }
+
     /// The `user.*` attributes of an open file or directory, sorted.
     pub fn read_fd(fd: &std::fs::File) -> Result<Vec<Xattr>, XattrError> {
-        let list = match bounded(
-            || flistxattr_query(fd),
-            |b| flistxattr(fd, b),
-            MAX_LIST,
-            |size| XattrError::ListTooLarge { size },
-        ) {
-            Err(XattrError::Io(e)) if unsupported(&e) => return Ok(Vec::new()),
-            other => other?,
-        };
-        let names = user_names(&list);
-        if names.len() > MAX_PER_ENTRY {
-            return Err(XattrError::TooMany { count: names.len() });
-        }
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let value = bounded(
-                || fgetxattr_query(fd, name.as_str()),
-                |b| fgetxattr(fd, name.as_str(), b),
-                MAX_VALUE,
-                |size| XattrError::ValueTooLarge {
-                    name: name.clone(),
-                    size,
-                },
-            )?;
-            out.push(Xattr { name, value });
-        }
-        out.sort();
-        Ok(out)
+        read_all(fd)
     }
 
     /// Makes the `user.*` attributes of an open file equal to `want`

@@ -376,6 +376,60 @@ pub fn one_byte_change_updates(w: Where) {
     env.assert_replica_exact();
 }
 
+/// Source-like text: numbered lines of words.
+fn source_text(lines: usize, seed: u64) -> String {
+    let words = [
+        "fn", "let", "match", "self", "impl", "pub", "struct", "return", "Ok", "Some",
+    ];
+    let mut x = seed | 1;
+    let mut out = String::new();
+    for i in 0..lines {
+        out.push_str(&format!("    // line {i}:"));
+        for _ in 0..6 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.push(' ');
+            out.push_str(words[(x % words.len() as u64) as usize]);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A line edited in a small text file and in a larger one costs a few
+/// hundred bytes of content each (fine pieces of the old version), not
+/// the files, and the replica is exact.
+pub fn small_text_edits_send_little(w: Where) {
+    let env = Env::new(w);
+    let small = source_text(120, 1); // ~6 KB: one chunk
+    let large = source_text(2_000, 2); // ~100 KB: several chunks
+    build_tree(&env.src, &[f("small.rs", &small), f("large.rs", &large)]);
+    env.sync_ok(&[]);
+    let edit = |text: &str, line: usize| {
+        text.replacen(
+            &format!("// line {line}:"),
+            &format!("// line {line} (edited):"),
+            1,
+        )
+    };
+    fs::write(env.src.join("small.rs"), edit(&small, 60)).unwrap();
+    fs::write(env.src.join("large.rs"), edit(&large, 1_000)).unwrap();
+    set_mtime(&env.src.join("small.rs"), 1_800_000_000, 0);
+    set_mtime(&env.src.join("large.rs"), 1_800_000_000, 0);
+    let r = env.sync_ok(&[]);
+    env.assert_replica_exact();
+    let mut updated = r.paths("updated");
+    updated.sort();
+    assert_eq!(updated, vec!["large.rs", "small.rs"], "{}", r.describe());
+    let s = r.summary();
+    assert!(
+        s.content_sent > 0 && s.content_sent <= 1536,
+        "two one-line edits: {}",
+        r.describe()
+    );
+}
+
 /// Deleting files and directories in the source removes them in the replica.
 pub fn deletions_propagate(w: Where) {
     let env = Env::new(w);

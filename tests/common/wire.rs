@@ -52,7 +52,7 @@ pub fn hello(token: &str) -> replica::protocol::Hello {
         version: replica::protocol::PROTOCOL_VERSION,
         chunker: replica::chunk::CHUNKER_VERSION,
         token: token.into(),
-        compress: false,
+        compress: replica::protocol::Compress::Off,
         client: "black-box test".into(),
         purpose: replica::protocol::Purpose::Sync,
     }

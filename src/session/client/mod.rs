@@ -103,8 +103,8 @@ pub struct PassOutcome {
 struct PassState {
     /// Files the server is working on.
     open: HashMap<u32, Open>,
-    /// Bases the server offered: piece hash -> piece index, by file.
-    bases: HashMap<u32, HashMap<u32, u32>>,
+    /// Bases the server offered, by file.
+    bases: HashMap<u32, crate::delta::BasisMap>,
     /// Files that changed while being sent.
     changed: usize,
     /// Large files that stepped aside (keys).
@@ -213,7 +213,7 @@ impl ClientPass<'_> {
     ) -> Result<Option<PassStats>> {
         match msg {
             ServerMsg::Plan { files, bytes } => self.observer().planned(files, bytes),
-            ServerMsg::Basis { id, hashes } => self.note_basis(id, hashes, state)?,
+            ServerMsg::Basis { id, avg, hashes } => self.note_basis(id, avg, &hashes, state)?,
             ServerMsg::NeedFiles { ids } => {
                 self.answer_need_files(&ids, opts.checksum, state, writer)?
             }
@@ -250,22 +250,14 @@ impl ClientPass<'_> {
     }
 
     /// The server offers (or, empty, withdraws) a basis for file `id`.
-    fn note_basis(&self, id: u32, hashes: Vec<u32>, state: &mut PassState) -> Result<()> {
-        if hashes.len() > crate::delta::MAX_PIECES {
-            return Err(Error::protocol(
-                &self.link.peer,
-                "basis with too many pieces",
-            ));
-        }
+    fn note_basis(&self, id: u32, avg: u32, hashes: &[u8], state: &mut PassState) -> Result<()> {
         if hashes.is_empty() {
             state.bases.remove(&id);
-        } else {
-            let mut map = HashMap::with_capacity(hashes.len());
-            for (i, h) in hashes.into_iter().enumerate() {
-                map.entry(h).or_insert(i as u32);
-            }
-            state.bases.insert(id, map);
+            return Ok(());
         }
+        let basis = crate::delta::BasisMap::parse(avg, hashes)
+            .map_err(|e| Error::protocol(&self.link.peer, e.to_string()))?;
+        state.bases.insert(id, basis);
         Ok(())
     }
 

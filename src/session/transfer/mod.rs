@@ -13,6 +13,9 @@
 //! - `moves.rs`: content already in the replica (unchanged, or at a path
 //!   this pass removes: renamed, not copied); old versions kept aside.
 //! - `publish.rs`: verify and publish, or give up, or set aside as partial.
+//! - `pool.rs`: worker threads that verify and publish new files in
+//!   batches while the session thread handles the next messages; records
+//!   and reports are written as files come back.
 //!
 //! Requests are pipelined within a window ([`MAX_OPEN`] files in flight);
 //! small files go first, big ones last.
@@ -21,6 +24,7 @@ mod assemble;
 mod basis;
 mod job;
 mod moves;
+mod pool;
 mod publish;
 mod requests;
 mod sourcing;
@@ -62,6 +66,8 @@ pub(crate) struct Transfer<'c, 'a> {
     /// Replica files by directory (for bases of new files), built on first use.
     siblings: Option<basis::Siblings<'c>>,
     room: Room,
+    /// Workers publishing new files, while [`Transfer::run`] runs.
+    pool: Option<pool::Pool>,
 }
 
 fn proto(ctx: &PassCtx, why: impl Into<String>) -> Error {
@@ -94,6 +100,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             stashed: Vec::new(),
             siblings: None,
             room: Room::new(ctx.min_free),
+            pool: None,
         }
     }
 
@@ -138,7 +145,18 @@ impl<'c, 'a> Transfer<'c, 'a> {
         stats: &mut PassStats,
         before_big: bool,
     ) -> Result<()> {
-        let r = self.run_until(txn, stats, before_big);
+        let store = self.ctx.store;
+        let r = std::thread::scope(|scope| {
+            if self.pull {
+                self.pool = Some(pool::Pool::start(scope, store));
+            }
+            let r = self.run_until(txn, stats, before_big);
+            // Every file handed to the pool is in place (or failed) and
+            // indexed before the pass goes on.
+            let done = self.collect(txn, stats, true);
+            self.pool = None;
+            r.and(done)
+        });
         if r.is_err() || self.ctx.interrupted() {
             // Large files resume from here next time; other staged files
             // are removed as their jobs drop.
@@ -168,6 +186,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             let link = self.ctx.link;
             let msg = link.recv().map_err(|e| Error::link(&link.peer, e))?;
             self.handle(msg, txn, stats)?;
+            self.collect(txn, stats, false)?;
             txn.checkpoint()?;
         }
     }

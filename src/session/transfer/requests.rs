@@ -27,6 +27,7 @@ impl Transfer<'_, '_> {
         job.size = size;
         job.hash = hash;
         let has_old = job.fetch.has_old;
+        let chunks = chunks.map(|c| one_chunk_implied(c, size, hash));
         if let Some(c) = &chunks {
             check_chunk_list(c, size).map_err(|e| proto(self.ctx, e))?;
         }
@@ -232,9 +233,8 @@ impl Transfer<'_, '_> {
         let c = job.chunk_list()[index as usize];
         let (basis_key, places) = job.basis.clone().unwrap_or_default();
         let literal = crate::delta::literal_bytes(&ops);
-        let rebuilt = crate::delta::apply_delta(&ops, c.len as usize, |i| {
-            let &(off, len) = places.get(i as usize)?;
-            let mut buf = vec![0u8; len as usize];
+        let rebuilt = crate::delta::apply_delta(&ops, c.len as usize, &places, |off, len| {
+            let mut buf = vec![0u8; len];
             self.read_replica(&basis_key, &mut buf, off).then_some(buf)
         });
         match rebuilt {
@@ -248,6 +248,7 @@ impl Transfer<'_, '_> {
                 }
                 ctx.link.send(ServerMsg::Basis {
                     id,
+                    avg: crate::delta::AVG_MIN,
                     hashes: Vec::new(),
                 });
                 ctx.link.send(ServerMsg::NeedChunks {
@@ -350,6 +351,20 @@ fn cut_run(
     Ok(pieces)
 }
 
+/// An empty inline chunk list for a non-empty file means one chunk: the
+/// whole file (its hash is the file's). Longer than a chunk can be, it
+/// stays empty and fails the check.
+fn one_chunk_implied(chunks: Vec<ChunkRef>, size: u64, hash: Hash) -> Vec<ChunkRef> {
+    if chunks.is_empty() && size > 0 && size <= MAX_CHUNK as u64 {
+        vec![ChunkRef {
+            hash,
+            len: size as u32,
+        }]
+    } else {
+        chunks
+    }
+}
+
 /// Checks a peer's chunk list against the file size and the chunker bounds.
 fn check_chunk_list(chunks: &[ChunkRef], size: u64) -> std::result::Result<(), String> {
     let mut total = 0u64;
@@ -384,6 +399,18 @@ mod tests {
         assert!(check_chunk_list(&[c(MAX_CHUNK + 1)], MAX_CHUNK as u64 + 1).is_err());
         assert!(check_chunk_list(&[c(5)], 6).is_err());
         assert!(check_chunk_list(&[], 0).is_ok());
+    }
+
+    #[test]
+    fn an_empty_list_is_one_chunk_of_the_whole_file() {
+        let h = Hash([7; 32]);
+        let one = one_chunk_implied(Vec::new(), 100, h);
+        assert_eq!(one, vec![ChunkRef { hash: h, len: 100 }]);
+        assert!(check_chunk_list(&one, 100).is_ok());
+        assert!(one_chunk_implied(Vec::new(), 0, h).is_empty());
+        let too_big = MAX_CHUNK as u64 + 1;
+        assert!(check_chunk_list(&one_chunk_implied(Vec::new(), too_big, h), too_big).is_err());
+        assert_eq!(one_chunk_implied(vec![c(5)], 5, h), vec![c(5)]);
     }
 
     #[test]
