@@ -35,7 +35,8 @@
 //!     ([`session::scan`]), plans, carries out the steps that need no
 //!     content (`session/steps.rs`) and pulls the content it lacks
 //!     (`session/transfer/`: job, requests, sourcing, assemble, basis,
-//!     moves, publish); directory renames in `session/renames.rs`; large
+//!     moves, publish, and a pool of workers publishing new files);
+//!     directory renames in `session/renames.rs`; large
 //!     files kept in part for the next pass in [`session::partial`]; what
 //!     every step shares, and per-file failures, in [`session::pass`];
 //!     hard links and extended attributes after the content, in

@@ -13,6 +13,9 @@
 //! - `moves.rs`: content already in the replica (unchanged, or at a path
 //!   this pass removes: renamed, not copied); old versions kept aside.
 //! - `publish.rs`: verify and publish, or give up, or set aside as partial.
+//! - `pool.rs`: worker threads that verify and publish new files in
+//!   batches while the session thread handles the next messages; records
+//!   and reports are written as files come back.
 //!
 //! Requests are pipelined within a window ([`MAX_OPEN`] files in flight);
 //! small files go first, big ones last.
@@ -21,6 +24,7 @@ mod assemble;
 mod basis;
 mod job;
 mod moves;
+mod pool;
 mod publish;
 mod requests;
 mod sourcing;
@@ -52,7 +56,10 @@ pub(crate) struct Transfer<'c, 'a> {
     doomed: HashSet<String>,
     moved_away: HashSet<String>,
     queue: VecDeque<Fetch>,
-    jobs: HashMap<u32, Job>,
+    /// Files asked for and not finished, boxed: the table is sized for
+    /// MAX_OPEN entries and a `Job` is large, so inline it cost ~14 MB on
+    /// every server whatever the pass (heaptrack, issue 18 note).
+    jobs: HashMap<u32, Box<Job>>,
     sourcing: Sourcing,
     reader: Option<(String, Box<dyn ReadAt>)>,
     /// Files given up on during this pass (their late messages are ignored).
@@ -62,6 +69,8 @@ pub(crate) struct Transfer<'c, 'a> {
     /// Replica files by directory (for bases of new files), built on first use.
     siblings: Option<basis::Siblings<'c>>,
     room: Room,
+    /// Workers publishing new files, while [`Transfer::run`] runs.
+    pool: Option<pool::Pool>,
 }
 
 fn proto(ctx: &PassCtx, why: impl Into<String>) -> Error {
@@ -94,6 +103,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             stashed: Vec::new(),
             siblings: None,
             room: Room::new(ctx.min_free),
+            pool: None,
         }
     }
 
@@ -138,7 +148,18 @@ impl<'c, 'a> Transfer<'c, 'a> {
         stats: &mut PassStats,
         before_big: bool,
     ) -> Result<()> {
-        let r = self.run_until(txn, stats, before_big);
+        let store = self.ctx.store;
+        let r = std::thread::scope(|scope| {
+            if self.pull {
+                self.pool = Some(pool::Pool::start(scope, store));
+            }
+            let r = self.run_until(txn, stats, before_big);
+            // Every file handed to the pool is in place (or failed) and
+            // indexed before the pass goes on.
+            let done = self.collect(txn, stats, true);
+            self.pool = None;
+            r.and(done)
+        });
         if r.is_err() || self.ctx.interrupted() {
             // Large files resume from here next time; other staged files
             // are removed as their jobs drop.
@@ -168,6 +189,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             let link = self.ctx.link;
             let msg = link.recv().map_err(|e| Error::link(&link.peer, e))?;
             self.handle(msg, txn, stats)?;
+            self.collect(txn, stats, false)?;
             txn.checkpoint()?;
         }
     }
@@ -183,7 +205,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             if self.pull {
                 job.basis = self.offer_basis(f.id, f.has_old);
             }
-            self.jobs.insert(f.id, job);
+            self.jobs.insert(f.id, Box::new(job));
         }
         if !ids.is_empty() {
             self.ctx.link.send(ServerMsg::NeedFiles { ids });
@@ -243,7 +265,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
 
     fn job(&mut self, id: u32) -> Result<&mut Job> {
         let ctx = self.ctx;
-        self.jobs.get_mut(&id).ok_or_else(|| {
+        self.jobs.get_mut(&id).map(|j| &mut **j).ok_or_else(|| {
             proto(
                 ctx,
                 format!("message for file {id}, which was not asked for"),

@@ -2,6 +2,7 @@
 //! aside as a partial for a later pass.
 
 use super::job::Job;
+use super::pool::{Finished, Task};
 use super::Transfer;
 use crate::chunk::{hash_reader, Digest, Hash};
 use crate::error::Result;
@@ -9,6 +10,7 @@ use crate::index::{FileRecord, IndexTxn};
 use crate::protocol::{Op, OpReport, PassStats, Reason, ServerMsg};
 use crate::session::pass::{simple, Failure};
 use crate::store::{Reader, Staged};
+use crate::tree::Version;
 
 impl Transfer<'_, '_> {
     /// Verifies the assembled file and publishes it.
@@ -18,7 +20,7 @@ impl Transfer<'_, '_> {
         txn: &mut IndexTxn,
         stats: &mut PassStats,
     ) -> Result<()> {
-        let Some(mut job) = self.jobs.remove(&id) else {
+        let Some(mut job) = self.jobs.remove(&id).map(|j| *j) else {
             return Ok(());
         };
         let ctx = self.ctx;
@@ -37,6 +39,11 @@ impl Transfer<'_, '_> {
             ..simple(op, key, job.fetch.reason)
         };
         stats.reused += job.reused;
+        let new = !job.fetch.has_old && job.fetch.reason != Reason::TypeChanged;
+        if let (true, Some(pool), true) = (new, &mut self.pool, job.tmp.is_some()) {
+            pool.submit(Task::new(id, job, key, e, report));
+            return Ok(());
+        }
         if let Some(tmp) = job.tmp.take() {
             if let Err(why) = verify(&mut job, &*tmp) {
                 ctx.fail(stats, key, why);
@@ -59,29 +66,81 @@ impl Transfer<'_, '_> {
                 }
             };
             index_versions(ctx.store.take_retired(), key, old, txn)?;
-            self.note_sibling(key, job.size);
-            let rec = FileRecord {
-                size: job.size,
-                mtime: e.mtime,
-                version,
-                digest: Digest {
-                    size: job.size,
-                    hash: job.hash,
-                    chunks: job.chunks.take().unwrap_or_default(),
-                },
-            };
-            txn.put_file(key, &rec)?;
+            self.record(id, &mut job, version, txn)?;
         }
         ctx.stats.note_reused(job.reused);
         ctx.report(stats, report);
         Ok(())
     }
 
+    /// Indexes a published file.
+    fn record(
+        &mut self,
+        id: u32,
+        job: &mut Job,
+        version: Version,
+        txn: &mut IndexTxn,
+    ) -> Result<()> {
+        let (key, e) = (self.key(id), self.entry(id));
+        self.note_sibling(key, job.size);
+        let rec = FileRecord {
+            size: job.size,
+            mtime: e.mtime,
+            version,
+            digest: Digest {
+                size: job.size,
+                hash: job.hash,
+                chunks: job.chunks.take().unwrap_or_default(),
+            },
+        };
+        txn.put_file(key, &rec)
+    }
+
+    /// Indexes and reports files the publishing pool handed back; with
+    /// `all`, waits until none is out.
+    pub(super) fn collect(
+        &mut self,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+        all: bool,
+    ) -> Result<()> {
+        loop {
+            let Some(pool) = &mut self.pool else {
+                return Ok(());
+            };
+            let got = match (pool.finished(), all) {
+                (got, _) if !got.is_empty() => got,
+                (_, true) => match pool.wait_one() {
+                    Some(f) => f,
+                    None => return Ok(()),
+                },
+                (_, false) => return Ok(()),
+            };
+            for Finished {
+                id,
+                mut job,
+                report,
+                result,
+            } in got
+            {
+                let key = self.key(id);
+                match result {
+                    Ok(version) => {
+                        self.record(id, &mut job, version, txn)?;
+                        self.ctx.stats.note_reused(job.reused);
+                        self.ctx.report(stats, report);
+                    }
+                    Err(why) => self.ctx.fail(stats, key, why),
+                }
+            }
+        }
+    }
+
     /// Gives up on file `id` for this pass; with `keep`, what it received
     /// so far is set aside for a later pass (large files only). Chunks it
     /// was to receive for other files are asked again by one of them.
     pub(super) fn drop_job(&mut self, id: u32, keep: bool) {
-        let Some(job) = self.jobs.remove(&id) else {
+        let Some(job) = self.jobs.remove(&id).map(|j| *j) else {
             return;
         };
         let job = if keep {
@@ -129,7 +188,7 @@ impl Transfer<'_, '_> {
     /// At an interruption or a broken link: sets aside what large files
     /// received so far; the rest is removed.
     pub(super) fn set_aside_all(&mut self) {
-        let jobs: Vec<(u32, Job)> = self.jobs.drain().collect();
+        let jobs: Vec<(u32, Job)> = self.jobs.drain().map(|(id, j)| (id, *j)).collect();
         for (id, job) in jobs {
             let _ = self.set_aside(id, job);
         }
@@ -139,7 +198,7 @@ impl Transfer<'_, '_> {
 /// Checks the staged file against the source's whole-file hash: a
 /// one-chunk file was verified in memory (chunk hash = file hash), a file
 /// written in order was hashed on the way, others are read back.
-fn verify(job: &mut Job, tmp: &dyn Staged) -> std::result::Result<(), Failure> {
+pub(super) fn verify(job: &mut Job, tmp: &dyn Staged) -> std::result::Result<(), Failure> {
     let verified = match job.chunks.as_deref() {
         Some([c]) => c.hash == job.hash && c.len as u64 == job.size,
         Some([]) => job.size == 0 && job.hash == Hash::of(&[]),

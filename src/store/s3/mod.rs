@@ -19,6 +19,7 @@
 //! back no longer matches the index and is checked again; metadata changed
 //! behind its back shows as a different mtime or mode at the next listing.
 
+mod background;
 pub mod client;
 pub mod layout;
 mod listing;
@@ -31,6 +32,7 @@ pub use client::S3Location;
 use super::{Capabilities, ReadAt, Staged, Store, Version};
 use crate::plan::ReplicaEntry;
 use crate::tree::{Kind, Timestamp};
+use background::Background;
 use client::Conn;
 use layout::{marker_of, object_of};
 use listing::Cached;
@@ -39,26 +41,19 @@ use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::task::JoinHandle;
 use tree::{Node, Tree};
 
 /// Files up to this size are sent in the background.
 const SMALL: u64 = 8 << 20;
-/// Background writes in flight at once.
-const WRITES_AT_ONCE: usize = 16;
-
-type Pending = JoinHandle<io::Result<()>>;
 
 /// A replica in an S3 bucket under a prefix.
 pub struct S3Store {
     conn: Arc<Conn>,
-    tree: Mutex<Tree>,
+    tree: Arc<Mutex<Tree>>,
     cache: Arc<Mutex<HashMap<String, Cached>>>,
     cache_path: PathBuf,
     spool: PathBuf,
-    pending: Mutex<HashMap<String, Pending>>,
-    failures: Mutex<Vec<(String, io::Error)>>,
-    slots: Arc<tokio::sync::Semaphore>,
+    bg: Background,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,84 +90,14 @@ impl S3Store {
             cache: Arc::new(Mutex::new(listing::load_cache(&cache_path))),
             cache_path,
             spool,
+            tree: Arc::new(Mutex::new(Tree::default())),
+            bg: Background::new(conn.clone()),
             conn,
-            tree: Mutex::new(Tree::default()),
-            pending: Mutex::new(HashMap::new()),
-            failures: Mutex::new(Vec::new()),
-            slots: Arc::new(tokio::sync::Semaphore::new(WRITES_AT_ONCE)),
         })
     }
 
-    /// Waits for the background write of `key`, if any (its failure is
-    /// kept for [`Store::flush`] and returned).
     fn wait(&self, key: &str) -> io::Result<()> {
-        let h = lock(&self.pending).remove(key);
-        match h {
-            None => Ok(()),
-            Some(h) => self.settle(key, h),
-        }
-    }
-
-    fn settle(&self, key: &str, h: Pending) -> io::Result<()> {
-        let r = self
-            .conn
-            .run(h)
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
-        if let Err(e) = &r {
-            lock(&self.failures).push((key.to_string(), io::Error::new(e.kind(), e.to_string())));
-        }
-        r
-    }
-
-    /// Waits for the background writes at or below `key` (all for `""`).
-    fn wait_below(&self, key: &str) {
-        let keys: Vec<String> = lock(&self.pending)
-            .keys()
-            .filter(|k| key.is_empty() || *k == key || k.starts_with(&format!("{key}/")))
-            .cloned()
-            .collect();
-        for k in keys {
-            let _ = self.wait(&k);
-        }
-    }
-
-    /// Settles the background writes already over, so that the map of
-    /// those in flight stays small in a pass of many files.
-    fn sweep(&self) {
-        if lock(&self.pending).len() < 2 * WRITES_AT_ONCE {
-            return;
-        }
-        let done: Vec<(String, Pending)> = {
-            let mut p = lock(&self.pending);
-            let keys: Vec<String> = p
-                .iter()
-                .filter(|(_, h)| h.is_finished())
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| p.remove(&k).map(|h| (k, h)))
-                .collect()
-        };
-        for (k, h) in done {
-            let _ = self.settle(&k, h);
-        }
-    }
-
-    /// Starts a background write for `key` (after any earlier one).
-    fn in_background<F>(&self, key: &str, f: F)
-    where
-        F: std::future::Future<Output = io::Result<()>> + Send + 'static,
-    {
-        let _ = self.wait(key);
-        self.sweep();
-        // Waiting for a slot here (not in the task) bounds the bodies held
-        // in memory to the writes in flight.
-        let slot = self.conn.run(self.slots.clone().acquire_owned());
-        let h = self.conn.spawn(async move {
-            let _slot = slot;
-            f.await
-        });
-        lock(&self.pending).insert(key.to_string(), h);
+        self.bg.wait(key)
     }
 
     /// Records what an object of ours now holds (its last-modified time is
@@ -220,27 +145,30 @@ impl S3Store {
         self.remember(&object, &etag, body.len() as u64, &node);
         let meta = writes::metadata(&node.kind, node.mode, node.mtime);
         let conn = self.conn.clone();
-        self.in_background(key, async move {
-            writes::put(&conn, &object, body, meta).await.map(|_| ())
+        let obj = object.clone();
+        self.bg.start(&[key], &[&object], async move {
+            writes::put(&conn, &obj, body, meta).await.map(|_| ())
         });
     }
 
-    /// Deletes the object of a removed entry (in the background).
-    fn delete_node(&self, key: &str, node: &Node) {
+    /// Deletes the object of a removed entry (later, in a batch).
+    fn delete_node(&self, key: &str, node: &Node) -> io::Result<()> {
         if node.kind.is_dir() && !node.marker {
-            return;
+            return Ok(());
         }
         let object = self.object(key, node);
         self.forget(&object);
-        let conn = self.conn.clone();
-        self.in_background(key, async move { writes::delete(&conn, &object).await });
+        self.bg.doom(object)
     }
 
     fn node(&self, key: &str) -> Option<Node> {
         lock(&self.tree).get(key).cloned()
     }
 
-    /// Server-side copy of file `from` to `to` with this metadata.
+    /// Server-side copy of file `from` to `to` with this metadata, in the
+    /// background. The copy of a single-part object keeps its ETag (its
+    /// MD5); should the store answer another, the tree and the cache take
+    /// it (the index then no longer matches and checks the file again).
     fn copy_to(
         &self,
         from: &str,
@@ -253,34 +181,44 @@ impl S3Store {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file"));
         };
         self.wait(from)?;
-        let _ = self.wait(to);
-        self.clear_other_kind(to, &src.kind);
+        self.clear_other_kind(to, &src.kind)?;
         let (src_obj, dst_obj) = (
             self.object(from, &src),
             self.conn.full(&object_of(to, false)),
         );
         let meta = writes::metadata(&src.kind, mode, mtime);
-        let etag = self
-            .conn
-            .run(writes::copy(&self.conn, &src_obj, &dst_obj, meta))?;
         let node = Node {
             kind: src.kind.clone(),
             mode,
             mtime,
-            etag: etag.clone(),
+            etag: src.etag.clone(),
             marker: false,
             dirty: false,
         };
-        self.remember(&dst_obj, &etag, size, &node);
+        self.remember(&dst_obj, &src.etag, size, &node);
         lock(&self.tree).insert(to, node);
-        Ok(version_of(&etag))
+        let (conn, tree, cache) = (self.conn.clone(), self.tree.clone(), self.cache.clone());
+        let (want, key, obj) = (src.etag.clone(), to.to_string(), dst_obj.clone());
+        self.bg.start(&[from, to], &[&dst_obj], async move {
+            let etag = writes::copy(&conn, &src_obj, &obj, meta).await?;
+            if etag != want {
+                if let Some(n) = lock(&tree).get_mut(&key) {
+                    n.etag = etag.clone();
+                }
+                if let Some(c) = lock(&cache).get_mut(&obj) {
+                    c.etag = etag;
+                }
+            }
+            Ok(())
+        });
+        Ok(version_of(&src.etag))
     }
 
     /// An entry of another kind at `key` (a symlink where a file goes, or
     /// the reverse) is removed: its object has another name.
-    fn clear_other_kind(&self, key: &str, kind: &Kind) {
+    fn clear_other_kind(&self, key: &str, kind: &Kind) -> io::Result<()> {
         let Some(old) = self.node(key) else {
-            return;
+            return Ok(());
         };
         let same = matches!(
             (&old.kind, kind),
@@ -288,17 +226,19 @@ impl S3Store {
         );
         if !same && !old.kind.is_dir() {
             lock(&self.tree).remove(key);
-            self.delete_node(key, &old);
+            self.delete_node(key, &old)?;
         }
+        Ok(())
     }
 
     /// Publishes a spool file at `key`.
     fn send(&self, staged: &S3Staged, key: &str, node: Node) -> io::Result<Version> {
         let size = staged.len()?;
         let _ = self.wait(key);
-        self.clear_other_kind(key, &node.kind);
+        self.clear_other_kind(key, &node.kind)?;
         let object = self.conn.full(&object_of(key, false));
         let meta = writes::metadata(&node.kind, node.mode, node.mtime);
+        self.bg.spare(&object);
         let etag = if size >= writes::MULTIPART_MIN {
             writes::put_multipart(&self.conn, &object, &staged.file, size, meta)?
         } else {
@@ -308,7 +248,7 @@ impl S3Store {
             let conn = self.conn.clone();
             let obj = object.clone();
             if size <= SMALL {
-                self.in_background(key, async move {
+                self.bg.start(&[key], &[&object], async move {
                     writes::put(&conn, &obj, body, meta).await.map(|_| ())
                 });
                 etag
@@ -368,11 +308,11 @@ impl Store for S3Store {
             ));
         };
         self.wait(key)?;
-        Ok(Box::new(S3Reader {
-            conn: self.conn.clone(),
-            object: self.object(key, &node),
+        Ok(Box::new(S3Reader::new(
+            self.conn.clone(),
+            self.object(key, &node),
             size,
-        }))
+        )))
     }
 
     fn mkdir(&self, key: &str) -> io::Result<()> {
@@ -404,7 +344,7 @@ impl Store for S3Store {
         let kind = Kind::Symlink {
             target: target.to_string(),
         };
-        self.clear_other_kind(key, &kind);
+        self.clear_other_kind(key, &kind)?;
         let old = self.node(key);
         let node = Node {
             kind,
@@ -437,6 +377,14 @@ impl Store for S3Store {
         } else {
             mode
         };
+        if node.mode == mode
+            && node.mtime == mtime
+            && !node.dirty
+            && (node.marker || !node.kind.is_dir())
+        {
+            // Already so (a moved file keeps its metadata).
+            return Ok(());
+        }
         match (&node.kind, kind) {
             (Kind::File { .. }, Kind::File { .. }) => {
                 self.copy_to(key, key, mode, mtime)?;
@@ -481,31 +429,18 @@ impl Store for S3Store {
         }
         let gone = lock(&self.tree).remove(from);
         for (k, n) in gone {
-            self.delete_node(&k, &n);
+            self.delete_node(&k, &n)?;
         }
         Ok(())
     }
 
     fn remove(&self, key: &str) -> io::Result<u64> {
-        self.wait_below(key);
+        self.bg.wait_below(key);
         let gone = lock(&self.tree).remove(key);
-        let n = gone.len() as u64;
-        if gone.len() <= 1 {
-            for (k, node) in &gone {
-                self.delete_node(k, node);
-            }
-            return Ok(n);
+        for (k, node) in &gone {
+            self.delete_node(k, node)?;
         }
-        let objects: Vec<String> = gone
-            .iter()
-            .filter(|(_, n)| !n.kind.is_dir() || n.marker)
-            .map(|(k, n)| self.object(k, n))
-            .collect();
-        for o in &objects {
-            self.forget(o);
-        }
-        self.conn.run(writes::delete_many(&self.conn, objects))?;
-        Ok(n)
+        Ok(gone.len() as u64)
     }
 
     fn keep_aside(&self, _key: &str) -> io::Result<String> {
@@ -560,7 +495,10 @@ impl Store for S3Store {
     }
 
     fn refresh(&self) -> io::Result<()> {
-        self.wait_below("");
+        for (key, e) in self.bg.finish() {
+            // Left by a pass that stopped early: its objects are listed now.
+            tracing::debug!("{key}: {e}");
+        }
         let mut cache = lock(&self.cache);
         let tree = listing::read_tree(&self.conn, &mut cache)?;
         *lock(&self.tree) = tree;
@@ -596,11 +534,11 @@ impl Store for S3Store {
                 self.write_small(&key, n);
             }
         }
-        self.wait_below("");
+        let mut failures = self.bg.finish();
         if let Err(e) = writes::abort_stale_uploads(&self.conn) {
-            lock(&self.failures).push((String::new(), e));
+            failures.push((String::new(), e));
         }
         let _ = listing::save_cache(&self.cache_path, &lock(&self.cache));
-        std::mem::take(&mut *lock(&self.failures))
+        failures
     }
 }

@@ -97,11 +97,26 @@ impl Staged for S3Staged {
     }
 }
 
-/// An object of the replica, read by ranged GETs.
+/// Objects up to this size are read whole by their first read.
+const READ_WHOLE: u64 = 4 << 20;
+
+/// An object of the replica, read by ranged GETs (a small one whole, once).
 pub struct S3Reader {
     pub conn: Arc<Conn>,
     pub object: String,
     pub size: u64,
+    pub whole: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl S3Reader {
+    pub fn new(conn: Arc<Conn>, object: String, size: u64) -> S3Reader {
+        S3Reader {
+            conn,
+            object,
+            size,
+            whole: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl ReadAt for S3Reader {
@@ -109,23 +124,41 @@ impl ReadAt for S3Reader {
         if offset >= self.size || buf.is_empty() {
             return Ok(0);
         }
+        if self.size <= READ_WHOLE {
+            if self.whole.get().is_none() {
+                let all = self.get(0, self.size - 1)?;
+                let _ = self.whole.set(all);
+            }
+            let all = self.whole.get().expect("set above");
+            let from = (offset as usize).min(all.len());
+            let n = buf.len().min(all.len() - from);
+            buf[..n].copy_from_slice(&all[from..from + n]);
+            return Ok(n);
+        }
         let end = (offset + buf.len() as u64).min(self.size) - 1;
+        let bytes = self.get(offset, end)?;
+        let n = bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        Ok(n)
+    }
+}
+
+impl S3Reader {
+    /// Bytes `first..=last` of the object.
+    fn get(&self, first: u64, last: u64) -> io::Result<Vec<u8>> {
         let conn = &self.conn;
-        let bytes = conn.run(async {
+        conn.run(async {
             let r = conn
                 .client
                 .get_object()
                 .bucket(&conn.bucket)
                 .key(&self.object)
-                .range(format!("bytes={offset}-{end}"))
+                .range(format!("bytes={first}-{last}"))
                 .send()
                 .await
                 .map_err(|e| conn.error(e))?;
             let b = r.body.collect().await.map_err(io::Error::other)?;
-            Ok::<_, io::Error>(b.into_bytes())
-        })?;
-        let n = bytes.len().min(buf.len());
-        buf[..n].copy_from_slice(&bytes[..n]);
-        Ok(n)
+            Ok::<_, io::Error>(b.into_bytes().to_vec())
+        })
     }
 }

@@ -57,6 +57,10 @@ impl Tree {
         self.nodes.get(key)
     }
 
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
+        self.nodes.get_mut(key)
+    }
+
     /// The names in directory `key` (None: not a directory).
     pub fn names(&self, key: &str) -> Option<Vec<String>> {
         match self.nodes.get(key) {

@@ -75,18 +75,6 @@ pub async fn copy(
     Ok(bare_etag(r.copy_object_result().and_then(|c| c.e_tag())))
 }
 
-/// Deletes one object (fine if it is not there).
-pub async fn delete(conn: &Conn, object: &str) -> io::Result<()> {
-    conn.client
-        .delete_object()
-        .bucket(&conn.bucket)
-        .key(object)
-        .send()
-        .await
-        .map_err(|e| conn.error(e))?;
-    Ok(())
-}
-
 /// Deletes many objects, a thousand a request.
 pub async fn delete_many(conn: &Conn, objects: Vec<String>) -> io::Result<()> {
     use aws_sdk_s3::types::{Delete, ObjectIdentifier};

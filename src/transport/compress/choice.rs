@@ -10,8 +10,9 @@
 //! least [`MARGIN`] times faster than raw: on a tie (the peer, not the
 //! link, is what limits) raw wins, since compressing then only takes CPU
 //! from both sides. A probe that loses stops as soon as it is clearly
-//! losing, and each lost probe doubles the distance to the next one, so on
-//! a slow link probing costs a small, shrinking share of the bytes.
+//! losing (segments are cut small while probing), and each lost probe
+//! makes the distance to the next one four times longer, so on a slow link
+//! probing costs a small, shrinking share of the bytes.
 
 use std::time::Duration;
 
@@ -39,20 +40,40 @@ const FIRST_PROBE_AFTER: u64 = 8 << 20;
 const MAX_PROBE_AFTER: u64 = 1 << 30;
 /// Input bytes of a probe that runs to its end.
 const PROBE_BYTES: u64 = 4 << 20;
-/// A probe is judged early (when clearly losing) only after this much.
-const PROBE_MIN: u64 = 256 << 10;
+/// A probe is judged early (when clearly losing) only after this much; it
+/// is also the size of a segment sent while probing, so that a losing raw
+/// probe on a slow link costs little.
+pub const PROBE_MIN: u64 = 256 << 10;
+/// How much farther the next probe is after a lost one.
+const BACKOFF: u64 = 4;
 
-/// Input bytes and the writer's time spent on them.
+/// Input bytes and the writer's time spent on them (of which compressing),
+/// and the bytes that went out.
 #[derive(Debug, Clone, Copy, Default)]
 struct Window {
     bytes: u64,
     busy: Duration,
+    out: u64,
+    compressing: Duration,
 }
 
 impl Window {
-    fn add(&mut self, bytes: u64, busy: Duration) {
-        self.bytes += bytes;
-        self.busy += busy;
+    fn add(&mut self, s: Sample) {
+        self.bytes += s.input;
+        self.busy += s.busy;
+        self.out += s.output;
+        self.compressing += s.compressing;
+    }
+
+    /// Whether sending raw could beat this zstd window: if the link is
+    /// what held the writer back, raw would take the write time divided by
+    /// the ratio; it is tried only when that could be near the time spent
+    /// compressing and writing (else a raw probe on a slow link would only
+    /// cost bytes).
+    fn raw_may_win(&self) -> bool {
+        let writing = self.busy.saturating_sub(self.compressing).as_secs_f64();
+        let ratio = self.out.max(1) as f64 / self.bytes.max(1) as f64;
+        writing / ratio < 2.0 * self.busy.as_secs_f64()
     }
 
     /// Input bytes per second (a window that took no measurable time is
@@ -60,6 +81,19 @@ impl Window {
     fn rate(&self) -> f64 {
         self.bytes as f64 / self.busy.as_secs_f64().max(1e-9)
     }
+}
+
+/// What the writer measured for one segment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Frame bytes in the segment.
+    pub input: u64,
+    /// Bytes that went out for them.
+    pub output: u64,
+    /// Time spent compressing them (zero for a raw segment).
+    pub compressing: Duration,
+    /// All the writer's time on them: compressing, writing, flushing.
+    pub busy: Duration,
 }
 
 /// The state of `--compress auto` for one direction of one link.
@@ -99,11 +133,16 @@ impl Chooser {
         self.chosen
     }
 
-    /// Records a segment sent `way`: `bytes` of input in `busy`.
-    pub fn record(&mut self, way: Way, bytes: u64, busy: Duration) {
+    /// Whether a probe is running.
+    pub fn probing(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    /// Records a segment sent `way`.
+    pub fn record(&mut self, way: Way, s: Sample) {
         match &mut self.probe {
             Some(p) if way != self.chosen => {
-                p.add(bytes, busy);
+                p.add(s);
                 let p = *p;
                 let losing = p.bytes >= PROBE_MIN && p.rate() * 2.0 < self.recent.rate();
                 if losing || p.bytes >= PROBE_BYTES {
@@ -111,9 +150,14 @@ impl Chooser {
                 }
             }
             _ => {
-                self.recent.add(bytes, busy);
+                self.recent.add(s);
                 if self.probe.is_none() && self.recent.bytes >= self.probe_after {
-                    self.probe = Some(Window::default());
+                    if self.chosen == Way::Zstd && !self.recent.raw_may_win() {
+                        // The link is the limit: measure afresh later.
+                        self.recent = Window::default();
+                    } else {
+                        self.probe = Some(Window::default());
+                    }
                 }
             }
         }
@@ -137,7 +181,7 @@ impl Chooser {
             self.probe_after = FIRST_PROBE_AFTER;
         } else {
             self.recent = Window::default();
-            self.probe_after = (self.probe_after * 2).min(MAX_PROBE_AFTER);
+            self.probe_after = (self.probe_after * BACKOFF).min(MAX_PROBE_AFTER);
         }
     }
 }
@@ -145,6 +189,21 @@ impl Chooser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A segment of `n` bytes compressing to a third at 150 MB/s, sent in
+    /// `busy` (which includes the compression for zstd).
+    fn sample(way: Way, n: u64, busy: Duration) -> Sample {
+        let (output, compressing) = match way {
+            Way::Raw => (n, Duration::ZERO),
+            Way::Zstd => (n / 3, secs(n, 150e6).min(busy)),
+        };
+        Sample {
+            input: n,
+            output,
+            compressing,
+            busy,
+        }
+    }
 
     /// Feeds 256 KiB segments, each taking the time `cost` says for its way,
     /// until `total` input bytes went; returns the bytes sent each way.
@@ -154,7 +213,7 @@ mod tests {
         while sent < total {
             let way = c.next();
             let n = 256 << 10;
-            c.record(way, n, cost(way, n));
+            c.record(way, sample(way, n, cost(way, n)));
             sent += n;
             match way {
                 Way::Raw => raw += n,
@@ -195,8 +254,8 @@ mod tests {
             Way::Raw => secs(n, 2e6),
         });
         assert_eq!(c.chosen(), Way::Zstd);
-        // Each probe stops at 256 KiB once it is losing by half.
-        assert!(raw * 50 < zstd, "{raw} raw against {zstd} compressed");
+        // The writes take far longer than compressing: raw is never tried.
+        assert_eq!(raw, 0, "{raw} raw against {zstd} compressed");
     }
 
     #[test]
@@ -223,12 +282,12 @@ mod tests {
         };
         for _ in 0..2048 {
             let w = c.next();
-            c.record(w, 256 << 10, fast(w, 256 << 10));
+            c.record(w, sample(w, 256 << 10, fast(w, 256 << 10)));
         }
         assert_eq!(c.chosen(), Way::Raw);
         for _ in 0..8192 {
             let w = c.next();
-            c.record(w, 256 << 10, slow(w, 256 << 10));
+            c.record(w, sample(w, 256 << 10, slow(w, 256 << 10)));
         }
         assert_eq!(c.chosen(), Way::Zstd);
     }

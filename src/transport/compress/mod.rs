@@ -12,5 +12,5 @@
 pub mod choice;
 pub mod segments;
 
-pub use choice::{Chooser, Way};
+pub use choice::{Chooser, Sample, Way};
 pub use segments::{SegmentReader, SegmentWriter};

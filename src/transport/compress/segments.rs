@@ -4,7 +4,7 @@
 //! layer reads them (a small segment that inflates to gigabytes costs no
 //! memory: frame lengths are checked on the decompressed stream).
 
-use super::choice::{Chooser, Way};
+use super::choice::{Chooser, Sample, Way};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -43,7 +43,7 @@ pub struct SegmentWriter<W> {
     policy: Policy,
     /// The way and busy time of the segment emitted last, not yet recorded
     /// (its flush time is added at the flush).
-    pending: Option<(Way, u64, Duration)>,
+    pending: Option<(Way, Sample)>,
 }
 
 impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
@@ -81,7 +81,7 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
         let len = u32::try_from(payload.len()).map_err(io::Error::other)?;
         self.plain.extend_from_slice(&len.to_le_bytes());
         self.plain.extend_from_slice(payload);
-        if self.plain.len() - 4 >= SEGMENT_INPUT {
+        if self.plain.len() - 4 >= self.segment_input() {
             self.emit().await?;
             self.record(Duration::ZERO);
         }
@@ -102,9 +102,18 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
         self.w.shutdown().await
     }
 
+    /// Input at which a segment ends: small while `auto` probes.
+    fn segment_input(&self) -> usize {
+        match &self.policy {
+            Policy::Auto(c) if c.probing() => super::choice::PROBE_MIN as usize,
+            _ => SEGMENT_INPUT,
+        }
+    }
+
     fn record(&mut self, flush: Duration) {
-        if let (Some((way, n, busy)), Policy::Auto(c)) = (self.pending.take(), &mut self.policy) {
-            c.record(way, n, busy + flush);
+        if let (Some((way, mut s)), Policy::Auto(c)) = (self.pending.take(), &mut self.policy) {
+            s.busy += flush;
+            c.record(way, s);
         }
     }
 
@@ -118,18 +127,27 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
             Policy::Always => Way::Zstd,
             Policy::Auto(c) => c.next(),
         };
-        match way {
+        let (output, compressing) = match way {
             Way::Raw => {
                 self.plain[..4].copy_from_slice(&(input as u32).to_le_bytes());
                 self.w.write_all(&self.plain).await?;
+                (input, Duration::ZERO)
             }
             Way::Zstd => {
                 self.compress()?;
+                let compressing = t.elapsed();
                 self.w.write_all(&self.out).await?;
+                (self.out.len() - 4, compressing)
             }
-        }
+        };
         self.plain.truncate(4);
-        self.pending = Some((way, input as u64, t.elapsed()));
+        let sample = Sample {
+            input: input as u64,
+            output: output as u64,
+            compressing,
+            busy: t.elapsed(),
+        };
+        self.pending = Some((way, sample));
         Ok(())
     }
 
