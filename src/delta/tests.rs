@@ -19,13 +19,6 @@ fn map_of(old: &[u8]) -> (Vec<(u64, u32)>, BasisMap) {
     (places, BasisMap::parse(avg, &hashes).unwrap())
 }
 
-fn rebuild(ops: &[DeltaOp], max: usize, old: &[u8], places: &[(u64, u32)]) -> Vec<u8> {
-    apply_delta(ops, max, places, |o, l| {
-        old.get(o as usize..o as usize + l).map(<[u8]>::to_vec)
-    })
-    .unwrap()
-}
-
 /// Whether `ops` names, somewhere, an old piece whose bytes differ from the
 /// new piece it stands for although their truncated hashes are equal: a
 /// collision, which the server's check of the rebuilt chunk catches.
