@@ -33,10 +33,11 @@ pub const BASIS_MAX_FILE: u64 = 4 << 20;
 /// Most pieces in one basis (the smallest pieces are a quarter of the
 /// smallest average).
 pub const MAX_PIECES: usize = (BASIS_MAX_FILE / (AVG_MIN / 4) as u64) as usize + 1;
-/// Bytes of each piece's hash in a basis. Three are enough: a basis has at
-/// most a few thousand pieces in practice (old version / piece size), so a
-/// new piece matches a wrong one about once in 8,000 files of that size,
-/// and the server's check of the rebuilt chunk catches it.
+/// Bytes of each piece's hash in a basis. Each new piece not in the old
+/// version matches a wrong one with odds of pieces / 2^24 (1 in 170,000 for
+/// a 25 KB basis of 100 pieces); the server's check of the rebuilt chunk
+/// catches it and asks for the chunk whole, so a collision costs bytes,
+/// never content (the property tests meet some on random text).
 pub const HASH_BYTES: usize = 3;
 
 /// The average piece size for an old version of `size` bytes: a power of

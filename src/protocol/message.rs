@@ -44,8 +44,8 @@ pub enum Compress {
     Off,
     /// Every segment compressed at this zstd level (1..=19).
     Level(i8),
-    /// Each sender compresses at level 3 while that moves data faster than
-    /// sending it raw, measured as it goes (see `transport::compress`).
+    /// Each sender compresses at level 3 unless sending raw moves data
+    /// clearly faster, measured as it goes (see `transport::compress`).
     #[default]
     Auto,
 }

@@ -96,7 +96,7 @@ impl Transfer<'_, '_> {
         let ctx = self.ctx;
         let (key, e) = (self.key(id), self.entry(id));
         let size = rec.size;
-        let job = self.jobs.remove(&id);
+        let job = self.jobs.remove(&id).map(|j| *j);
         ctx.link.send(ServerMsg::Done { id });
         if job.as_ref().is_some_and(|j| j.fetch.has_old) {
             self.stash_old(key, txn)?;

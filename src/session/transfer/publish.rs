@@ -20,7 +20,7 @@ impl Transfer<'_, '_> {
         txn: &mut IndexTxn,
         stats: &mut PassStats,
     ) -> Result<()> {
-        let Some(mut job) = self.jobs.remove(&id) else {
+        let Some(mut job) = self.jobs.remove(&id).map(|j| *j) else {
             return Ok(());
         };
         let ctx = self.ctx;
@@ -140,7 +140,7 @@ impl Transfer<'_, '_> {
     /// so far is set aside for a later pass (large files only). Chunks it
     /// was to receive for other files are asked again by one of them.
     pub(super) fn drop_job(&mut self, id: u32, keep: bool) {
-        let Some(job) = self.jobs.remove(&id) else {
+        let Some(job) = self.jobs.remove(&id).map(|j| *j) else {
             return;
         };
         let job = if keep {
@@ -188,7 +188,7 @@ impl Transfer<'_, '_> {
     /// At an interruption or a broken link: sets aside what large files
     /// received so far; the rest is removed.
     pub(super) fn set_aside_all(&mut self) {
-        let jobs: Vec<(u32, Job)> = self.jobs.drain().collect();
+        let jobs: Vec<(u32, Job)> = self.jobs.drain().map(|(id, j)| (id, *j)).collect();
         for (id, job) in jobs {
             let _ = self.set_aside(id, job);
         }
