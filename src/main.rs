@@ -705,6 +705,17 @@ fn status(
     let Target::Remote(addr) = Target::parse(server).map_err(usage)? else {
         return Err(usage(format!("{server}: expected replica://HOST:PORT")));
     };
+    // Shared network options that mean nothing for one small request.
+    for (flag, given) in [
+        ("--compress", remote.compress.is_some()),
+        ("--bwlimit", remote.bwlimit.is_some()),
+    ] {
+        if given {
+            return Err(usage(format!(
+                "{flag} applies to sync and watch; `replica status` sends one small request"
+            )));
+        }
+    }
     let so = SyncOptions {
         token: remote.token,
         fingerprint: remote.fingerprint,

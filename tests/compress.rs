@@ -89,3 +89,22 @@ fn bad_or_useless_settings_are_usage_errors() {
         "nothing written after a usage error"
     );
 }
+
+/// `status` shares the network options of `sync` and `watch`; the ones that
+/// shape a transfer mean nothing for its one small request: refused, not
+/// silently ignored.
+#[test]
+fn status_refuses_transfer_settings() {
+    for extra in [["--compress", "off"], ["--bwlimit", "1M"]] {
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["status".as_ref(), "replica://127.0.0.1:9".as_ref()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let r = common::run_replica(&args);
+        r.assert_code(2);
+        assert!(
+            r.stderr.contains(extra[0]) && r.stderr.contains("sync and watch"),
+            "{}",
+            r.describe()
+        );
+    }
+}
