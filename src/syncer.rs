@@ -356,28 +356,26 @@ impl Syncer {
             Some(d) if opts.dry_run && !d.exists() => Some(Scratch::new()?),
             _ => None,
         };
-        let local = match (&dest, &target) {
-            (None, Target::S3(loc)) => {
-                let so = ServerOptions {
-                    dest: loc.describe().into(),
-                    state_dir: opts.state_dir.clone(),
-                    token: None,
-                    fsync: opts.fsync,
-                    min_free: opts.min_free,
-                    tls: false,
-                    allowed_clients: Vec::new(),
-                    names: crate::tree::NameRules::native(),
-                    bwlimit: None,
-                    versions: None,
-                    s3: Some(loc.clone()),
-                };
-                Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
-            }
+        // The in-process server of a local or s3:// target: where it keeps
+        // the replica and its state, its versions, its store.
+        let in_process = match (&dest, &target) {
+            (None, Target::S3(loc)) => Some((
+                PathBuf::from(loc.describe()),
+                opts.state_dir.clone(),
+                None,
+                Some(loc.clone()),
+            )),
             (Some(d), _) => {
                 let (dest, state_dir) = match &scratch {
                     Some(s) => (s.0.join("dest"), s.0.join("state")),
                     None => (d.clone(), opts.state_dir.clone()),
                 };
+                Some((dest, state_dir, opts.versions.clone(), None))
+            }
+            (None, _) => None,
+        };
+        let local = match in_process {
+            Some((dest, state_dir, versions, s3)) => {
                 let so = ServerOptions {
                     dest,
                     state_dir,
@@ -388,12 +386,12 @@ impl Syncer {
                     allowed_clients: Vec::new(),
                     names: crate::tree::NameRules::native(),
                     bwlimit: None,
-                    versions: opts.versions.clone(),
-                    s3: None,
+                    versions,
+                    s3,
                 };
                 Some(ServerShared::open(&so, Arc::new(Reporter::silent()))?)
             }
-            (None, _) => None,
+            None => None,
         };
         Ok(Syncer {
             skip: dest.into_iter().collect(),
