@@ -1,8 +1,8 @@
 //! Persistent indexes, kept in redb databases outside the trees they describe.
 //!
 //! - [`ReplicaIndex`] (server side): for each replica file, the stat it had
-//!   when indexed and its digest; plus reverse maps from chunk, group and
-//!   whole-file hashes to a place in the replica that holds them. Entries are
+//!   when indexed and its digest; plus reverse maps from chunk hashes,
+//!   group hashes and file ids to a place in the replica that holds them. Entries are
 //!   hints: every use re-checks the stat or the bytes, so a replica edited
 //!   behind the server's back still converges.
 //! - [`SourceIndex`] (client side): for each source file, the stat it had and
@@ -135,7 +135,7 @@ fn open_db(path: &Path) -> Result<(Database, Option<String>)> {
     Ok((db, rebuilt))
 }
 
-/// A file of one chunk: its chunk hash is its whole-file hash, so the
+/// A file of one chunk: its chunk hash is its file id, so the
 /// whole-file table alone finds it (half the index writes for small files).
 fn one_chunk(rec: &FileRecord) -> bool {
     matches!(rec.digest.chunks[..], [c] if c.hash == rec.digest.hash)

@@ -94,7 +94,7 @@ impl IndexTxn<'_> {
         if found.is_some() {
             return Ok(found);
         }
-        // One-chunk files are findable by their whole-file hash only.
+        // One-chunk files are findable by their file id only.
         let Some(path) = self.find_whole(hash)? else {
             return Ok(None);
         };
