@@ -264,15 +264,74 @@ pub fn digest_bytes(data: &[u8]) -> Digest {
 
 /// Chunk boundaries in `data` as (offset, len). Unless `eof`, the last
 /// (possibly truncated) chunk is left out, to be cut again with more data.
+/// Large buffers are cut on all cores ([`cut_parallel`]); the result is
+/// the same.
 fn cut_points(data: &[u8], eof: bool) -> Vec<(usize, usize)> {
-    let mut cuts: Vec<(usize, usize)> =
-        fastcdc::v2020::FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
-            .map(|c| (c.offset, c.length))
-            .collect();
+    let segments = (data.len() / CUT_SEGMENT_MIN).min(rayon::current_num_threads());
+    let mut cuts = if segments >= 2 {
+        cut_parallel(data, segments)
+    } else {
+        cut_sequential(data)
+    };
     if !eof {
         cuts.pop();
     }
     cuts
+}
+
+/// Smallest segment worth cutting on a thread of its own.
+const CUT_SEGMENT_MIN: usize = 1 << 20;
+
+/// One FastCDC pass over `data`, chunk after chunk.
+fn cut_sequential(data: &[u8]) -> Vec<(usize, usize)> {
+    fastcdc::v2020::FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+        .map(|c| (c.offset, c.length))
+        .collect()
+}
+
+/// The same cuts as [`cut_sequential`], computed in `n` segments at once.
+/// Where a chunk ends depends only on the bytes from its start (at most
+/// [`MAX_CHUNK`] of them), so each segment but the first is cut from its
+/// own start, speculatively, over its bytes plus [`MAX_CHUNK`] more (every
+/// cut starting inside the segment is then exact for that start). Then,
+/// in order, the true sequence is carried from the previous segment: cut
+/// chunk by chunk until it reaches a start the segment found too, from
+/// where the segment's cuts are the true ones (content-defined cuts fall
+/// in step within a few chunks); a segment that never falls in step (a
+/// run of zeros cut at [`MAX_CHUNK`] from another origin) is cut through.
+fn cut_parallel(data: &[u8], n: usize) -> Vec<(usize, usize)> {
+    let bounds: Vec<usize> = (0..=n).map(|k| data.len() * k / n).collect();
+    let spec: Vec<Vec<(usize, usize)>> = (0..n)
+        .into_par_iter()
+        .map(|k| {
+            let (start, next) = (bounds[k], bounds[k + 1]);
+            let end = (next + MAX_CHUNK as usize).min(data.len());
+            cut_sequential(&data[start..end])
+                .into_iter()
+                .map(|(o, l)| (start + o, l))
+                .take_while(|&(o, _)| o < next)
+                .collect()
+        })
+        .collect();
+    let mut spec = spec.into_iter();
+    let mut out = spec.next().unwrap_or_default();
+    for (k, cuts) in spec.enumerate() {
+        let seg_end = bounds[k + 2];
+        let mut pos = out.last().map_or(0, |&(o, l)| o + l);
+        while pos < seg_end {
+            if let Ok(i) = cuts.binary_search_by_key(&pos, |&(o, _)| o) {
+                out.extend_from_slice(&cuts[i..]);
+                break;
+            }
+            let end = (pos + MAX_CHUNK as usize).min(data.len());
+            let len = cut_sequential(&data[pos..end])
+                .first()
+                .map_or(end - pos, |&(_, l)| l);
+            out.push((pos, len));
+            pos += len;
+        }
+    }
+    out
 }
 
 /// Cuts a chunk list into groups.
@@ -375,6 +434,52 @@ mod tests {
             d.chunks.len()
         );
         assert!(g.iter().all(|g| g.count as usize <= GROUP_MAX));
+    }
+
+    /// Cutting in parallel segments gives exactly the sequential cuts: on
+    /// noise (segments fall in step), on zeros and on a repeated pattern
+    /// (they may never), with segments of every size.
+    #[test]
+    fn parallel_cuts_equal_sequential_cuts() {
+        let mut inputs = vec![noise(9_000_000, 21), vec![0u8; 5_000_000]];
+        let mut mixed = noise(3_000_000, 22);
+        mixed.extend(vec![0u8; 700_000]);
+        mixed.extend(b"abcdefgh".repeat(200_000));
+        mixed.extend(noise(1_500_000, 23));
+        inputs.push(mixed);
+        for data in &inputs {
+            let want = cut_sequential(data);
+            for n in [2, 3, 4, 7, 16] {
+                assert_eq!(cut_parallel(data, n), want, "len {} n {n}", data.len());
+            }
+            for eof in [true, false] {
+                let mut w = want.clone();
+                if !eof {
+                    w.pop();
+                }
+                assert_eq!(cut_points(data, eof), w);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Any input, any number of segments (noise with a run of zeros
+        /// somewhere): the parallel cuts are the sequential ones.
+        #[test]
+        fn parallel_cuts_match_on_any_input(
+            len in 0usize..3_000_000,
+            seed in 1u64..u64::MAX,
+            n in 2usize..9,
+            zeros_at in 0usize..3_000_000,
+            zeros in 0usize..400_000,
+        ) {
+            let mut data = noise(len, seed);
+            let a = zeros_at.min(data.len());
+            let b = (a + zeros).min(data.len());
+            data[a..b].fill(0);
+            proptest::prop_assert_eq!(cut_parallel(&data, n), cut_sequential(&data));
+        }
     }
 
     /// Pins the chunking format: if this changes, CHUNKER_VERSION must too.
