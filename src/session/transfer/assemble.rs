@@ -95,9 +95,14 @@ impl Transfer<'_, '_> {
             [c] if new && c.len <= DEFER_MAX && self.pool.is_some() => *c,
             _ => return Ok(false),
         };
+        // A hint naming this very path is stale: a new file has no
+        // replica file there (the replica was emptied behind our back).
+        let key = self.ctx.key(id);
         if is_zero_chunk(&c)
             || self.sourcing.is_asked(&c.hash)
-            || txn.find_chunk(&c.hash)?.is_some_and(|l| l.len == c.len)
+            || txn
+                .find_chunk(&c.hash)?
+                .is_some_and(|l| l.len == c.len && l.path != key)
         {
             return Ok(false);
         }
