@@ -525,6 +525,11 @@ pub enum FMsg {
         opaque: Vec<u8>,
         partial: Vec<u8>,
     },
+    /// Ends a page of a paged pass (protocol 6).
+    EndPage {
+        opaque: Vec<u8>,
+        partial: Vec<u8>,
+    },
     /// `content: None` is the content the manifest gave that file.
     Summary {
         id: FId,
@@ -1010,6 +1015,10 @@ impl<'a> Conv<'a> {
                 ClientMsg::Entries(self.entries(lead, entries, false))
             }
             FMsg::EndManifest { opaque, partial } => ClientMsg::EndManifest {
+                opaque: self.ids(opaque, None),
+                partial: self.ids(partial, None),
+            },
+            FMsg::EndPage { opaque, partial } => ClientMsg::EndPage {
                 opaque: self.ids(opaque, None),
                 partial: self.ids(partial, None),
             },
