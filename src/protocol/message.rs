@@ -206,6 +206,10 @@ pub enum ClientMsg {
     /// after the entries, before [`ClientMsg::EndManifest`]; ≤
     /// [`EXTRAS_PER_MSG`] entries per message). Entries not listed have none.
     Xattrs(Vec<EntryXattrs>),
+    /// Hard links from files of this page to files of earlier pages of a
+    /// paged pass (after the entries, before the page's end; ≤
+    /// [`EXTRAS_PER_MSG`] per message).
+    FarLinks(Vec<crate::tree::FarLink>),
 }
 
 impl ClientMsg {
@@ -227,6 +231,7 @@ impl ClientMsg {
             ClientMsg::Bye => "Bye",
             ClientMsg::Links(_) => "Links",
             ClientMsg::Xattrs(_) => "Xattrs",
+            ClientMsg::FarLinks(_) => "FarLinks",
         }
     }
 
@@ -247,6 +252,7 @@ impl ClientMsg {
             | ClientMsg::EndPage { .. }
             | ClientMsg::Links(_)
             | ClientMsg::Xattrs(_)
+            | ClientMsg::FarLinks(_)
             | ClientMsg::Bye => None,
         }
     }
@@ -460,6 +466,15 @@ mod tests {
                 proptest::collection::vec(any::<u32>(), 0..4)
             )
                 .prop_map(|(opaque, partial)| ClientMsg::EndPage { opaque, partial }),
+            proptest::collection::vec(
+                (any::<u32>(), proptest::collection::vec("[a-z]{1,5}", 1..3)),
+                0..3
+            )
+            .prop_map(|v| ClientMsg::FarLinks(
+                v.into_iter()
+                    .map(|(entry, leader)| crate::tree::FarLink { entry, leader })
+                    .collect()
+            )),
             (
                 any::<u32>(),
                 any::<u64>(),

@@ -95,6 +95,7 @@ fn receive_manifest(link: &ServerLink) -> Result<(Manifest, Extras, bool)> {
             }
             ClientMsg::Links(batch) => extras.add_links(batch, m.entries.len()).map_err(bad)?,
             ClientMsg::Xattrs(batch) => extras.add_xattrs(batch, m.entries.len()).map_err(bad)?,
+            ClientMsg::FarLinks(batch) => extras.add_far(batch, m.entries.len()).map_err(bad)?,
             end @ (ClientMsg::EndManifest { .. } | ClientMsg::EndPage { .. }) => {
                 let (last, opaque, partial) = match end {
                     ClientMsg::EndManifest { opaque, partial } => (true, opaque, partial),
@@ -193,7 +194,7 @@ fn run_page(
     st: &ServerState,
     opts: &PassOptions,
     filter: &Filter,
-    (mut manifest, extras, last): (Manifest, Extras, bool),
+    (mut manifest, mut extras, last): (Manifest, Extras, bool),
     run: &mut PassRun,
 ) -> Result<PageEnd> {
     let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
@@ -238,6 +239,7 @@ fn run_page(
     // The other names of hard-link groups get their leader's file after
     // the content step, never content of their own.
     super::extras::drop_members(&mut p, &extras.leaders(manifest.entries.len()));
+    super::extras::drop_far_members(&ctx, &mut p, &mut extras);
     if run.pages == 0 {
         if let Some(warning) = st.min_free.warning(store) {
             st.reporter.warn(&warning);

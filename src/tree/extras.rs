@@ -4,7 +4,7 @@
 //! each batch arrives, then checks it against the whole manifest.
 
 use super::xattr::{self, EntryXattrs, MAX_PER_PASS};
-use super::{HardLink, Kind, Manifest};
+use super::{validate_name, FarLink, HardLink, Kind, Manifest, MAX_PATH_BYTES};
 
 /// Hard links and extended attributes of one manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,6 +13,8 @@ pub struct Extras {
     pub links: Vec<HardLink>,
     /// By ascending `entry`; entries not listed have no attributes.
     pub xattrs: Vec<EntryXattrs>,
+    /// Links to files of earlier pages of a paged pass, by ascending `entry`.
+    pub far: Vec<FarLink>,
     xattr_bytes: u64,
 }
 
@@ -23,6 +25,30 @@ impl Extras {
             return Err("more hard links than manifest entries".into());
         }
         self.links.extend(batch);
+        Ok(())
+    }
+
+    /// Adds a batch of links to earlier pages, each leader path checked;
+    /// never more than entries.
+    pub fn add_far(&mut self, batch: Vec<FarLink>, entries: usize) -> Result<(), String> {
+        if self.far.len() + batch.len() > entries {
+            return Err("more hard links than manifest entries".into());
+        }
+        for l in &batch {
+            let bad = |why: String| format!("hard link {} to an earlier page: {why}", l.entry);
+            if l.leader.is_empty() {
+                return Err(bad("empty path".into()));
+            }
+            let mut len = 0;
+            for c in &l.leader {
+                validate_name(c).map_err(|e| bad(e.to_string()))?;
+                len += c.len() + 1;
+            }
+            if len > MAX_PATH_BYTES {
+                return Err(bad(format!("path longer than {MAX_PATH_BYTES} bytes")));
+            }
+        }
+        self.far.extend(batch);
         Ok(())
     }
 
@@ -72,6 +98,17 @@ impl Extras {
                 }
             }
         }
+        if self.far.windows(2).any(|w| w[0].entry >= w[1].entry) {
+            return Err("hard links to earlier pages not in ascending order".into());
+        }
+        for l in &self.far {
+            if file(l.entry).is_none() || members.contains(&l.entry) {
+                return Err(format!(
+                    "hard link {} to an earlier page: not a file, or linked twice",
+                    l.entry
+                ));
+            }
+        }
         if self.xattrs.windows(2).any(|w| w[0].entry >= w[1].entry) {
             return Err("extended attributes not in ascending order".into());
         }
@@ -98,6 +135,11 @@ impl Extras {
             }
         }
         out
+    }
+
+    /// Whether `entry` is linked to a file of an earlier page.
+    pub fn is_far(&self, entry: u32) -> bool {
+        self.far.binary_search_by_key(&entry, |l| l.entry).is_ok()
     }
 
     /// The attributes of `entry` (empty when it has none).

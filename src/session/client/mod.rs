@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::index::{SourceIndex, SourceWriter};
 use crate::protocol::{ClientMsg, Op, PassOptions, PassStats, ServerMsg};
 use crate::report::{PassSummary, Reporter};
-use crate::tree::{Kind, Manifest, Pages, SourceScan};
+use crate::tree::{Kind, Manifest, PageLinks, Pages, SourceScan};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -148,6 +148,7 @@ impl ClientPass<'_> {
     /// here. `self.scan` is not used.
     pub fn run_pages(&self, opts: PassOptions, pages: &mut Pages) -> Result<PassOutcome> {
         let mut pass = Running::new(self);
+        pass.links = Some(PageLinks::default());
         self.send(ClientMsg::BeginPass(opts.clone()))?;
         loop {
             let page = pages
@@ -176,7 +177,7 @@ impl ClientPass<'_> {
     /// Sends `self.scan` as a manifest (the pass's last one if `last`) and
     /// answers the server until it is done with it.
     fn run_page(&self, opts: &PassOptions, last: bool, pass: &mut Running) -> Result<Ended> {
-        self.send_manifest(opts, last)?;
+        self.send_manifest(opts, last, pass.links.as_mut())?;
         let writer = pass.writer.take();
         let ended = loop {
             let msg = self
@@ -199,7 +200,12 @@ impl ClientPass<'_> {
         Ok(ended)
     }
 
-    fn send_manifest(&self, opts: &PassOptions, last: bool) -> Result<()> {
+    fn send_manifest(
+        &self,
+        opts: &PassOptions,
+        last: bool,
+        links: Option<&mut PageLinks>,
+    ) -> Result<()> {
         let m = &self.scan.manifest;
         for batch in m.entries.chunks(ENTRIES_PER_MSG) {
             self.send(ClientMsg::Entries(batch.to_vec()))?;
@@ -207,7 +213,7 @@ impl ClientPass<'_> {
             // flight at most, not a large part of a big manifest.
             self.link.flush();
         }
-        self.send_extras(opts)?;
+        self.send_extras(opts, links)?;
         let (opaque, partial) = (m.opaque.clone(), m.partial.clone());
         self.send(if last {
             ClientMsg::EndManifest { opaque, partial }
@@ -218,11 +224,17 @@ impl ClientPass<'_> {
 
     /// Hard links among the files (always) and, with `--xattrs`, extended
     /// attributes, between the entries and the end of the manifest.
-    fn send_extras(&self, opts: &PassOptions) -> Result<()> {
+    fn send_extras(&self, opts: &PassOptions, links: Option<&mut PageLinks>) -> Result<()> {
         use crate::protocol::EXTRAS_PER_MSG;
-        let links = crate::tree::hard_links(self.scan);
+        let (links, far) = match links {
+            Some(l) => l.of_page(self.scan),
+            None => (crate::tree::hard_links(self.scan), Vec::new()),
+        };
         for batch in links.chunks(EXTRAS_PER_MSG) {
             self.send(ClientMsg::Links(batch.to_vec()))?;
+        }
+        for batch in far.chunks(EXTRAS_PER_MSG) {
+            self.send(ClientMsg::FarLinks(batch.to_vec()))?;
         }
         if opts.xattrs {
             let (attrs, errors) = crate::tree::xattr::read_tree(self.root, &self.scan.manifest);
@@ -338,6 +350,8 @@ struct Running {
     state: PassState,
     writer: Option<SourceWriter>,
     wire0: (u64, u64),
+    /// Hard-link groups met in earlier pages (a paged pass).
+    links: Option<PageLinks>,
     /// Files and bytes the server announced (summed over pages).
     planned: (u64, u64),
     files: u64,
@@ -352,6 +366,7 @@ impl Running {
             state: PassState::default(),
             writer: pass.index.map(SourceIndex::writer),
             wire0: pass.link.counters.total(),
+            links: None,
             planned: (0, 0),
             files: 0,
             dirs: 0,
