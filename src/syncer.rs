@@ -524,9 +524,10 @@ impl Syncer {
     }
 
     /// Whether a full pass goes as pages: not with `--max-delete`, which
-    /// must count every removal before anything changes.
+    /// must count every removal before anything changes, nor in a dry run,
+    /// whose pages would not see what earlier pages would have created.
     pub fn paged(&self) -> bool {
-        self.opts.max_delete.is_none()
+        self.opts.max_delete.is_none() && !self.opts.dry_run
     }
 
     fn pass_options(&self) -> PassOptions {
