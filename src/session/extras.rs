@@ -46,13 +46,18 @@ pub(crate) fn drop_far_members(ctx: &PassCtx, p: &mut Plan, extras: &mut Extras)
 }
 
 /// Runs the three steps (nothing in a dry run).
-pub(crate) fn apply(ctx: &PassCtx, extras: &Extras, xattrs: bool, stats: &mut PassStats) {
+pub(crate) fn apply(
+    ctx: &PassCtx,
+    extras: &Extras,
+    (xattrs, paged): (bool, bool),
+    stats: &mut PassStats,
+) {
     if !ctx.store.capabilities().records || ctx.interrupted() {
         return;
     }
     let leaders = extras.leaders(ctx.manifest.entries.len());
     let skip = |id: u32| ctx.unholdable.covers(id);
-    break_links(ctx, &leaders, stats);
+    break_links(ctx, &leaders, paged.then_some(extras), stats);
     if xattrs {
         set_xattrs(ctx, extras, &leaders, &skip, stats);
     }
@@ -62,7 +67,15 @@ pub(crate) fn apply(ctx: &PassCtx, extras: &Extras, xattrs: bool, stats: &mut Pa
 /// Step 1: among replica files that share an inode, every one whose source
 /// group (its leader, or itself) differs from the first group found gets a
 /// copy of its own (step 3 then links it to its own leader, if it has one).
-fn break_links(ctx: &PassCtx, leaders: &[Option<u32>], stats: &mut PassStats) {
+/// In a paged pass the other names may lie in other pages: a linked replica
+/// file that the source has as a plain file (no part in any group) gets a
+/// copy of its own too.
+fn break_links(
+    ctx: &PassCtx,
+    leaders: &[Option<u32>],
+    paged: Option<&Extras>,
+    stats: &mut PassStats,
+) {
     let linked = ctx.store.take_linked();
     if linked.is_empty() {
         return;
@@ -88,18 +101,34 @@ fn break_links(ctx: &PassCtx, leaders: &[Option<u32>], stats: &mut PassStats) {
             if group(k) == Some(owner) {
                 continue;
             }
-            let e = ctx.entry(id);
-            match ctx.store.own_copy(k, e.mode, e.mtime) {
-                Ok(()) => ctx.report(
-                    stats,
-                    OpReport {
-                        detail: Some("no longer a hard link".into()),
-                        ..simple(Op::Updated, k, Reason::MetadataChanged)
-                    },
-                ),
-                Err(err) => ctx.fail(stats, k, Failure::store("break a hard link", err)),
-            }
+            own_copy(ctx, k, id, stats);
         }
+    }
+    let Some(extras) = paged else {
+        return;
+    };
+    for (k, _) in &linked {
+        let Some(&id) = ids.get(k.as_str()) else {
+            continue;
+        };
+        let shared = matches!(ctx.store.file_links(k), Ok(Some((_, n))) if n > 1);
+        if shared && !extras.has_link_role(id) {
+            own_copy(ctx, k, id, stats);
+        }
+    }
+}
+
+fn own_copy(ctx: &PassCtx, k: &str, id: u32, stats: &mut PassStats) {
+    let e = ctx.entry(id);
+    match ctx.store.own_copy(k, e.mode, e.mtime) {
+        Ok(()) => ctx.report(
+            stats,
+            OpReport {
+                detail: Some("no longer a hard link".into()),
+                ..simple(Op::Updated, k, Reason::MetadataChanged)
+            },
+        ),
+        Err(err) => ctx.fail(stats, k, Failure::store("break a hard link", err)),
     }
 }
 

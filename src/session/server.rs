@@ -296,9 +296,12 @@ fn look(
     run: &mut PassRun,
 ) -> Result<Option<(ReplicaView, Plan)>> {
     let stats = &mut run.stats;
-    ctx.store
-        .refresh()
-        .map_err(|e| Error::io("the replica's store", e))?;
+    // Once a pass (an object store lists the whole bucket here).
+    if run.pages == 0 {
+        ctx.store
+            .refresh()
+            .map_err(|e| Error::io("the replica's store", e))?;
+    }
     let (mut view, extras) = scan(ctx.store, ctx.manifest, ctx.keys, scan_opts);
     for &(id, why) in &ctx.unholdable.refused {
         ctx.fail(stats, ctx.key(id), Failure::Unholdable(why));
@@ -419,6 +422,7 @@ fn apply(
     super::steps::clear(ctx, &p.clear, txn, stats)?;
     super::steps::structure(ctx, &p, txn, stats);
     let fetch = std::mem::take(&mut p.fetch);
+    let paged = deferred.is_some();
     match deferred {
         Some(deferred) => {
             let doomed = Doomed {
@@ -451,7 +455,7 @@ fn apply(
             super::steps::remove_extras(ctx, &p.remove, transfer.moved_away(), txn, stats)?;
         }
     }
-    super::extras::apply(ctx, extras, xattrs, stats);
+    super::extras::apply(ctx, extras, (xattrs, paged), stats);
     super::steps::fix_dirs(ctx, &p.dirs_deepest_first);
     Ok(())
 }

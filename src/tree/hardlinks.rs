@@ -43,7 +43,10 @@ pub fn hard_links(scan: &SourceScan) -> Vec<HardLink> {
 
 /// File `entry` is another name of a file that an earlier page of the same
 /// pass listed at path `leader` (its components from the root): the two
-/// share one inode in the source and must share one in the replica.
+/// share one inode in the source and must share one in the replica. An
+/// empty `leader` says `entry` is the first name met of a group whose other
+/// names lie in later pages or outside the tree: the replica's links of
+/// that file are not to be broken.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FarLink {
     pub entry: u32,
@@ -87,6 +90,10 @@ impl PageLinks {
                             .map(String::from)
                             .collect(),
                     );
+                    far.push(FarLink {
+                        entry: i,
+                        leader: Vec::new(),
+                    });
                 }
             }
         }
@@ -158,7 +165,11 @@ mod tests {
         let f = Kind::File { size: 3 };
         let mut pl = PageLinks::default();
         let (links, far) = pl.of_page(&scan(&[(f.clone(), 1, 10, 3), (f.clone(), 1, 11, 1)]));
-        assert!(links.is_empty() && far.is_empty());
+        let first = FarLink {
+            entry: 1,
+            leader: Vec::new(),
+        };
+        assert!(links.is_empty() && far == vec![first]);
         let (links, far) = pl.of_page(&scan(&[
             (f.clone(), 1, 11, 1),
             (f.clone(), 1, 10, 3), // 2: far -> e0 of page 1
