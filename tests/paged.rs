@@ -185,3 +185,20 @@ fn page_size_changes_nothing_but_memory() {
     }
     assert!(seen.windows(2).all(|w| w[0].1 == w[1].1), "{seen:?}");
 }
+
+/// A folder that fits in a page, moved to a later page, is renamed whole:
+/// one operation, no digest asked.
+#[test]
+fn a_small_folder_moved_to_a_later_page_is_one_rename() {
+    let env = Env::new(Where::Local);
+    big_folder(&env);
+    env.sync_ok(SMALL);
+    fs::rename(env.src.join("a/x1"), env.src.join("z/new")).unwrap();
+    let r = env.sync_ok(SMALL);
+    env.assert_replica_exact();
+    let moved: Vec<_> = r.ops().into_iter().filter(|o| o.op == "moved").collect();
+    assert_eq!(moved.len(), 1, "{}", r.describe());
+    assert_eq!(moved[0].path, "z/new", "{}", r.describe());
+    assert_eq!(r.summary().content_sent, 0);
+    assert_eq!(env.sync_ok(SMALL).summary().ops, 0);
+}

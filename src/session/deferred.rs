@@ -21,6 +21,10 @@ use std::path::{Path, PathBuf};
 /// content was moved elsewhere (then it is not removed).
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("deferred");
 
+/// Deferred directories by the signature of their subtree (see
+/// `renames.rs`), so a later page can rename one into place whole.
+const DIRS: TableDefinition<&[u8], &str> = TableDefinition::new("deferred-dirs");
+
 /// Writes between commits (a commit frees the transaction's dirty pages).
 const CHECKPOINT: usize = 4096;
 
@@ -78,6 +82,7 @@ pub struct Deferred {
     txn: Option<WriteTransaction>,
     writes: usize,
     len: u64,
+    dirs: u64,
 }
 
 impl Deferred {
@@ -95,6 +100,7 @@ impl Deferred {
             txn: None,
             writes: 0,
             len: 0,
+            dirs: 0,
         };
         d.begin()?;
         Ok(d)
@@ -176,6 +182,49 @@ impl Deferred {
                 .map_err(|e| err(&self.path, e))?;
         }
         self.checkpoint()
+    }
+
+    /// Notes that deferred directory `key` has subtree signature `sig`.
+    pub fn add_dir(&mut self, sig: &[u8; 32], key: &str) -> Result<()> {
+        {
+            let mut t = self
+                .txn()
+                .open_table(DIRS)
+                .map_err(|e| err(&self.path, e))?;
+            t.insert(&sig[..], key).map_err(|e| err(&self.path, e))?;
+        }
+        self.dirs += 1;
+        self.checkpoint()
+    }
+
+    /// Whether any directory was deferred with a signature.
+    pub fn has_dirs(&self) -> bool {
+        self.dirs > 0
+    }
+
+    /// A deferred directory (not moved yet) with subtree signature `sig`,
+    /// taken: it is not offered again.
+    pub fn take_dir(&mut self, sig: &[u8; 32]) -> Result<Option<String>> {
+        let key = {
+            let mut t = self
+                .txn()
+                .open_table(DIRS)
+                .map_err(|e| err(&self.path, e))?;
+            let v = t.remove(&sig[..]).map_err(|e| err(&self.path, e))?;
+            v.map(|v| v.value().to_string())
+        };
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let pending = {
+            let t = self
+                .txn()
+                .open_table(KEYS)
+                .map_err(|e| err(&self.path, e))?;
+            let v = t.get(key.as_str()).map_err(|e| err(&self.path, e))?;
+            v.and_then(|v| Pending::decode(v.value()))
+        };
+        Ok(pending.filter(|p| !p.moved).map(|_| key))
     }
 
     /// Whether `key` or one of its ancestors is deferred (and not moved).

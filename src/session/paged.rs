@@ -12,6 +12,7 @@ use super::deferred::{Deferred, DirMeta};
 use super::pass::PassCtx;
 use crate::error::Result;
 use crate::index::IndexTxn;
+use crate::plan::ReplicaView;
 use crate::protocol::PassStats;
 use crate::tree::Kind;
 use std::collections::{HashMap, HashSet};
@@ -53,6 +54,7 @@ impl PassRun {
 /// removals lost to this page's moves.
 pub fn defer(
     ctx: &PassCtx,
+    view: &ReplicaView,
     remove: &[String],
     moved: &HashSet<String>,
     deferred: &mut Deferred,
@@ -68,6 +70,9 @@ pub fn defer(
         .filter(|&i| m.entries[i].kind.is_dir())
         .map(|i| (&ctx.keys[i], i as u32))
         .collect();
+    // Directories are signed for a later page to rename whole (a store
+    // where renames are cheap, and no --max-delete, as in `server.rs`).
+    let rename_dirs = ctx.store.capabilities().cheap_rename;
     for key in remove.iter().filter(|k| !moved.contains(*k)) {
         let parent = parent_of(key);
         // A removal's parent is a directory the page lists in full.
@@ -80,6 +85,11 @@ pub fn defer(
             mtime: e.mtime,
         };
         deferred.add(key, meta)?;
+        if rename_dirs && view.get(key).is_some_and(|r| r.kind.is_dir()) {
+            if let Some((sig, _)) = super::renames::replica_sig(ctx.store, key) {
+                deferred.add_dir(&sig, key)?;
+            }
+        }
     }
     Ok(())
 }

@@ -332,7 +332,7 @@ fn look(
         return Ok(None);
     }
     if ctx.store.capabilities().cheap_rename && opts.max_delete.is_none() {
-        let moved = move_dirs(ctx, &p, &view, txns)?;
+        let moved = move_dirs(ctx, &p, &view, txns, run.deferred.as_mut())?;
         if !moved.is_empty() {
             view = scan(ctx.store, ctx.manifest, ctx.keys, scan_opts).0;
             p = plan(ctx.manifest, ctx.keys, &view, plan_opts);
@@ -370,15 +370,22 @@ fn look(
     Ok(Some((view, p)))
 }
 
-/// Renames directories the source renamed (see `renames.rs`); returns the
-/// moves made.
+/// Renames directories the source renamed (see `renames.rs`), from this
+/// page's removals or, in a paged pass, from those earlier pages deferred;
+/// returns the moves made.
 fn move_dirs(
     ctx: &PassCtx,
     p: &Plan,
     view: &ReplicaView,
     txns: &Txns,
+    mut deferred: Option<&mut Deferred>,
 ) -> Result<Vec<(String, String)>> {
     let mut moves = super::renames::detect(ctx.manifest, ctx.keys, p, view, ctx.store);
+    if let Some(d) = deferred.as_deref_mut() {
+        let taken: std::collections::HashSet<&str> = moves.iter().map(|m| m.1.as_str()).collect();
+        let far = super::renames::detect_deferred(ctx.manifest, ctx.keys, p, d, &taken)?;
+        moves.extend(far);
+    }
     if moves.is_empty() {
         return Ok(moves);
     }
@@ -388,6 +395,11 @@ fn move_dirs(
         Err(_) => false,
     });
     txn.commit()?;
+    if let Some(d) = deferred {
+        for (from, _) in &moves {
+            d.mark_moved(from)?;
+        }
+    }
     Ok(moves)
 }
 
@@ -435,7 +447,7 @@ fn apply(
             let moved = transfer.take_moved_away();
             drop(transfer);
             run?;
-            super::paged::defer(ctx, &p.remove, &moved, deferred)?;
+            super::paged::defer(ctx, view, &p.remove, &moved, deferred)?;
         }
         None => {
             let doomed = Doomed {
