@@ -202,8 +202,8 @@ impl Deferred {
         self.dirs > 0
     }
 
-    /// A deferred directory (not moved yet) with subtree signature `sig`,
-    /// taken: it is not offered again.
+    /// A deferred directory, or a directory below one (not moved yet),
+    /// with subtree signature `sig`, taken: it is not offered again.
     pub fn take_dir(&mut self, sig: &[u8; 32]) -> Result<Option<String>> {
         let key = {
             let mut t = self
@@ -213,18 +213,7 @@ impl Deferred {
             let v = t.remove(&sig[..]).map_err(|e| err(&self.path, e))?;
             v.map(|v| v.value().to_string())
         };
-        let Some(key) = key else {
-            return Ok(None);
-        };
-        let pending = {
-            let t = self
-                .txn()
-                .open_table(KEYS)
-                .map_err(|e| err(&self.path, e))?;
-            let v = t.get(key.as_str()).map_err(|e| err(&self.path, e))?;
-            v.and_then(|v| Pending::decode(v.value()))
-        };
-        Ok(pending.filter(|p| !p.moved).map(|_| key))
+        Ok(key.filter(|k| self.covers(k)))
     }
 
     /// Whether `key` or one of its ancestors is deferred (and not moved).

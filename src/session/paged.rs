@@ -86,8 +86,12 @@ pub fn defer(
         };
         deferred.add(key, meta)?;
         if rename_dirs && view.get(key).is_some_and(|r| r.kind.is_dir()) {
-            if let Some((sig, _)) = super::renames::replica_sig(ctx.store, key) {
-                deferred.add_dir(&sig, key)?;
+            let mut sigs = Vec::new();
+            super::renames::replica_sigs(ctx.store, key, &mut |s, k| {
+                sigs.push((*s, k.to_string()))
+            });
+            for (sig, k) in sigs {
+                deferred.add_dir(&sig, &k)?;
             }
         }
     }

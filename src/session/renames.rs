@@ -80,7 +80,17 @@ fn source_sigs(m: &Manifest) -> Vec<Option<Sig>> {
 }
 
 /// Signature of a replica directory, walking it (None if unreadable or empty of files).
-pub(crate) fn replica_sig(store: &dyn Store, key: &str) -> Option<(Sig, bool)> {
+fn replica_sig(store: &dyn Store, key: &str) -> Option<(Sig, bool)> {
+    replica_sigs(store, key, &mut |_, _| {})
+}
+
+/// The same, telling `each` the signature of every directory of the
+/// subtree that has one (`key` included).
+pub(crate) fn replica_sigs(
+    store: &dyn Store,
+    key: &str,
+    each: &mut dyn FnMut(&Sig, &str),
+) -> Option<(Sig, bool)> {
     let mut names = store.list(key).ok()?;
     names.sort();
     let mut h = blake3::Hasher::new();
@@ -89,7 +99,7 @@ pub(crate) fn replica_sig(store: &dyn Store, key: &str) -> Option<(Sig, bool)> {
         let child_key = child_key(key, &name);
         let e = store.stat(&child_key).ok()??;
         let child = if e.kind.is_dir() {
-            match replica_sig(store, &child_key) {
+            match replica_sigs(store, &child_key, each) {
                 Some((s, f)) => {
                     has_file |= f;
                     s
@@ -102,7 +112,11 @@ pub(crate) fn replica_sig(store: &dyn Store, key: &str) -> Option<(Sig, bool)> {
         };
         add_entry(&mut h, &name, &e.kind, e.mtime, Some(&child));
     }
-    has_file.then(|| (*h.finalize().as_bytes(), true))
+    let sig = *h.finalize().as_bytes();
+    if has_file {
+        each(&sig, key);
+    }
+    has_file.then_some((sig, true))
 }
 
 /// Pairs (old key, new key) of directories to rename.

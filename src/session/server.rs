@@ -240,6 +240,13 @@ fn run_page(
     // the content step, never content of their own.
     super::extras::drop_members(&mut p, &extras.leaders(manifest.entries.len()));
     super::extras::drop_far_members(&ctx, &mut p, &mut extras);
+    if run.deferred.is_some() {
+        // In a paged pass a new directory whose content a later page lists
+        // is made by that page: so a directory moved there can still be
+        // renamed into place whole.
+        let later: std::collections::HashSet<u32> = manifest.opaque.iter().copied().collect();
+        p.mkdirs.retain(|id| !later.contains(id));
+    }
     if run.pages == 0 {
         if let Some(warning) = st.min_free.warning(store) {
             st.reporter.warn(&warning);
