@@ -150,9 +150,9 @@ impl ClientPass<'_> {
         let mut pass = Running::new(self);
         pass.links = Some(PageLinks::default());
         self.send(ClientMsg::BeginPass(opts.clone()))?;
+        let mut next = pages.next_page();
         loop {
-            let page = pages
-                .next_page()
+            let page = next
                 .map_err(|e| Error::source(self.root, &e))?
                 .unwrap_or_default();
             let last = pages.is_done();
@@ -166,11 +166,20 @@ impl ClientPass<'_> {
                 scan: &page,
                 ..*self
             };
-            let ended = this.run_page(&opts, last, &mut pass)?;
+            // The next page is read while the server works on this one
+            // (two pages in memory at most).
+            let (ended, following) = std::thread::scope(|s| {
+                let ahead = (!last).then(|| s.spawn(|| pages.next_page()));
+                let ended = this.run_page(&opts, last, &mut pass);
+                let following = ahead.map(|h| h.join().expect("the page reader does not panic"));
+                (ended, following)
+            });
+            let ended = ended?;
             pass.add_page(&page);
             if let Ended::Pass(stats) = ended {
                 return Ok(pass.finish(self, stats, opts.dry_run, false));
             }
+            next = following.unwrap_or(Ok(None));
         }
     }
 
