@@ -8,7 +8,9 @@
 //!
 //! - [`tree`]: what a tree is ([`tree::Manifest`] of [`tree::Entry`]) and
 //!   scanning a source directory into one (parallel walk, no symlink
-//!   following, excludes from [`filter`]).
+//!   following, excludes from [`filter`]), or into pages of whole
+//!   directories for a paged pass ([`tree::Pages`], `tree/pages.rs`; hard
+//!   links across pages in `tree/hardlinks.rs`).
 //! - [`chunk`]: content-defined chunking (FastCDC) and BLAKE3 content ids;
 //!   [`chunk::Digest`] is a file's id plus its chunk list (the id is
 //!   derived from the list, so each byte is hashed once per side).
@@ -38,14 +40,16 @@
 //!     (`session/transfer/`: job, requests, sourcing, assemble, basis,
 //!     moves, publish, and a pool of workers publishing new files and
 //!     creating small ones);
-//!     directory renames in `session/renames.rs`; large
+//!     directory renames in `session/renames.rs`; a paged pass (the tree
+//!     as pages, issue 18) in `session/paged.rs`, its removals deferred on
+//!     disk to the end of the pass in `session/deferred.rs`; large
 //!     files kept in part for the next pass in [`session::partial`]; what
 //!     every step shares, and per-file failures, in [`session::pass`];
 //!     hard links and extended attributes after the content, in
 //!     `session/extras.rs`;
-//!   - the client ([`session::client`]) sends the manifest and answers
-//!     (digests, groups, chunks); large files may step aside for newer
-//!     changes in watch mode.
+//!   - the client ([`session::client`]) sends the manifest (or its pages)
+//!     and answers (digests, groups, chunks); large files may step aside
+//!     for newer changes in watch mode.
 //! - [`transport`]: carrying a link: connections (framing, byte counters,
 //!   messages handed over in batches), `--compress` (`transport/compress/`:
 //!   segments sent raw or as one zstd stream, chosen by measured throughput), TLS (`transport/tls/`:

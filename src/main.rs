@@ -289,6 +289,9 @@ struct PassArgs {
     /// Replicate `user.*` extended attributes (Linux, macOS).
     #[arg(long)]
     xattrs: bool,
+    /// Entries per page of a full pass (tests and benchmarks).
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    page_entries: Option<u32>,
 }
 
 /// The library's options for one source and target.
@@ -320,6 +323,7 @@ fn sync_options(
         force: pass.force,
         allow_empty_source: pass.allow_empty_source,
         xattrs: pass.xattrs,
+        page_entries: pass.page_entries.map(|n| n as usize),
         min_free: replica::transport::server::MinFree::Bytes(0),
         command: "",
     }

@@ -184,16 +184,25 @@ impl Progress {
     ) -> crate::Result<crate::report::PassReport> {
         let started = Instant::now();
         let counter = Arc::new(ScanCounter::default());
-        let scan = {
-            let _spinner = self.scanning(counter.clone());
-            syncer.scan_counting(Some(counter))?
+        let result = if syncer.paged() {
+            // The tree is scanned page by page as the pass goes.
+            let bar = self.transfer();
+            let result = syncer.pass_paged(Some(&bar), Some(counter));
+            bar.finish();
+            result
+        } else {
+            let scan = {
+                let _spinner = self.scanning(counter.clone());
+                syncer.scan_counting(Some(counter))?
+            };
+            if stop.is_set() {
+                return Err(crate::Error::Interrupted);
+            }
+            let bar = self.transfer();
+            let result = syncer.pass_with(&scan, Some(&bar));
+            bar.finish();
+            result
         };
-        if stop.is_set() {
-            return Err(crate::Error::Interrupted);
-        }
-        let bar = self.transfer();
-        let result = syncer.pass_with(&scan, Some(&bar));
-        bar.finish();
         let mut report = result?;
         report.elapsed = started.elapsed();
         Ok(report)

@@ -514,6 +514,9 @@ pub enum FMsg {
     BeginPass(FPass),
     /// Hard links (entry, leader).
     Links(Vec<(FId, FId)>),
+    /// Hard links to earlier pages (entry, leader path as names; an empty
+    /// path marks a group's first name).
+    FarLinks(Vec<(FId, Vec<FName>)>),
     /// Extended attributes: per entry, (name from a dictionary, value).
     Xattrs(Vec<(FId, Vec<(u8, Vec<u8>)>)>),
     Entries {
@@ -522,6 +525,11 @@ pub enum FMsg {
         entries: Vec<FEntry>,
     },
     EndManifest {
+        opaque: Vec<u8>,
+        partial: Vec<u8>,
+    },
+    /// Ends a page of a paged pass (protocol 6).
+    EndPage {
         opaque: Vec<u8>,
         partial: Vec<u8>,
     },
@@ -1013,6 +1021,10 @@ impl<'a> Conv<'a> {
                 opaque: self.ids(opaque, None),
                 partial: self.ids(partial, None),
             },
+            FMsg::EndPage { opaque, partial } => ClientMsg::EndPage {
+                opaque: self.ids(opaque, None),
+                partial: self.ids(partial, None),
+            },
             FMsg::Summary {
                 id,
                 content,
@@ -1070,6 +1082,16 @@ impl<'a> Conv<'a> {
             FMsg::Skip { id } => ClientMsg::Skip { id: self.id(*id) },
             FMsg::Bye => ClientMsg::Bye,
             FMsg::Links(links) => self.links(links),
+            FMsg::FarLinks(links) => ClientMsg::FarLinks(
+                links
+                    .iter()
+                    .take(64)
+                    .map(|(e, path)| replica::tree::FarLink {
+                        entry: self.id(*e),
+                        leader: path.iter().take(8).map(FName::get).collect(),
+                    })
+                    .collect(),
+            ),
             FMsg::Xattrs(list) => self.xattrs(list),
             FMsg::Raw(bytes) => {
                 out.push(bytes.clone());

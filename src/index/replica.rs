@@ -29,6 +29,14 @@ impl ReplicaIndex {
         })
     }
 
+    /// A path beside the index for a pass's scratch database (`what`
+    /// names it).
+    pub fn scratch_path(&self, what: &str) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{what}"));
+        self.path.with_file_name(name)
+    }
+
     /// Starts the pass's transaction.
     pub fn begin(&self) -> Result<IndexTxn<'_>> {
         let txn = self

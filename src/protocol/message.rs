@@ -11,7 +11,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// First bytes of every session.
 pub const MAGIC: [u8; 8] = *b"REPLICA\x01";
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Most manifest entries the server accepts in one pass.
 pub const MAX_ENTRIES: usize = 20_000_000;
 /// Most group hashes sent in one message.
@@ -143,6 +143,13 @@ pub enum ClientMsg {
     /// `partial` directories list only some of their children (the others
     /// are left alone).
     EndManifest { opaque: Vec<u32>, partial: Vec<u32> },
+    /// Ends one page of a paged pass (the fields as in
+    /// [`ClientMsg::EndManifest`]): more pages follow, each a small
+    /// manifest of whole directories, ids counted from 0 again. The server
+    /// carries the page out (removals wait for the end of the pass) and
+    /// answers [`ServerMsg::PageDone`]; the last page ends with
+    /// `EndManifest`.
+    EndPage { opaque: Vec<u32>, partial: Vec<u32> },
     /// A file's digest; `chunks` inline for small files, else requested by group.
     Summary {
         id: u32,
@@ -199,6 +206,10 @@ pub enum ClientMsg {
     /// after the entries, before [`ClientMsg::EndManifest`]; ≤
     /// [`EXTRAS_PER_MSG`] entries per message). Entries not listed have none.
     Xattrs(Vec<EntryXattrs>),
+    /// Hard links from files of this page to files of earlier pages of a
+    /// paged pass (after the entries, before the page's end; ≤
+    /// [`EXTRAS_PER_MSG`] per message).
+    FarLinks(Vec<crate::tree::FarLink>),
 }
 
 impl ClientMsg {
@@ -208,6 +219,7 @@ impl ClientMsg {
             ClientMsg::BeginPass(_) => "BeginPass",
             ClientMsg::Entries(_) => "Entries",
             ClientMsg::EndManifest { .. } => "EndManifest",
+            ClientMsg::EndPage { .. } => "EndPage",
             ClientMsg::Summary { .. } => "Summary",
             ClientMsg::GroupHashes { .. } => "GroupHashes",
             ClientMsg::GroupChunks { .. } => "GroupChunks",
@@ -219,6 +231,7 @@ impl ClientMsg {
             ClientMsg::Bye => "Bye",
             ClientMsg::Links(_) => "Links",
             ClientMsg::Xattrs(_) => "Xattrs",
+            ClientMsg::FarLinks(_) => "FarLinks",
         }
     }
 
@@ -236,8 +249,10 @@ impl ClientMsg {
             ClientMsg::BeginPass(_)
             | ClientMsg::Entries(_)
             | ClientMsg::EndManifest { .. }
+            | ClientMsg::EndPage { .. }
             | ClientMsg::Links(_)
             | ClientMsg::Xattrs(_)
+            | ClientMsg::FarLinks(_)
             | ClientMsg::Bye => None,
         }
     }
@@ -270,6 +285,9 @@ pub enum ServerMsg {
     Done { id: u32 },
     /// One operation carried out (or planned, in a dry run).
     Report(OpReport),
+    /// The page the client ended with [`ClientMsg::EndPage`] is carried
+    /// out: the client may forget it and send the next one.
+    PageDone,
     /// The pass is over.
     PassDone(PassStats),
     /// The session failed; the reason is for the user.
@@ -444,6 +462,20 @@ mod tests {
             )
                 .prop_map(|(opaque, partial)| ClientMsg::EndManifest { opaque, partial }),
             (
+                proptest::collection::vec(any::<u32>(), 0..4),
+                proptest::collection::vec(any::<u32>(), 0..4)
+            )
+                .prop_map(|(opaque, partial)| ClientMsg::EndPage { opaque, partial }),
+            proptest::collection::vec(
+                (any::<u32>(), proptest::collection::vec("[a-z]{1,5}", 1..3)),
+                0..3
+            )
+            .prop_map(|v| ClientMsg::FarLinks(
+                v.into_iter()
+                    .map(|(entry, leader)| crate::tree::FarLink { entry, leader })
+                    .collect()
+            )),
+            (
                 any::<u32>(),
                 any::<u64>(),
                 hash(),
@@ -574,6 +606,7 @@ mod tests {
                 })
             ),
             ".{0,20}".prop_map(|reason| ServerMsg::Fatal { reason }),
+            Just(ServerMsg::PageDone),
         ]
     }
 

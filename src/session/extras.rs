@@ -25,14 +25,39 @@ pub(crate) fn drop_members(p: &mut Plan, leaders: &[Option<u32>]) {
     p.metadata.retain(|&id| !member(id));
 }
 
+/// The same for names linked to a file of an earlier page (a paged pass),
+/// when that file is in the replica with the member's size; the others
+/// lose their link and are fetched as plain files (a next pass links them).
+pub(crate) fn drop_far_members(ctx: &PassCtx, p: &mut Plan, extras: &mut Extras) {
+    if extras.far.is_empty() {
+        return;
+    }
+    extras.far.retain(|l| {
+        let size = match ctx.entry(l.entry).kind {
+            Kind::File { size } => size,
+            _ => return false,
+        };
+        let leader = l.leader.join("/");
+        matches!(ctx.store.stat(&leader), Ok(Some(e)) if e.kind == Kind::File { size })
+    });
+    let far = |id: u32| extras.is_far(id);
+    p.fetch.retain(|f| !far(f.id));
+    p.metadata.retain(|&id| !far(id));
+}
+
 /// Runs the three steps (nothing in a dry run).
-pub(crate) fn apply(ctx: &PassCtx, extras: &Extras, xattrs: bool, stats: &mut PassStats) {
+pub(crate) fn apply(
+    ctx: &PassCtx,
+    extras: &Extras,
+    (xattrs, paged): (bool, bool),
+    stats: &mut PassStats,
+) {
     if !ctx.store.capabilities().records || ctx.interrupted() {
         return;
     }
     let leaders = extras.leaders(ctx.manifest.entries.len());
     let skip = |id: u32| ctx.unholdable.covers(id);
-    break_links(ctx, &leaders, stats);
+    break_links(ctx, &leaders, paged.then_some(extras), stats);
     if xattrs {
         set_xattrs(ctx, extras, &leaders, &skip, stats);
     }
@@ -42,7 +67,15 @@ pub(crate) fn apply(ctx: &PassCtx, extras: &Extras, xattrs: bool, stats: &mut Pa
 /// Step 1: among replica files that share an inode, every one whose source
 /// group (its leader, or itself) differs from the first group found gets a
 /// copy of its own (step 3 then links it to its own leader, if it has one).
-fn break_links(ctx: &PassCtx, leaders: &[Option<u32>], stats: &mut PassStats) {
+/// In a paged pass the other names may lie in other pages: a linked replica
+/// file that the source has as a plain file (no part in any group) gets a
+/// copy of its own too.
+fn break_links(
+    ctx: &PassCtx,
+    leaders: &[Option<u32>],
+    paged: Option<&Extras>,
+    stats: &mut PassStats,
+) {
     let linked = ctx.store.take_linked();
     if linked.is_empty() {
         return;
@@ -68,18 +101,34 @@ fn break_links(ctx: &PassCtx, leaders: &[Option<u32>], stats: &mut PassStats) {
             if group(k) == Some(owner) {
                 continue;
             }
-            let e = ctx.entry(id);
-            match ctx.store.own_copy(k, e.mode, e.mtime) {
-                Ok(()) => ctx.report(
-                    stats,
-                    OpReport {
-                        detail: Some("no longer a hard link".into()),
-                        ..simple(Op::Updated, k, Reason::MetadataChanged)
-                    },
-                ),
-                Err(err) => ctx.fail(stats, k, Failure::store("break a hard link", err)),
-            }
+            own_copy(ctx, k, id, stats);
         }
+    }
+    let Some(extras) = paged else {
+        return;
+    };
+    for (k, _) in &linked {
+        let Some(&id) = ids.get(k.as_str()) else {
+            continue;
+        };
+        let shared = matches!(ctx.store.file_links(k), Ok(Some((_, n))) if n > 1);
+        if shared && !extras.has_link_role(id) {
+            own_copy(ctx, k, id, stats);
+        }
+    }
+}
+
+fn own_copy(ctx: &PassCtx, k: &str, id: u32, stats: &mut PassStats) {
+    let e = ctx.entry(id);
+    match ctx.store.own_copy(k, e.mode, e.mtime) {
+        Ok(()) => ctx.report(
+            stats,
+            OpReport {
+                detail: Some("no longer a hard link".into()),
+                ..simple(Op::Updated, k, Reason::MetadataChanged)
+            },
+        ),
+        Err(err) => ctx.fail(stats, k, Failure::store("break a hard link", err)),
     }
 }
 
@@ -110,7 +159,7 @@ fn set_xattrs(
 ) {
     for (i, e) in ctx.manifest.entries.iter().enumerate() {
         let id = i as u32;
-        if leaders[i].is_some() || skip(id) {
+        if leaders[i].is_some() || extras.is_far(id) || skip(id) {
             continue;
         }
         let key = ctx.key(id);
@@ -134,39 +183,49 @@ fn set_xattrs(
     }
 }
 
-/// Step 3: each member shares its leader's inode.
+/// Step 3: each member shares its leader's inode (names linked to an
+/// earlier page's file first: other members of this page may link to them).
 fn link_members(ctx: &PassCtx, extras: &Extras, skip: &dyn Fn(u32) -> bool, stats: &mut PassStats) {
+    for l in &extras.far {
+        if !skip(l.entry) {
+            link_one(ctx, ctx.key(l.entry), &l.leader.join("/"), stats);
+        }
+    }
     for l in &extras.links {
         if skip(l.entry) || skip(l.leader) {
             continue;
         }
-        let (key, leader) = (ctx.key(l.entry), ctx.key(l.leader));
-        let Ok(Some((ino, _))) = ctx.store.file_links(leader) else {
-            continue; // the leader failed: reported already
-        };
-        let had = match ctx.store.file_links(key) {
-            Ok(Some((i, _))) if i == ino => continue,
-            Ok(found) => found.is_some(),
-            Err(_) => true,
-        };
-        match ctx.store.hard_link(leader, key) {
-            Ok(()) => ctx.report(
-                stats,
-                OpReport {
-                    from: Some(leader.to_string()),
-                    detail: Some("hard link".into()),
-                    ..simple(
-                        Op::Copied,
-                        key,
-                        if had {
-                            Reason::ContentChanged
-                        } else {
-                            Reason::New
-                        },
-                    )
-                },
-            ),
-            Err(err) => ctx.fail(stats, key, Failure::store("make a hard link", err)),
-        }
+        link_one(ctx, ctx.key(l.entry), ctx.key(l.leader), stats);
+    }
+}
+
+/// Makes `key` a hard link to `leader` unless it is one already.
+fn link_one(ctx: &PassCtx, key: &str, leader: &str, stats: &mut PassStats) {
+    let Ok(Some((ino, _))) = ctx.store.file_links(leader) else {
+        return; // the leader failed: reported already
+    };
+    let had = match ctx.store.file_links(key) {
+        Ok(Some((i, _))) if i == ino => return,
+        Ok(found) => found.is_some(),
+        Err(_) => true,
+    };
+    match ctx.store.hard_link(leader, key) {
+        Ok(()) => ctx.report(
+            stats,
+            OpReport {
+                from: Some(leader.to_string()),
+                detail: Some("hard link".into()),
+                ..simple(
+                    Op::Copied,
+                    key,
+                    if had {
+                        Reason::ContentChanged
+                    } else {
+                        Reason::New
+                    },
+                )
+            },
+        ),
+        Err(err) => ctx.fail(stats, key, Failure::store("make a hard link", err)),
     }
 }

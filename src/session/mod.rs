@@ -6,8 +6,10 @@
 //! [`Link`]: link::Link
 
 pub mod client;
+mod deferred;
 mod extras;
 pub mod link;
+mod paged;
 pub mod partial;
 pub mod pass;
 mod renames;

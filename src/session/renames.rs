@@ -7,11 +7,12 @@
 //! file needs to be sent at all.
 
 use crate::plan::{Plan, ReplicaView};
+use crate::session::deferred::Deferred;
 use crate::store::{child_key, Store};
 use crate::tree::{Kind, Manifest, Timestamp};
 use std::collections::HashMap;
 
-type Sig = [u8; 32];
+pub(crate) type Sig = [u8; 32];
 
 fn add_entry(
     h: &mut blake3::Hasher,
@@ -42,9 +43,11 @@ fn add_entry(
 }
 
 /// Signatures of every source directory (children are sorted in a manifest).
-/// Directories with no file anywhere below them get no signature.
+/// Directories with no file anywhere below them get no signature, nor do
+/// those with an opaque directory below them (its content is not listed).
 fn source_sigs(m: &Manifest) -> Vec<Option<Sig>> {
     let n = m.entries.len();
+    let opaque: std::collections::HashSet<u32> = m.opaque.iter().copied().collect();
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, e) in m.entries.iter().enumerate().skip(1) {
         children[e.parent as usize].push(i);
@@ -59,7 +62,9 @@ fn source_sigs(m: &Manifest) -> Vec<Option<Sig>> {
         let mut complete = true;
         for &c in &children[i] {
             let e = &m.entries[c];
-            if e.kind.is_dir() && sigs[c].is_none() && !children[c].is_empty() {
+            if e.kind.is_dir()
+                && (opaque.contains(&(c as u32)) || (sigs[c].is_none() && !children[c].is_empty()))
+            {
                 complete = false;
             }
             has_file[i] |= matches!(e.kind, Kind::File { .. }) || has_file[c];
@@ -76,6 +81,16 @@ fn source_sigs(m: &Manifest) -> Vec<Option<Sig>> {
 
 /// Signature of a replica directory, walking it (None if unreadable or empty of files).
 fn replica_sig(store: &dyn Store, key: &str) -> Option<(Sig, bool)> {
+    replica_sigs(store, key, &mut |_, _| {})
+}
+
+/// The same, telling `each` the signature of every directory of the
+/// subtree that has one (`key` included).
+pub(crate) fn replica_sigs(
+    store: &dyn Store,
+    key: &str,
+    each: &mut dyn FnMut(&Sig, &str),
+) -> Option<(Sig, bool)> {
     let mut names = store.list(key).ok()?;
     names.sort();
     let mut h = blake3::Hasher::new();
@@ -84,7 +99,7 @@ fn replica_sig(store: &dyn Store, key: &str) -> Option<(Sig, bool)> {
         let child_key = child_key(key, &name);
         let e = store.stat(&child_key).ok()??;
         let child = if e.kind.is_dir() {
-            match replica_sig(store, &child_key) {
+            match replica_sigs(store, &child_key, each) {
                 Some((s, f)) => {
                     has_file |= f;
                     s
@@ -97,7 +112,11 @@ fn replica_sig(store: &dyn Store, key: &str) -> Option<(Sig, bool)> {
         };
         add_entry(&mut h, &name, &e.kind, e.mtime, Some(&child));
     }
-    has_file.then(|| (*h.finalize().as_bytes(), true))
+    let sig = *h.finalize().as_bytes();
+    if has_file {
+        each(&sig, key);
+    }
+    has_file.then_some((sig, true))
 }
 
 /// Pairs (old key, new key) of directories to rename.
@@ -143,6 +162,37 @@ pub(crate) fn detect(
         }
     }
     out
+}
+
+/// Pairs (old key, new key) of directories to rename from those earlier
+/// pages of a paged pass deferred (each found by its signature, taken
+/// once), for this page's top-most new directories not in `taken`.
+pub(crate) fn detect_deferred(
+    m: &Manifest,
+    keys: &crate::plan::Keys,
+    p: &Plan,
+    deferred: &mut Deferred,
+    taken: &std::collections::HashSet<&str>,
+) -> crate::error::Result<Vec<(String, String)>> {
+    if p.mkdirs.is_empty() || !deferred.has_dirs() {
+        return Ok(Vec::new());
+    }
+    let sigs = source_sigs(m);
+    let new: std::collections::HashSet<u32> = p.mkdirs.iter().copied().collect();
+    let mut out = Vec::new();
+    for &id in &p.mkdirs {
+        let parent = m.entries[id as usize].parent;
+        if id == 0 || new.contains(&parent) || taken.contains(&keys[id as usize]) {
+            continue;
+        }
+        let Some(sig) = sigs[id as usize] else {
+            continue;
+        };
+        if let Some(old) = deferred.take_dir(&sig)? {
+            out.push((old, keys[id as usize].to_string()));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

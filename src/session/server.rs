@@ -7,11 +7,13 @@
 //! [`DryRun`] wrapper of the store, an index transaction that is never
 //! committed, and no partial files.
 
+use super::deferred::Deferred;
 use super::link::LinkError;
+use super::paged::PassRun;
 use super::partial::Partials;
 use super::pass::{simple, Failure, PassCtx};
 use super::scan::{scan, ScanOptions};
-use super::transfer::Transfer;
+use super::transfer::{Doomed, Transfer};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::index::{IndexTxn, ReplicaIndex};
@@ -74,7 +76,9 @@ pub fn serve_session(link: &ServerLink, st: &ServerState) -> Result<()> {
     }
 }
 
-fn receive_manifest(link: &ServerLink) -> Result<(Manifest, Extras)> {
+/// One manifest (a whole pass's, or one page's), its extras, and whether it
+/// is the last of the pass (`EndManifest`; `EndPage` says more follow).
+fn receive_manifest(link: &ServerLink) -> Result<(Manifest, Extras, bool)> {
     let mut m = Manifest::default();
     let mut extras = Extras::default();
     let bad = |e: String| Error::protocol(&link.peer, e);
@@ -91,13 +95,19 @@ fn receive_manifest(link: &ServerLink) -> Result<(Manifest, Extras)> {
             }
             ClientMsg::Links(batch) => extras.add_links(batch, m.entries.len()).map_err(bad)?,
             ClientMsg::Xattrs(batch) => extras.add_xattrs(batch, m.entries.len()).map_err(bad)?,
-            ClientMsg::EndManifest { opaque, partial } => {
+            ClientMsg::FarLinks(batch) => extras.add_far(batch, m.entries.len()).map_err(bad)?,
+            end @ (ClientMsg::EndManifest { .. } | ClientMsg::EndPage { .. }) => {
+                let (last, opaque, partial) = match end {
+                    ClientMsg::EndManifest { opaque, partial } => (true, opaque, partial),
+                    ClientMsg::EndPage { opaque, partial } => (false, opaque, partial),
+                    _ => unreachable!("matched above"),
+                };
                 m.opaque = opaque;
                 m.partial = partial;
                 let invalid = |e: String| bad(format!("invalid manifest: {e}"));
                 m.validate().map_err(invalid)?;
                 extras.validate(&m).map_err(invalid)?;
-                return Ok((m, extras));
+                return Ok((m, extras, last));
             }
             other => {
                 return Err(Error::protocol(
@@ -152,10 +162,42 @@ fn source_is_empty(m: &Manifest) -> bool {
 }
 
 fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()> {
-    let (mut manifest, extras) = receive_manifest(link)?;
-    let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
     let filter = Filter::new(opts.excludes.clone())
         .map_err(|e| Error::protocol(&link.peer, e.to_string()))?;
+    let mut run = PassRun::new(st.pass_seq.fetch_add(1, Ordering::Relaxed) + 1);
+    loop {
+        let page = receive_manifest(link)?;
+        if !page.2 && run.deferred.is_none() {
+            run.deferred = Some(Deferred::create(&st.index.scratch_path("removals"))?);
+        }
+        match run_page(link, st, &opts, &filter, page, &mut run)? {
+            PageEnd::More => {
+                link.send(ServerMsg::PageDone);
+            }
+            PageEnd::PassOver => return Ok(()),
+        }
+    }
+}
+
+/// How a page ended.
+enum PageEnd {
+    /// The client sends the next page.
+    More,
+    /// `PassDone` (or `Fatal`) was sent.
+    PassOver,
+}
+
+/// Plans and carries out one page (the whole manifest of an unpaged pass);
+/// the last one also carries out what the pass deferred and ends the pass.
+fn run_page(
+    link: &ServerLink,
+    st: &ServerState,
+    opts: &PassOptions,
+    filter: &Filter,
+    (mut manifest, mut extras, last): (Manifest, Extras, bool),
+    run: &mut PassRun,
+) -> Result<PageEnd> {
+    let full = manifest.opaque.is_empty() && manifest.partial.is_empty();
     let keys = crate::plan::keys_of(&manifest);
     // Names this replica cannot hold: one error each, and the replica keeps
     // whatever it holds at and below them.
@@ -176,9 +218,9 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
         manifest: &manifest,
         keys: &keys,
         partials: (!opts.dry_run).then_some(&st.partials),
-        pass_no: st.pass_seq.fetch_add(1, Ordering::Relaxed) + 1,
+        pass_no: run.pass_no,
         min_free: st.min_free,
-        keep_excluded: (!opts.delete_excluded && !filter.is_empty()).then_some(&filter),
+        keep_excluded: (!opts.delete_excluded && !filter.is_empty()).then_some(filter),
         unholdable: &unholdable,
     };
     let txns = Txns {
@@ -186,33 +228,69 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
         scratch: opts.dry_run,
     };
     let scan_opts = ScanOptions {
-        filter: &filter,
+        filter,
         delete_excluded: opts.delete_excluded,
         checksum: opts.checksum,
     };
-    let mut stats = PassStats::default();
-    let Some((view, mut p)) = look(&ctx, &opts, scan_opts, &txns, &mut stats)? else {
-        link.send(ServerMsg::PassDone(stats));
-        return Ok(());
+    let Some((view, mut p)) = look(&ctx, opts, scan_opts, &txns, run)? else {
+        link.send(ServerMsg::PassDone(std::mem::take(&mut run.stats)));
+        return Ok(PageEnd::PassOver);
     };
     // The other names of hard-link groups get their leader's file after
     // the content step, never content of their own.
     super::extras::drop_members(&mut p, &extras.leaders(manifest.entries.len()));
-    if let Some(warning) = st.min_free.warning(store) {
-        st.reporter.warn(&warning);
+    super::extras::drop_far_members(&ctx, &mut p, &mut extras);
+    if run.deferred.is_some() {
+        // In a paged pass a new directory whose content a later page lists
+        // is made by that page: so a directory moved there can still be
+        // renamed into place whole.
+        let later: std::collections::HashSet<u32> = manifest.opaque.iter().copied().collect();
+        p.mkdirs.retain(|id| !later.contains(id));
+    }
+    if run.pages == 0 {
+        if let Some(warning) = st.min_free.warning(store) {
+            st.reporter.warn(&warning);
+        }
     }
     announce(&ctx, &p);
     let mut txn = txns.begin()?;
-    apply(&ctx, &view, p, (&extras, opts.xattrs), &mut txn, &mut stats)?;
+    let stats = &mut run.stats;
+    apply(
+        &ctx,
+        &view,
+        p,
+        (&extras, opts.xattrs),
+        &mut txn,
+        stats,
+        run.deferred.as_mut(),
+    )?;
+    if let (true, Some(deferred)) = (last, &run.deferred) {
+        if !ctx.interrupted() {
+            super::paged::finish(&ctx, deferred, &mut txn, stats)?;
+        }
+    }
     for (key, e) in store.flush() {
         let shown = if key.is_empty() { "." } else { &key };
-        ctx.fail(&mut stats, shown, Failure::store("write", e));
+        ctx.fail(stats, shown, Failure::store("write", e));
     }
     txn.commit()?;
-    if !opts.dry_run {
+    run.pages += 1;
+    run.files += manifest
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File { .. }))
+        .count() as u64;
+    run.bytes = run.bytes.saturating_add(manifest.file_bytes());
+    if !last && !ctx.interrupted() {
+        return Ok(PageEnd::More);
+    }
+    if !opts.dry_run && !ctx.interrupted() {
         prune_versions(st)?;
     }
-    finish(&ctx, st, full, stats)
+    // A paged pass covers the whole tree, page by page.
+    let full = full || run.deferred.is_some();
+    finish(&ctx, st, full, run)?;
+    Ok(PageEnd::PassOver)
 }
 
 /// Scans the replica, plans, moves renamed directories into place (and
@@ -222,11 +300,15 @@ fn look(
     opts: &PassOptions,
     scan_opts: ScanOptions,
     txns: &Txns,
-    stats: &mut PassStats,
+    run: &mut PassRun,
 ) -> Result<Option<(ReplicaView, Plan)>> {
-    ctx.store
-        .refresh()
-        .map_err(|e| Error::io("the replica's store", e))?;
+    let stats = &mut run.stats;
+    // Once a pass (an object store lists the whole bucket here).
+    if run.pages == 0 {
+        ctx.store
+            .refresh()
+            .map_err(|e| Error::io("the replica's store", e))?;
+    }
     let (mut view, extras) = scan(ctx.store, ctx.manifest, ctx.keys, scan_opts);
     for &(id, why) in &ctx.unholdable.refused {
         ctx.fail(stats, ctx.key(id), Failure::Unholdable(why));
@@ -257,7 +339,7 @@ fn look(
         return Ok(None);
     }
     if ctx.store.capabilities().cheap_rename && opts.max_delete.is_none() {
-        let moved = move_dirs(ctx, &p, &view, txns)?;
+        let moved = move_dirs(ctx, &p, &view, txns, run.deferred.as_mut())?;
         if !moved.is_empty() {
             view = scan(ctx.store, ctx.manifest, ctx.keys, scan_opts).0;
             p = plan(ctx.manifest, ctx.keys, &view, plan_opts);
@@ -277,10 +359,17 @@ fn look(
             .iter()
             .chain(&p.clear)
             .map(|k| ctx.store.count(k).unwrap_or(1))
-            .sum();
+            .sum::<u64>()
+            + run.removals;
+        run.removals = n;
         if n > max {
             stats.stopped = Some(format!(
-                "the pass would remove {n} entries, more than --max-delete {max}; nothing was changed"
+                "the pass would remove {n} entries, more than --max-delete {max}; {}",
+                if run.pages == 0 {
+                    "nothing was changed"
+                } else {
+                    "nothing was removed (earlier pages of the pass were carried out)"
+                }
             ));
             return Ok(None);
         }
@@ -288,15 +377,22 @@ fn look(
     Ok(Some((view, p)))
 }
 
-/// Renames directories the source renamed (see `renames.rs`); returns the
-/// moves made.
+/// Renames directories the source renamed (see `renames.rs`), from this
+/// page's removals or, in a paged pass, from those earlier pages deferred;
+/// returns the moves made.
 fn move_dirs(
     ctx: &PassCtx,
     p: &Plan,
     view: &ReplicaView,
     txns: &Txns,
+    mut deferred: Option<&mut Deferred>,
 ) -> Result<Vec<(String, String)>> {
     let mut moves = super::renames::detect(ctx.manifest, ctx.keys, p, view, ctx.store);
+    if let Some(d) = deferred.as_deref_mut() {
+        let taken: std::collections::HashSet<&str> = moves.iter().map(|m| m.1.as_str()).collect();
+        let far = super::renames::detect_deferred(ctx.manifest, ctx.keys, p, d, &taken)?;
+        moves.extend(far);
+    }
     if moves.is_empty() {
         return Ok(moves);
     }
@@ -306,6 +402,11 @@ fn move_dirs(
         Err(_) => false,
     });
     txn.commit()?;
+    if let Some(d) = deferred {
+        for (from, _) in &moves {
+            d.mark_moved(from)?;
+        }
+    }
     Ok(moves)
 }
 
@@ -326,7 +427,8 @@ fn announce(ctx: &PassCtx, p: &Plan) {
 }
 
 /// Carries the plan out: wrong types cleared, structure, content (small
-/// files, then small removals, then big files), removals, directory metadata.
+/// files, then small removals, then big files), removals, directory
+/// metadata. In a paged pass removals wait in `deferred` (see `paged.rs`).
 fn apply(
     ctx: &PassCtx,
     view: &ReplicaView,
@@ -334,39 +436,57 @@ fn apply(
     (extras, xattrs): (&Extras, bool),
     txn: &mut IndexTxn,
     stats: &mut PassStats,
+    deferred: Option<&mut Deferred>,
 ) -> Result<()> {
     super::steps::clear(ctx, &p.clear, txn, stats)?;
     super::steps::structure(ctx, &p, txn, stats);
-    let doomed = p.remove.iter().cloned().collect();
-    let mut transfer = Transfer::new(ctx, view, doomed, std::mem::take(&mut p.fetch));
-    let early = transfer.removable_early(&p.remove);
-    let mut run = transfer.run(txn, stats, !early.is_empty());
-    if run.is_ok() && !early.is_empty() && !ctx.interrupted() {
-        run = super::steps::remove_extras(ctx, &early, transfer.moved_away(), txn, stats)
-            .and_then(|()| transfer.run(txn, stats, false));
-        p.remove.retain(|k| !early.contains(k));
+    let fetch = std::mem::take(&mut p.fetch);
+    let paged = deferred.is_some();
+    match deferred {
+        Some(deferred) => {
+            let doomed = Doomed {
+                page: p.remove.iter().cloned().collect(),
+                earlier: Some(&*deferred),
+            };
+            let mut transfer = Transfer::new(ctx, view, doomed, fetch);
+            let run = transfer.run(txn, stats, false);
+            transfer.clean_stash(txn)?;
+            let moved = transfer.take_moved_away();
+            drop(transfer);
+            run?;
+            super::paged::defer(ctx, view, &p.remove, &moved, deferred)?;
+        }
+        None => {
+            let doomed = Doomed {
+                page: p.remove.iter().cloned().collect(),
+                earlier: None,
+            };
+            let mut transfer = Transfer::new(ctx, view, doomed, fetch);
+            let early = transfer.removable_early(&p.remove);
+            let mut run = transfer.run(txn, stats, !early.is_empty());
+            if run.is_ok() && !early.is_empty() && !ctx.interrupted() {
+                run = super::steps::remove_extras(ctx, &early, transfer.moved_away(), txn, stats)
+                    .and_then(|()| transfer.run(txn, stats, false));
+                p.remove.retain(|k| !early.contains(k));
+            }
+            transfer.clean_stash(txn)?;
+            run?;
+            super::steps::remove_extras(ctx, &p.remove, transfer.moved_away(), txn, stats)?;
+        }
     }
-    transfer.clean_stash(txn)?;
-    run?;
-    super::steps::remove_extras(ctx, &p.remove, transfer.moved_away(), txn, stats)?;
-    super::extras::apply(ctx, extras, xattrs, stats);
+    super::extras::apply(ctx, extras, (xattrs, paged), stats);
     super::steps::fix_dirs(ctx, &p.dirs_deepest_first);
     Ok(())
 }
 
 /// Closes the pass: partials of a full pass, counters, the final message.
-fn finish(ctx: &PassCtx, st: &ServerState, full: bool, stats: PassStats) -> Result<()> {
-    let manifest = ctx.manifest;
+fn finish(ctx: &PassCtx, st: &ServerState, full: bool, run: &mut PassRun) -> Result<()> {
     if full {
         st.partials.forget_older_than(ctx.pass_no);
     }
-    let files = manifest
-        .entries
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::File { .. }))
-        .count() as u64;
+    let stats = std::mem::take(&mut run.stats);
     st.stats
-        .note_pass(&stats, full.then(|| (files, manifest.file_bytes())));
+        .note_pass(&stats, full.then_some((run.files, run.bytes)));
     if ctx.interrupted() {
         ctx.link.send(ServerMsg::Fatal {
             reason: "server is shutting down".into(),

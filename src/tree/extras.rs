@@ -4,7 +4,7 @@
 //! each batch arrives, then checks it against the whole manifest.
 
 use super::xattr::{self, EntryXattrs, MAX_PER_PASS};
-use super::{HardLink, Kind, Manifest};
+use super::{validate_name, FarLink, HardLink, Kind, Manifest, MAX_PATH_BYTES};
 
 /// Hard links and extended attributes of one manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,6 +13,11 @@ pub struct Extras {
     pub links: Vec<HardLink>,
     /// By ascending `entry`; entries not listed have no attributes.
     pub xattrs: Vec<EntryXattrs>,
+    /// Links to files of earlier pages of a paged pass, by ascending `entry`.
+    pub far: Vec<FarLink>,
+    /// Files of a paged pass that are the first name met of a group whose
+    /// other names are elsewhere (a [`FarLink`] with no leader), ascending.
+    pub firsts: Vec<u32>,
     xattr_bytes: u64,
 }
 
@@ -23,6 +28,33 @@ impl Extras {
             return Err("more hard links than manifest entries".into());
         }
         self.links.extend(batch);
+        Ok(())
+    }
+
+    /// Adds a batch of links to earlier pages, each leader path checked;
+    /// never more than entries.
+    pub fn add_far(&mut self, batch: Vec<FarLink>, entries: usize) -> Result<(), String> {
+        if self.far.len() + self.firsts.len() + batch.len() > entries {
+            return Err("more hard links than manifest entries".into());
+        }
+        for l in &batch {
+            let bad = |why: String| format!("hard link {} to an earlier page: {why}", l.entry);
+            let mut len = 0;
+            for c in &l.leader {
+                validate_name(c).map_err(|e| bad(e.to_string()))?;
+                len += c.len() + 1;
+            }
+            if len > MAX_PATH_BYTES {
+                return Err(bad(format!("path longer than {MAX_PATH_BYTES} bytes")));
+            }
+        }
+        for l in batch {
+            if l.leader.is_empty() {
+                self.firsts.push(l.entry);
+            } else {
+                self.far.push(l);
+            }
+        }
         Ok(())
     }
 
@@ -72,6 +104,20 @@ impl Extras {
                 }
             }
         }
+        if self.far.windows(2).any(|w| w[0].entry >= w[1].entry) {
+            return Err("hard links to earlier pages not in ascending order".into());
+        }
+        if self.firsts.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("hard links to later pages not in ascending order".into());
+        }
+        let far = self.far.iter().map(|l| l.entry);
+        for entry in far.chain(self.firsts.iter().copied()) {
+            if file(entry).is_none() || members.contains(&entry) {
+                return Err(format!(
+                    "hard link {entry} across pages: not a file, or linked twice"
+                ));
+            }
+        }
         if self.xattrs.windows(2).any(|w| w[0].entry >= w[1].entry) {
             return Err("extended attributes not in ascending order".into());
         }
@@ -98,6 +144,22 @@ impl Extras {
             }
         }
         out
+    }
+
+    /// Whether `entry` has a part in a hard-link group: a member or leader
+    /// here, linked to an earlier page, or the first name of a group.
+    pub fn has_link_role(&self, entry: u32) -> bool {
+        self.is_far(entry)
+            || self.firsts.binary_search(&entry).is_ok()
+            || self
+                .links
+                .iter()
+                .any(|l| l.entry == entry || l.leader == entry)
+    }
+
+    /// Whether `entry` is linked to a file of an earlier page.
+    pub fn is_far(&self, entry: u32) -> bool {
+        self.far.binary_search_by_key(&entry, |l| l.entry).is_ok()
     }
 
     /// The attributes of `entry` (empty when it has none).

@@ -41,6 +41,66 @@ pub fn hard_links(scan: &SourceScan) -> Vec<HardLink> {
     out
 }
 
+/// File `entry` is another name of a file that an earlier page of the same
+/// pass listed at path `leader` (its components from the root): the two
+/// share one inode in the source and must share one in the replica. An
+/// empty `leader` says `entry` is the first name met of a group whose other
+/// names lie in later pages or outside the tree: the replica's links of
+/// that file are not to be broken.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FarLink {
+    pub entry: u32,
+    pub leader: Vec<String>,
+}
+
+/// The first name of each multiply-linked inode met so far in a paged
+/// pass (only files with more than one link are kept, so this grows with
+/// the tree's hard-link groups, not with the tree).
+#[derive(Debug, Default)]
+pub struct PageLinks {
+    seen: HashMap<(u64, u64), Vec<String>>,
+}
+
+impl PageLinks {
+    /// The hard links of one page: among its own files ([`hard_links`]),
+    /// and from the page's first name of a group met in an earlier page to
+    /// that group's first name.
+    pub fn of_page(&mut self, scan: &SourceScan) -> (Vec<HardLink>, Vec<FarLink>) {
+        let links = hard_links(scan);
+        let members: std::collections::HashSet<u32> = links.iter().map(|l| l.entry).collect();
+        let m = &scan.manifest;
+        let mut far = Vec::new();
+        for (i, (e, l)) in m.entries.iter().zip(&scan.local).enumerate() {
+            let i = i as u32;
+            if l.links < 2 || l.ino == 0 || !matches!(e.kind, Kind::File { .. }) {
+                continue;
+            }
+            if members.contains(&i) {
+                continue;
+            }
+            match self.seen.entry((l.dev, l.ino)) {
+                std::collections::hash_map::Entry::Occupied(o) => far.push(FarLink {
+                    entry: i,
+                    leader: o.get().clone(),
+                }),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(
+                        m.components(i as usize)
+                            .into_iter()
+                            .map(String::from)
+                            .collect(),
+                    );
+                    far.push(FarLink {
+                        entry: i,
+                        leader: Vec::new(),
+                    });
+                }
+            }
+        }
+        (links, far)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +158,36 @@ mod tests {
             .map(|l| (l.entry, l.leader))
             .collect();
         assert_eq!(got, vec![(3, 1), (5, 1), (6, 4)]);
+    }
+
+    #[test]
+    fn groups_spanning_pages_link_to_their_first_name() {
+        let f = Kind::File { size: 3 };
+        let mut pl = PageLinks::default();
+        let (links, far) = pl.of_page(&scan(&[(f.clone(), 1, 10, 3), (f.clone(), 1, 11, 1)]));
+        let first = FarLink {
+            entry: 1,
+            leader: Vec::new(),
+        };
+        assert!(links.is_empty() && far == vec![first]);
+        let (links, far) = pl.of_page(&scan(&[
+            (f.clone(), 1, 11, 1),
+            (f.clone(), 1, 10, 3), // 2: far -> e0 of page 1
+            (f.clone(), 1, 10, 3), // 3: -> 2 in this page
+        ]));
+        assert_eq!(
+            links,
+            vec![HardLink {
+                entry: 3,
+                leader: 2
+            }]
+        );
+        assert_eq!(
+            far,
+            vec![FarLink {
+                entry: 2,
+                leader: vec!["e0".into()]
+            }]
+        );
     }
 }

@@ -9,13 +9,15 @@
 mod extras;
 mod hardlinks;
 mod name;
+mod pages;
 pub mod scan;
 mod scoped;
 pub mod xattr;
 
 pub use extras::Extras;
-pub use hardlinks::{hard_links, HardLink};
+pub use hardlinks::{hard_links, FarLink, HardLink, PageLinks};
 pub use name::{validate_name, windows_can_hold, NameError, NameRules};
+pub use pages::Pages;
 pub use scan::{scan_source, LocalStat, ScanCounter, ScanOptions, SourceScan};
 pub use scoped::{scan_scoped, Scopes};
 

@@ -174,6 +174,13 @@ fn add_child(
     {
         return;
     }
+    if child_rel.len() >= super::MAX_PATH_BYTES {
+        scan.errors.push(crate::error::FileError::new(
+            child_rel,
+            "path longer than 4096 bytes; skipped",
+        ));
+        return;
+    }
     match entry_of(&path, &child_rel, name, &meta) {
         Ok(Some(mut entry)) => {
             entry.parent = parent;

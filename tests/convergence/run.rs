@@ -96,6 +96,11 @@ impl Rig {
         if let Some(s) = &self.server {
             args.extend(s.client_args());
         }
+        // `REPLICA_CONVERGE_PAGE=N`: full passes go as pages of N entries
+        // (`bench/converge --page-entries N`).
+        if let Ok(n) = std::env::var("REPLICA_CONVERGE_PAGE") {
+            args.extend(["--page-entries".into(), n]);
+        }
         let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         all.insert(1, &src);
         all.insert(2, OsStr::new(&target));

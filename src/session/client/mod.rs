@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::index::{SourceIndex, SourceWriter};
 use crate::protocol::{ClientMsg, Op, PassOptions, PassStats, ServerMsg};
 use crate::report::{PassSummary, Reporter};
-use crate::tree::{Kind, Manifest, SourceScan};
+use crate::tree::{Kind, Manifest, PageLinks, Pages, SourceScan};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -131,64 +131,119 @@ impl ClientPass<'_> {
         }
     }
 
+    /// A pass over the whole scan, sent as one manifest.
     pub fn run(&self, opts: PassOptions) -> Result<PassOutcome> {
-        let wire0 = self.link.counters.total();
-        self.send_manifest(&opts)?;
-        let writer = self.index.map(SourceIndex::writer);
-        let mut state = PassState::default();
-        let stats = loop {
+        let mut pass = Running::new(self);
+        self.send(ClientMsg::BeginPass(opts.clone()))?;
+        let stats = match self.run_page(&opts, true, &mut pass)? {
+            Ended::Pass(stats) => stats,
+            Ended::Page => unreachable!("run_page checks that a last page ends the pass"),
+        };
+        Ok(pass.finish(self, stats, opts.dry_run, true))
+    }
+
+    /// A paged pass: the tree goes as pages of whole directories, each
+    /// carried out by the server before the next is read (so neither side
+    /// holds the whole tree). The pages' warnings and errors are reported
+    /// here. `self.scan` is not used.
+    pub fn run_pages(&self, opts: PassOptions, pages: &mut Pages) -> Result<PassOutcome> {
+        let mut pass = Running::new(self);
+        pass.links = Some(PageLinks::default());
+        self.send(ClientMsg::BeginPass(opts.clone()))?;
+        let mut next = pages.next_page();
+        loop {
+            let page = next
+                .map_err(|e| Error::source(self.root, &e))?
+                .unwrap_or_default();
+            let last = pages.is_done();
+            for w in &page.warnings {
+                self.reporter.warn(&w.to_string());
+            }
+            for e in &page.errors {
+                self.reporter.error(&e.to_string());
+            }
+            let this = ClientPass {
+                scan: &page,
+                ..*self
+            };
+            // The next page is read while the server works on this one
+            // (two pages in memory at most).
+            let (ended, following) = std::thread::scope(|s| {
+                let ahead = (!last).then(|| s.spawn(|| pages.next_page()));
+                let ended = this.run_page(&opts, last, &mut pass);
+                let following = ahead.map(|h| h.join().expect("the page reader does not panic"));
+                (ended, following)
+            });
+            let ended = ended?;
+            pass.add_page(&page);
+            if let Ended::Pass(stats) = ended {
+                return Ok(pass.finish(self, stats, opts.dry_run, false));
+            }
+            next = following.unwrap_or(Ok(None));
+        }
+    }
+
+    /// Sends `self.scan` as a manifest (the pass's last one if `last`) and
+    /// answers the server until it is done with it.
+    fn run_page(&self, opts: &PassOptions, last: bool, pass: &mut Running) -> Result<Ended> {
+        self.send_manifest(opts, last, pass.links.as_mut())?;
+        let writer = pass.writer.take();
+        let ended = loop {
             let msg = self
                 .link
                 .recv()
                 .map_err(|e| Error::link(&self.link.peer, e))?;
-            if let Some(stats) = self.on_message(msg, &opts, &mut state, writer.as_ref())? {
-                break stats;
+            if let Some(ended) = self.on_message(msg, opts, pass, writer.as_ref())? {
+                break ended;
             }
         };
-        self.update_index(writer);
-        let m = &self.scan.manifest;
-        let (s1, r1) = self.link.counters.total();
-        let summary = PassSummary {
-            files: count_files(m),
-            dirs: m.entries.iter().filter(|e| e.kind.is_dir()).count() as u64,
-            bytes: m.file_bytes(),
-            stats,
-            wire_sent: s1 - wire0.0,
-            wire_received: r1 - wire0.1,
-            client_errors: self.scan.errors.len() as u64,
-            dry_run: opts.dry_run,
-            preempted: Vec::new(),
-        };
-        Ok(PassOutcome {
-            summary,
-            changed_during_pass: state.changed,
-            preempted: state.preempted,
-        })
+        pass.writer = writer;
+        if last && matches!(ended, Ended::Page) {
+            return Err(Error::protocol(
+                &self.link.peer,
+                "PageDone after the last page of the pass",
+            ));
+        }
+        pass.state.open.clear();
+        pass.state.bases.clear();
+        Ok(ended)
     }
 
-    fn send_manifest(&self, opts: &PassOptions) -> Result<()> {
+    fn send_manifest(
+        &self,
+        opts: &PassOptions,
+        last: bool,
+        links: Option<&mut PageLinks>,
+    ) -> Result<()> {
         let m = &self.scan.manifest;
-        self.send(ClientMsg::BeginPass(opts.clone()))?;
         for batch in m.entries.chunks(ENTRIES_PER_MSG) {
             self.send(ClientMsg::Entries(batch.to_vec()))?;
             // One message per hand-over: a few thousand cloned entries in
             // flight at most, not a large part of a big manifest.
             self.link.flush();
         }
-        self.send_extras(opts)?;
-        self.send(ClientMsg::EndManifest {
-            opaque: m.opaque.clone(),
-            partial: m.partial.clone(),
+        self.send_extras(opts, links)?;
+        let (opaque, partial) = (m.opaque.clone(), m.partial.clone());
+        self.send(if last {
+            ClientMsg::EndManifest { opaque, partial }
+        } else {
+            ClientMsg::EndPage { opaque, partial }
         })
     }
 
     /// Hard links among the files (always) and, with `--xattrs`, extended
     /// attributes, between the entries and the end of the manifest.
-    fn send_extras(&self, opts: &PassOptions) -> Result<()> {
+    fn send_extras(&self, opts: &PassOptions, links: Option<&mut PageLinks>) -> Result<()> {
         use crate::protocol::EXTRAS_PER_MSG;
-        let links = crate::tree::hard_links(self.scan);
+        let (links, far) = match links {
+            Some(l) => l.of_page(self.scan),
+            None => (crate::tree::hard_links(self.scan), Vec::new()),
+        };
         for batch in links.chunks(EXTRAS_PER_MSG) {
             self.send(ClientMsg::Links(batch.to_vec()))?;
+        }
+        for batch in far.chunks(EXTRAS_PER_MSG) {
+            self.send(ClientMsg::FarLinks(batch.to_vec()))?;
         }
         if opts.xattrs {
             let (attrs, errors) = crate::tree::xattr::read_tree(self.root, &self.scan.manifest);
@@ -203,16 +258,22 @@ impl ClientPass<'_> {
         Ok(())
     }
 
-    /// Handles one message from the server; the pass's stats when it is over.
+    /// Handles one message from the server; whether the page or the pass
+    /// is over.
     fn on_message(
         &self,
         msg: ServerMsg,
         opts: &PassOptions,
-        state: &mut PassState,
+        pass: &mut Running,
         writer: Option<&SourceWriter>,
-    ) -> Result<Option<PassStats>> {
+    ) -> Result<Option<Ended>> {
+        let state = &mut pass.state;
         match msg {
-            ServerMsg::Plan { files, bytes } => self.observer().planned(files, bytes),
+            ServerMsg::Plan { files, bytes } => {
+                pass.planned.0 += files;
+                pass.planned.1 = pass.planned.1.saturating_add(bytes);
+                self.observer().planned(pass.planned.0, pass.planned.1)
+            }
             ServerMsg::Basis { id, avg, hashes } => self.note_basis(id, avg, &hashes, state)?,
             ServerMsg::NeedFiles { ids } => {
                 self.answer_need_files(&ids, opts.checksum, state, writer)?
@@ -238,7 +299,8 @@ impl ClientPass<'_> {
                     return Ok(None);
                 }
             }
-            ServerMsg::PassDone(stats) => return Ok(Some(stats)),
+            ServerMsg::PageDone => return Ok(Some(Ended::Page)),
+            ServerMsg::PassDone(stats) => return Ok(Some(Ended::Pass(stats))),
             ServerMsg::Fatal { reason } => {
                 return Err(Error::Refused {
                     peer: self.link.peer.clone(),
@@ -264,7 +326,7 @@ impl ClientPass<'_> {
     /// Stores the digests read this pass, and forgets files no longer in
     /// the source (only after a full, clean pass, and only when the index
     /// holds more than the tree).
-    fn update_index(&self, writer: Option<SourceWriter>) {
+    fn update_index(&self, writer: Option<SourceWriter>, whole: bool) {
         let Some(idx) = self.index else {
             return;
         };
@@ -272,14 +334,118 @@ impl ClientPass<'_> {
             self.reporter
                 .warn(&format!("source index not updated: {e}"));
         }
+        // Forgetting needs the whole tree's keys: not after a paged pass.
         let m = &self.scan.manifest;
-        let clean = m.opaque.is_empty() && m.partial.is_empty() && self.scan.errors.is_empty();
+        let clean =
+            whole && m.opaque.is_empty() && m.partial.is_empty() && self.scan.errors.is_empty();
         if clean && idx.count() > count_files(m) {
             let all: Vec<String> = (0..m.entries.len()).map(|i| m.key(i)).collect();
             let keep = all.iter().map(String::as_str).collect();
             let _ = idx.retain(&keep);
         }
     }
+}
+
+/// How a page's exchange ended.
+enum Ended {
+    /// The server carried the page out; the next one may go.
+    Page,
+    /// The pass is over (possibly stopped before its last page).
+    Pass(PassStats),
+}
+
+/// What a pass accumulates over its pages.
+struct Running {
+    state: PassState,
+    writer: Option<SourceWriter>,
+    wire0: (u64, u64),
+    /// Hard-link groups met in earlier pages (a paged pass).
+    links: Option<PageLinks>,
+    /// Files and bytes the server announced (summed over pages).
+    planned: (u64, u64),
+    files: u64,
+    dirs: u64,
+    bytes: u64,
+    errors: u64,
+}
+
+impl Running {
+    fn new(pass: &ClientPass) -> Self {
+        Running {
+            state: PassState::default(),
+            writer: pass.index.map(SourceIndex::writer),
+            wire0: pass.link.counters.total(),
+            links: None,
+            planned: (0, 0),
+            files: 0,
+            dirs: 0,
+            bytes: 0,
+            errors: 0,
+        }
+    }
+
+    fn add_page(&mut self, scan: &SourceScan) {
+        let m = &scan.manifest;
+        let listed = listed_entries(m);
+        self.files += listed
+            .iter()
+            .filter(|&&i| matches!(m.entries[i].kind, Kind::File { .. }))
+            .count() as u64;
+        self.dirs += listed
+            .iter()
+            .filter(|&&i| m.entries[i].kind.is_dir())
+            .count() as u64;
+        self.bytes = listed
+            .iter()
+            .map(|&i| file_size(m, i as u32))
+            .fold(self.bytes, u64::saturating_add);
+        self.errors += scan.errors.len() as u64;
+    }
+
+    fn finish(
+        mut self,
+        pass: &ClientPass,
+        stats: PassStats,
+        dry_run: bool,
+        whole: bool,
+    ) -> PassOutcome {
+        pass.update_index(self.writer.take(), whole);
+        if whole {
+            let m = &pass.scan.manifest;
+            self.files = count_files(m);
+            self.dirs = m.entries.iter().filter(|e| e.kind.is_dir()).count() as u64;
+            self.bytes = m.file_bytes();
+            self.errors = pass.scan.errors.len() as u64;
+        }
+        let (s1, r1) = pass.link.counters.total();
+        let summary = PassSummary {
+            files: self.files,
+            dirs: self.dirs,
+            bytes: self.bytes,
+            stats,
+            wire_sent: s1 - self.wire0.0,
+            wire_received: r1 - self.wire0.1,
+            client_errors: self.errors,
+            dry_run,
+            preempted: Vec::new(),
+        };
+        PassOutcome {
+            summary,
+            changed_during_pass: self.state.changed,
+            preempted: self.state.preempted,
+        }
+    }
+}
+
+/// The entries a page lists in full (the root, and children of
+/// directories neither partial nor opaque), each once over a paged pass.
+fn listed_entries(m: &Manifest) -> Vec<usize> {
+    let partial: std::collections::HashSet<u32> = m.partial.iter().copied().collect();
+    let root = usize::from(!partial.contains(&0));
+    (1..m.entries.len())
+        .filter(|&i| !partial.contains(&m.entries[i].parent))
+        .chain((0..root).map(|_| 0))
+        .collect()
 }
 
 fn count_files(m: &Manifest) -> u64 {

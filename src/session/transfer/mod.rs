@@ -54,7 +54,7 @@ pub(crate) struct Transfer<'c, 'a> {
     /// Whether content is pulled at all: a store that records nothing (a
     /// dry run) only counts what would be fetched.
     pull: bool,
-    doomed: HashSet<String>,
+    doomed: Doomed<'c>,
     moved_away: HashSet<String>,
     queue: VecDeque<Fetch>,
     /// Files asked for and not finished, boxed: the table is sized for
@@ -74,6 +74,21 @@ pub(crate) struct Transfer<'c, 'a> {
     pool: Option<pool::Pool>,
 }
 
+/// What the pass removes, where a file about to be fetched may be found
+/// and renamed into place: this page's removals, and in a paged pass those
+/// earlier pages deferred.
+pub(crate) struct Doomed<'c> {
+    pub page: HashSet<String>,
+    pub earlier: Option<&'c crate::session::deferred::Deferred>,
+}
+
+impl Doomed<'_> {
+    /// Whether `key` or one of its ancestors is to be removed.
+    pub fn covers(&self, key: &str) -> bool {
+        crate::plan::is_below_any(key, &self.page) || self.earlier.is_some_and(|d| d.covers(key))
+    }
+}
+
 fn proto(ctx: &PassCtx, why: impl Into<String>) -> Error {
     Error::protocol(&ctx.link.peer, why)
 }
@@ -82,7 +97,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
     pub fn new(
         ctx: &'c PassCtx<'a>,
         view: &'c ReplicaView,
-        doomed: HashSet<String>,
+        doomed: Doomed<'c>,
         mut fetch: Vec<Fetch>,
     ) -> Self {
         // The fetch order: smaller files in manifest order (directory by
@@ -111,6 +126,11 @@ impl<'c, 'a> Transfer<'c, 'a> {
     /// Paths whose content was moved elsewhere (no longer to be removed).
     pub fn moved_away(&self) -> &HashSet<String> {
         &self.moved_away
+    }
+
+    /// Takes the paths whose content was moved elsewhere.
+    pub fn take_moved_away(&mut self) -> HashSet<String> {
+        std::mem::take(&mut self.moved_away)
     }
 
     /// When the pass fetches big files (which come last), the small files

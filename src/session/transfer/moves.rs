@@ -8,7 +8,6 @@ use super::{now_size, Transfer};
 use crate::chunk::{digest_reader, Hash};
 use crate::error::Result;
 use crate::index::{FileRecord, IndexTxn};
-use crate::plan::is_below_any;
 use crate::protocol::{Op, OpReport, PassStats, Reason, ServerMsg};
 use crate::session::pass::{simple, Failure};
 use crate::store::Reader;
@@ -193,7 +192,7 @@ impl Transfer<'_, '_> {
         let Some(from) = txn.find_whole(hash)? else {
             return Ok(None);
         };
-        if !is_below_any(&from, &self.doomed) || self.moved_away.contains(&from) {
+        if !self.doomed.covers(&from) || self.moved_away.contains(&from) {
             return Ok(None);
         }
         let Some(rec) = txn.file(&from)? else {

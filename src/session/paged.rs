@@ -1,0 +1,157 @@
+//! The server's side of a paged pass: what lasts from one page to the next
+//! ([`PassRun`]: counters, the removals deferred on disk), deferring a
+//! page's removals, and carrying them out when the last page is done.
+//!
+//! A page is planned and carried out like a whole pass (`server.rs`), with
+//! two differences: its removals wait in [`Deferred`] (a later page may
+//! still rename that content into place, see `transfer/moves.rs`), and the
+//! parents of what is finally removed (or moved away) get their source
+//! metadata again at the end, since the removal changed their mtime.
+
+use super::deferred::{Deferred, DirMeta};
+use super::pass::PassCtx;
+use crate::error::Result;
+use crate::index::IndexTxn;
+use crate::plan::ReplicaView;
+use crate::protocol::PassStats;
+use crate::tree::Kind;
+use std::collections::{HashMap, HashSet};
+
+/// Deferred entries handled at once at the end of the pass.
+const BATCH: usize = 4096;
+
+/// What a pass keeps from one page to the next.
+pub struct PassRun {
+    pub pass_no: u64,
+    pub stats: PassStats,
+    /// Set when the pass is paged (its first page ended with `EndPage`).
+    pub deferred: Option<Deferred>,
+    /// Pages carried out so far.
+    pub pages: u64,
+    /// Files and bytes of the pages carried out (the status counters).
+    pub files: u64,
+    pub bytes: u64,
+    /// Entries the pages so far remove (for `--max-delete`).
+    pub removals: u64,
+}
+
+impl PassRun {
+    pub fn new(pass_no: u64) -> Self {
+        PassRun {
+            pass_no,
+            stats: PassStats::default(),
+            deferred: None,
+            pages: 0,
+            files: 0,
+            bytes: 0,
+            removals: 0,
+        }
+    }
+}
+
+/// Defers the page's removals (`remove`, less what was moved away), with
+/// their parent directory's source metadata; notes what earlier pages'
+/// removals lost to this page's moves.
+pub fn defer(
+    ctx: &PassCtx,
+    view: &ReplicaView,
+    remove: &[String],
+    moved: &HashSet<String>,
+    deferred: &mut Deferred,
+) -> Result<()> {
+    for k in moved {
+        deferred.mark_moved(k)?;
+    }
+    if remove.is_empty() {
+        return Ok(());
+    }
+    let m = ctx.manifest;
+    let dirs: HashMap<&str, u32> = (0..m.entries.len())
+        .filter(|&i| m.entries[i].kind.is_dir())
+        .map(|i| (&ctx.keys[i], i as u32))
+        .collect();
+    // Directories are signed for a later page to rename whole (a store
+    // where renames are cheap, and no --max-delete, as in `server.rs`).
+    let rename_dirs = ctx.store.capabilities().cheap_rename;
+    for key in remove.iter().filter(|k| !moved.contains(*k)) {
+        let parent = parent_of(key);
+        // A removal's parent is a directory the page lists in full.
+        let Some(&id) = dirs.get(parent) else {
+            continue;
+        };
+        let e = ctx.entry(id);
+        let meta = DirMeta {
+            mode: e.mode,
+            mtime: e.mtime,
+        };
+        deferred.add(key, meta)?;
+        if rename_dirs && view.get(key).is_some_and(|r| r.kind.is_dir()) {
+            let mut sigs = Vec::new();
+            super::renames::replica_sigs(ctx.store, key, &mut |s, k| {
+                sigs.push((*s, k.to_string()))
+            });
+            for (sig, k) in sigs {
+                deferred.add_dir(&sig, &k)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes what the pages deferred (unless moved away), then sets the
+/// source metadata of the directories that held it.
+pub fn finish(
+    ctx: &PassCtx,
+    deferred: &Deferred,
+    txn: &mut IndexTxn,
+    stats: &mut PassStats,
+) -> Result<()> {
+    let none = HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let batch = deferred.batch(after.as_deref(), BATCH)?;
+        let Some((last, _)) = batch.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        let keys: Vec<String> = batch
+            .into_iter()
+            .filter(|(_, p)| !p.moved)
+            .map(|(k, _)| k)
+            .collect();
+        super::steps::remove_extras(ctx, &keys, &none, txn, stats)?;
+        if ctx.interrupted() {
+            return Ok(());
+        }
+    }
+    let mut after: Option<String> = None;
+    let mut fixed: Option<String> = None;
+    loop {
+        let batch = deferred.batch(after.as_deref(), BATCH)?;
+        let Some((last, _)) = batch.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        for (key, p) in batch {
+            let parent = parent_of(&key);
+            if fixed.as_deref() == Some(parent) {
+                continue;
+            }
+            fix_dir(ctx, parent, p.parent);
+            fixed = Some(parent.to_string());
+        }
+    }
+    Ok(())
+}
+
+fn fix_dir(ctx: &PassCtx, key: &str, meta: DirMeta) {
+    if let Ok(Some(cur)) = ctx.store.stat(key) {
+        if cur.kind.is_dir() && (cur.mtime != meta.mtime || cur.mode != meta.mode) {
+            let _ = ctx.store.set_meta(key, &Kind::Dir, meta.mode, meta.mtime);
+        }
+    }
+}
+
+fn parent_of(key: &str) -> &str {
+    key.rfind('/').map(|i| &key[..i]).unwrap_or("")
+}
