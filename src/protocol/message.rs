@@ -11,7 +11,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// First bytes of every session.
 pub const MAGIC: [u8; 8] = *b"REPLICA\x01";
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Most manifest entries the server accepts in one pass.
 pub const MAX_ENTRIES: usize = 20_000_000;
 /// Most group hashes sent in one message.
@@ -199,6 +199,14 @@ pub enum ClientMsg {
     /// after the entries, before [`ClientMsg::EndManifest`]; ≤
     /// [`EXTRAS_PER_MSG`] entries per message). Entries not listed have none.
     Xattrs(Vec<EntryXattrs>),
+    /// Before the [`ClientMsg::ChunkDelta`] of chunk `index` of file `id`:
+    /// the runs of basis pieces (first, count) its literal gaps most likely
+    /// replaced, for a second round ([`crate::delta::fine`]).
+    NeedFine {
+        id: u32,
+        index: u32,
+        ranges: Vec<(u32, u32)>,
+    },
 }
 
 impl ClientMsg {
@@ -219,6 +227,7 @@ impl ClientMsg {
             ClientMsg::Bye => "Bye",
             ClientMsg::Links(_) => "Links",
             ClientMsg::Xattrs(_) => "Xattrs",
+            ClientMsg::NeedFine { .. } => "NeedFine",
         }
     }
 
@@ -231,6 +240,7 @@ impl ClientMsg {
             | ClientMsg::Chunk { id, .. }
             | ClientMsg::Chunks { id, .. }
             | ClientMsg::ChunkDelta { id, .. }
+            | ClientMsg::NeedFine { id, .. }
             | ClientMsg::FileFailed { id, .. }
             | ClientMsg::Skip { id } => Some(*id),
             ClientMsg::BeginPass(_)
@@ -274,6 +284,18 @@ pub enum ServerMsg {
     PassDone(PassStats),
     /// The session failed; the reason is for the user.
     Fatal { reason: String },
+    /// The answer to [`ClientMsg::NeedFine`]: the fine pieces of each asked
+    /// range (`counts` per range), named by
+    /// [`crate::delta::fine::FINE_HASH_BYTES`]-byte hashes packed in
+    /// `hashes`, numbered in order across ranges for [`crate::delta::DeltaOp::Fine`].
+    /// No counts: send the chunk without a second round.
+    Fine {
+        id: u32,
+        index: u32,
+        counts: Vec<u32>,
+        #[serde(with = "serde_bytes")]
+        hashes: Vec<u8>,
+    },
 }
 
 /// The kind of an operation on the replica.
@@ -504,8 +526,24 @@ mod tests {
                     ops: c
                         .into_iter()
                         .map(|(first, count)| crate::delta::DeltaOp::Copy { first, count })
-                        .chain([crate::delta::DeltaOp::Literal(vec![1, 2])])
+                        .chain([
+                            crate::delta::DeltaOp::Literal(vec![1, 2]),
+                            crate::delta::DeltaOp::Fine {
+                                first: id,
+                                count: 3
+                            }
+                        ])
                         .collect()
+                }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec((any::<u32>(), any::<u32>()), 0..3)
+            )
+                .prop_map(|(id, index, ranges)| ClientMsg::NeedFine {
+                    id,
+                    index,
+                    ranges
                 }),
             Just(ClientMsg::Bye),
             proptest::collection::vec(
@@ -574,6 +612,18 @@ mod tests {
                 })
             ),
             ".{0,20}".prop_map(|reason| ServerMsg::Fatal { reason }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u32>(), 0..3),
+                proptest::collection::vec(any::<u8>(), 0..20)
+            )
+                .prop_map(|(id, index, counts, hashes)| ServerMsg::Fine {
+                    id,
+                    index,
+                    counts,
+                    hashes
+                }),
         ]
     }
 

@@ -10,6 +10,8 @@
 //! - `sourcing.rs`: which file asked for a chunk needed by several (pure).
 //! - `assemble.rs`: where each chunk comes from; local copies, verified.
 //! - `basis.rs`: an old or similar file offered for small-file deltas.
+//! - `fine.rs`: a delta's second round (fine pieces of the old ranges a
+//!   chunk's literal gaps replaced).
 //! - `moves.rs`: content already in the replica (unchanged, or at a path
 //!   this pass removes: renamed, not copied); old versions kept aside.
 //! - `publish.rs`: verify and publish, or give up, or set aside as partial.
@@ -22,6 +24,7 @@
 
 mod assemble;
 mod basis;
+mod fine;
 mod job;
 mod moves;
 mod pool;
@@ -242,6 +245,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             ClientMsg::ChunkDelta { id, index, ops } => {
                 self.on_chunk_delta(id, index, ops, txn, stats)
             }
+            ClientMsg::NeedFine { id, index, ranges } => self.on_need_fine(id, index, &ranges),
             ClientMsg::FileFailed { id, reason } => {
                 if self.jobs.contains_key(&id) {
                     self.drop_job(id, true);
