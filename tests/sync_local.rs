@@ -36,6 +36,11 @@ fn small_text_edits_send_little() {
     scenarios::small_text_edits_send_little(Where::Local);
 }
 
+#[test]
+fn fine_hash_collision_costs_a_round_not_the_file() {
+    scenarios::fine_hash_collision_costs_a_round_not_the_file(Where::Local);
+}
+
 #[cfg(unix)]
 #[test]
 fn deletions_propagate() {

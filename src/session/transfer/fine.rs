@@ -12,6 +12,10 @@ use crate::delta::run_span;
 use crate::error::Result;
 use crate::protocol::ServerMsg;
 
+/// Most fine pieces (12 bytes each) held for second rounds awaiting their
+/// deltas, across all files in flight; past it, requests get no pieces.
+const MAX_HELD: usize = 1 << 20;
+
 impl Transfer<'_, '_> {
     /// Answers a client's request for the fine pieces of `ranges` (runs of
     /// basis pieces) for chunk `index` of file `id`. Every range is checked
@@ -80,6 +84,9 @@ impl Transfer<'_, '_> {
         }
         let views: Vec<(u64, &[u8])> = old.iter().map(|(o, b)| (*o, &b[..])).collect();
         let (fine, counts, hashes) = answer(&views);
+        if !self.may_hold(fine.len()) {
+            return refuse();
+        }
         if let Some(j) = self.jobs.get_mut(&id) {
             j.fine.insert(index, fine);
         }
@@ -90,5 +97,23 @@ impl Transfer<'_, '_> {
             hashes,
         });
         Ok(())
+    }
+
+    /// Whether `n` more fine pieces may be held ([`MAX_HELD`]); counts them
+    /// again from the jobs in flight when the running count says no.
+    fn may_hold(&mut self, n: usize) -> bool {
+        if self.fine_held + n > MAX_HELD {
+            self.fine_held = self
+                .jobs
+                .values()
+                .flat_map(|j| j.fine.values())
+                .map(Vec::len)
+                .sum();
+        }
+        let ok = self.fine_held + n <= MAX_HELD;
+        if ok {
+            self.fine_held += n;
+        }
+        ok
     }
 }

@@ -72,6 +72,8 @@ pub(crate) struct Transfer<'c, 'a> {
     /// Replica files by directory (for bases of new files), built on first use.
     siblings: Option<basis::Siblings<'c>>,
     room: Room,
+    /// Fine pieces held for second rounds (an upper bound: see `fine.rs`).
+    fine_held: usize,
     /// Workers publishing new files, while [`Transfer::run`] runs.
     pool: Option<pool::Pool>,
 }
@@ -106,6 +108,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             stashed: Vec::new(),
             siblings: None,
             room: Room::new(ctx.min_free),
+            fine_held: 0,
             pool: None,
         }
     }
