@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 /// A fine piece ends after a newline or a gear boundary only once it holds
 /// this many bytes.
-pub const FINE_MIN: usize = 16;
+pub const FINE_MIN: usize = 32;
 /// Fine pieces are at most this long.
 pub const FINE_MAX: usize = 256;
 /// Gear boundaries: top bits of the rolling hash that must be zero (6: about
@@ -277,30 +277,49 @@ pub fn answer(ranges: &[(u64, &[u8])]) -> (Vec<(u64, u32)>, Vec<u32>, Vec<u8>) {
 /// markup change made on every page) costs almost nothing; fine hashes are
 /// random and cost [`FINE_HASH_BYTES`] per old line. So the client runs
 /// its gaps through a zstd stream of its own (level 1, 1 MiB window) and
-/// asks when half the gap's compressed size exceeds the hashes of its old
-/// range (about one piece per 32 old bytes) plus 4 bytes of request
-/// (measured on tokio, libc and the Rust docs: bench/RESULTS.md).
+/// asks when the gap compresses less than 6 times and half its compressed
+/// size exceeds the hashes of its old range (counted as one piece per 32
+/// old bytes) plus 4 bytes of request (chosen with `examples/round_lab.rs`
+/// on tokio, libc and the Rust docs, and checked with `bench/run`: see
+/// bench/RESULTS.md).
 pub struct Estimator {
     cctx: zstd::zstd_safe::CCtx<'static>,
+    /// Percent of a gap's compressed size counted as saved.
+    pct: u64,
+    /// Gaps that compress more than this many times are not asked about.
+    max_ratio: u64,
 }
 
 impl Default for Estimator {
     fn default() -> Self {
-        use zstd::zstd_safe::CParameter;
-        let mut cctx = zstd::zstd_safe::CCtx::create();
-        let _ = cctx.set_parameter(CParameter::CompressionLevel(1));
-        let _ = cctx.set_parameter(CParameter::WindowLog(20));
-        Estimator { cctx }
+        Estimator::new(1, 20, 50, 6)
     }
 }
 
 impl Estimator {
+    /// An estimator compressing at `level` with a window of 2^`wlog`,
+    /// counting `pct` % of a gap's compressed size as saved, and never
+    /// asking about gaps that compress more than `max_ratio` times (the
+    /// client uses 1, 20, 50, 6; `examples/round_lab.rs` tries others).
+    pub fn new(level: i32, wlog: u32, pct: u64, max_ratio: u64) -> Self {
+        use zstd::zstd_safe::CParameter;
+        let mut cctx = zstd::zstd_safe::CCtx::create();
+        let _ = cctx.set_parameter(CParameter::CompressionLevel(level));
+        let _ = cctx.set_parameter(CParameter::WindowLog(wlog));
+        Estimator {
+            cctx,
+            pct,
+            max_ratio,
+        }
+    }
+
     /// Whether `gap`, against an old range of `pieces` pieces of average
     /// `avg`, is worth asking about; the gap joins the estimator's history.
     pub fn worth_asking(&mut self, gap: &[u8], pieces: u32, avg: u32) -> bool {
         let est = self.compressed(gap) as u64;
         let range = pieces as u64 * avg as u64;
-        est * 50 > range * FINE_HASH_BYTES as u64 / 32 * 100 + 400
+        est * self.max_ratio >= gap.len() as u64
+            && est * self.pct > range * FINE_HASH_BYTES as u64 / 32 * 100 + 400
     }
 
     /// The compressed size of `data` after everything before it.

@@ -432,14 +432,14 @@ pub fn small_text_edits_send_little(w: Where) {
     );
 }
 
-/// Lines of 17 bytes that are each one fine piece of the second round
+/// Lines of `FINE_MIN + 1` bytes that are each one fine piece of the second round
 /// wherever a piece starts, and two different such lines whose 2-byte fine
 /// hashes are equal (found by search: about 300 lines are enough).
 fn lines_with_a_fine_collision() -> (Vec<Vec<u8>>, Vec<u8>, Vec<u8>) {
-    use replica::delta::fine::{fine_cuts, fine_hash};
+    use replica::delta::fine::{fine_cuts, fine_hash, FINE_MIN};
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut line = || {
-        let mut l: Vec<u8> = (0..16)
+        let mut l: Vec<u8> = (0..FINE_MIN)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -455,7 +455,7 @@ fn lines_with_a_fine_collision() -> (Vec<Vec<u8>>, Vec<u8>, Vec<u8>) {
     let mut by_hash = std::collections::HashMap::new();
     loop {
         let l = line();
-        if fine_cuts(&l) != [17] {
+        if fine_cuts(&l) != [FINE_MIN + 1] {
             continue;
         }
         if let Some(other) = by_hash.insert(fine_hash(&l), l.clone()) {
@@ -496,7 +496,7 @@ pub fn fine_hash_collision_costs_a_round_not_the_file(w: Where) {
     assert_eq!(r.paths("updated"), vec!["f.rs"], "{}", r.describe());
     assert_eq!(fs::read(env.dst.join("f.rs")).unwrap(), new);
     // The chunk came again as a first-round delta, not whole (written:
-    // 392 B of the 3.4 KB file).
+    // 584 B of the 6.6 KB file).
     let sent = r.summary().content_sent;
     assert!(sent > 0 && sent < new.len() as u64 / 2, "{}", r.describe());
 }
