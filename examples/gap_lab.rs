@@ -151,7 +151,7 @@ fn file(o: &[u8], n: &[u8], coarse: u32, t: &mut Tally) {
             old_pieces.push(&range[at..at + l]);
             at += l;
         }
-        let steps = match_gap(g, &fm);
+        let steps = match_gap(g, &fm, (hs.len() / 2) as u32);
         t.fine_ops += steps.len();
         let mut at = 0usize;
         let cuts = fine_cuts(g);

@@ -169,14 +169,39 @@ fn main() {
                             (off, &o[off as usize..off as usize + len])
                         })
                         .collect();
-                    let (_, counts, hashes) = answer(&spans);
+                    let (fine, counts, hashes) = answer(&spans);
                     down.push(&encode(&ServerMsg::Fine {
                         id,
                         index,
                         counts: counts.clone(),
                         hashes: hashes.clone(),
                     }));
-                    refine(ops, &g, &counts, &hashes).unwrap()
+                    let first = ops.clone();
+                    let ops = refine(ops, &g, &counts, &hashes).unwrap();
+                    let rebuilt = apply_delta(&ops, data.len(), (&places, &fine), |off, len| {
+                        o.get(off as usize..off as usize + len).map(<[u8]>::to_vec)
+                    });
+                    if rebuilt.as_deref() == Ok(data) {
+                        ops
+                    } else {
+                        // A short hash named a wrong piece: the server asks
+                        // again, refuses the second round, and the client
+                        // sends the first-round delta.
+                        failed += 1;
+                        up.push(&encode(&ClientMsg::ChunkDelta { id, index, ops }));
+                        down.push(&encode(&ServerMsg::NeedChunks {
+                            id,
+                            ranges: vec![(index, 1)],
+                        }));
+                        up.push(&encode(&ClientMsg::NeedFine { id, index, ranges }));
+                        down.push(&encode(&ServerMsg::Fine {
+                            id,
+                            index,
+                            counts: vec![],
+                            hashes: vec![],
+                        }));
+                        first
+                    }
                 };
                 lit += replica::delta::literal_bytes(&ops);
                 up.push(&encode(&ClientMsg::ChunkDelta { id, index, ops }));

@@ -2,7 +2,7 @@
 //!
 //! A small file that changed a little is usually one chunk, so chunk-level
 //! dedup resends all of it. Instead, the server describes its old version
-//! as a list of fine content-defined pieces, named by 32-bit truncated
+//! as a list of fine content-defined pieces, named by 24-bit truncated
 //! BLAKE3 hashes ([`ServerMsg::Basis`]); the client sends each asked chunk
 //! as runs of those pieces plus literal bytes ([`ClientMsg::ChunkDelta`]).
 //! The server rebuilds the chunk from its old file and checks the chunk's
@@ -17,6 +17,11 @@
 //! in the connection's zstd stream, whose context spans files (the lab in
 //! `examples/delta_lab.rs` found that per-file zstd dictionaries of the
 //! copied text lose that context and send more).
+//!
+//! A second, scoped round ([`fine`]) shrinks the literals to the changed
+//! lines: the client names the old pieces each literal gap replaced, the
+//! server answers with 2-byte hashes of just those pieces' lines, and the
+//! final delta copies the lines it finds ([`DeltaOp::Fine`]).
 //!
 //! [`ServerMsg::Basis`]: crate::protocol::ServerMsg::Basis
 //! [`ClientMsg::ChunkDelta`]: crate::protocol::ClientMsg::ChunkDelta

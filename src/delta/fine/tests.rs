@@ -78,7 +78,7 @@ fn rounds(old: &[u8], new: &[u8]) -> Option<Rounds> {
                     let cuts = fine_cuts(g);
                     let mut k = 0usize;
                     let mut p = 0usize;
-                    for st in match_gap(g, &m) {
+                    for st in match_gap(g, &m, c) {
                         match st {
                             FineStep::Literal { end, .. } => {
                                 while p < end {
