@@ -207,11 +207,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 break;
             };
             ids.push(f.id);
-            let mut job = Job::new(f);
-            if self.pull {
-                job.basis = self.offer_basis(f.id, f.has_old);
-            }
-            self.jobs.insert(f.id, Box::new(job));
+            self.jobs.insert(f.id, Box::new(Job::new(f)));
         }
         if !ids.is_empty() {
             self.ctx.link.send(ServerMsg::NeedFiles { ids });

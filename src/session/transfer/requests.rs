@@ -37,6 +37,12 @@ impl Transfer<'_, '_> {
         if self.try_move(id, &hash, txn, stats)? || self.try_copy(id, &hash, txn, stats)? {
             return Ok(());
         }
+        // Only now that the content is known to differ is a basis worth
+        // its hashes (an unpacked crate's unchanged files have new mtimes).
+        if self.pull {
+            let basis = self.offer_basis(id, has_old);
+            self.job(id)?.basis = basis;
+        }
         match chunks {
             Some(c) => {
                 self.job(id)?.chunks = Some(c);
