@@ -1,8 +1,11 @@
 //! Content-defined chunking and content ids.
 //!
 //! A file is a list of chunks cut by FastCDC (v2020, normalisation level 1)
-//! and named by their BLAKE3 hash; the file itself is named by the BLAKE3
-//! hash of its whole content. Chunk lists of large files are further cut into
+//! and named by their BLAKE3 hash; the file itself is named by its chunk
+//! list ([`file_id`]: a one-chunk file by its chunk's hash, which is the
+//! BLAKE3 hash of its content; a longer list by a keyed BLAKE3 hash of the
+//! chunks' hashes and lengths), so each byte is hashed once on each side:
+//! checking every chunk checks the file. Chunk lists of large files are further cut into
 //! content-defined *groups* (a boundary after each chunk whose hash, read as
 //! a little-endian u32, is divisible by [`GROUP_AVG`]), so a peer can compare
 //! a few group hashes instead of every chunk hash.
@@ -15,8 +18,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read};
 
-/// Version of the chunking scheme (parameters, normalisation, grouping).
-pub const CHUNKER_VERSION: u16 = 1;
+/// Version of the chunking scheme (parameters, normalisation, grouping,
+/// what names a file). 2: a file is named by its chunk list ([`file_id`]),
+/// not by the hash of its content.
+pub const CHUNKER_VERSION: u16 = 2;
 pub const MIN_CHUNK: u32 = 4 * 1024;
 pub const AVG_CHUNK: u32 = 16 * 1024;
 pub const MAX_CHUNK: u32 = 64 * 1024;
@@ -107,13 +112,11 @@ pub fn digest_reader_sized<R: Read>(r: R, size_hint: u64) -> io::Result<Digest> 
     }
 }
 
-/// How far a digest got: the bytes consumed (always at a chunk boundary),
-/// the running whole-file hash and the chunks so far. Reading resumes at
-/// `offset`.
+/// How far a digest got: the bytes consumed (always at a chunk boundary)
+/// and the chunks so far. Reading resumes at `offset`.
 #[derive(Clone, Default)]
 pub struct DigestState {
     pub offset: u64,
-    hasher: blake3::Hasher,
     chunks: Vec<ChunkRef>,
 }
 
@@ -131,7 +134,6 @@ pub fn digest_partly<R: Read>(
     let mut filled = 0usize;
     let DigestState {
         offset: mut size,
-        hasher: mut file_hasher,
         mut chunks,
     } = state;
     loop {
@@ -155,16 +157,9 @@ pub fn digest_partly<R: Read>(
             len: l as u32,
         };
         let hashes = if consumed < PARALLEL_MIN {
-            file_hasher.update(data);
             cuts.iter().map(chunk).collect::<Vec<_>>()
         } else {
-            rayon::join(
-                || {
-                    file_hasher.update(data);
-                },
-                || cuts.par_iter().map(chunk).collect::<Vec<_>>(),
-            )
-            .1
+            cuts.par_iter().map(chunk).collect::<Vec<_>>()
         };
         chunks.extend(hashes);
         size += consumed as u64;
@@ -177,44 +172,72 @@ pub fn digest_partly<R: Read>(
             // The unconsumed tail is read again on resume.
             return Ok(Err(DigestState {
                 offset: size,
-                hasher: file_hasher,
                 chunks,
             }));
         }
     }
     Ok(Ok(Digest {
         size,
-        hash: Hash(*file_hasher.finalize().as_bytes()),
+        hash: file_id(&chunks),
         chunks,
     }))
 }
 
-/// Size and whole-file hash of everything `r` yields (no chunking).
-pub fn hash_reader<R: Read>(mut r: R, size_hint: u64) -> io::Result<(u64, Hash)> {
-    let mut h = blake3::Hasher::new();
-    let cap = size_hint.saturating_add(1).clamp(4096, READ_BLOCK as u64) as usize;
-    let mut buf = vec![0u8; cap];
-    let mut size = 0u64;
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = r.read(&mut buf[filled..])?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
+/// Whether what `r` yields is exactly the content `chunks` describe: read
+/// chunk by chunk and each chunk's hash checked (the file's id follows
+/// from its chunk list, see [`file_id`]).
+pub fn check_chunks<R: Read>(mut r: R, chunks: &[ChunkRef]) -> io::Result<bool> {
+    let mut buf = vec![0u8; READ_BLOCK];
+    let mut i = 0;
+    while i < chunks.len() {
+        // As many whole chunks as fit in the buffer, read and checked at once.
+        let (mut end, mut len) = (i, 0usize);
+        while end < chunks.len() && len + chunks[end].len as usize <= buf.len() {
+            len += chunks[end].len as usize;
+            end += 1;
         }
-        if filled == 0 {
-            return Ok((size, Hash(*h.finalize().as_bytes())));
-        }
-        size += filled as u64;
-        if filled >= 1 << 20 {
-            h.update_rayon(&buf[..filled]);
+        r.read_exact(&mut buf[..len])?;
+        let offs = offsets(&chunks[i..end]);
+        let good = |k: usize| {
+            let (a, b) = (offs[k] as usize, offs[k + 1] as usize);
+            Hash::of(&buf[a..b]) == chunks[i + k].hash
+        };
+        let all = if len >= PARALLEL_MIN {
+            (0..end - i).into_par_iter().all(good)
         } else {
-            h.update(&buf[..filled]);
+            (0..end - i).all(good)
+        };
+        if !all {
+            return Ok(false);
+        }
+        i = end;
+    }
+    // Nothing beyond the last chunk.
+    Ok(r.read(&mut [0u8; 1])? == 0)
+}
+
+/// The id naming a file's content, from its chunk list: the empty file's
+/// is the BLAKE3 hash of nothing, a one-chunk file's is its chunk's hash
+/// (the BLAKE3 hash of its content), a longer list's is BLAKE3 in key
+/// derivation mode (so it never equals a plain content hash) over each
+/// chunk's hash and length (u32 little-endian).
+pub fn file_id(chunks: &[ChunkRef]) -> Hash {
+    match chunks {
+        [] => Hash::of(&[]),
+        [only] => only.hash,
+        _ => {
+            let mut h = blake3::Hasher::new_derive_key(FILE_ID_CONTEXT);
+            for c in chunks {
+                h.update(&c.hash.0);
+                h.update(&c.len.to_le_bytes());
+            }
+            Hash(*h.finalize().as_bytes())
         }
     }
 }
+
+/// The key-derivation context of [`file_id`] (part of chunking scheme 2).
+const FILE_ID_CONTEXT: &str = "replica 2026-12-02 file id from its chunk list";
 
 /// Below this many bytes, hashing on one thread beats handing work to
 /// the pool (waking a worker costs more than hashing a few pages).
@@ -227,42 +250,88 @@ pub fn digest_bytes(data: &[u8]) -> Digest {
         hash: Hash::of(&data[o..o + l]),
         len: l as u32,
     };
-    let (hash, chunks) = if data.len() < PARALLEL_MIN {
-        let chunks: Vec<ChunkRef> = cuts.iter().map(chunk).collect();
-        // A one-chunk file's hash is its chunk's hash: hash it once.
-        let hash = match chunks.as_slice() {
-            [only] => only.hash,
-            _ => Hash::of(data),
-        };
-        (hash, chunks)
+    let chunks: Vec<ChunkRef> = if data.len() < PARALLEL_MIN {
+        cuts.iter().map(chunk).collect()
     } else {
-        rayon::join(
-            || {
-                let mut h = blake3::Hasher::new();
-                h.update_rayon(data);
-                Hash(*h.finalize().as_bytes())
-            },
-            || cuts.par_iter().map(chunk).collect(),
-        )
+        cuts.par_iter().map(chunk).collect()
     };
     Digest {
         size: data.len() as u64,
-        hash,
+        hash: file_id(&chunks),
         chunks,
     }
 }
 
 /// Chunk boundaries in `data` as (offset, len). Unless `eof`, the last
 /// (possibly truncated) chunk is left out, to be cut again with more data.
+/// Large buffers are cut on all cores ([`cut_parallel`]); the result is
+/// the same.
 fn cut_points(data: &[u8], eof: bool) -> Vec<(usize, usize)> {
-    let mut cuts: Vec<(usize, usize)> =
-        fastcdc::v2020::FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
-            .map(|c| (c.offset, c.length))
-            .collect();
+    let segments = (data.len() / CUT_SEGMENT_MIN).min(rayon::current_num_threads());
+    let mut cuts = if segments >= 2 {
+        cut_parallel(data, segments)
+    } else {
+        cut_sequential(data)
+    };
     if !eof {
         cuts.pop();
     }
     cuts
+}
+
+/// Smallest segment worth cutting on a thread of its own.
+const CUT_SEGMENT_MIN: usize = 1 << 20;
+
+/// One FastCDC pass over `data`, chunk after chunk.
+fn cut_sequential(data: &[u8]) -> Vec<(usize, usize)> {
+    fastcdc::v2020::FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+        .map(|c| (c.offset, c.length))
+        .collect()
+}
+
+/// The same cuts as [`cut_sequential`], computed in `n` segments at once.
+/// Where a chunk ends depends only on the bytes from its start (at most
+/// [`MAX_CHUNK`] of them), so each segment but the first is cut from its
+/// own start, speculatively, over its bytes plus [`MAX_CHUNK`] more (every
+/// cut starting inside the segment is then exact for that start). Then,
+/// in order, the true sequence is carried from the previous segment: cut
+/// chunk by chunk until it reaches a start the segment found too, from
+/// where the segment's cuts are the true ones (content-defined cuts fall
+/// in step within a few chunks); a segment that never falls in step (a
+/// run of zeros cut at [`MAX_CHUNK`] from another origin) is cut through.
+fn cut_parallel(data: &[u8], n: usize) -> Vec<(usize, usize)> {
+    let bounds: Vec<usize> = (0..=n).map(|k| data.len() * k / n).collect();
+    let spec: Vec<Vec<(usize, usize)>> = (0..n)
+        .into_par_iter()
+        .map(|k| {
+            let (start, next) = (bounds[k], bounds[k + 1]);
+            let end = (next + MAX_CHUNK as usize).min(data.len());
+            cut_sequential(&data[start..end])
+                .into_iter()
+                .map(|(o, l)| (start + o, l))
+                .take_while(|&(o, _)| o < next)
+                .collect()
+        })
+        .collect();
+    let mut spec = spec.into_iter();
+    let mut out = spec.next().unwrap_or_default();
+    for (k, cuts) in spec.enumerate() {
+        let seg_end = bounds[k + 2];
+        let mut pos = out.last().map_or(0, |&(o, l)| o + l);
+        while pos < seg_end {
+            if let Ok(i) = cuts.binary_search_by_key(&pos, |&(o, _)| o) {
+                out.extend_from_slice(&cuts[i..]);
+                break;
+            }
+            let end = (pos + MAX_CHUNK as usize).min(data.len());
+            let len = cut_sequential(&data[pos..end])
+                .first()
+                .map_or(end - pos, |&(_, l)| l);
+            out.push((pos, len));
+            pos += len;
+        }
+    }
+    out
 }
 
 /// Cuts a chunk list into groups.
@@ -315,7 +384,7 @@ mod tests {
         let data = noise(3 * READ_BLOCK + 12345, 7);
         let d = digest_bytes(&data);
         assert_eq!(d.size, data.len() as u64);
-        assert_eq!(d.hash, Hash::of(&data));
+        assert_eq!(d.hash, file_id(&d.chunks));
         let offs = d.offsets();
         assert_eq!(*offs.last().unwrap(), data.len() as u64);
         for (i, c) in d.chunks.iter().enumerate() {
@@ -367,6 +436,52 @@ mod tests {
         assert!(g.iter().all(|g| g.count as usize <= GROUP_MAX));
     }
 
+    /// Cutting in parallel segments gives exactly the sequential cuts: on
+    /// noise (segments fall in step), on zeros and on a repeated pattern
+    /// (they may never), with segments of every size.
+    #[test]
+    fn parallel_cuts_equal_sequential_cuts() {
+        let mut inputs = vec![noise(9_000_000, 21), vec![0u8; 5_000_000]];
+        let mut mixed = noise(3_000_000, 22);
+        mixed.extend(vec![0u8; 700_000]);
+        mixed.extend(b"abcdefgh".repeat(200_000));
+        mixed.extend(noise(1_500_000, 23));
+        inputs.push(mixed);
+        for data in &inputs {
+            let want = cut_sequential(data);
+            for n in [2, 3, 4, 7, 16] {
+                assert_eq!(cut_parallel(data, n), want, "len {} n {n}", data.len());
+            }
+            for eof in [true, false] {
+                let mut w = want.clone();
+                if !eof {
+                    w.pop();
+                }
+                assert_eq!(cut_points(data, eof), w);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Any input, any number of segments (noise with a run of zeros
+        /// somewhere): the parallel cuts are the sequential ones.
+        #[test]
+        fn parallel_cuts_match_on_any_input(
+            len in 0usize..3_000_000,
+            seed in 1u64..u64::MAX,
+            n in 2usize..9,
+            zeros_at in 0usize..3_000_000,
+            zeros in 0usize..400_000,
+        ) {
+            let mut data = noise(len, seed);
+            let a = zeros_at.min(data.len());
+            let b = (a + zeros).min(data.len());
+            data[a..b].fill(0);
+            proptest::prop_assert_eq!(cut_parallel(&data, n), cut_sequential(&data));
+        }
+    }
+
     /// Pins the chunking format: if this changes, CHUNKER_VERSION must too.
     #[test]
     fn chunk_boundaries_are_pinned() {
@@ -398,7 +513,7 @@ mod tests {
             let a = digest_bytes(&data);
             let b = digest_reader(&data[..]).unwrap();
             assert_eq!(a, b, "len {len}");
-            assert_eq!(a.hash, Hash::of(&data), "len {len}");
+            assert_eq!(a.hash, file_id(&a.chunks), "len {len}");
         }
     }
 
@@ -423,6 +538,45 @@ mod tests {
         };
         assert!(stops >= 3, "{stops}");
         assert_eq!(d, whole);
+    }
+
+    /// A one-chunk file is named by its content's hash (as a chunk of any
+    /// other file holding the same bytes is); a longer list by a hash no
+    /// content hash can equal: not the plain hash of the list's bytes, not
+    /// its group hash.
+    #[test]
+    fn file_ids_follow_the_chunk_list() {
+        let small = noise(3_000, 1);
+        let d = digest_bytes(&small);
+        assert_eq!(d.chunks.len(), 1);
+        assert_eq!(d.hash, Hash::of(&small));
+        let big = digest_bytes(&noise(500_000, 2));
+        assert!(big.chunks.len() > 1);
+        let mut list = Vec::new();
+        for c in &big.chunks {
+            list.extend_from_slice(&c.hash.0);
+            list.extend_from_slice(&c.len.to_le_bytes());
+        }
+        assert_ne!(big.hash, Hash::of(&list));
+        assert_ne!(big.hash, group_hash(&big.chunks));
+        let mut other = big.chunks.clone();
+        other.swap(0, 1);
+        assert_ne!(file_id(&other), big.hash);
+    }
+
+    #[test]
+    fn checking_chunks_finds_any_difference() {
+        let data = noise(READ_BLOCK + 300_000, 8);
+        let d = digest_bytes(&data);
+        assert!(check_chunks(&data[..], &d.chunks).unwrap());
+        let mut flipped = data.clone();
+        flipped[READ_BLOCK + 7] ^= 1;
+        assert!(!check_chunks(&flipped[..], &d.chunks).unwrap());
+        let mut longer = data.clone();
+        longer.push(0);
+        assert!(!check_chunks(&longer[..], &d.chunks).unwrap());
+        assert!(check_chunks(&data[..data.len() - 1], &d.chunks).is_err());
+        assert!(check_chunks(&b""[..], &[]).unwrap());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   scanning a source directory into one (parallel walk, no symlink
 //!   following, excludes from [`filter`]).
 //! - [`chunk`]: content-defined chunking (FastCDC) and BLAKE3 content ids;
-//!   [`chunk::Digest`] is a file's hash plus its chunk list.
+//!   [`chunk::Digest`] is a file's id plus its chunk list (the id is
+//!   derived from the list, so each byte is hashed once per side).
 //! - [`delta`]: small changed files sent as copies of the replica's old
 //!   version's fine pieces (their size follows the file's) plus literal
 //!   bytes, and a second, scoped round for the literal gaps
@@ -18,7 +19,7 @@
 //!   replaced); `examples/delta_lab.rs`, `gap_lab.rs` and `round_lab.rs`
 //!   measure encodings on real trees.
 //! - [`index`]: persistent redb indexes: the replica's (chunk, group and
-//!   whole-file hash -> where in the replica) and the source's (stat ->
+//!   file id -> where in the replica) and the source's (stat ->
 //!   digest, so unchanged files are never re-read).
 //! - [`plan`]: pure planning, source manifest x replica view -> operations.
 //! - [`sparse`]: zeros over a hole are not written (replica files keep
@@ -38,7 +39,8 @@
 //!     ([`session::scan`]), plans, carries out the steps that need no
 //!     content (`session/steps.rs`) and pulls the content it lacks
 //!     (`session/transfer/`: job, requests, sourcing, assemble, basis,
-//!     moves, publish, and a pool of workers publishing new files);
+//!     moves, publish, and a pool of workers publishing new files and
+//!     creating small ones);
 //!     directory renames in `session/renames.rs`; large
 //!     files kept in part for the next pass in [`session::partial`]; what
 //!     every step shares, and per-file failures, in [`session::pass`];

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use replica::chunk::{ChunkRef, GroupRef, Hash, CHUNKER_VERSION};
+use replica::chunk::{file_id, ChunkRef, GroupRef, Hash, CHUNKER_VERSION};
 use replica::protocol::{
     decode, encode, ClientMsg, Hello, HelloReply, Op, OpReport, PassOptions, PassStats, Purpose,
     ServerMsg, MAGIC, PROTOCOL_VERSION,
@@ -740,6 +740,54 @@ fn content_not_matching_the_whole_file_hash_is_not_published() {
     a.assert_no_panic();
 }
 
+/// A file of several chunks is named by its chunk list (chunking scheme
+/// 2), not by the hash of its content: a summary naming it the old way is
+/// not published, though every chunk checks out.
+#[test]
+fn a_content_hash_does_not_name_a_file_of_several_chunks() {
+    let a = Arena::new();
+    let data = random_bytes(7, 12_000);
+    let (one, two) = data.split_at(5_000);
+    let chunks = vec![
+        ChunkRef {
+            hash: Hash::of(one),
+            len: one.len() as u32,
+        },
+        ChunkRef {
+            hash: Hash::of(two),
+            len: two.len() as u32,
+        },
+    ];
+    assert_ne!(file_id(&chunks), Hash::of(&data));
+    let mut p = start_one_file(&a, data.len() as u64);
+    p.send(&ClientMsg::Summary {
+        id: 1,
+        size: data.len() as u64,
+        hash: Hash::of(&data),
+        chunks: Some(chunks),
+    });
+    loop {
+        match p.recv().expect("closed") {
+            ServerMsg::NeedChunks { .. } => break,
+            ServerMsg::Report(_) => {}
+            other => panic!("expected NeedChunks, got {other:?}"),
+        }
+    }
+    p.send(&ClientMsg::Chunks {
+        id: 1,
+        first: 0,
+        data: data.clone(),
+    });
+    let (end, seen) = p.until_end();
+    match end {
+        End::PassDone(st) => assert!(st.errors >= 1, "no error reported: {seen:?}"),
+        End::Fatal(_) | End::Closed => {}
+        End::Asked(m) => panic!("unexpected request {m:?}"),
+    }
+    assert_no_file_and_no_temp(&a);
+    a.assert_no_panic();
+}
+
 /// A run of chunks (`Chunks`) must cut exactly at the chunk list's
 /// boundaries and hold only chunks that were asked for; a good run is
 /// accepted.
@@ -761,7 +809,7 @@ fn runs_of_chunks_are_cut_at_the_chunk_list_and_checked() {
     let digest = ClientMsg::Summary {
         id: 1,
         size: data.len() as u64,
-        hash: Hash::of(&data),
+        hash: file_id(&chunks),
         chunks: Some(chunks),
     };
     for (what, first, bytes) in [

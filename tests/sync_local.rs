@@ -32,13 +32,13 @@ fn one_byte_change_updates() {
 }
 
 #[test]
-fn small_text_edits_send_little() {
-    scenarios::small_text_edits_send_little(Where::Local);
+fn replica_emptied_behind_its_back_is_rebuilt() {
+    scenarios::replica_emptied_behind_its_back_is_rebuilt(Where::Local);
 }
 
 #[test]
-fn fine_hash_collision_costs_a_round_not_the_file() {
-    scenarios::fine_hash_collision_costs_a_round_not_the_file(Where::Local);
+fn small_text_edits_send_little() {
+    scenarios::small_text_edits_send_little(Where::Local);
 }
 
 #[cfg(unix)]

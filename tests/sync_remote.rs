@@ -37,6 +37,11 @@ fn one_byte_change_updates() {
 }
 
 #[test]
+fn replica_emptied_behind_its_back_is_rebuilt() {
+    scenarios::replica_emptied_behind_its_back_is_rebuilt(Where::Remote);
+}
+
+#[test]
 fn small_text_edits_send_little() {
     scenarios::small_text_edits_send_little(Where::Remote);
 }

@@ -1,8 +1,8 @@
 //! Persistent indexes, kept in redb databases outside the trees they describe.
 //!
 //! - [`ReplicaIndex`] (server side): for each replica file, the stat it had
-//!   when indexed and its digest; plus reverse maps from chunk, group and
-//!   whole-file hashes to a place in the replica that holds them. Entries are
+//!   when indexed and its digest; plus reverse maps from chunk hashes,
+//!   group hashes and file ids to a place in the replica that holds them. Entries are
 //!   hints: every use re-checks the stat or the bytes, so a replica edited
 //!   behind the server's back still converges.
 //! - [`SourceIndex`] (client side): for each source file, the stat it had and
@@ -135,7 +135,7 @@ fn open_db(path: &Path) -> Result<(Database, Option<String>)> {
     Ok((db, rebuilt))
 }
 
-/// A file of one chunk: its chunk hash is its whole-file hash, so the
+/// A file of one chunk: its chunk hash is its file id, so the
 /// whole-file table alone finds it (half the index writes for small files).
 fn one_chunk(rec: &FileRecord) -> bool {
     matches!(rec.digest.chunks[..], [c] if c.hash == rec.digest.hash)
@@ -187,6 +187,25 @@ mod tests {
         t.commit().unwrap();
     }
 
+    /// A lookup answered from memory is never older than the last write.
+    #[test]
+    fn whole_file_lookups_see_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = ReplicaIndex::open(&dir.path().join("i.redb")).unwrap();
+        let r = rec(b"same content");
+        let mut t = idx.begin().unwrap();
+        assert_eq!(t.find_whole(&r.digest.hash).unwrap(), None);
+        t.put_file("a", &r).unwrap();
+        assert_eq!(t.find_whole(&r.digest.hash).unwrap().as_deref(), Some("a"));
+        t.remove_file("a").unwrap();
+        assert_eq!(t.find_whole(&r.digest.hash).unwrap(), None);
+        t.put_file("b", &r).unwrap();
+        assert!(t.find_chunk(&r.digest.hash).unwrap().is_some());
+        t.rename_file("b", "c", r.clone(), Version(2)).unwrap();
+        assert_eq!(t.find_whole(&r.digest.hash).unwrap().as_deref(), Some("c"));
+        t.commit().unwrap();
+    }
+
     /// A one-chunk file has no chunk-table entry but is found as a chunk.
     #[test]
     fn one_chunk_file_is_found_as_a_chunk() {
@@ -201,6 +220,55 @@ mod tests {
         t.remove_file("d/s").unwrap();
         assert_eq!(t.find_chunk(&r.digest.chunks[0].hash).unwrap(), None);
         t.commit().unwrap();
+    }
+
+    /// An index written under chunking scheme 1 (files named by their
+    /// content hash) is not trusted: it is rebuilt empty, on both sides.
+    #[test]
+    fn an_index_of_the_previous_chunking_scheme_is_rebuilt() {
+        assert_eq!(CHUNKER_VERSION, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.redb");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut r = rec(&data);
+        // What scheme 1 recorded: the content hash as the file's name.
+        r.digest.hash = crate::chunk::Hash::of(&data);
+        {
+            let idx = ReplicaIndex::open(&path).unwrap();
+            let mut t = idx.begin().unwrap();
+            t.put_file("old", &r).unwrap();
+            t.commit().unwrap();
+        }
+        mark_scheme_1(&path);
+        let idx = ReplicaIndex::open(&path).unwrap();
+        assert!(idx.rebuilt.is_some());
+        let t = idx.begin().unwrap();
+        assert_eq!(t.file("old").unwrap(), None);
+        assert_eq!(t.find_whole(&r.digest.hash).unwrap(), None);
+        drop(t);
+        drop(idx);
+        // The source index opens the same way: the old record is gone.
+        let src = dir.path().join("s.redb");
+        {
+            let idx = SourceIndex::open(&src).unwrap();
+            let w = idx.writer();
+            w.push(vec![("x".into(), r.clone())]);
+            w.finish().unwrap();
+        }
+        mark_scheme_1(&src);
+        let idx = SourceIndex::open(&src).unwrap();
+        assert_eq!(idx.lookup("x", r.size, r.mtime, r.version), None);
+    }
+
+    /// Stamps an index as written under chunking scheme 1.
+    fn mark_scheme_1(path: &Path) {
+        let db = redb::Database::open(path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(META)
+            .unwrap()
+            .insert("version", INDEX_VERSION * 1000 + 1)
+            .unwrap();
+        w.commit().unwrap();
     }
 
     #[test]

@@ -41,6 +41,7 @@ impl ReplicaIndex {
             writes: 0,
             scratch: false,
             cached: std::cell::RefCell::new(None),
+            last_whole: std::cell::RefCell::new(None),
         })
     }
 
@@ -62,6 +63,9 @@ pub struct IndexTxn<'a> {
     scratch: bool,
     /// The last record decoded for a group lookup (large files have many groups).
     cached: std::cell::RefCell<Option<(String, std::rc::Rc<FileRecord>)>>,
+    /// The last whole-file lookup and its answer, until the next write: a
+    /// one-chunk file's id is looked up as a file, then as a chunk.
+    last_whole: std::cell::RefCell<Option<(Hash, Option<String>)>>,
 }
 
 impl IndexTxn<'_> {
@@ -90,7 +94,7 @@ impl IndexTxn<'_> {
         if found.is_some() {
             return Ok(found);
         }
-        // One-chunk files are findable by their whole-file hash only.
+        // One-chunk files are findable by their file id only.
         let Some(path) = self.find_whole(hash)? else {
             return Ok(None);
         };
@@ -107,9 +111,18 @@ impl IndexTxn<'_> {
     }
 
     pub fn find_whole(&self, hash: &Hash) -> Result<Option<String>> {
-        let t = self.txn().open_table(WHOLE).map_err(|e| self.err(e))?;
-        let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
-        Ok(v.map(|v| v.value().to_string()))
+        if let Some((h, found)) = &*self.last_whole.borrow() {
+            if h == hash {
+                return Ok(found.clone());
+            }
+        }
+        let found = {
+            let t = self.txn().open_table(WHOLE).map_err(|e| self.err(e))?;
+            let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
+            v.map(|v| v.value().to_string())
+        };
+        *self.last_whole.borrow_mut() = Some((*hash, found.clone()));
+        Ok(found)
     }
 
     /// The chunk list of a group, if some indexed file still holds it.
@@ -147,6 +160,7 @@ impl IndexTxn<'_> {
     /// Records a file and makes its chunks, groups and whole hash findable.
     pub fn put_file(&mut self, path: &str, rec: &FileRecord) -> Result<()> {
         *self.cached.borrow_mut() = None;
+        *self.last_whole.borrow_mut() = None;
         self.remove_file(path)?;
         let txn = self.txn.as_ref().unwrap();
         let e = |e: redb::Error| index_err(&self.index.path, e);
@@ -197,6 +211,7 @@ impl IndexTxn<'_> {
     /// Forgets a file, and every reverse entry that pointed into it.
     pub fn remove_file(&mut self, path: &str) -> Result<()> {
         *self.cached.borrow_mut() = None;
+        *self.last_whole.borrow_mut() = None;
         let Some(rec) = self.file(path)? else {
             return Ok(());
         };

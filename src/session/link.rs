@@ -5,12 +5,16 @@
 //! stream.
 //!
 //! Messages travel in batches: `send` queues locally, and the queue goes
-//! out when it is full or before the thread waits for the peer (`recv`) —
-//! one wake-up per batch instead of per message.
+//! out when it is full, when its oldest message has waited [`LINGER`], or
+//! before the thread waits for the peer (`recv` with nothing received left
+//! to handle) — one wake-up per batch instead of per message. A side busy
+//! with a batch of the peer's messages answers them in one batch, not one
+//! hand-over per message handled.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub use crate::error::LinkError;
@@ -37,7 +41,8 @@ pub type Broken = Arc<Mutex<Option<LinkError>>>;
 /// One end of a session's connection.
 pub struct Link<Out, In> {
     tx: mpsc::Sender<Vec<Out>>,
-    outbox: Mutex<Vec<Out>>,
+    /// Queued messages and when the oldest of them was queued.
+    outbox: Mutex<(Vec<Out>, Option<Instant>)>,
     rx: Mutex<(mpsc::Receiver<Vec<In>>, VecDeque<In>)>,
     /// Why the incoming side ended, set by the carrier before it stops.
     broken: Broken,
@@ -49,6 +54,8 @@ pub struct Link<Out, In> {
 
 /// Messages queued by `send` before they are handed over anyway.
 const OUTBOX: usize = 64;
+/// Longest a queued message waits while the thread handles what it received.
+const LINGER: Duration = Duration::from_millis(2);
 
 impl<Out, In> Link<Out, In> {
     /// A link over channels fed and drained by a carrier.
@@ -62,7 +69,7 @@ impl<Out, In> Link<Out, In> {
     ) -> Self {
         Link {
             tx,
-            outbox: Mutex::new(Vec::new()),
+            outbox: Mutex::new((Vec::new(), None)),
             rx: Mutex::new((rx, VecDeque::new())),
             broken,
             counters,
@@ -77,8 +84,9 @@ impl<Out: Send + 'static, In> Link<Out, In> {
     pub fn send(&self, msg: Out) -> bool {
         let full = {
             let mut out = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            out.push(msg);
-            out.len() >= OUTBOX
+            out.0.push(msg);
+            out.1.get_or_insert_with(Instant::now);
+            out.0.len() >= OUTBOX
         };
         if full {
             self.flush()
@@ -90,8 +98,42 @@ impl<Out: Send + 'static, In> Link<Out, In> {
     /// Hands what `send` queued to the connection now (before a long piece
     /// of local work, so the peer is not kept waiting).
     pub fn flush(&self) -> bool {
-        let batch = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+        let batch = {
+            let mut out = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            out.1 = None;
+            std::mem::take(&mut out.0)
+        };
         batch.is_empty() || self.tx.blocking_send(batch).is_ok()
+    }
+
+    /// Whether messages pass as values between two threads of this process
+    /// (a local sync): nothing is encoded or sent, so saving bytes (deltas
+    /// against a basis) only costs time.
+    pub fn is_in_process(&self) -> bool {
+        self.writer.is_none()
+    }
+
+    /// A message already received and not yet handled, if any.
+    fn take_received(&self) -> Option<In> {
+        let mut guard = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let (rx, pending) = &mut *guard;
+        if pending.is_empty() {
+            if let Ok(batch) = rx.try_recv() {
+                pending.extend(batch);
+            }
+        }
+        pending.pop_front()
+    }
+
+    /// Flushes if the oldest queued message has waited [`LINGER`].
+    fn flush_if_stale(&self) {
+        let stale = {
+            let out = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            out.1.is_some_and(|t| t.elapsed() >= LINGER)
+        };
+        if stale {
+            self.flush();
+        }
     }
 
     /// Sends what is queued and closes the sending side; returns the writer
@@ -102,15 +144,17 @@ impl<Out: Send + 'static, In> Link<Out, In> {
         self.writer.take()
     }
 
-    /// Receives from blocking code (sending what is queued first); `Err`
-    /// says why the link ended.
+    /// Receives from blocking code; `Err` says why the link ended. What
+    /// is queued is sent first when nothing received is left to handle
+    /// (the thread may wait for the peer) or it has lingered too long.
     pub fn recv(&self) -> Result<In, LinkError> {
+        if let Some(m) = self.take_received() {
+            self.flush_if_stale();
+            return Ok(m);
+        }
         self.flush();
         let mut guard = self.rx.lock().unwrap_or_else(|e| e.into_inner());
         let (rx, pending) = &mut *guard;
-        if let Some(m) = pending.pop_front() {
-            return Ok(m);
-        }
         match rx.blocking_recv() {
             Some(batch) => {
                 pending.extend(batch);
@@ -131,7 +175,7 @@ impl<Out: Send + 'static, In> Link<Out, In> {
 impl<Out, In> Drop for Link<Out, In> {
     fn drop(&mut self) {
         // Whatever was queued still goes out (a final report, a goodbye).
-        let batch = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+        let batch = std::mem::take(&mut self.outbox.lock().unwrap_or_else(|e| e.into_inner()).0);
         if !batch.is_empty() {
             let _ = self.tx.try_send(batch);
         }

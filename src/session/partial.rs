@@ -5,7 +5,7 @@
 //!
 //! A partial is the file staged for its target plus which of its
 //! chunks are written (each was hash-checked when written). It is resumed
-//! only for the very same content (size and whole-file hash), and only after
+//! only for the very same content (size and file id), and only after
 //! its directory has been resolved again from DEST and found to hold the same
 //! file: a directory moved out of DEST meanwhile is never written through.
 //! Partials live in the server's memory; after a restart their temporary

@@ -7,7 +7,7 @@ use super::Transfer;
 use crate::chunk::{offsets, ChunkRef, Hash};
 use crate::error::Result;
 use crate::index::{ChunkLoc, IndexTxn};
-use crate::protocol::{PassStats, ServerMsg};
+use crate::protocol::{PassStats, Reason, ServerMsg};
 use crate::session::partial::RESUME_MIN;
 use crate::session::pass::Failure;
 use crate::store::{read_exact_at, Staged};
@@ -15,6 +15,10 @@ use std::collections::{HashMap, HashSet};
 
 /// Longest run of replica bytes read at once.
 const RUN_MAX: u64 = 16 << 20;
+/// Largest file whose staging is left to the publishing pool: its content
+/// waits in memory until a worker writes it (at most the pool's queue of
+/// files, a few MiB).
+const DEFER_MAX: u32 = 16 << 10;
 
 impl Transfer<'_, '_> {
     /// Builds the file from local content where possible and asks for the rest.
@@ -32,6 +36,9 @@ impl Transfer<'_, '_> {
             self.drop_job(id, false);
             return Ok(());
         }
+        if self.defer_small(id, txn)? {
+            return Ok(());
+        }
         let n_chunks = self.jobs[&id].chunk_list().len();
         let (tmp, prewritten) = match self.staging(id, size, &hash, n_chunks) {
             Ok(x) => x,
@@ -45,11 +52,8 @@ impl Transfer<'_, '_> {
         let job = self.jobs.get_mut(&id).expect("job exists");
         let chunks = job.chunk_list().to_vec();
         job.offs = offsets(&chunks);
-        if chunks.len() <= 1 || !prewritten.is_empty() {
-            // One chunk: verified in memory (its hash is the file's).
-            // Resumed: read back and hashed whole before publishing.
-            job.inc = None;
-        }
+        // Resumed: what an earlier pass wrote is read back and checked.
+        job.reread = !prewritten.is_empty();
         job.tmp = tmp;
         job.written = vec![false; chunks.len()];
         job.missing = chunks.len();
@@ -77,6 +81,43 @@ impl Transfer<'_, '_> {
             return self.publish(id, txn, stats);
         }
         Ok(())
+    }
+
+    /// A small new file of one chunk that the replica does not hold and no
+    /// other file of the pass is fetching is asked for without staging
+    /// anything: the publishing pool stages, writes and publishes it once
+    /// its chunk arrived (true), which keeps file creation off the session
+    /// thread.
+    fn defer_small(&mut self, id: u32, txn: &mut IndexTxn) -> Result<bool> {
+        let job = &self.jobs[&id];
+        let new = !job.fetch.has_old && job.fetch.reason != Reason::TypeChanged;
+        let c = match job.chunk_list() {
+            [c] if new && c.len <= DEFER_MAX && self.pool.is_some() => *c,
+            _ => return Ok(false),
+        };
+        // A hint naming this very path is stale: a new file has no
+        // replica file there (the replica was emptied behind our back).
+        let key = self.ctx.key(id);
+        if is_zero_chunk(&c)
+            || self.sourcing.is_asked(&c.hash)
+            || txn
+                .find_chunk(&c.hash)?
+                .is_some_and(|l| l.len == c.len && l.path != key)
+        {
+            return Ok(false);
+        }
+        self.sourcing.need(c.hash, (id, 0));
+        let job = self.jobs.get_mut(&id).expect("job exists");
+        job.deferred = true;
+        job.offs = vec![0, c.len as u64];
+        job.written = vec![false];
+        job.missing = 1;
+        job.asked = HashSet::from([0]);
+        self.ctx.link.send(ServerMsg::NeedChunks {
+            id,
+            ranges: vec![(0, 1)],
+        });
+        Ok(true)
     }
 
     /// The staged file for job `id`: a partial kept for this very content,
@@ -239,14 +280,13 @@ impl Transfer<'_, '_> {
                 failed.extend(run.iter().map(|(i, _)| *i));
                 return;
             }
-            for &(i, o, l) in &pieces {
-                job.note_written(i, &buf[o..o + l]);
+            for &(i, _, _) in &pieces {
+                job.note_written(i);
             }
             job.missing -= run.len();
             job.reused += buf.len() as u64;
             return;
         }
-        job.inc = None; // some chunks will come later, out of order
         for (&(i, o, l), ok) in pieces.iter().zip(good) {
             if ok && t.write_at(&buf[o..o + l], job.offs[i as usize]).is_ok() {
                 job.written[i as usize] = true;
@@ -271,7 +311,7 @@ impl Transfer<'_, '_> {
         if t.write_at(&buf, job.offs[i as usize]).is_err() {
             return false;
         }
-        job.note_written(i, &buf);
+        job.note_written(i);
         job.missing -= 1;
         job.reused += len as u64;
         true
@@ -291,7 +331,7 @@ impl Transfer<'_, '_> {
         {
             return false;
         }
-        job.note_written(to, &buf);
+        job.note_written(to);
         job.missing -= 1;
         job.reused += len as u64;
         true

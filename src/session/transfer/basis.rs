@@ -2,7 +2,8 @@
 //! new file a replica file in the same directory with the same extension
 //! and the closest size (pages of one site, modules of one crate… share
 //! most of their text). The client may then send chunks as copies of the
-//! basis's fine pieces plus literal bytes.
+//! basis's fine pieces plus literal bytes. None is offered over an
+//! in-process link (a local sync), where no bytes travel.
 
 use super::Transfer;
 use crate::delta::{basis_of, piece_avg, AVG_MAX, BASIS_MAX_FILE, BASIS_MIN_FILE};
@@ -23,6 +24,10 @@ impl<'c> Transfer<'c, '_> {
         id: u32,
         has_old: bool,
     ) -> Option<(String, Vec<(u64, u32)>)> {
+        if self.ctx.link.is_in_process() {
+            // No bytes travel: a delta would only cost both sides time.
+            return None;
+        }
         let key = self.key(id);
         let Kind::File { size: new_size } = self.entry(id).kind else {
             return None;

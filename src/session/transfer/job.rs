@@ -13,8 +13,11 @@ pub(super) struct Job {
     pub basis: Option<(String, Vec<(u64, u32)>)>,
     /// Whether the client's summary arrived.
     pub summarized: bool,
-    /// Running whole-file hash and the next chunk index it expects.
-    pub inc: Option<(blake3::Hasher, u32)>,
+    /// Whether the staged file must be read back and every chunk checked
+    /// before it is published: it holds chunks written in an earlier pass
+    /// (a resumed partial). Otherwise every chunk was checked as it was
+    /// written, which checks the file (its id follows from its chunks).
+    pub reread: bool,
     pub size: u64,
     pub hash: Hash,
     /// Known chunk list (None for a large file until its groups are resolved).
@@ -23,8 +26,14 @@ pub(super) struct Job {
     pub group_chunks: Vec<Option<Vec<ChunkRef>>>,
     pub groups_missing: usize,
     pub offs: Vec<u64>,
-    /// The staged file (None when the store records nothing).
+    /// The staged file (None when the store records nothing, or while a
+    /// small new file's staging is left to the publishing pool).
     pub tmp: Option<Box<dyn Staged>>,
+    /// A small new file of one chunk staged, written and published by the
+    /// pool (see `pool.rs`): nothing staged until its chunk arrives.
+    pub deferred: bool,
+    /// That file's content (its chunk, hash-checked), once it arrived.
+    pub body: Option<Vec<u8>>,
     /// Which chunks are in the staged file (hash-checked).
     pub written: Vec<bool>,
     /// Chunk indexes not yet written.
@@ -47,7 +56,7 @@ impl Job {
             size: 0,
             summarized: false,
             basis: None,
-            inc: Some((blake3::Hasher::new(), 0)),
+            reread: false,
             hash: Hash([0; 32]),
             chunks: None,
             groups: Vec::new(),
@@ -55,6 +64,8 @@ impl Job {
             groups_missing: 0,
             offs: Vec::new(),
             tmp: None,
+            deferred: false,
+            body: None,
             written: Vec::new(),
             missing: 0,
             asked: HashSet::new(),
@@ -65,23 +76,10 @@ impl Job {
         }
     }
 
-    /// Feeds the running whole-file hash while chunks are written in order;
-    /// the first write out of order gives it up (the file is read back).
-    pub fn note_written(&mut self, i: u32, data: &[u8]) {
+    /// Notes that chunk `i`, checked against its hash, is in the staged file.
+    pub fn note_written(&mut self, i: u32) {
         if let Some(w) = self.written.get_mut(i as usize) {
             *w = true;
-        }
-        if let Some((h, next)) = &mut self.inc {
-            if *next == i {
-                if data.len() >= 1 << 20 {
-                    h.update_rayon(data);
-                } else {
-                    h.update(data);
-                }
-                *next += 1;
-            } else {
-                self.inc = None;
-            }
         }
     }
 

@@ -1,8 +1,9 @@
 //! The server's content engine: for each file the plan says to fetch, ask
 //! the client for its digest, find what the replica already holds (the same
 //! whole file, known groups, known chunks; all verified before use), pull
-//! only the missing chunks, assemble the file in the store's staging, verify
-//! the whole-file hash and publish it.
+//! only the missing chunks (each checked against its hash), assemble the
+//! file in the store's staging, check its id (derived from the chunk list)
+//! and publish it.
 //!
 //! - `job.rs`: one file in flight.
 //! - `requests.rs`: the client's answers (summaries, group lists, chunks),

@@ -1,6 +1,8 @@
 //! Publishing off the session thread: a new file whose chunks are all in
-//! its staged copy is verified (read back and hashed when it was not
-//! hashed on the way) and published by one of a few worker threads, while
+//! its staged copy (or, for a small file of one chunk, whose content
+//! arrived: the worker stages and writes it) is verified (its chunk list
+//! against its id; read back when its chunks were not checked on the way)
+//! and published by one of a few worker threads, while
 //! the session thread goes on with the next files' messages. Its index
 //! record and report are written when the worker hands it back, so the
 //! index never names a file before it is in place.
@@ -10,7 +12,7 @@
 //! two workers never touch the same path (one job per path in a pass).
 
 use super::job::Job;
-use super::publish::verify;
+use super::publish::{stage_body, verify};
 use crate::protocol::OpReport;
 use crate::session::pass::Failure;
 use crate::store::Store;
@@ -161,8 +163,14 @@ fn publish(store: &dyn Store, task: Task) -> Finished {
         mtime,
         report,
     } = task;
-    let result = match job.tmp.take() {
-        Some(tmp) => verify(&mut job, &*tmp).and_then(|()| {
+    let staged = match (job.tmp.take(), job.body.take()) {
+        (Some(tmp), _) => Some(Ok(tmp)),
+        (None, Some(body)) => Some(stage_body(store, &key, &body)),
+        (None, None) => None,
+    };
+    let result = match staged {
+        Some(Err(why)) => Err(why),
+        Some(Ok(tmp)) => verify(&mut job, &*tmp).and_then(|()| {
             store
                 .publish(tmp, &key, mode, mtime)
                 .map_err(|e| Failure::store("rename into place", e))
@@ -198,9 +206,8 @@ mod tests {
             has_old: false,
         });
         job.size = claimed.len() as u64;
-        job.hash = Hash::of(claimed);
-        // Two chunks and nothing hashed on the way: the worker reads the
-        // staged file back to check it.
+        // Two chunks not checked on the way (as for a resumed partial): the
+        // worker reads the staged file back to check them.
         let half = claimed.len() / 2;
         job.chunks = Some(vec![
             ChunkRef {
@@ -212,7 +219,8 @@ mod tests {
                 len: (claimed.len() - half) as u32,
             },
         ]);
-        job.inc = None;
+        job.hash = crate::chunk::file_id(job.chunk_list());
+        job.reread = true;
         job.tmp = Some(tmp);
         let report = simple(Op::Created, &key, Reason::New);
         Task {

@@ -4,12 +4,12 @@
 use super::job::Job;
 use super::pool::{Finished, Task};
 use super::Transfer;
-use crate::chunk::{hash_reader, Digest, Hash};
+use crate::chunk::{check_chunks, file_id, Digest};
 use crate::error::Result;
 use crate::index::{FileRecord, IndexTxn};
 use crate::protocol::{Op, OpReport, PassStats, Reason, ServerMsg};
 use crate::session::pass::{simple, Failure};
-use crate::store::{Reader, Staged};
+use crate::store::{Reader, Staged, Store};
 use crate::tree::Version;
 
 impl Transfer<'_, '_> {
@@ -40,11 +40,22 @@ impl Transfer<'_, '_> {
         };
         stats.reused += job.reused;
         let new = !job.fetch.has_old && job.fetch.reason != Reason::TypeChanged;
-        if let (true, Some(pool), true) = (new, &mut self.pool, job.tmp.is_some()) {
+        if let (true, Some(pool), true) = (new, &mut self.pool, job.tmp.is_some() || job.deferred) {
             pool.submit(Task::new(id, job, key, e, report));
             return Ok(());
         }
-        if let Some(tmp) = job.tmp.take() {
+        let staged = match job.body.take() {
+            Some(body) => Some(stage_body(ctx.store, key, &body)),
+            None => job.tmp.take().map(Ok),
+        };
+        if let Some(staged) = staged {
+            let tmp = match staged {
+                Ok(t) => t,
+                Err(why) => {
+                    ctx.fail(stats, key, why);
+                    return Ok(());
+                }
+            };
             if let Err(why) = verify(&mut job, &*tmp) {
                 ctx.fail(stats, key, why);
                 return Ok(());
@@ -195,33 +206,38 @@ impl Transfer<'_, '_> {
     }
 }
 
-/// Checks the staged file against the source's whole-file hash: a
-/// one-chunk file was verified in memory (chunk hash = file hash), a file
-/// written in order was hashed on the way, others are read back.
+/// Checks the staged file against the source's file id. Every chunk was
+/// checked against its hash as it was written (sent by the client, copied
+/// from the replica, a run of zeros, a repeat of an earlier chunk of the
+/// file), so the file is its chunk list and the id follows from that list;
+/// a resumed partial's earlier chunks are read back and checked again.
 pub(super) fn verify(job: &mut Job, tmp: &dyn Staged) -> std::result::Result<(), Failure> {
-    let verified = match job.chunks.as_deref() {
-        Some([c]) => c.hash == job.hash && c.len as u64 == job.size,
-        Some([]) => job.size == 0 && job.hash == Hash::of(&[]),
-        _ => false,
-    };
-    let streamed = match job.inc.take() {
-        Some((h, next)) if next as usize == job.offs.len().saturating_sub(1) => {
-            Some(Hash(*h.finalize().as_bytes()))
-        }
-        _ => None,
-    };
-    let (size, hash) = if verified {
-        (job.size, job.hash)
-    } else if let Some(hash) = streamed {
-        (job.size, hash)
-    } else {
-        hash_reader(Reader::new(tmp), job.size).map_err(|e| Failure::store("verify", e))?
-    };
-    if hash == job.hash && size == job.size {
-        Ok(())
-    } else {
-        Err(Failure::Mismatch)
+    let chunks = job.chunks.as_deref().unwrap_or_default();
+    let size: u64 = chunks.iter().map(|c| c.len as u64).sum();
+    if file_id(chunks) != job.hash || size != job.size {
+        return Err(Failure::Mismatch);
     }
+    if job.reread
+        && !check_chunks(Reader::new(tmp), chunks).map_err(|e| Failure::store("verify", e))?
+    {
+        return Err(Failure::Mismatch);
+    }
+    Ok(())
+}
+
+/// Stages a small file whose content waited in memory (see
+/// `Job::deferred`).
+pub(super) fn stage_body(
+    store: &dyn Store,
+    key: &str,
+    body: &[u8],
+) -> std::result::Result<Box<dyn Staged>, Failure> {
+    let mut t = store
+        .stage(key)
+        .map_err(|e| Failure::store("create file", e))?;
+    t.write_at(body, 0)
+        .map_err(|e| Failure::store("write", e))?;
+    Ok(t)
 }
 
 /// A file replaced under `key` and moved into the versions (`--versions`)

@@ -317,13 +317,18 @@ impl Transfer<'_, '_> {
                 continue;
             };
             let at = job.offs[ji as usize];
-            let Some(t) = job.tmp.as_mut() else { continue };
-            if let Err(e) = t.write_at(data, at) {
-                ctx.fail(stats, ctx.key(jid), Failure::store("write", e));
-                self.drop_job(jid, false);
-                continue;
+            if job.deferred {
+                // Staged and written by the publishing pool.
+                job.body = Some(data.to_vec());
+            } else {
+                let Some(t) = job.tmp.as_mut() else { continue };
+                if let Err(e) = t.write_at(data, at) {
+                    ctx.fail(stats, ctx.key(jid), Failure::store("write", e));
+                    self.drop_job(jid, false);
+                    continue;
+                }
             }
-            job.note_written(ji, data);
+            job.note_written(ji);
             if n == 0 {
                 let sent = sent.min(data.len() as u64);
                 job.received += sent;
