@@ -2,7 +2,7 @@
 //!
 //! A small file that changed a little is usually one chunk, so chunk-level
 //! dedup resends all of it. Instead, the server describes its old version
-//! as a list of fine content-defined pieces, named by 32-bit truncated
+//! as a list of fine content-defined pieces, named by 24-bit truncated
 //! BLAKE3 hashes ([`ServerMsg::Basis`]); the client sends each asked chunk
 //! as runs of those pieces plus literal bytes ([`ClientMsg::ChunkDelta`]).
 //! The server rebuilds the chunk from its old file and checks the chunk's
@@ -18,11 +18,18 @@
 //! `examples/delta_lab.rs` found that per-file zstd dictionaries of the
 //! copied text lose that context and send more).
 //!
+//! A second, scoped round ([`fine`]) shrinks the literals to the changed
+//! lines: the client names the old pieces each literal gap replaced, the
+//! server answers with 2-byte hashes of just those pieces' lines, and the
+//! final delta copies the lines it finds ([`DeltaOp::Fine`]).
+//!
 //! [`ServerMsg::Basis`]: crate::protocol::ServerMsg::Basis
 //! [`ClientMsg::ChunkDelta`]: crate::protocol::ClientMsg::ChunkDelta
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+
+pub mod fine;
 
 /// Smallest and largest average piece size a basis may use.
 pub const AVG_MIN: u32 = 256;
@@ -59,6 +66,10 @@ pub enum DeltaOp {
     Copy { first: u32, count: u32 },
     /// These bytes.
     Literal(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// `count` consecutive fine pieces from piece `first` of the chunk's
+    /// second round ([`fine`]: the old ranges the client asked about, their
+    /// fine pieces numbered in order across ranges).
+    Fine { first: u32, count: u32 },
 }
 
 /// The truncated hash naming a piece ([`HASH_BYTES`] bytes of its BLAKE3).
@@ -93,6 +104,8 @@ pub fn basis_of(data: &[u8], avg: u32) -> (Vec<(u64, u32)>, Vec<u8>) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BasisMap {
     pub avg: u32,
+    /// How many pieces the old version has.
+    pub pieces: u32,
     pub index: HashMap<u32, u32>,
 }
 
@@ -121,7 +134,11 @@ impl BasisMap {
             b[..HASH_BYTES].copy_from_slice(h);
             index.entry(u32::from_le_bytes(b)).or_insert(i as u32);
         }
-        Ok(BasisMap { avg, index })
+        Ok(BasisMap {
+            avg,
+            pieces: n as u32,
+            index,
+        })
     }
 }
 
@@ -160,7 +177,7 @@ pub fn literal_bytes(ops: &[DeltaOp]) -> u64 {
     ops.iter()
         .map(|o| match o {
             DeltaOp::Literal(b) => b.len() as u64,
-            DeltaOp::Copy { .. } => 0,
+            DeltaOp::Copy { .. } | DeltaOp::Fine { .. } => 0,
         })
         .sum()
 }
@@ -176,45 +193,61 @@ pub enum BadDelta {
     Unreadable,
 }
 
+/// Where an old piece lies: (offset, len).
+pub type Place = (u64, u32);
+
 /// Rebuilds a chunk of at most `max_len` bytes from a basis whose pieces
-/// sit at `places` (contiguous, as [`basis_of`] cuts them); `read(offset,
+/// sit at `places` (contiguous, as [`basis_of`] cuts them) and, for
+/// [`DeltaOp::Fine`], the second round's fine pieces at `fine`; `read(offset,
 /// len)` reads the old version. Every length is checked before anything
 /// is read or allocated.
 pub fn apply_delta(
     ops: &[DeltaOp],
     max_len: usize,
-    places: &[(u64, u32)],
+    (places, fine): (&[Place], &[Place]),
     mut read: impl FnMut(u64, usize) -> Option<Vec<u8>>,
 ) -> Result<Vec<u8>, BadDelta> {
     let mut out = Vec::new();
     for op in ops {
-        match op {
-            DeltaOp::Copy { first, count } => {
-                let run = (*count > 0)
-                    .then(|| first.checked_add(*count))
-                    .flatten()
-                    .and_then(|end| places.get(*first as usize..end as usize))
-                    .ok_or(BadDelta::NoPiece(*first, *count))?;
-                let (off, last) = (run[0].0, run[run.len() - 1]);
-                let len = (last.0 + last.1 as u64 - off) as usize;
-                if out.len() + len > max_len {
-                    return Err(BadDelta::TooLong);
-                }
-                let data = read(off, len).ok_or(BadDelta::Unreadable)?;
-                if data.len() != len {
-                    return Err(BadDelta::Unreadable);
-                }
-                out.extend_from_slice(&data);
-            }
+        let (table, first, count) = match op {
             DeltaOp::Literal(b) => {
                 if out.len() + b.len() > max_len {
                     return Err(BadDelta::TooLong);
                 }
                 out.extend_from_slice(b);
+                continue;
             }
+            DeltaOp::Copy { first, count } => (places, *first, *count),
+            DeltaOp::Fine { first, count } => (fine, *first, *count),
+        };
+        let (off, len) = run_span(table, first, count).ok_or(BadDelta::NoPiece(first, count))?;
+        if out.len() + len > max_len {
+            return Err(BadDelta::TooLong);
         }
+        let data = read(off, len).ok_or(BadDelta::Unreadable)?;
+        if data.len() != len {
+            return Err(BadDelta::Unreadable);
+        }
+        out.extend_from_slice(&data);
     }
     Ok(out)
+}
+
+/// Where a run of `count` pieces from `first` lies in the old version:
+/// `None` unless the run exists, is not empty and its pieces follow each
+/// other without a hole.
+pub fn run_span(table: &[(u64, u32)], first: u32, count: u32) -> Option<(u64, usize)> {
+    let end = first.checked_add(count).filter(|_| count > 0)?;
+    let run = table.get(first as usize..end as usize)?;
+    let off = run[0].0;
+    let mut at = off;
+    for &(o, l) in run {
+        if o != at {
+            return None;
+        }
+        at = o.checked_add(l as u64)?;
+    }
+    Some((off, usize::try_from(at - off).ok()?))
 }
 
 #[cfg(test)]

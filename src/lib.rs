@@ -16,7 +16,10 @@
 //!   derived from the list, so each byte is hashed once per side).
 //! - [`delta`]: small changed files sent as copies of the replica's old
 //!   version's fine pieces (their size follows the file's) plus literal
-//!   bytes; `examples/delta_lab.rs` measures encodings on two real trees.
+//!   bytes, and a second, scoped round for the literal gaps
+//!   ([`delta::fine`]: line-sized pieces of just the old ranges they
+//!   replaced); `examples/delta_lab.rs`, `gap_lab.rs` and `round_lab.rs`
+//!   measure encodings on real trees.
 //! - [`index`]: persistent redb indexes: the replica's (chunk, group and
 //!   file id -> where in the replica) and the source's (stat ->
 //!   digest, so unchanged files are never re-read).

@@ -46,6 +46,11 @@ fn small_text_edits_send_little() {
     scenarios::small_text_edits_send_little(Where::Remote);
 }
 
+#[test]
+fn fine_hash_collision_costs_a_round_not_the_file() {
+    scenarios::fine_hash_collision_costs_a_round_not_the_file(Where::Remote);
+}
+
 #[cfg(unix)]
 #[test]
 fn deletions_propagate() {

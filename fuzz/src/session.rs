@@ -27,6 +27,7 @@
 
 use arbitrary::Arbitrary;
 use replica::chunk::{group_hash, ChunkRef, GroupRef, Hash, CHUNKER_VERSION};
+use replica::delta::fine::{gaps, refine, Gap};
 use replica::delta::{make_delta, BasisMap, DeltaOp};
 use replica::protocol::frame::parse_frame;
 use replica::protocol::GROUPS_PER_MSG;
@@ -233,6 +234,20 @@ fn blobs() -> &'static [Vec<u8>] {
 
 fn blob(k: u8) -> &'static [u8] {
     &blobs()[k as usize % (2 * BLOB_LENS.len())]
+}
+
+/// Spoils the old ranges of a second-round request.
+fn tweak_ranges(mut ranges: Vec<(u32, u32)>, t: Option<&Tweak>) -> Vec<(u32, u32)> {
+    match t {
+        Some(Tweak::Count(n)) => ranges.push((*n, 1)),
+        Some(Tweak::ChunkLen { index, len }) if !ranges.is_empty() => {
+            let i = *index as usize % ranges.len();
+            ranges[i] = (u32::from(*index), *len);
+        }
+        Some(Tweak::Duplicate(n)) => ranges.extend((0..*n).map(|i| (u32::from(i), 64))),
+        _ => {}
+    }
+    ranges
 }
 
 fn tweak_ops(mut ops: Vec<DeltaOp>, t: Option<&Tweak>) -> Vec<DeltaOp> {
@@ -705,6 +720,8 @@ struct Conv<'a> {
     count: usize,
     /// The server's basis per file id (piece hash -> piece index).
     basis: HashMap<u32, BasisMap>,
+    /// Chunk deltas waiting for the server's fine pieces (second round).
+    pending: HashMap<(u32, u32), (Vec<DeltaOp>, Vec<Gap>)>,
     /// A BeginPass was sent and no entries since: the next entries start a
     /// new manifest.
     fresh: bool,
@@ -730,6 +747,7 @@ impl<'a> Conv<'a> {
     fn begin(&mut self) {
         self.fresh = true;
         self.basis.clear();
+        self.pending.clear();
     }
 
     /// Remembers (or, when empty, withdraws) the basis offered for a file.
@@ -745,12 +763,20 @@ impl<'a> Conv<'a> {
     }
 
     /// Chunk `index` of a content as a real client sends it: a delta
-    /// against the server's basis when there is one and it pays off.
-    fn chunk_or_delta(&self, id: u32, c: &Content, index: u32, tweak: Option<&Tweak>) -> ClientMsg {
+    /// against the server's basis when there is one and it pays off; for
+    /// even chunks with literal gaps, first a second-round request for the
+    /// old ranges around them (tweaks spoil the ranges or the final delta).
+    fn chunk_or_delta(&mut self, id: u32, c: &Content, index: u32, tweak: Option<&Tweak>) -> ClientMsg {
         let data = c.blobs.get(index as usize).map(|&b| blob(b));
         if let (Some(data), Some(basis)) = (data, self.basis.get(&id)) {
             if let Some(ops) = make_delta(data, basis) {
                 stats::delta();
+                let asked = gaps(&ops, basis, |_, _| true);
+                if index % 2 == 0 && !asked.is_empty() {
+                    let ranges = tweak_ranges(asked.iter().map(|g| (g.first, g.count)).collect(), tweak);
+                    self.pending.insert((id, index), (tweak_ops(ops, tweak), asked));
+                    return ClientMsg::NeedFine { id, index, ranges };
+                }
                 return ClientMsg::ChunkDelta {
                     id,
                     index,
@@ -759,6 +785,14 @@ impl<'a> Conv<'a> {
             }
         }
         self.chunk(id, c, index, tweak)
+    }
+
+    /// The delta waiting for the server's fine pieces, refined with them
+    /// (or as it was, when the answer is empty or does not fit).
+    fn on_fine(&mut self, id: u32, index: u32, counts: &[u32], hashes: &[u8]) -> Option<ClientMsg> {
+        let (ops, asked) = self.pending.remove(&(id, index))?;
+        let ops = refine(ops.clone(), &asked, counts, hashes).unwrap_or(ops);
+        Some(ClientMsg::ChunkDelta { id, index, ops })
     }
 
     /// Converts manifest entries (after `lead`, already converted);
@@ -1188,7 +1222,7 @@ mod stats {
     use replica::protocol::{Op, ServerMsg};
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-    const NAMES: [&str; 18] = [
+    const NAMES: [&str; 19] = [
         "NeedFiles",
         "NeedGroupHashes",
         "NeedGroups",
@@ -1207,8 +1241,9 @@ mod stats {
         "other",
         "Basis",
         "sent:ChunkDelta",
+        "Fine",
     ];
-    static COUNTS: [AtomicU64; 18] = [const { AtomicU64::new(0) }; 18];
+    static COUNTS: [AtomicU64; 19] = [const { AtomicU64::new(0) }; 19];
     static REASONS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
         std::sync::Mutex::new(std::collections::BTreeMap::new());
 
@@ -1247,6 +1282,7 @@ mod stats {
             ServerMsg::Done { .. } => 4,
             ServerMsg::PassDone(_) => 5,
             ServerMsg::Basis { .. } => 16,
+            ServerMsg::Fine { .. } => 18,
             ServerMsg::Fatal { reason } => {
                 let short: String = reason.chars().take(40).collect();
                 *REASONS
@@ -1395,6 +1431,7 @@ async fn run_session(w: &'static World, contents: &[Content], steps: &[Step]) {
         declared: HashMap::new(),
         count: 0,
         basis: HashMap::new(),
+        pending: HashMap::new(),
         fresh: true,
     };
     // Nothing to wait for: the server is between passes (or gone).
@@ -1444,6 +1481,18 @@ async fn run_session(w: &'static World, contents: &[Content], steps: &[Step]) {
                             ref hashes,
                         } => conv.note_basis(id, avg, hashes),
                         ServerMsg::Fatal { .. } => gone = true,
+                        ServerMsg::Fine {
+                            id,
+                            index,
+                            ref counts,
+                            ref hashes,
+                        } => {
+                            if let Some(d) = conv.on_fine(id, index, counts, hashes) {
+                                if wr.write_all(&frame(&encode(&d))).await.is_err() {
+                                    break 'steps;
+                                }
+                            }
+                        }
                         ServerMsg::NeedFiles { .. }
                         | ServerMsg::NeedGroupHashes { .. }
                         | ServerMsg::NeedGroups { .. }

@@ -210,6 +210,14 @@ pub enum ClientMsg {
     /// paged pass (after the entries, before the page's end; ≤
     /// [`EXTRAS_PER_MSG`] per message).
     FarLinks(Vec<crate::tree::FarLink>),
+    /// Before the [`ClientMsg::ChunkDelta`] of chunk `index` of file `id`:
+    /// the runs of basis pieces (first, count) its literal gaps most likely
+    /// replaced, for a second round ([`crate::delta::fine`]).
+    NeedFine {
+        id: u32,
+        index: u32,
+        ranges: Vec<(u32, u32)>,
+    },
 }
 
 impl ClientMsg {
@@ -232,6 +240,7 @@ impl ClientMsg {
             ClientMsg::Links(_) => "Links",
             ClientMsg::Xattrs(_) => "Xattrs",
             ClientMsg::FarLinks(_) => "FarLinks",
+            ClientMsg::NeedFine { .. } => "NeedFine",
         }
     }
 
@@ -244,6 +253,7 @@ impl ClientMsg {
             | ClientMsg::Chunk { id, .. }
             | ClientMsg::Chunks { id, .. }
             | ClientMsg::ChunkDelta { id, .. }
+            | ClientMsg::NeedFine { id, .. }
             | ClientMsg::FileFailed { id, .. }
             | ClientMsg::Skip { id } => Some(*id),
             ClientMsg::BeginPass(_)
@@ -292,6 +302,18 @@ pub enum ServerMsg {
     PassDone(PassStats),
     /// The session failed; the reason is for the user.
     Fatal { reason: String },
+    /// The answer to [`ClientMsg::NeedFine`]: the fine pieces of each asked
+    /// range (`counts` per range), named by
+    /// [`crate::delta::fine::FINE_HASH_BYTES`]-byte hashes packed in
+    /// `hashes`, numbered in order across ranges for [`crate::delta::DeltaOp::Fine`].
+    /// No counts: send the chunk without a second round.
+    Fine {
+        id: u32,
+        index: u32,
+        counts: Vec<u32>,
+        #[serde(with = "serde_bytes")]
+        hashes: Vec<u8>,
+    },
 }
 
 /// The kind of an operation on the replica.
@@ -536,8 +558,24 @@ mod tests {
                     ops: c
                         .into_iter()
                         .map(|(first, count)| crate::delta::DeltaOp::Copy { first, count })
-                        .chain([crate::delta::DeltaOp::Literal(vec![1, 2])])
+                        .chain([
+                            crate::delta::DeltaOp::Literal(vec![1, 2]),
+                            crate::delta::DeltaOp::Fine {
+                                first: id,
+                                count: 3
+                            }
+                        ])
                         .collect()
+                }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec((any::<u32>(), any::<u32>()), 0..3)
+            )
+                .prop_map(|(id, index, ranges)| ClientMsg::NeedFine {
+                    id,
+                    index,
+                    ranges
                 }),
             Just(ClientMsg::Bye),
             proptest::collection::vec(
@@ -607,6 +645,18 @@ mod tests {
             ),
             ".{0,20}".prop_map(|reason| ServerMsg::Fatal { reason }),
             Just(ServerMsg::PageDone),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u32>(), 0..3),
+                proptest::collection::vec(any::<u8>(), 0..20)
+            )
+                .prop_map(|(id, index, counts, hashes)| ServerMsg::Fine {
+                    id,
+                    index,
+                    counts,
+                    hashes
+                }),
         ]
     }
 

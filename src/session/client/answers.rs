@@ -220,6 +220,7 @@ impl ClientPass<'_> {
                 && first_ask.elapsed() >= PREEMPT_AFTER
         };
         let basis = state.bases.get(&id);
+        let second = &mut state.second;
         let offs = o.offs.take().unwrap_or_else(|| o.digest.offsets());
         for &(start, count) in ranges {
             let end = start.saturating_add(count);
@@ -257,7 +258,7 @@ impl ClientPass<'_> {
                     state.open.remove(&id);
                     return Ok(false);
                 };
-                self.send_chunks(id, (i, j), data, basis)?;
+                self.send_chunks(id, (i, j), data, basis.map(|b| (b, &mut *second)))?;
                 i = j;
             }
         }
@@ -272,13 +273,13 @@ impl ClientPass<'_> {
         id: u32,
         (i, j): (u32, u32),
         data: Vec<u8>,
-        basis: Option<&crate::delta::BasisMap>,
+        basis: Option<(&crate::delta::BasisMap, &mut super::second::SecondRound)>,
     ) -> Result<()> {
         let len = data.len() as u64;
-        if let Some(ops) = basis.and_then(|b| crate::delta::make_delta(&data, b)) {
-            let literal = crate::delta::literal_bytes(&ops);
-            self.observer().content_sent(literal);
-            return self.send(ClientMsg::ChunkDelta { id, index: i, ops });
+        if let Some((b, second)) = basis {
+            if let Some(ops) = crate::delta::make_delta(&data, b) {
+                return self.send_delta((id, i), ops, b, second);
+            }
         }
         self.observer().content_sent(len);
         self.send(if j == i + 1 {

@@ -9,6 +9,7 @@
 
 mod answers;
 mod digest;
+mod second;
 
 pub use digest::{SavedDigest, SavedDigests, StepAside};
 
@@ -105,6 +106,8 @@ struct PassState {
     open: HashMap<u32, Open>,
     /// Bases the server offered, by file.
     bases: HashMap<u32, crate::delta::BasisMap>,
+    /// Chunk deltas waiting for a second round.
+    second: second::SecondRound,
     /// Files that changed while being sent.
     changed: usize,
     /// Large files that stepped aside (keys).
@@ -290,6 +293,7 @@ impl ClientPass<'_> {
             ServerMsg::Done { id } => {
                 state.open.remove(&id);
                 state.bases.remove(&id);
+                state.second.forget(id);
                 self.observer()
                     .file_done(file_size(&self.scan.manifest, id));
             }
@@ -301,6 +305,12 @@ impl ClientPass<'_> {
             }
             ServerMsg::PageDone => return Ok(Some(Ended::Page)),
             ServerMsg::PassDone(stats) => return Ok(Some(Ended::Pass(stats))),
+            ServerMsg::Fine {
+                id,
+                index,
+                counts,
+                hashes,
+            } => self.on_fine((id, index), &counts, &hashes, &mut state.second)?,
             ServerMsg::Fatal { reason } => {
                 return Err(Error::Refused {
                     peer: self.link.peer.clone(),

@@ -4,7 +4,7 @@
 use crate::chunk::{ChunkRef, GroupRef, Hash};
 use crate::plan::Fetch;
 use crate::store::Staged;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 pub(super) struct Job {
     pub fetch: Fetch,
@@ -40,6 +40,11 @@ pub(super) struct Job {
     pub missing: usize,
     /// Chunk indexes this job asked the client for.
     pub asked: HashSet<u32>,
+    /// Fine pieces (offset, len) of the old ranges named for a chunk's
+    /// second round, until its delta arrives.
+    pub fine: HashMap<u32, Vec<(u64, u32)>>,
+    /// Chunks whose second round named a wrong piece once: no second round.
+    pub no_fine: HashSet<u32>,
     pub received: u64,
     pub reused: u64,
 }
@@ -64,6 +69,8 @@ impl Job {
             written: Vec::new(),
             missing: 0,
             asked: HashSet::new(),
+            fine: HashMap::new(),
+            no_fine: HashSet::new(),
             received: 0,
             reused: 0,
         }

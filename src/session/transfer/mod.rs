@@ -11,6 +11,8 @@
 //! - `sourcing.rs`: which file asked for a chunk needed by several (pure).
 //! - `assemble.rs`: where each chunk comes from; local copies, verified.
 //! - `basis.rs`: an old or similar file offered for small-file deltas.
+//! - `fine.rs`: a delta's second round (fine pieces of the old ranges a
+//!   chunk's literal gaps replaced).
 //! - `moves.rs`: content already in the replica (unchanged, or at a path
 //!   this pass removes: renamed, not copied); old versions kept aside.
 //! - `publish.rs`: verify and publish, or give up, or set aside as partial.
@@ -23,6 +25,7 @@
 
 mod assemble;
 mod basis;
+mod fine;
 mod job;
 mod moves;
 mod pool;
@@ -70,6 +73,8 @@ pub(crate) struct Transfer<'c, 'a> {
     /// Replica files by directory (for bases of new files), built on first use.
     siblings: Option<basis::Siblings<'c>>,
     room: Room,
+    /// Fine pieces held for second rounds (an upper bound: see `fine.rs`).
+    fine_held: usize,
     /// Workers publishing new files, while [`Transfer::run`] runs.
     pool: Option<pool::Pool>,
 }
@@ -119,6 +124,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             stashed: Vec::new(),
             siblings: None,
             room: Room::new(ctx.min_free),
+            fine_held: 0,
             pool: None,
         }
     }
@@ -222,11 +228,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 break;
             };
             ids.push(f.id);
-            let mut job = Job::new(f);
-            if self.pull {
-                job.basis = self.offer_basis(f.id, f.has_old);
-            }
-            self.jobs.insert(f.id, Box::new(job));
+            self.jobs.insert(f.id, Box::new(Job::new(f)));
         }
         if !ids.is_empty() {
             self.ctx.link.send(ServerMsg::NeedFiles { ids });
@@ -263,6 +265,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             ClientMsg::ChunkDelta { id, index, ops } => {
                 self.on_chunk_delta(id, index, ops, txn, stats)
             }
+            ClientMsg::NeedFine { id, index, ranges } => self.on_need_fine(id, index, &ranges),
             ClientMsg::FileFailed { id, reason } => {
                 if self.jobs.contains_key(&id) {
                     self.drop_job(id, true);

@@ -37,6 +37,12 @@ impl Transfer<'_, '_> {
         if self.try_move(id, &hash, txn, stats)? || self.try_copy(id, &hash, txn, stats)? {
             return Ok(());
         }
+        // Only now that the content is known to differ is a basis worth
+        // its hashes (an unpacked crate's unchanged files have new mtimes).
+        if self.pull {
+            let basis = self.offer_basis(id, has_old);
+            self.job(id)?.basis = basis;
+        }
         match chunks {
             Some(c) => {
                 self.job(id)?.chunks = Some(c);
@@ -232,25 +238,39 @@ impl Transfer<'_, '_> {
         }
         let c = job.chunk_list()[index as usize];
         let (basis_key, places) = job.basis.clone().unwrap_or_default();
+        let fine = job.fine.remove(&index).unwrap_or_default();
         let literal = crate::delta::literal_bytes(&ops);
-        let rebuilt = crate::delta::apply_delta(&ops, c.len as usize, &places, |off, len| {
-            let mut buf = vec![0u8; len];
-            self.read_replica(&basis_key, &mut buf, off).then_some(buf)
-        });
+        let rebuilt =
+            crate::delta::apply_delta(&ops, c.len as usize, (&places, &fine), |off, len| {
+                let mut buf = vec![0u8; len];
+                self.read_replica(&basis_key, &mut buf, off).then_some(buf)
+            });
         match rebuilt {
             Ok(data) if data.len() == c.len as usize && Hash::of(&data) == c.hash => {
                 self.on_chunk(id, index, data, literal, txn, stats)
             }
             _ => {
-                // A truncated-hash collision or a changed old version: ask for it whole.
+                let second = ops
+                    .iter()
+                    .any(|o| matches!(o, crate::delta::DeltaOp::Fine { .. }));
                 if let Some(j) = self.jobs.get_mut(&id) {
-                    j.basis = None;
+                    if second {
+                        // A short fine hash named a wrong piece: ask again,
+                        // without a second round for this chunk.
+                        j.no_fine.insert(index);
+                    } else {
+                        // A truncated-hash collision or a changed old
+                        // version: ask for it whole.
+                        j.basis = None;
+                    }
                 }
-                ctx.link.send(ServerMsg::Basis {
-                    id,
-                    avg: crate::delta::AVG_MIN,
-                    hashes: Vec::new(),
-                });
+                if !second {
+                    ctx.link.send(ServerMsg::Basis {
+                        id,
+                        avg: crate::delta::AVG_MIN,
+                        hashes: Vec::new(),
+                    });
+                }
                 ctx.link.send(ServerMsg::NeedChunks {
                     id,
                     ranges: vec![(index, 1)],
