@@ -28,13 +28,7 @@ impl Transfer<'_, '_> {
         ranges: &[(u32, u32)],
     ) -> Result<()> {
         let ctx = self.ctx;
-        let job = self.job(id)?;
-        if !job.asked.contains(&index) {
-            return Err(proto(
-                ctx,
-                format!("fine pieces for chunk {index} of file {id}, which was not asked for"),
-            ));
-        }
+        let job = self.job_asking(id, index, "fine pieces")?;
         if ranges.is_empty() || ranges.len() > MAX_RANGES {
             return Err(proto(
                 ctx,

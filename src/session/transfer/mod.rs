@@ -296,6 +296,20 @@ impl<'c, 'a> Transfer<'c, 'a> {
             )
         })
     }
+
+    /// The job of file `id`, which must have asked for its chunk `index`
+    /// (`what` names the message in the error).
+    fn job_asking(&mut self, id: u32, index: u32, what: &str) -> Result<&mut Job> {
+        let ctx = self.ctx;
+        let job = self.job(id)?;
+        if !job.asked.contains(&index) {
+            return Err(proto(
+                ctx,
+                format!("{what} for chunk {index} of file {id}, which was not asked for"),
+            ));
+        }
+        Ok(job)
+    }
 }
 
 fn is_big(ctx: &PassCtx, f: &Fetch) -> bool {

@@ -229,13 +229,7 @@ impl Transfer<'_, '_> {
         stats: &mut PassStats,
     ) -> Result<()> {
         let ctx = self.ctx;
-        let job = self.job(id)?;
-        if !job.asked.contains(&index) {
-            return Err(proto(
-                ctx,
-                format!("chunk {index} of file {id} was not asked for"),
-            ));
-        }
+        let job = self.job_asking(id, index, "a delta")?;
         let c = job.chunk_list()[index as usize];
         let (basis_key, places) = job.basis.clone().unwrap_or_default();
         let fine = job.fine.remove(&index).unwrap_or_default();
