@@ -4,24 +4,9 @@
 //! `cargo run --release --example delta_lab -- OLD NEW [SKIP] [LIMIT]`
 
 use std::collections::HashMap;
-use std::path::Path;
 
-fn walk(root: &Path, rel: &Path, out: &mut Vec<std::path::PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(root.join(rel)) else {
-        return;
-    };
-    let mut names: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
-    names.sort();
-    for n in names {
-        let p = rel.join(&n);
-        let md = std::fs::symlink_metadata(root.join(&p)).unwrap();
-        if md.is_dir() {
-            walk(root, &p, out);
-        } else if md.is_file() {
-            out.push(p);
-        }
-    }
-}
+#[path = "common/lab.rs"]
+mod lab;
 
 fn pieces(d: &[u8], avg: u32) -> Vec<(usize, usize)> {
     fastcdc::v2020::FastCDC::new(d, avg / 4, avg, avg * 4)
@@ -43,35 +28,9 @@ fn zp(level: i32, data: &[u8], prefix: &[u8]) -> usize {
     out.len()
 }
 
-fn stream(level: i32, data: &[u8]) -> usize {
-    let mut c = zstd::zstd_safe::CCtx::create();
-    c.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
-        .unwrap();
-    c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(24))
-        .unwrap();
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-    c.compress2(&mut out, data).unwrap();
-    out.len()
-}
-
 fn main() {
-    let a: Vec<String> = std::env::args().collect();
-    let (old, new) = (Path::new(&a[1]), Path::new(&a[2]));
-    let skip: usize = a.get(3).map_or(0, |s| s.parse().unwrap());
-    let limit: usize = a.get(4).map_or(usize::MAX, |s| s.parse().unwrap());
-    let mut files = Vec::new();
-    walk(new, Path::new(""), &mut files);
-    let mut changed = Vec::new();
-    for p in files {
-        let Ok(o) = std::fs::read(old.join(&p)) else {
-            continue;
-        };
-        let n = std::fs::read(new.join(&p)).unwrap();
-        if o != n && (1024..=4 << 20).contains(&o.len()) && (1024..=4 << 20).contains(&n.len()) {
-            changed.push((o, n));
-        }
-    }
-    let changed: Vec<_> = changed.into_iter().skip(skip).take(limit).collect();
+    let args = lab::Args::parse();
+    let changed = args.changed();
     let total: usize = changed.iter().map(|(_, n)| n.len()).sum();
     println!("{} changed files, {} bytes new", changed.len(), total);
     let mut all_new = Vec::new();
@@ -82,7 +41,7 @@ fn main() {
     }
     println!(
         "whole files through one stream (wlog 24): {}",
-        stream(3, &all_new)
+        lab::stream(3, &all_new)
     );
     println!("oracle, each file against its old version: {oracle}");
     // Piece size: fixed, or the old file's size / n (a power of two, 256..=2048).
@@ -128,16 +87,16 @@ fn main() {
             lits.extend_from_slice(&lit);
             per_copied += zp(3, &lit, &copied);
         }
-        let st = stream(3, &lits);
+        let st = lab::stream(3, &lits);
         if let Ok(dump) = std::env::var("DUMP") {
             std::fs::write(format!("{dump}.{policy}"), &lits).unwrap();
         }
-        let basis = stream(3, &hashes).min(basis);
+        let basis = lab::stream(3, &hashes).min(basis);
         println!(
             "pieces {}: basis {basis} B, ~{ops} ops; literal {} B; stream(literals) {st} (level 19: {}); basis+stream {}; per file literals|copied {per_copied}; literals|1M history+copied: level 3 {hist3}, level 19 {hist19}",
             if policy >= 256 { format!("avg {policy}") } else { format!("size/{policy}") },
             lits.len(),
-            stream(19, &lits),
+            lab::stream(19, &lits),
             basis + st,
         );
     }

@@ -7,35 +7,9 @@
 use replica::delta::fine::{fine_cuts, fine_hash, fine_hashes, fine_map, match_gap, FineStep};
 use replica::delta::{piece_avg, piece_hash, pieces};
 use std::collections::HashMap;
-use std::path::Path;
 
-fn walk(root: &Path, rel: &Path, out: &mut Vec<std::path::PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(root.join(rel)) else {
-        return;
-    };
-    let mut names: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
-    names.sort();
-    for n in names {
-        let p = rel.join(&n);
-        let md = std::fs::symlink_metadata(root.join(&p)).unwrap();
-        if md.is_dir() {
-            walk(root, &p, out);
-        } else if md.is_file() {
-            out.push(p);
-        }
-    }
-}
-
-fn stream(level: i32, data: &[u8]) -> usize {
-    let mut c = zstd::zstd_safe::CCtx::create();
-    c.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
-        .unwrap();
-    c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(24))
-        .unwrap();
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-    c.compress2(&mut out, data).unwrap();
-    out.len()
-}
+#[path = "common/lab.rs"]
+mod lab;
 
 #[derive(Default)]
 struct Tally {
@@ -191,23 +165,8 @@ fn file(o: &[u8], n: &[u8], coarse: u32, t: &mut Tally) {
 }
 
 fn main() {
-    let a: Vec<String> = std::env::args().collect();
-    let (old, new) = (Path::new(&a[1]), Path::new(&a[2]));
-    let skip: usize = a.get(3).map_or(0, |s| s.parse().unwrap());
-    let limit: usize = a.get(4).map_or(usize::MAX, |s| s.parse().unwrap());
-    let mut files = Vec::new();
-    walk(new, Path::new(""), &mut files);
-    let mut changed = Vec::new();
-    for p in files {
-        let Ok(o) = std::fs::read(old.join(&p)) else {
-            continue;
-        };
-        let n = std::fs::read(new.join(&p)).unwrap();
-        if o != n && (1024..=4 << 20).contains(&o.len()) && (1024..=4 << 20).contains(&n.len()) {
-            changed.push((o, n));
-        }
-    }
-    let changed: Vec<_> = changed.into_iter().skip(skip).take(limit).collect();
+    let args = lab::Args::parse();
+    let changed = args.changed();
     let total: usize = changed.iter().map(|(_, n)| n.len()).sum();
     println!("{} changed files, {} bytes new", changed.len(), total);
     let coarse: Vec<u32> = std::env::var("COARSE")
@@ -230,7 +189,7 @@ fn main() {
         for (o, n) in &changed {
             file(o, n, k, &mut t);
         }
-        let (s1, s2) = (stream(3, &t.lit1), stream(3, &t.lit2));
+        let (s1, s2) = (lab::stream(3, &t.lit1), lab::stream(3, &t.lit2));
         let req = t.asked * 4;
         println!(
             "coarse x{k}: hashes {} | one round: literal {} -> {s1}, total {} | two rounds: gaps {} asked {} (~{req} B requests), fine hashes {} B, fine ops {} (~{} B), literal {} -> {s2}, total {} | false fine hits {} in {} files",

@@ -13,26 +13,11 @@ use replica::chunk::digest_bytes;
 use replica::delta::fine::{answer, gaps, refine, Estimator};
 use replica::delta::{apply_delta, basis_of, make_delta, piece_avg, run_span, BasisMap};
 use replica::protocol::{encode, ClientMsg, ServerMsg};
-use std::path::Path;
-
-fn walk(root: &Path, rel: &Path, out: &mut Vec<std::path::PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(root.join(rel)) else {
-        return;
-    };
-    let mut names: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
-    names.sort();
-    for n in names {
-        let p = rel.join(&n);
-        let md = std::fs::symlink_metadata(root.join(&p)).unwrap();
-        if md.is_dir() {
-            walk(root, &p, out);
-        } else if md.is_file() {
-            out.push(p);
-        }
-    }
-}
 
 /// A zstd stream at level 3, 16 MiB window, flushed per message batch.
+#[path = "common/lab.rs"]
+mod lab;
+
 struct Stream {
     cctx: zstd::zstd_safe::CCtx<'static>,
     out: usize,
@@ -90,23 +75,9 @@ impl Stream {
 }
 
 fn main() {
-    let a: Vec<String> = std::env::args().collect();
-    let (old, new) = (Path::new(&a[1]), Path::new(&a[2]));
-    let skip: usize = a.get(3).map_or(0, |s| s.parse().unwrap());
-    let limit: usize = a.get(4).map_or(usize::MAX, |s| s.parse().unwrap());
-    let mut files = Vec::new();
-    walk(new, Path::new(""), &mut files);
-    let mut changed = Vec::new();
-    for p in files {
-        let Ok(o) = std::fs::metadata(old.join(&p)) else {
-            continue;
-        };
-        let n = std::fs::metadata(new.join(&p)).unwrap();
-        if (1024..=4 << 20).contains(&o.len()) && (1024..=4 << 20).contains(&n.len()) {
-            changed.push(p);
-        }
-    }
-    let changed: Vec<_> = changed.into_iter().skip(skip).take(limit).collect();
+    let args = lab::Args::parse();
+    let (old, new) = (args.old.as_path(), args.new.as_path());
+    let changed = args.pairs(false);
     let settings = std::env::var("EST").unwrap_or("off;1,20,50,8".into());
     for setting in settings.split(';') {
         let mut est = (setting != "off").then(|| {
