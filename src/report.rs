@@ -502,7 +502,10 @@ impl PassReport {
         let s = &self.summary;
         let what = self.counts.describe();
         let time = human_duration(self.elapsed);
-        let head = if what.is_empty() && s.stats.ops == 0 {
+        let stopped = s.stats.stopped.is_some();
+        let head = if stopped && what.is_empty() && s.stats.ops == 0 {
+            format!("stopped before changing anything, in {time}")
+        } else if what.is_empty() && s.stats.ops == 0 {
             let tree = format!(
                 "{}, {}",
                 plural(s.files, "file", "files"),
@@ -527,9 +530,10 @@ impl PassReport {
         if let Some(content) = self.content() {
             parts.push(content);
         }
-        parts.push(match s.errors() {
-            0 => "no errors".into(),
-            n => plural(n, "error", "errors"),
+        parts.push(match (s.errors(), stopped) {
+            (0, false) => "no errors".into(),
+            (0, true) => "stopped by a safety rail (below)".into(),
+            (n, _) => plural(n, "error", "errors"),
         });
         format!("summary: {}", parts.join("; "))
     }
@@ -667,5 +671,23 @@ mod tests {
             r.summary.stats.reused = 50 << 20;
         });
         assert_eq!(rename.line(), "summary: 1 moved in 0.4 s; no errors");
+    }
+
+    #[test]
+    fn a_stopped_pass_never_reads_as_fine() {
+        let refused = report(true, |r| r.summary.stats.stopped = Some("why".into()));
+        assert_eq!(
+            refused.line(),
+            "summary: stopped before changing anything, in 0.4 s; stopped by a safety rail (below)"
+        );
+        let partly = report(true, |r| {
+            r.counts.created = 1;
+            r.summary.stats.ops = 1;
+            r.summary.stats.stopped = Some("why".into());
+        });
+        assert_eq!(
+            partly.line(),
+            "summary: 1 created in 0.4 s; stopped by a safety rail (below)"
+        );
     }
 }

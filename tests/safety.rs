@@ -186,6 +186,11 @@ fn an_empty_source_does_not_wipe_the_replica() {
         "one line: {}",
         run.describe()
     );
+    assert!(
+        !run.stderr.contains("no errors") && !run.stderr.contains("up to date"),
+        "a refused pass never reads as fine: {}",
+        run.describe()
+    );
     common::assert_untouched(&before, &snapshot(&d.dst));
     // Over TLS too.
     let server = Server::start_with(&d.dst, &["--min-free", "0"]);
