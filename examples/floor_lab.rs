@@ -7,6 +7,8 @@
 //! - `cdc`: read + FastCDC cuts (one thread);
 //! - `digest`: `replica::chunk::digest_reader` (read, cuts and chunk hashes
 //!   on all cores: what the client does);
+//! - `ahead`: `replica::chunk::digest_ahead` (the same, the next block
+//!   read on a thread of its own while the current one is cut and hashed);
 //! - `check`: `replica::chunk::check_chunks` against that digest (what a
 //!   server's verification costs);
 //! - `copy`: read + write to OUT (a user-space copy, no hashing).
@@ -50,6 +52,12 @@ fn main() -> std::io::Result<()> {
         Ok(())
     })?;
     let digest = digest.expect("digest ran");
+    report("ahead", size, || {
+        let state = replica::chunk::DigestState::default();
+        let ahead = replica::chunk::digest_ahead(open()?, size, state, &|| false)?;
+        assert!(ahead.as_ref().is_ok_and(|d| *d == digest), "same digest");
+        Ok(())
+    })?;
     report("check", size, || {
         assert!(replica::chunk::check_chunks(open()?, &digest.chunks)?);
         Ok(())

@@ -4,7 +4,7 @@
 //! newer changes through, and resume in a later pass.
 
 use super::{KEEP_SMALL, PREEMPT_AFTER, PREEMPT_MIN};
-use crate::chunk::{digest_partly, digest_reader_sized, Digest, DigestState};
+use crate::chunk::{digest_ahead, Digest, DigestState};
 use crate::error::describe_io;
 use crate::index::FileRecord;
 use crate::tree::scan::mtime_of;
@@ -70,7 +70,7 @@ pub(super) fn read_digest_or_step_aside(
                 .map_err(|e| describe_io(&e))?;
             let stop =
                 || aside.waiting.load(Ordering::Relaxed) && started.elapsed() >= PREEMPT_AFTER;
-            match digest_partly(&file, before.len(), state, &stop).map_err(|e| describe_io(&e))? {
+            match digest_ahead(&file, before.len(), state, &stop).map_err(|e| describe_io(&e))? {
                 Ok(d) => (d, None),
                 Err(state) => {
                     let mut saved = aside.saved.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,8 +90,10 @@ pub(super) fn read_digest_or_step_aside(
                 }
             }
         } else {
+            let d = digest_ahead(&file, before.len(), DigestState::default(), &|| false)
+                .map_err(|e| describe_io(&e))?;
             (
-                digest_reader_sized(&file, before.len()).map_err(|e| describe_io(&e))?,
+                d.unwrap_or_else(|_| unreachable!("never asked to stop")),
                 None,
             )
         };
