@@ -15,6 +15,10 @@ use std::sync::mpsc::{channel, sync_channel};
 /// last, possibly truncated, chunk: at most [`MAX_CHUNK`] bytes).
 const ROOM: usize = MAX_CHUNK as usize;
 
+/// Bytes read at a time: half of [`READ_BLOCK`], so the two buffers in
+/// turn hold what the one-block digest held (memory must not grow).
+const BLOCK: usize = READ_BLOCK / 2;
+
 /// A block as read: its buffer, how many bytes follow [`ROOM`], and
 /// whether the input ended there.
 type Block = (Vec<u8>, usize, bool);
@@ -28,14 +32,14 @@ pub fn digest_ahead<R: Read + Send>(
     state: DigestState,
     stop: &dyn Fn() -> bool,
 ) -> io::Result<Result<Digest, DigestState>> {
-    if size_hint.saturating_sub(state.offset) <= READ_BLOCK as u64 {
+    if size_hint.saturating_sub(state.offset) <= BLOCK as u64 {
         return digest_partly(r, size_hint, state, stop);
     }
     std::thread::scope(|s| {
         let (full_tx, full) = sync_channel::<io::Result<Block>>(1);
         let (free, free_rx) = channel::<Vec<u8>>();
         for _ in 0..2 {
-            let _ = free.send(vec![0u8; ROOM + READ_BLOCK]);
+            let _ = free.send(vec![0u8; ROOM + BLOCK]);
         }
         s.spawn(move || {
             let mut r = r;
@@ -99,9 +103,9 @@ mod tests {
     #[test]
     fn reading_ahead_gives_the_same_digest() {
         for len in [
-            READ_BLOCK + 1,
-            2 * READ_BLOCK,
-            2 * READ_BLOCK + ROOM + 17,
+            BLOCK + 1,
+            2 * BLOCK,
+            2 * BLOCK + ROOM + 17,
             3 * READ_BLOCK + 12_345,
         ] {
             let data = noise(len, len as u64);
