@@ -18,6 +18,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read};
 
+mod ahead;
+pub use ahead::digest_ahead;
+
 /// Version of the chunking scheme (parameters, normalisation, grouping,
 /// what names a file). 2: a file is named by its chunk list ([`file_id`]),
 /// not by the hash of its content.
@@ -132,10 +135,7 @@ pub fn digest_partly<R: Read>(
     let cap = (size_hint.saturating_add(1)).clamp(MAX_CHUNK as u64 * 2, READ_BLOCK as u64) as usize;
     let mut buf = vec![0u8; cap];
     let mut filled = 0usize;
-    let DigestState {
-        offset: mut size,
-        mut chunks,
-    } = state;
+    let mut state = state;
     loop {
         let mut eof = false;
         while filled < buf.len() {
@@ -149,20 +149,7 @@ pub fn digest_partly<R: Read>(
         if filled == 0 {
             break;
         }
-        let cuts = cut_points(&buf[..filled], eof);
-        let consumed = cuts.last().map(|&(o, l)| o + l).unwrap_or(0);
-        let data = &buf[..consumed];
-        let chunk = |&(o, l): &(usize, usize)| ChunkRef {
-            hash: Hash::of(&data[o..o + l]),
-            len: l as u32,
-        };
-        let hashes = if consumed < PARALLEL_MIN {
-            cuts.iter().map(chunk).collect::<Vec<_>>()
-        } else {
-            cuts.par_iter().map(chunk).collect::<Vec<_>>()
-        };
-        chunks.extend(hashes);
-        size += consumed as u64;
+        let consumed = state.take_block(&buf[..filled], eof);
         buf.copy_within(consumed..filled, 0);
         filled -= consumed;
         if eof && filled == 0 {
@@ -170,17 +157,42 @@ pub fn digest_partly<R: Read>(
         }
         if stop() {
             // The unconsumed tail is read again on resume.
-            return Ok(Err(DigestState {
-                offset: size,
-                chunks,
-            }));
+            return Ok(Err(state));
         }
     }
-    Ok(Ok(Digest {
-        size,
-        hash: file_id(&chunks),
-        chunks,
-    }))
+    Ok(Ok(state.finish()))
+}
+
+impl DigestState {
+    /// Cuts `data` (what follows the bytes consumed so far) and hashes its
+    /// chunks; returns how many bytes it consumed: whole chunks, the last
+    /// (maybe truncated) one left for the next block unless `eof`.
+    fn take_block(&mut self, data: &[u8], eof: bool) -> usize {
+        let cuts = cut_points(data, eof);
+        let consumed = cuts.last().map(|&(o, l)| o + l).unwrap_or(0);
+        let data = &data[..consumed];
+        let chunk = |&(o, l): &(usize, usize)| ChunkRef {
+            hash: Hash::of(&data[o..o + l]),
+            len: l as u32,
+        };
+        if consumed < PARALLEL_MIN {
+            self.chunks.extend(cuts.iter().map(chunk));
+        } else {
+            self.chunks
+                .extend(cuts.par_iter().map(chunk).collect::<Vec<_>>());
+        }
+        self.offset += consumed as u64;
+        consumed
+    }
+
+    /// The digest of everything consumed.
+    fn finish(self) -> Digest {
+        Digest {
+            size: self.offset,
+            hash: file_id(&self.chunks),
+            chunks: self.chunks,
+        }
+    }
 }
 
 /// Whether what `r` yields is exactly the content `chunks` describe: read

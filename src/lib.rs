@@ -13,7 +13,9 @@
 //!   links across pages in `tree/hardlinks.rs`).
 //! - [`chunk`]: content-defined chunking (FastCDC) and BLAKE3 content ids;
 //!   [`chunk::Digest`] is a file's id plus its chunk list (the id is
-//!   derived from the list, so each byte is hashed once per side).
+//!   derived from the list, so each byte is hashed once per side); a large
+//!   file's digest reads its next block on a thread of its own while the
+//!   current one is cut and hashed (`chunk/ahead.rs`).
 //! - [`delta`]: small changed files sent as copies of the replica's old
 //!   version's fine pieces (their size follows the file's) plus literal
 //!   bytes, and a second, scoped round for the literal gaps

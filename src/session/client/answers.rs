@@ -2,7 +2,7 @@
 //! asks for, group lists, chunk lists, and chunk bytes (whole, in runs, or
 //! as deltas against a basis the server offered).
 
-use super::digest::{read_digest_or_step_aside, read_exact_at, DigestResult, StepAside};
+use super::digest::{read_digest_or_step_aside, read_vec_at, DigestResult, StepAside};
 use super::{ClientPass, Open, PassState, PREEMPT_AFTER, PREEMPT_MIN, RUN_BYTES, SOURCE_INDEX_MIN};
 use crate::chunk::{groups, INLINE_CHUNKS};
 use crate::error::{describe_io, Error, Result};
@@ -303,10 +303,7 @@ impl ClientPass<'_> {
 fn chunk_bytes(o: &Open, at: u64, len: u64) -> Option<Vec<u8>> {
     match (&o.data, &o.file) {
         (Some(all), _) => Some(all[at as usize..(at + len) as usize].to_vec()),
-        (None, Some(file)) => {
-            let mut data = vec![0u8; len as usize];
-            read_exact_at(file, &mut data, at).ok().map(|()| data)
-        }
+        (None, Some(file)) => read_vec_at(file, len as usize, at).ok(),
         (None, None) => None,
     }
 }

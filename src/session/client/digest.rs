@@ -4,7 +4,7 @@
 //! newer changes through, and resume in a later pass.
 
 use super::{KEEP_SMALL, PREEMPT_AFTER, PREEMPT_MIN};
-use crate::chunk::{digest_partly, digest_reader_sized, Digest, DigestState};
+use crate::chunk::{digest_ahead, Digest, DigestState};
 use crate::error::describe_io;
 use crate::index::FileRecord;
 use crate::tree::scan::mtime_of;
@@ -70,7 +70,7 @@ pub(super) fn read_digest_or_step_aside(
                 .map_err(|e| describe_io(&e))?;
             let stop =
                 || aside.waiting.load(Ordering::Relaxed) && started.elapsed() >= PREEMPT_AFTER;
-            match digest_partly(&file, before.len(), state, &stop).map_err(|e| describe_io(&e))? {
+            match digest_ahead(&file, before.len(), state, &stop).map_err(|e| describe_io(&e))? {
                 Ok(d) => (d, None),
                 Err(state) => {
                     let mut saved = aside.saved.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,8 +90,10 @@ pub(super) fn read_digest_or_step_aside(
                 }
             }
         } else {
+            let d = digest_ahead(&file, before.len(), DigestState::default(), &|| false)
+                .map_err(|e| describe_io(&e))?;
             (
-                digest_reader_sized(&file, before.len()).map_err(|e| describe_io(&e))?,
+                d.unwrap_or_else(|_| unreachable!("never asked to stop")),
                 None,
             )
         };
@@ -113,28 +115,49 @@ pub(super) fn read_digest_or_step_aside(
     Err("it kept changing while being read".into())
 }
 
-/// Reads exactly `buf.len()` bytes of a source file at `offset`.
-pub(super) fn read_exact_at(
+/// Reads `len` bytes of a source file at `offset` into a new buffer,
+/// which is not zeroed first (a megabyte run at a time, that was a memset
+/// of every byte sent).
+pub(super) fn read_vec_at(
     file: &std::fs::File,
-    buf: &mut [u8],
+    len: usize,
     offset: u64,
-) -> std::io::Result<()> {
+) -> std::io::Result<Vec<u8>> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(buf, offset)
+        let mut v = Vec::with_capacity(len);
+        while v.len() < len {
+            let at = offset + v.len() as u64;
+            match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut v), at) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The capacity may exceed `len`: what was read beyond goes.
+        v.truncate(len);
+        Ok(v)
     }
     #[cfg(windows)]
     {
-        use std::os::windows::fs::FileExt;
-        let mut done = 0;
-        while done < buf.len() {
-            let n = file.seek_read(&mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            done += n;
-        }
-        Ok(())
+        let mut v = vec![0u8; len];
+        read_exact_at(file, &mut v, offset)?;
+        Ok(v)
     }
+}
+
+/// Reads exactly `buf.len()` bytes of a source file at `offset`.
+#[cfg(windows)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.seek_read(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n;
+    }
+    Ok(())
 }

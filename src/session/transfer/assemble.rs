@@ -15,10 +15,10 @@ use std::collections::{HashMap, HashSet};
 
 /// Longest run of replica bytes read at once.
 const RUN_MAX: u64 = 16 << 20;
-/// Largest file whose staging is left to the publishing pool: its content
-/// waits in memory until a worker writes it (at most the pool's queue of
-/// files, a few MiB).
-const DEFER_MAX: u32 = 16 << 10;
+/// Largest file whose staging is left to the publishing pool: every file
+/// of one chunk. Its content waits in memory until a worker writes it (at
+/// most the pool's queue, a few MiB: batches are bounded in bytes too).
+const DEFER_MAX: u32 = crate::chunk::MAX_CHUNK;
 
 impl Transfer<'_, '_> {
     /// Builds the file from local content where possible and asks for the rest.

@@ -27,6 +27,9 @@ const QUEUED: usize = 8;
 /// Files handed over at once: waking a worker per file would cost more
 /// than many small files' publication.
 const BATCH: usize = 32;
+/// Content bytes a batch holds at most (files whose content waits in
+/// memory for a worker to write it), so the queue holds a few MiB.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// A file to verify and publish.
 pub(super) struct Task {
@@ -64,6 +67,8 @@ pub(super) struct Pool {
     tasks: Option<SyncSender<Vec<Task>>>,
     /// The batch being filled.
     batch: Vec<Task>,
+    /// Content bytes held by the batch being filled.
+    batch_bytes: usize,
     done: Receiver<Vec<Finished>>,
     /// Handed over and not handed back yet.
     pending: usize,
@@ -82,6 +87,7 @@ impl Pool {
         Pool {
             tasks: Some(tasks),
             batch: Vec::with_capacity(BATCH),
+            batch_bytes: 0,
             done,
             pending: 0,
         }
@@ -90,8 +96,9 @@ impl Pool {
     /// Adds a file to the batch; a full batch is handed over (waiting
     /// while the workers are [`QUEUED`] batches behind).
     pub fn submit(&mut self, task: Task) {
+        self.batch_bytes += task.job.body.as_ref().map_or(0, Vec::len);
         self.batch.push(task);
-        if self.batch.len() >= BATCH {
+        if self.batch.len() >= BATCH || self.batch_bytes >= BATCH_BYTES {
             self.flush();
         }
     }
@@ -102,6 +109,7 @@ impl Pool {
             return;
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        self.batch_bytes = 0;
         if let Some(t) = &self.tasks {
             if t.send(batch).is_ok() {
                 self.pending += 1;

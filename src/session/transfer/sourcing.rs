@@ -40,6 +40,11 @@ impl Sourcing {
         }
     }
 
+    /// Whether another place waits for chunk `h` (besides its owner).
+    pub fn is_awaited(&self, h: &Hash) -> bool {
+        self.waiters.contains_key(h)
+    }
+
     /// Chunk `h` arrived: the request is over; returns the places that
     /// waited for it.
     pub fn arrived(&mut self, h: &Hash) -> Vec<Place> {
