@@ -37,10 +37,22 @@ pub fn bare_etag(e: Option<&str>) -> String {
     e.unwrap_or("").trim_matches('"').to_string()
 }
 
-/// One page of the listing of the prefix (at most a thousand objects), and
-/// the token for the next (None: that was the last).
-fn list_page(conn: &Conn, token: Option<String>) -> io::Result<(Vec<Listed>, Option<String>)> {
-    conn.run(async {
+/// A page of the listing and the token for the next (None: the last).
+type Page = (Vec<Listed>, Option<String>);
+
+/// Asks for one page of the listing of the prefix (at most a thousand
+/// objects) in the background, so it arrives while the previous one is
+/// read into the tree.
+fn list_ahead(
+    conn: &Arc<Conn>,
+    token: Option<String>,
+) -> tokio::task::JoinHandle<io::Result<Page>> {
+    let c = conn.clone();
+    conn.spawn(async move { list_page(&c, token).await })
+}
+
+async fn list_page(conn: &Conn, token: Option<String>) -> io::Result<Page> {
+    {
         let r = conn
             .client
             .list_objects_v2()
@@ -67,24 +79,21 @@ fn list_page(conn: &Conn, token: Option<String>) -> io::Result<(Vec<Listed>, Opt
             _ => None,
         };
         Ok((page, next))
-    })
+    }
 }
 
 /// Reads the replica as listed into `tree` (which holds only its root),
 /// with the cache brought up to date (entries of objects no longer there
 /// are dropped).
 pub fn read_tree(conn: &Arc<Conn>, cache: &mut MetaCache, tree: &mut Tree) -> io::Result<()> {
-    let mut token = None;
+    let mut ahead = Some(list_ahead(conn, None));
     let mut prev: Option<String> = None;
-    loop {
-        let (page, next) = list_page(conn, token)?;
+    while let Some(h) = ahead.take() {
+        let (page, next) = conn.run(h).map_err(io::Error::other)??;
+        ahead = next.map(|t| list_ahead(conn, Some(t)));
         read_page(conn, cache, tree, &page, prev.as_deref())?;
         if let Some(last) = page.last() {
             prev = Some(last.key.clone());
-        }
-        match next {
-            Some(t) => token = Some(t),
-            None => break,
         }
     }
     cache.prune(prev.as_deref(), None, &HashSet::new())
