@@ -33,7 +33,8 @@
 //!   versions), the local directory ([`store::LocalStore`]: every operation
 //!   resolved below DEST one component at a time without following
 //!   symlinks), an S3 bucket ([`store::S3Store`], `store/s3/`: rclone's
-//!   layout, a listing per pass, background PUTs flushed at the end of a
+//!   layout, a listing per pass kept on disk with the metadata cache,
+//!   background PUTs flushed at the end of a
 //!   pass, server-side copies), the dry run as a wrapper
 //!   ([`store::DryRun`]), and the free-space policy ([`store::MinFree`]).
 //! - [`protocol`]: frames (length-prefixed, bounded) and typed messages.

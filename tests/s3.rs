@@ -438,3 +438,55 @@ fn serve_s3_resumes_a_large_file_cut_midway() {
     assert_eq!(s3.uploads(&g.bucket, "resume"), 0);
     server.terminate();
 }
+
+/// A paged pass into the bucket (pages of 40 entries, so the tree spans
+/// many) converges, and keeps converging through a folder moved across
+/// pages, type changes and removals; what the server knows of the bucket
+/// lives in its state directory, not in memory (issue 18).
+#[test]
+fn a_paged_pass_converges_through_moves_across_pages_and_type_changes() {
+    const PAGES: &[&str] = &["--page-entries", "40"];
+    let g = Garage::start();
+    let t = tempfile::tempdir().unwrap();
+    let (src, state) = (t.path().join("src"), t.path().join("state"));
+    let mut spec = Vec::new();
+    for i in 0..300u64 {
+        spec.push(f(
+            &format!("m/old/d{}/f{i:03}", i % 6),
+            random_bytes(i, 100 + i as usize),
+        ));
+    }
+    for i in 0..60u64 {
+        spec.push(f(&format!("a/x{}/g{i}", i % 3), random_bytes(1000 + i, 50)));
+        spec.push(f(&format!("z/y{}/h{i}", i % 3), random_bytes(2000 + i, 50)));
+    }
+    spec.push(f("z/becomes-dir", "a file"));
+    spec.push(d("a/becomes-file/inner"));
+    spec.push(f("a/becomes-link", "a file"));
+    build_tree(&src, &spec);
+    let s3 = g.client();
+    g.sync(&src, "paged", &state, PAGES).assert_ok();
+    assert_layout(&s3, &g.bucket, "paged", &src);
+
+    // A folder moved to a later page; kinds swapped; a folder removed.
+    std::fs::rename(src.join("m/old"), src.join("z/new")).unwrap();
+    std::fs::remove_file(src.join("z/becomes-dir")).unwrap();
+    write_file(&src, "z/becomes-dir/now", b"inside");
+    std::fs::remove_dir_all(src.join("a/becomes-file")).unwrap();
+    write_file(&src, "a/becomes-file", b"was a folder");
+    std::fs::remove_file(src.join("a/becomes-link")).unwrap();
+    std::os::unix::fs::symlink("../z", src.join("a/becomes-link")).unwrap();
+    std::fs::remove_dir_all(src.join("a/x1")).unwrap();
+    let r = g.sync(&src, "paged", &state, PAGES);
+    r.assert_ok();
+    assert_layout(&s3, &g.bucket, "paged", &src);
+    // Only the two new files' 18 bytes are content.
+    assert!(
+        r.content_sent() < 100,
+        "a folder moved across pages sent content: {}",
+        r.describe()
+    );
+    let r = g.sync(&src, "paged", &state, PAGES);
+    r.assert_ok();
+    assert!(r.ops().is_empty(), "{}", r.describe());
+}

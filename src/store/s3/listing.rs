@@ -1,70 +1,27 @@
-//! Reading the whole replica from the bucket: one listing of the prefix
-//! (a thousand keys a request), then each object's metadata (rclone's
-//! `mtime` and `mode`, a symlink's target) from the metadata cache when the
-//! object is unchanged (same ETag, size and last-modified time), else from
-//! the store (HEAD, or GET for a symlink), many at once.
+//! Reading the whole replica from the bucket: the prefix is listed a
+//! thousand keys a request, and each page of the listing is read into the
+//! tree before the next is asked for (so memory holds one page, whatever
+//! the bucket's size). Each object's metadata (rclone's `mtime` and
+//! `mode`, a symlink's target) comes from the metadata cache (`meta.rs`)
+//! when the object is unchanged (same ETag, size and last-modified time),
+//! else from the store (HEAD, or GET for a symlink), many at once.
 //!
-//! The cache is a hint persisted in the state directory (`s3-meta.bin`,
-//! format below); losing it costs requests, never correctness. An object
-//! this store wrote is cached before its last-modified time is known; the
-//! first listing after the write binds it.
+//! The listing is in key order (S3's ListObjectsV2 is), so cache entries
+//! of objects no longer there are found between one page's keys and the
+//! next. An object this store wrote is cached before its last-modified
+//! time is known; the first listing after the write binds it.
 
 use super::client::Conn;
 use super::layout::{parse_mode, parse_mtime, parse_object, Stored, META_MODE, META_MTIME};
+use super::meta::{Cached, MetaCache};
 use super::tree::{Node, Tree};
-use crate::tree::{Kind, Timestamp};
-use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use crate::tree::Kind;
+use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 
 /// Metadata requests in flight at once during a listing.
 const HEADS_AT_ONCE: usize = 32;
-/// Version of the cache file's format (postcard: `CacheFile`).
-const CACHE_FORMAT: u32 = 1;
-
-/// What the cache knows of one object (by full object key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cached {
-    pub etag: String,
-    pub size: u64,
-    /// Last-modified in ms (None: not yet seen in a listing).
-    pub modified: Option<i64>,
-    pub mtime: Timestamp,
-    pub mode: Option<u32>,
-    /// A symlink's target.
-    pub target: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct CacheFile {
-    format: u32,
-    entries: HashMap<String, Cached>,
-}
-
-/// Loads the cache (empty if missing, unreadable or of another format).
-pub fn load_cache(path: &Path) -> HashMap<String, Cached> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return HashMap::new();
-    };
-    match postcard::from_bytes::<CacheFile>(&bytes) {
-        Ok(c) if c.format == CACHE_FORMAT => c.entries,
-        _ => HashMap::new(),
-    }
-}
-
-/// Saves the cache (written beside, then renamed over the old one).
-pub fn save_cache(path: &Path, entries: &HashMap<String, Cached>) -> io::Result<()> {
-    let file = CacheFile {
-        format: CACHE_FORMAT,
-        entries: entries.clone(),
-    };
-    let bytes = postcard::to_allocvec(&file).map_err(io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
 
 /// One object of the listing.
 #[derive(Debug, Clone)]
@@ -80,90 +37,142 @@ pub fn bare_etag(e: Option<&str>) -> String {
     e.unwrap_or("").trim_matches('"').to_string()
 }
 
-/// Every object under the prefix.
-pub fn list_all(conn: &Conn) -> io::Result<Vec<Listed>> {
-    conn.run(async {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let r = conn
-                .client
-                .list_objects_v2()
-                .bucket(&conn.bucket)
-                .prefix(&conn.root)
-                .set_continuation_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| conn.error(e))?;
-            for o in r.contents() {
-                out.push(Listed {
-                    key: o.key().unwrap_or("").to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: bare_etag(o.e_tag()),
-                    modified: o.last_modified().map_or(0, |t| {
-                        t.secs() * 1000 + i64::from(t.subsec_nanos() / 1_000_000)
-                    }),
-                });
-            }
-            match r.next_continuation_token() {
-                Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => return Ok(out),
-            }
-        }
-    })
+/// A page of the listing and the token for the next (None: the last).
+type Page = (Vec<Listed>, Option<String>);
+
+/// Asks for one page of the listing of the prefix (at most a thousand
+/// objects) in the background, so it arrives while the previous one is
+/// read into the tree.
+fn list_ahead(
+    conn: &Arc<Conn>,
+    token: Option<String>,
+) -> tokio::task::JoinHandle<io::Result<Page>> {
+    let c = conn.clone();
+    conn.spawn(async move { list_page(&c, token).await })
 }
 
-/// The replica as listed, with the cache brought up to date (entries of
-/// objects no longer there are dropped).
-pub fn read_tree(conn: &Arc<Conn>, cache: &mut HashMap<String, Cached>) -> io::Result<Tree> {
-    let listed = list_all(conn)?;
-    let mut fresh = HashMap::with_capacity(listed.len());
+async fn list_page(conn: &Conn, token: Option<String>) -> io::Result<Page> {
+    {
+        let r = conn
+            .client
+            .list_objects_v2()
+            .bucket(&conn.bucket)
+            .prefix(&conn.root)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| conn.error(e))?;
+        let page = r
+            .contents()
+            .iter()
+            .map(|o| Listed {
+                key: o.key().unwrap_or("").to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: bare_etag(o.e_tag()),
+                modified: o.last_modified().map_or(0, |t| {
+                    t.secs() * 1000 + i64::from(t.subsec_nanos() / 1_000_000)
+                }),
+            })
+            .collect();
+        let next = match r.next_continuation_token() {
+            Some(t) if r.is_truncated() == Some(true) => Some(t.to_string()),
+            _ => None,
+        };
+        Ok((page, next))
+    }
+}
+
+/// Reads the replica as listed into `tree` (which holds only its root),
+/// with the cache brought up to date (entries of objects no longer there
+/// are dropped).
+pub fn read_tree(conn: &Arc<Conn>, cache: &mut MetaCache, tree: &mut Tree) -> io::Result<()> {
+    let mut ahead = Some(list_ahead(conn, None));
+    let mut prev: Option<String> = None;
+    while let Some(h) = ahead.take() {
+        let (page, next) = conn.run(h).map_err(io::Error::other)??;
+        ahead = next.map(|t| list_ahead(conn, Some(t)));
+        read_page(conn, cache, tree, &page, prev.as_deref())?;
+        if let Some(last) = page.last() {
+            prev = Some(last.key.clone());
+        }
+    }
+    cache.prune(prev.as_deref(), None, &HashSet::new())
+}
+
+/// One page of the listing (the keys after `prev`) into the tree and the
+/// cache.
+fn read_page(
+    conn: &Arc<Conn>,
+    cache: &mut MetaCache,
+    tree: &mut Tree,
+    page: &[Listed],
+    prev: Option<&str>,
+) -> io::Result<()> {
+    let Some(last) = page.last() else {
+        return Ok(());
+    };
+    let listed: HashSet<&str> = page.iter().map(|o| o.key.as_str()).collect();
+    cache.prune(prev, Some(&last.key), &listed)?;
+    let mut known = HashMap::with_capacity(page.len());
     let mut ask = Vec::new();
-    for o in &listed {
-        match cache.remove(&o.key) {
+    for o in page {
+        match cache.get(&o.key)? {
             Some(mut c)
                 if c.etag == o.etag
                     && c.size == o.size
                     && c.modified.is_none_or(|m| m == o.modified) =>
             {
-                c.modified = Some(o.modified);
-                fresh.insert(o.key.clone(), c);
+                if c.modified.is_none() {
+                    c.modified = Some(o.modified);
+                    cache.insert(&o.key, &c)?;
+                }
+                known.insert(o.key.as_str(), c);
             }
             _ => ask.push(o.clone()),
         }
     }
-    for (o, c) in fetch_meta(conn, ask)? {
-        fresh.insert(o.key, c);
+    let fetched = fetch_meta(conn, ask)?;
+    for (o, c) in &fetched {
+        cache.insert(&o.key, c)?;
     }
-    *cache = fresh;
-    let mut tree = Tree::default();
-    for o in &listed {
-        let Some(rel) = o.key.strip_prefix(&conn.root) else {
-            continue;
-        };
-        let (Some(stored), Some(c)) = (parse_object(rel), cache.get(&o.key)) else {
-            continue;
-        };
-        let node = |kind: Kind, marker: bool| Node {
-            kind,
-            mode: c.mode,
-            mtime: c.mtime,
-            etag: o.etag.clone(),
-            marker,
-            dirty: false,
-        };
-        // Objects that cannot stand for an entry of a directory tree (a
-        // file where a directory is) are left alone.
-        let _ = match stored {
-            Stored::Dir(key) => tree.insert(&key, node(Kind::Dir, true)),
-            Stored::File(key) => tree.insert(&key, node(Kind::File { size: o.size }, false)),
-            Stored::Link(key) => {
-                let target = c.target.clone().unwrap_or_default();
-                tree.insert(&key, node(Kind::Symlink { target }, false))
-            }
-        };
+    for (o, c) in &fetched {
+        known.insert(o.key.as_str(), c.clone());
     }
-    Ok(tree)
+    // In listing order, as the tree's rules about conflicts want.
+    for o in page {
+        if let Some(c) = known.get(o.key.as_str()) {
+            place(conn, tree, o, c)?;
+        }
+    }
+    Ok(())
+}
+
+/// One listed object into the tree. Objects that cannot stand for an
+/// entry of a directory tree (a file where a directory is) are left alone.
+fn place(conn: &Conn, tree: &mut Tree, o: &Listed, c: &Cached) -> io::Result<()> {
+    let Some(rel) = o.key.strip_prefix(&conn.root) else {
+        return Ok(());
+    };
+    let Some(stored) = parse_object(rel) else {
+        return Ok(());
+    };
+    let node = |kind: Kind, marker: bool| Node {
+        kind,
+        mode: c.mode,
+        mtime: c.mtime,
+        etag: o.etag.clone(),
+        marker,
+        dirty: false,
+    };
+    let _ = match stored {
+        Stored::Dir(key) => tree.insert(&key, node(Kind::Dir, true))?,
+        Stored::File(key) => tree.insert(&key, node(Kind::File { size: o.size }, false))?,
+        Stored::Link(key) => {
+            let target = c.target.clone().unwrap_or_default();
+            tree.insert(&key, node(Kind::Symlink { target }, false))?
+        }
+    };
+    Ok(())
 }
 
 /// Reads the metadata of objects not in the cache, many at once.

@@ -6,9 +6,11 @@
 //!   runtime, errors as one line (bucket, endpoint, cause); retries with
 //!   bounded backoff.
 //! - `layout.rs`: object keys, escaping, rclone's metadata (pure).
-//! - `tree.rs`: the replica as last listed, kept current by our writes.
-//! - `listing.rs`: one listing of the prefix per pass plus a persisted
-//!   metadata cache (HEAD only for objects that changed).
+//! - `tree.rs`: the replica as last listed, kept current by our writes,
+//!   on disk (`db.rs`: redb in the state directory, bounded transactions).
+//! - `listing.rs`: one listing of the prefix per pass, a page of a
+//!   thousand keys at a time, and `meta.rs`, the persisted metadata cache
+//!   (HEAD only for objects that changed), on disk too.
 //! - `staged.rs`: spool files in the state directory; ranged-GET readers.
 //! - `writes.rs`: PUT, multipart, CopyObject, deletes.
 //!
@@ -21,8 +23,10 @@
 
 mod background;
 pub mod client;
+mod db;
 pub mod layout;
 mod listing;
+mod meta;
 mod staged;
 mod tree;
 mod writes;
@@ -35,9 +39,8 @@ use crate::tree::{Kind, Timestamp};
 use background::Background;
 use client::Conn;
 use layout::{marker_of, object_of};
-use listing::Cached;
+use meta::{Cached, MetaCache};
 use staged::{S3Reader, S3Staged};
-use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -46,12 +49,14 @@ use tree::{Node, Tree};
 /// Files up to this size are sent in the background.
 const SMALL: u64 = 8 << 20;
 
+/// Entries of a removed subtree taken from the tree at once.
+const REMOVE_BATCH: usize = 1000;
+
 /// A replica in an S3 bucket under a prefix.
 pub struct S3Store {
     conn: Arc<Conn>,
     tree: Arc<Mutex<Tree>>,
-    cache: Arc<Mutex<HashMap<String, Cached>>>,
-    cache_path: PathBuf,
+    cache: Arc<Mutex<MetaCache>>,
     spool: PathBuf,
     bg: Background,
 }
@@ -77,20 +82,22 @@ fn not_found(key: &str) -> io::Error {
 impl S3Store {
     /// Connects and checks the bucket answers (the error is one line);
     /// `state` is this replica's directory in the server's state directory
-    /// (metadata cache, spool).
+    /// (metadata cache, the tree as listed, spool).
     pub fn open(loc: &S3Location, state: &std::path::Path) -> io::Result<S3Store> {
         let conn = Arc::new(Conn::new(loc)?);
         conn.check()?;
         std::fs::create_dir_all(state)?;
-        let cache_path = state.join("s3-meta.bin");
+        // The cache's earlier format (one file read whole): a hint, dropped.
+        let _ = std::fs::remove_file(state.join("s3-meta.bin"));
+        let cache = MetaCache::open(&state.join("s3-meta.redb"))?;
+        let tree = Tree::create(&state.join("s3-tree.redb"))?;
         let spool = state.join("spool");
         // Spool files of a killed process: nothing resumes them.
         let _ = std::fs::remove_dir_all(&spool);
         Ok(S3Store {
-            cache: Arc::new(Mutex::new(listing::load_cache(&cache_path))),
-            cache_path,
+            cache: Arc::new(Mutex::new(cache)),
             spool,
-            tree: Arc::new(Mutex::new(Tree::default())),
+            tree: Arc::new(Mutex::new(tree)),
             bg: Background::new(conn.clone()),
             conn,
         })
@@ -102,14 +109,14 @@ impl S3Store {
 
     /// Records what an object of ours now holds (its last-modified time is
     /// bound by the next listing).
-    fn remember(&self, object: &str, etag: &str, size: u64, node: &Node) {
+    fn remember(&self, object: &str, etag: &str, size: u64, node: &Node) -> io::Result<()> {
         let target = match &node.kind {
             Kind::Symlink { target } => Some(target.clone()),
             _ => None,
         };
         lock(&self.cache).insert(
-            object.to_string(),
-            Cached {
+            object,
+            &Cached {
                 etag: etag.to_string(),
                 size,
                 modified: None,
@@ -117,11 +124,11 @@ impl S3Store {
                 mode: node.mode,
                 target,
             },
-        );
+        )
     }
 
-    fn forget(&self, object: &str) {
-        lock(&self.cache).remove(object);
+    fn forget(&self, object: &str) -> io::Result<()> {
+        lock(&self.cache).remove(object)
     }
 
     /// The object holding the entry `node` at `key`.
@@ -135,20 +142,21 @@ impl S3Store {
 
     /// Writes a directory marker or a symlink object with its metadata, in
     /// the background.
-    fn write_small(&self, key: &str, node: Node) {
+    fn write_small(&self, key: &str, node: Node) -> io::Result<()> {
         let object = self.object(key, &node);
         let body = match &node.kind {
             Kind::Symlink { target } => target.clone().into_bytes(),
             _ => Vec::new(),
         };
         let etag = writes::md5_hex(&body);
-        self.remember(&object, &etag, body.len() as u64, &node);
+        self.remember(&object, &etag, body.len() as u64, &node)?;
         let meta = writes::metadata(&node.kind, node.mode, node.mtime);
         let conn = self.conn.clone();
         let obj = object.clone();
         self.bg.start(&[key], &[&object], async move {
             writes::put(&conn, &obj, body, meta).await.map(|_| ())
         });
+        Ok(())
     }
 
     /// Deletes the object of a removed entry (later, in a batch).
@@ -157,12 +165,33 @@ impl S3Store {
             return Ok(());
         }
         let object = self.object(key, node);
-        self.forget(&object);
+        self.forget(&object)?;
         self.bg.doom(object)
     }
 
-    fn node(&self, key: &str) -> Option<Node> {
-        lock(&self.tree).get(key).cloned()
+    fn node(&self, key: &str) -> io::Result<Option<Node>> {
+        lock(&self.tree).get(key)
+    }
+
+    /// Removes `key` and everything below it (a batch at a time, each
+    /// batch's objects doomed with the tree unlocked); returns how many
+    /// entries went.
+    fn remove_tree(&self, key: &str) -> io::Result<u64> {
+        let mut n = 0;
+        loop {
+            let mut gone = Vec::new();
+            let done = lock(&self.tree).remove_some(key, REMOVE_BATCH, &mut |k, node| {
+                gone.push((k.to_string(), node.clone()));
+                Ok(())
+            })?;
+            for (k, node) in &gone {
+                self.delete_node(k, node)?;
+            }
+            n += gone.len() as u64;
+            if done {
+                return Ok(n);
+            }
+        }
     }
 
     /// Server-side copy of file `from` to `to` with this metadata, in the
@@ -176,7 +205,7 @@ impl S3Store {
         mode: Option<u32>,
         mtime: Timestamp,
     ) -> io::Result<Version> {
-        let src = self.node(from).ok_or_else(|| not_found(from))?;
+        let src = self.node(from)?.ok_or_else(|| not_found(from))?;
         let Kind::File { size } = src.kind else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file"));
         };
@@ -195,19 +224,15 @@ impl S3Store {
             marker: false,
             dirty: false,
         };
-        self.remember(&dst_obj, &src.etag, size, &node);
-        lock(&self.tree).insert(to, node);
+        self.remember(&dst_obj, &src.etag, size, &node)?;
+        lock(&self.tree).insert(to, node)?;
         let (conn, tree, cache) = (self.conn.clone(), self.tree.clone(), self.cache.clone());
         let (want, key, obj) = (src.etag.clone(), to.to_string(), dst_obj.clone());
         self.bg.start(&[from, to], &[&dst_obj], async move {
             let etag = writes::copy(&conn, &src_obj, &obj, meta).await?;
             if etag != want {
-                if let Some(n) = lock(&tree).get_mut(&key) {
-                    n.etag = etag.clone();
-                }
-                if let Some(c) = lock(&cache).get_mut(&obj) {
-                    c.etag = etag;
-                }
+                lock(&tree).set_etag(&key, etag.clone())?;
+                lock(&cache).set_etag(&obj, etag)?;
             }
             Ok(())
         });
@@ -217,7 +242,7 @@ impl S3Store {
     /// An entry of another kind at `key` (a symlink where a file goes, or
     /// the reverse) is removed: its object has another name.
     fn clear_other_kind(&self, key: &str, kind: &Kind) -> io::Result<()> {
-        let Some(old) = self.node(key) else {
+        let Some(old) = self.node(key)? else {
             return Ok(());
         };
         let same = matches!(
@@ -225,8 +250,7 @@ impl S3Store {
             (Kind::File { .. }, Kind::File { .. }) | (Kind::Symlink { .. }, Kind::Symlink { .. })
         );
         if !same && !old.kind.is_dir() {
-            lock(&self.tree).remove(key);
-            self.delete_node(key, &old)?;
+            self.remove_tree(key)?;
         }
         Ok(())
     }
@@ -260,9 +284,32 @@ impl S3Store {
             etag: etag.clone(),
             ..node
         };
-        self.remember(&object, &etag, size, &node);
-        lock(&self.tree).insert(key, node);
+        self.remember(&object, &etag, size, &node)?;
+        lock(&self.tree).insert(key, node)?;
         Ok(version_of(&etag))
+    }
+}
+
+impl S3Store {
+    /// Writes the objects of the entries made dirty in this pass, a batch
+    /// at a time.
+    fn write_dirty(&self) -> io::Result<()> {
+        let mut after: Option<String> = None;
+        loop {
+            let dirty = lock(&self.tree).dirty(after.as_deref(), 1024)?;
+            let Some(last) = dirty.last().cloned() else {
+                return Ok(());
+            };
+            for key in dirty {
+                if let Some(mut n) = self.node(&key)? {
+                    n.dirty = false;
+                    n.marker = n.kind.is_dir();
+                    lock(&self.tree).insert(&key, n.clone())?;
+                    self.write_small(&key, n)?;
+                }
+            }
+            after = Some(last);
+        }
     }
 }
 
@@ -279,7 +326,7 @@ impl Store for S3Store {
     }
 
     fn stat(&self, key: &str) -> io::Result<Option<ReplicaEntry>> {
-        Ok(self.node(key).map(|n| ReplicaEntry {
+        Ok(self.node(key)?.map(|n| ReplicaEntry {
             version: match n.kind {
                 Kind::Dir => Version::UNKNOWN,
                 _ => version_of(&n.etag),
@@ -291,7 +338,7 @@ impl Store for S3Store {
     }
 
     fn list(&self, key: &str) -> io::Result<Vec<String>> {
-        lock(&self.tree).names(key).ok_or_else(|| {
+        lock(&self.tree).names(key)?.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotADirectory,
                 format!("{key} is not a directory"),
@@ -300,7 +347,7 @@ impl Store for S3Store {
     }
 
     fn open(&self, key: &str) -> io::Result<Box<dyn ReadAt>> {
-        let node = self.node(key).ok_or_else(|| not_found(key))?;
+        let node = self.node(key)?.ok_or_else(|| not_found(key))?;
         let Kind::File { size } = node.kind else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -317,7 +364,7 @@ impl Store for S3Store {
 
     fn mkdir(&self, key: &str) -> io::Result<()> {
         let mut tree = lock(&self.tree);
-        match tree.get(key) {
+        match tree.get(key)? {
             Some(n) if n.kind.is_dir() => Ok(()),
             Some(_) => Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -328,7 +375,7 @@ impl Store for S3Store {
                     dirty: true,
                     ..Node::implied_dir()
                 };
-                if tree.insert(key, node) {
+                if tree.insert(key, node)? {
                     Ok(())
                 } else {
                     Err(io::Error::new(
@@ -345,7 +392,7 @@ impl Store for S3Store {
             target: target.to_string(),
         };
         self.clear_other_kind(key, &kind)?;
-        let old = self.node(key);
+        let old = self.node(key)?;
         let node = Node {
             kind,
             mode: None,
@@ -354,7 +401,7 @@ impl Store for S3Store {
             marker: false,
             dirty: true,
         };
-        if lock(&self.tree).insert(key, node) {
+        if lock(&self.tree).insert(key, node)? {
             Ok(())
         } else {
             Err(io::Error::new(
@@ -371,7 +418,7 @@ impl Store for S3Store {
         mode: Option<u32>,
         mtime: Timestamp,
     ) -> io::Result<()> {
-        let node = self.node(key).ok_or_else(|| not_found(key))?;
+        let node = self.node(key)?.ok_or_else(|| not_found(key))?;
         let mode = if matches!(node.kind, Kind::Symlink { .. }) {
             None
         } else {
@@ -397,8 +444,8 @@ impl Store for S3Store {
                     dirty: false,
                     ..node
                 };
-                lock(&self.tree).insert(key, node.clone());
-                self.write_small(key, node);
+                lock(&self.tree).insert(key, node.clone())?;
+                self.write_small(key, node)?;
             }
             _ => {
                 return Err(io::Error::new(
@@ -411,7 +458,7 @@ impl Store for S3Store {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        let node = self.node(from).ok_or_else(|| not_found(from))?;
+        let node = self.node(from)?.ok_or_else(|| not_found(from))?;
         match &node.kind {
             Kind::File { .. } => {
                 self.copy_to(from, to, node.mode, node.mtime)?;
@@ -427,20 +474,13 @@ impl Store for S3Store {
                 ))
             }
         }
-        let gone = lock(&self.tree).remove(from);
-        for (k, n) in gone {
-            self.delete_node(&k, &n)?;
-        }
+        self.remove_tree(from)?;
         Ok(())
     }
 
     fn remove(&self, key: &str) -> io::Result<u64> {
         self.bg.wait_below(key);
-        let gone = lock(&self.tree).remove(key);
-        for (k, node) in &gone {
-            self.delete_node(k, node)?;
-        }
-        Ok(gone.len() as u64)
+        self.remove_tree(key)
     }
 
     fn keep_aside(&self, _key: &str) -> io::Result<String> {
@@ -500,9 +540,11 @@ impl Store for S3Store {
             tracing::debug!("{key}: {e}");
         }
         let mut cache = lock(&self.cache);
-        let tree = listing::read_tree(&self.conn, &mut cache)?;
-        *lock(&self.tree) = tree;
-        let _ = listing::save_cache(&self.cache_path, &cache);
+        let mut tree = lock(&self.tree);
+        tree.clear()?;
+        listing::read_tree(&self.conn, &mut cache, &mut tree)?;
+        drop(tree);
+        let _ = cache.save();
         drop(cache);
         writes::abort_stale_uploads(&self.conn)?;
         Ok(())
@@ -515,7 +557,7 @@ impl Store for S3Store {
         mode: Option<u32>,
         mtime: Timestamp,
     ) -> io::Result<Option<Version>> {
-        match self.node(from) {
+        match self.node(from)? {
             Some(Node {
                 kind: Kind::File { size },
                 ..
@@ -525,20 +567,15 @@ impl Store for S3Store {
     }
 
     fn flush(&self) -> Vec<(String, io::Error)> {
-        let dirty = lock(&self.tree).dirty();
-        for key in dirty {
-            if let Some(mut n) = self.node(&key) {
-                n.dirty = false;
-                n.marker = n.kind.is_dir();
-                lock(&self.tree).insert(&key, n.clone());
-                self.write_small(&key, n);
-            }
+        let mut failures = Vec::new();
+        if let Err(e) = self.write_dirty() {
+            failures.push((String::new(), e));
         }
-        let mut failures = self.bg.finish();
+        failures.extend(self.bg.finish());
         if let Err(e) = writes::abort_stale_uploads(&self.conn) {
             failures.push((String::new(), e));
         }
-        let _ = listing::save_cache(&self.cache_path, &lock(&self.cache));
+        let _ = lock(&self.cache).save();
         failures
     }
 }

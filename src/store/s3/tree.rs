@@ -1,12 +1,30 @@
 //! What the server knows of the replica in the bucket: the entries found by
-//! the last listing, kept up to date by the store's own writes (pure).
+//! the last listing, kept up to date by the store's own writes. They live
+//! on disk (a scratch redb database in the state directory, made again at
+//! each listing), so a bucket of ten million objects costs no more memory
+//! than one of a thousand: redb's page cache and one transaction's dirty
+//! pages (`db.rs`), plus the names of the directory being read.
 
+use super::db::Db;
 use crate::store::{child_key, split_key};
 use crate::tree::{Kind, Timestamp};
-use std::collections::{BTreeSet, HashMap};
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Store key -> the node (postcard).
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// (directory key, name) of each entry but the root.
+const KIDS: TableDefinition<(&str, &str), ()> = TableDefinition::new("children");
+/// Keys of the dirty nodes.
+const DIRTY: TableDefinition<&str, ()> = TableDefinition::new("dirty");
+
+/// redb's page cache for the tree.
+const CACHE_BYTES: usize = 4 << 20;
 
 /// One entry of the replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub kind: Kind,
     pub mode: Option<u32>,
@@ -35,127 +53,249 @@ impl Node {
 }
 
 /// The replica's entries by store key (`""`: the root).
-#[derive(Debug)]
 pub struct Tree {
-    nodes: HashMap<String, Node>,
-    children: HashMap<String, BTreeSet<String>>,
-}
-
-impl Default for Tree {
-    fn default() -> Self {
-        let mut t = Tree {
-            nodes: HashMap::new(),
-            children: HashMap::new(),
-        };
-        t.nodes.insert(String::new(), Node::implied_dir());
-        t
-    }
+    db: Db,
+    path: PathBuf,
 }
 
 impl Tree {
-    pub fn get(&self, key: &str) -> Option<&Node> {
-        self.nodes.get(key)
+    /// An empty tree (the root only) at `path`, replacing what is there.
+    pub fn create(path: &Path) -> io::Result<Tree> {
+        let mut t = Tree {
+            db: Db::open(path, CACHE_BYTES, true)?,
+            path: path.to_path_buf(),
+        };
+        t.put("", &Node::implied_dir())?;
+        Ok(t)
     }
 
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
-        self.nodes.get_mut(key)
+    /// Empties the tree (the root only), for a new listing.
+    pub fn clear(&mut self) -> io::Result<()> {
+        *self = Tree::create(&self.path)?;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> io::Result<Option<Node>> {
+        let t = self
+            .db
+            .txn()
+            .open_table(NODES)
+            .map_err(|e| self.db.err(e))?;
+        let v = t.get(key).map_err(|e| self.db.err(e))?;
+        match v {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(v.value())
+                .map(Some)
+                .map_err(|e| self.db.err(e)),
+        }
+    }
+
+    /// Writes `node` at `key` (no parent bookkeeping).
+    fn put(&mut self, key: &str, node: &Node) -> io::Result<()> {
+        let bytes = postcard::to_allocvec(node).map_err(|e| self.db.err(e))?;
+        {
+            let txn = self.db.txn();
+            let mut t = txn.open_table(NODES).map_err(|e| self.db.err(e))?;
+            t.insert(key, &bytes[..]).map_err(|e| self.db.err(e))?;
+            let mut d = txn.open_table(DIRTY).map_err(|e| self.db.err(e))?;
+            if node.dirty {
+                d.insert(key, ()).map_err(|e| self.db.err(e))?;
+            } else {
+                d.remove(key).map_err(|e| self.db.err(e))?;
+            }
+        }
+        self.db.wrote()
+    }
+
+    /// Up to `max` names of directory `key`, in order.
+    fn children(&self, key: &str, max: usize) -> io::Result<Vec<String>> {
+        let t = self.db.txn().open_table(KIDS).map_err(|e| self.db.err(e))?;
+        let mut out = Vec::new();
+        let range = t
+            .range::<(&str, &str)>((key, "")..)
+            .map_err(|e| self.db.err(e))?;
+        for item in range {
+            let (k, _) = item.map_err(|e| self.db.err(e))?;
+            let (dir, name) = k.value();
+            if dir != key || out.len() >= max {
+                break;
+            }
+            out.push(name.to_string());
+        }
+        Ok(out)
     }
 
     /// The names in directory `key` (None: not a directory).
-    pub fn names(&self, key: &str) -> Option<Vec<String>> {
-        match self.nodes.get(key) {
-            Some(n) if n.kind.is_dir() => Some(
-                self.children
-                    .get(key)
-                    .map(|c| c.iter().cloned().collect())
-                    .unwrap_or_default(),
-            ),
-            _ => None,
+    pub fn names(&self, key: &str) -> io::Result<Option<Vec<String>>> {
+        match self.get(key)? {
+            Some(n) if n.kind.is_dir() => self.children(key, usize::MAX).map(Some),
+            _ => Ok(None),
         }
     }
 
     /// Puts `node` at `key`, its missing parents as implied directories.
     /// False (nothing changed) when a parent is not a directory, or when a
     /// directory that has entries would be replaced by a non-directory.
-    pub fn insert(&mut self, key: &str, node: Node) -> bool {
+    pub fn insert(&mut self, key: &str, node: Node) -> io::Result<bool> {
         if key.is_empty() {
             if !node.kind.is_dir() {
-                return false;
+                return Ok(false);
             }
-            self.nodes.insert(String::new(), node);
-            return true;
+            self.put("", &node)?;
+            return Ok(true);
         }
         let (parent, name) = split_key(key);
-        match self.nodes.get(parent) {
-            Some(p) if !p.kind.is_dir() => return false,
+        match self.get(parent)? {
+            Some(p) if !p.kind.is_dir() => return Ok(false),
             Some(_) => {}
             None => {
-                if !self.insert(parent, Node::implied_dir()) {
-                    return false;
+                if !self.insert(parent, Node::implied_dir())? {
+                    return Ok(false);
                 }
             }
         }
-        if !node.kind.is_dir() && self.children.get(key).is_some_and(|c| !c.is_empty()) {
-            return false;
+        if !node.kind.is_dir() && !self.children(key, 1)?.is_empty() {
+            return Ok(false);
         }
-        if let Some(old) = self.nodes.get(key) {
+        if let Some(old) = self.get(key)? {
             if old.kind.is_dir() && node.kind.is_dir() && !node.marker && old.marker {
                 // An implied directory never hides a marker already found.
-                return true;
+                return Ok(true);
             }
+        } else {
+            let mut t = self.db.txn().open_table(KIDS).map_err(|e| self.db.err(e))?;
+            t.insert((parent, name), ()).map_err(|e| self.db.err(e))?;
         }
-        self.children
-            .entry(parent.to_string())
-            .or_default()
-            .insert(name.to_string());
-        self.nodes.insert(key.to_string(), node);
-        true
+        self.put(key, &node)?;
+        Ok(true)
     }
 
-    /// Removes `key` and everything below it; returns what went, deepest
-    /// first.
-    pub fn remove(&mut self, key: &str) -> Vec<(String, Node)> {
-        let mut gone = Vec::new();
-        self.remove_into(key, &mut gone);
-        if !key.is_empty() {
-            let (parent, name) = split_key(key);
-            if let Some(c) = self.children.get_mut(parent) {
-                c.remove(name);
-            }
+    /// Removes up to `max` entries of `key`'s subtree, deepest first,
+    /// handing each that goes to `gone`; true when `key` itself went (the
+    /// root stays: true when it is empty). The caller goes on until true,
+    /// so a huge subtree never has to be held anywhere.
+    pub fn remove_some(
+        &mut self,
+        key: &str,
+        max: usize,
+        gone: &mut dyn FnMut(&str, &Node) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        let mut budget = max;
+        let done = self.remove_into(key, &mut budget, gone)?;
+        if done && !key.is_empty() {
+            self.unlink(key)?;
         }
-        gone
+        Ok(done)
     }
 
-    fn remove_into(&mut self, key: &str, gone: &mut Vec<(String, Node)>) {
-        if let Some(names) = self.children.remove(key) {
-            for n in names {
-                self.remove_into(&child_key(key, &n), gone);
+    /// Drops `key` from its parent's names.
+    fn unlink(&mut self, key: &str) -> io::Result<()> {
+        let (parent, name) = split_key(key);
+        {
+            let mut t = self.db.txn().open_table(KIDS).map_err(|e| self.db.err(e))?;
+            t.remove((parent, name)).map_err(|e| self.db.err(e))?;
+        }
+        self.db.wrote()
+    }
+
+    fn remove_into(
+        &mut self,
+        key: &str,
+        budget: &mut usize,
+        gone: &mut dyn FnMut(&str, &Node) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        // A batch of names at a time: the widest directory is not held.
+        loop {
+            let names = self.children(key, 1024)?;
+            if names.is_empty() {
+                break;
+            }
+            for name in names {
+                let child = child_key(key, &name);
+                if !self.remove_into(&child, budget, gone)? {
+                    return Ok(false);
+                }
+                self.unlink(&child)?;
             }
         }
         if key.is_empty() {
-            return;
+            return Ok(true);
         }
-        if let Some(n) = self.nodes.remove(key) {
-            gone.push((key.to_string(), n));
+        if *budget == 0 {
+            return Ok(false);
         }
+        if let Some(node) = self.get(key)? {
+            {
+                let txn = self.db.txn();
+                let mut t = txn.open_table(NODES).map_err(|e| self.db.err(e))?;
+                t.remove(key).map_err(|e| self.db.err(e))?;
+                let mut d = txn.open_table(DIRTY).map_err(|e| self.db.err(e))?;
+                d.remove(key).map_err(|e| self.db.err(e))?;
+            }
+            self.db.wrote()?;
+            *budget -= 1;
+            gone(key, &node)?;
+        }
+        Ok(true)
     }
 
-    /// Entries waiting for their object to be written.
-    pub fn dirty(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.dirty)
-            .map(|(k, _)| k.clone())
-            .collect();
-        v.sort();
-        v
+    /// Sets the ETag of the entry at `key`, if there is one.
+    pub fn set_etag(&mut self, key: &str, etag: String) -> io::Result<()> {
+        if let Some(mut n) = self.get(key)? {
+            n.etag = etag;
+            self.put(key, &n)?;
+        }
+        Ok(())
+    }
+
+    /// Up to `max` entries after `after` waiting for their object to be
+    /// written, in key order.
+    pub fn dirty(&self, after: Option<&str>, max: usize) -> io::Result<Vec<String>> {
+        let t = self
+            .db
+            .txn()
+            .open_table(DIRTY)
+            .map_err(|e| self.db.err(e))?;
+        let range = match after {
+            Some(a) => t.range::<&str>(a..),
+            None => t.range::<&str>(..),
+        }
+        .map_err(|e| self.db.err(e))?;
+        let mut out = Vec::new();
+        for item in range {
+            let k = item.map_err(|e| self.db.err(e))?.0;
+            if Some(k.value()) == after {
+                continue;
+            }
+            if out.len() >= max {
+                break;
+            }
+            out.push(k.value().to_string());
+        }
+        Ok(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tree(dir: &tempfile::TempDir) -> Tree {
+        Tree::create(&dir.path().join("tree.redb")).unwrap()
+    }
+
+    fn removed(t: &mut Tree, key: &str) -> Vec<String> {
+        let mut gone = Vec::new();
+        // Three at a time, as the store does it a thousand at a time.
+        while !t
+            .remove_some(key, 3, &mut |k, _| {
+                gone.push(k.to_string());
+                Ok(())
+            })
+            .unwrap()
+        {}
+        gone
+    }
 
     fn file(size: u64) -> Node {
         Node {
@@ -166,30 +306,66 @@ mod tests {
 
     #[test]
     fn parents_are_implied_and_removal_takes_the_subtree() {
-        let mut t = Tree::default();
-        assert!(t.insert("a/b/c", file(1)));
-        assert!(t.insert("a/d", file(2)));
-        assert_eq!(t.names("a").unwrap(), vec!["b", "d"]);
-        assert_eq!(t.names(""), Some(vec!["a".to_string()]));
-        assert!(t.get("a/b").unwrap().kind.is_dir());
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = tree(&dir);
+        assert!(t.insert("a/b/c", file(1)).unwrap());
+        assert!(t.insert("a/d", file(2)).unwrap());
+        assert_eq!(t.names("a").unwrap().unwrap(), vec!["b", "d"]);
+        assert_eq!(t.names("").unwrap(), Some(vec!["a".to_string()]));
+        assert!(t.get("a/b").unwrap().unwrap().kind.is_dir());
+        assert_eq!(t.names("a/d").unwrap(), None);
         // A file under a file, or a file over a non-empty directory: refused.
-        assert!(!t.insert("a/d/x", file(1)));
-        assert!(!t.insert("a/b", file(1)));
-        let gone: Vec<String> = t.remove("a/b").into_iter().map(|(k, _)| k).collect();
-        assert_eq!(gone, vec!["a/b/c", "a/b"]);
-        assert_eq!(t.names("a").unwrap(), vec!["d"]);
+        assert!(!t.insert("a/d/x", file(1)).unwrap());
+        assert!(!t.insert("a/b", file(1)).unwrap());
+        assert_eq!(removed(&mut t, "a/b"), vec!["a/b/c", "a/b"]);
+        assert_eq!(t.names("a").unwrap().unwrap(), vec!["d"]);
+        assert_eq!(t.get("a/b/c").unwrap(), None);
+        // Emptying the root keeps the root.
+        assert_eq!(removed(&mut t, ""), vec!["a/d", "a"]);
+        assert_eq!(t.names("").unwrap(), Some(vec![]));
     }
 
     #[test]
     fn a_marker_is_not_hidden_by_an_implied_directory() {
-        let mut t = Tree::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = tree(&dir);
         let marked = Node {
             marker: true,
             mode: Some(0o700),
             ..Node::implied_dir()
         };
-        assert!(t.insert("d", marked.clone()));
-        assert!(t.insert("d/f", file(1)));
-        assert_eq!(t.get("d"), Some(&marked));
+        assert!(t.insert("d", marked.clone()).unwrap());
+        assert!(t.insert("d/f", file(1)).unwrap());
+        assert_eq!(t.get("d").unwrap(), Some(marked));
+    }
+
+    #[test]
+    fn dirty_entries_are_listed_until_written_and_survive_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = tree(&dir);
+        // More writes than one transaction holds: commits in between.
+        for i in 0..3000 {
+            let node = Node {
+                dirty: i % 1000 == 0,
+                ..file(i)
+            };
+            assert!(t.insert(&format!("d{}/f{i:04}", i % 7), node).unwrap());
+        }
+        assert_eq!(
+            t.dirty(None, 10).unwrap(),
+            vec!["d0/f0000", "d5/f2000", "d6/f1000"]
+        );
+        assert_eq!(t.dirty(Some("d5/f2000"), 10).unwrap(), vec!["d6/f1000"]);
+        let mut n = t.get("d6/f1000").unwrap().unwrap();
+        n.dirty = false;
+        assert!(t.insert("d6/f1000", n).unwrap());
+        assert_eq!(t.dirty(None, 1).unwrap(), vec!["d0/f0000"]);
+        t.set_etag("d0/f0000", "e".into()).unwrap();
+        assert_eq!(t.get("d0/f0000").unwrap().unwrap().etag, "e");
+        assert_eq!(t.names("d3").unwrap().unwrap().len(), 429);
+        assert_eq!(removed(&mut t, "").len(), 3007);
+        assert_eq!(t.dirty(None, 10).unwrap(), Vec::<String>::new());
+        t.clear().unwrap();
+        assert_eq!(t.names("").unwrap(), Some(vec![]));
     }
 }

@@ -1,0 +1,104 @@
+//! A redb database of the S3 store's state directory, written in
+//! transactions of at most [`CHECKPOINT`] writes committed without syncing
+//! (a commit frees the transaction's dirty pages), so what the store knows
+//! of a bucket of any size stays on disk and memory stays bounded: redb's
+//! page cache plus the dirty pages of one transaction.
+
+use redb::{Database, WriteTransaction};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Writes between commits.
+const CHECKPOINT: usize = 4096;
+
+pub struct Db {
+    db: Database,
+    path: PathBuf,
+    txn: Option<WriteTransaction>,
+    writes: usize,
+}
+
+impl Drop for Db {
+    /// The open transaction is committed (unsynced) before the database
+    /// closes: redb's close waits for every write transaction to end.
+    fn drop(&mut self) {
+        if let Some(t) = self.txn.take() {
+            let _ = t.commit();
+        }
+    }
+}
+
+/// A redb error as one line naming the file.
+pub fn err(path: &Path, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{}: {e}", path.display()))
+}
+
+impl Db {
+    /// Opens the database at `path` (`fresh`: replaces whatever is there;
+    /// an unreadable file is replaced too, what it held being a hint).
+    pub fn open(path: &Path, cache_bytes: usize, fresh: bool) -> io::Result<Db> {
+        if fresh {
+            let _ = std::fs::remove_file(path);
+        }
+        let build = || {
+            redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create(path)
+        };
+        let db = match build() {
+            Ok(db) => db,
+            Err(_) if !fresh => {
+                let _ = std::fs::remove_file(path);
+                build().map_err(|e| err(path, e))?
+            }
+            Err(e) => return Err(err(path, e)),
+        };
+        let mut d = Db {
+            db,
+            path: path.to_path_buf(),
+            txn: None,
+            writes: 0,
+        };
+        d.begin()?;
+        Ok(d)
+    }
+
+    fn begin(&mut self) -> io::Result<()> {
+        let mut t = self.db.begin_write().map_err(|e| err(&self.path, e))?;
+        t.set_durability(redb::Durability::None);
+        self.txn = Some(t);
+        self.writes = 0;
+        Ok(())
+    }
+
+    /// The open transaction (reads see its writes).
+    pub fn txn(&self) -> &WriteTransaction {
+        self.txn.as_ref().expect("a transaction is open")
+    }
+
+    /// Counts a write; commits every [`CHECKPOINT`] writes.
+    pub fn wrote(&mut self) -> io::Result<()> {
+        self.writes += 1;
+        if self.writes >= CHECKPOINT {
+            self.commit(false)?;
+        }
+        Ok(())
+    }
+
+    /// Commits what was written (`durable`: synced to disk) and begins
+    /// the next transaction.
+    pub fn commit(&mut self, durable: bool) -> io::Result<()> {
+        if let Some(mut t) = self.txn.take() {
+            if durable {
+                t.set_durability(redb::Durability::Immediate);
+            }
+            t.commit().map_err(|e| err(&self.path, e))?;
+        }
+        self.begin()
+    }
+
+    /// A redb error of this database as one line.
+    pub fn err(&self, e: impl std::fmt::Display) -> io::Error {
+        err(&self.path, e)
+    }
+}
