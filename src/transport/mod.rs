@@ -7,6 +7,7 @@
 pub mod client;
 pub mod compress;
 pub mod connection;
+pub mod packed;
 pub mod server;
 pub mod throttle;
 pub mod tls;
