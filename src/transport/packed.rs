@@ -61,12 +61,25 @@ impl Pack for ClientMsg {
     }
 }
 
-/// Whether a message is content worth packing.
+/// Whether a message is content a `Packed` may hold.
 fn is_content(m: &ClientMsg) -> bool {
     match m {
         ClientMsg::ChunkDelta { .. } => true,
         ClientMsg::Chunk { data, .. } | ClientMsg::Chunks { data, .. } => data.len() <= PACK_MAX,
         _ => false,
+    }
+}
+
+/// Whether content is worth level 19: whole chunks that zstd level 1
+/// cannot shrink by a tenth on their own (random, already compressed) are
+/// left to the link (level 19 would spend about 0.2 s per MiB on them for
+/// nothing; level 1 checks a MiB in a few milliseconds).
+fn worth_packing(m: &ClientMsg) -> bool {
+    match m {
+        ClientMsg::Chunk { data, .. } | ClientMsg::Chunks { data, .. } => {
+            zstd::bulk::compress(data, 1).is_ok_and(|z| z.len() * 10 < data.len() * 9)
+        }
+        _ => is_content(m),
     }
 }
 
@@ -102,7 +115,7 @@ impl Packer {
                 self.end_run(&mut run, &mut out);
                 self.left = BUDGET;
             }
-            if !is_content(&m) {
+            if !is_content(&m) || !worth_packing(&m) {
                 self.end_run(&mut run, &mut out);
                 out.push(m);
                 continue;

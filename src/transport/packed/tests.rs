@@ -87,8 +87,32 @@ fn a_batch_packs_each_run_of_content_in_place() {
 }
 
 #[test]
+fn incompressible_chunks_are_left_to_the_link() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let msgs = vec![
+        begin(),
+        ClientMsg::Chunk {
+            id: 1,
+            index: 0,
+            data: random,
+        },
+    ];
+    let (wire, back) = through(&msgs);
+    assert_eq!(back, msgs);
+    assert_eq!(wire, msgs);
+}
+
+#[test]
 fn nothing_is_packed_outside_a_pass_or_over_the_budget() {
-    let big = vec![b'x'; PACK_MAX];
+    let big = b"0123456789abcdef".repeat(PACK_MAX / 16);
     let mut msgs = vec![delta(0, b"before any pass"), begin()];
     let n = (BUDGET / PACK_MAX as u64) as u32 + 2;
     msgs.extend((0..n).map(|i| ClientMsg::Chunk {
