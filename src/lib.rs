@@ -58,7 +58,9 @@
 //!     for newer changes in watch mode.
 //! - [`transport`]: carrying a link: connections (framing, byte counters,
 //!   messages handed over in batches), `--compress` (`transport/compress/`:
-//!   segments sent raw or as one zstd stream, chosen by measured throughput), TLS (`transport/tls/`:
+//!   segments sent raw or as one zstd stream, chosen by measured throughput),
+//!   content messages packed by runs in a level-19 zstd stream of their
+//!   own (`transport/packed.rs`), TLS (`transport/tls/`:
 //!   fingerprints, identity, verifiers, known hosts), the handshake, the
 //!   server's accept loop, the client's dialer, the in-process link of a
 //!   local sync, and the `--bwlimit` token bucket (`transport/throttle.rs`).

@@ -2,7 +2,10 @@
 //! wire carries. Whatever decodes must re-encode (without panicking) to
 //! bytes that decode to an equal value, and re-encoding that is stable.
 //! Decoded hard links and extended attributes also go through the server's
-//! checks (`tree::Extras`), which must refuse or accept without panicking.
+//! checks (`tree::Extras`), which must refuse or accept without panicking;
+//! the input, as the data of a `Packed` message, goes through the server's
+//! unpacker (`transport::packed`), which must refuse or unpack within its
+//! bounds without panicking.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -39,5 +42,11 @@ fuzz_target!(|data: &[u8]| {
             let _ = extras.add_xattrs(list, 64);
         }
         _ => {}
+    }
+    let mut unpacker = replica::transport::packed::Unpacker::default();
+    if let Ok(msgs) = unpacker.unpack(ClientMsg::Packed {
+        data: data.to_vec(),
+    }) {
+        assert!(!msgs.is_empty(), "a packed message unpacked to nothing");
     }
 });

@@ -11,7 +11,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// First bytes of every session.
 pub const MAGIC: [u8; 8] = *b"REPLICA\x01";
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// Most manifest entries the server accepts in one pass.
 pub const MAX_ENTRIES: usize = 20_000_000;
 /// Most group hashes sent in one message.
@@ -218,6 +218,14 @@ pub enum ClientMsg {
         index: u32,
         ranges: Vec<(u32, u32)>,
     },
+    /// A content message ([`ClientMsg::ChunkDelta`], [`ClientMsg::Chunk`],
+    /// [`ClientMsg::Chunks`]) as the next flushed piece of the connection's
+    /// packed zstd stream (`transport::packed`); only over a compressed
+    /// connection, unpacked by its reader before the session sees it.
+    Packed {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 impl ClientMsg {
@@ -241,6 +249,7 @@ impl ClientMsg {
             ClientMsg::Xattrs(_) => "Xattrs",
             ClientMsg::FarLinks(_) => "FarLinks",
             ClientMsg::NeedFine { .. } => "NeedFine",
+            ClientMsg::Packed { .. } => "Packed",
         }
     }
 
@@ -263,6 +272,7 @@ impl ClientMsg {
             | ClientMsg::Links(_)
             | ClientMsg::Xattrs(_)
             | ClientMsg::FarLinks(_)
+            | ClientMsg::Packed { .. }
             | ClientMsg::Bye => None,
         }
     }
@@ -578,6 +588,8 @@ mod tests {
                     ranges
                 }),
             Just(ClientMsg::Bye),
+            proptest::collection::vec(any::<u8>(), 0..64)
+                .prop_map(|data| ClientMsg::Packed { data }),
             proptest::collection::vec(
                 (any::<u32>(), any::<u32>()).prop_map(|(entry, leader)| HardLink { entry, leader }),
                 0..5
