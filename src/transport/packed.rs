@@ -27,12 +27,17 @@ use zstd_safe::{CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
 pub const LEVEL: i32 = 19;
 /// The packed stream's window (4 MiB), also the most an unpacker accepts.
 pub const WINDOW_LOG: u32 = 22;
-/// Match-finder tables, smaller than level 19's defaults (64 + 16 MiB):
-/// measured on the crate upgrades, the same bytes within 0.1 %.
-const CHAIN_LOG: u32 = 22;
-const HASH_LOG: u32 = 21;
-/// Most input bytes packed per pass (level 19 runs at a few MB/s).
-pub const BUDGET: u64 = 4 << 20;
+/// The packer's own window (1 MiB, a pass's [`BUDGET`]) and match-finder
+/// tables (2 + 2 MiB), far smaller than level 19's defaults (8 MiB window,
+/// 64 + 16 MiB tables): with a 4 MiB window and 22/21 the client of a
+/// 50k-file initial sync peaked ~30 MB higher (issue 18's memory figures).
+const PACK_WINDOW_LOG: u32 = 20;
+const CHAIN_LOG: u32 = 19;
+const HASH_LOG: u32 = 19;
+/// Most input bytes packed per pass (level 19 runs at a few MB/s: at
+/// 4 MiB a first copy of a tree of small files paid ~4 s of client CPU;
+/// a crate upgrade's changed content is well under 1 MiB).
+pub const BUDGET: u64 = 1 << 20;
 /// Largest chunk message packed: whole chunks above this are large files'
 /// content, left to the link's own compression.
 pub const PACK_MAX: usize = 128 << 10;
@@ -191,7 +196,7 @@ fn new_cctx() -> Option<CCtx<'static>> {
     let mut c = CCtx::try_create()?;
     for p in [
         CParameter::CompressionLevel(LEVEL),
-        CParameter::WindowLog(WINDOW_LOG),
+        CParameter::WindowLog(PACK_WINDOW_LOG),
         CParameter::ChainLog(CHAIN_LOG),
         CParameter::HashLog(HASH_LOG),
     ] {
