@@ -21,6 +21,7 @@
 //! `--compress off` or over an in-process link (no bytes travel there).
 
 use crate::protocol::{decode, encode, ClientMsg, DecodeError, ServerMsg, MAX_FRAME};
+use zstd_safe::zstd_sys::ZSTD_EndDirective;
 use zstd_safe::{CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
 
 /// The level content is packed at.
@@ -88,6 +89,14 @@ fn worth_packing(m: &ClientMsg) -> bool {
     }
 }
 
+/// The bytes [`worth_packing`] compressed to decide.
+fn trial_len(m: &ClientMsg) -> u64 {
+    match m {
+        ClientMsg::Chunk { data, .. } | ClientMsg::Chunks { data, .. } => data.len() as u64,
+        _ => 0,
+    }
+}
+
 /// Most input bytes in one packed message (a run of content messages).
 pub const RUN_MAX: usize = 1 << 20;
 
@@ -97,6 +106,9 @@ pub struct Packer {
     cctx: Option<CCtx<'static>>,
     /// Input bytes still allowed in this pass.
     left: u64,
+    /// zstd failed mid-frame (out of memory): nothing more is packed on
+    /// this connection, since the unpacker still expects that frame.
+    broken: bool,
 }
 
 /// Consecutive content messages of a batch, encoded as frames (length,
@@ -118,9 +130,18 @@ impl Packer {
         for m in batch {
             if matches!(m, ClientMsg::BeginPass(_)) {
                 self.end_run(&mut run, &mut out);
-                self.left = BUDGET;
+                self.left = if self.broken { 0 } else { BUDGET };
             }
-            if !is_content(&m) || !worth_packing(&m) {
+            if !is_content(&m) || self.left == 0 {
+                // Not content, or this pass's budget is spent.
+                self.end_run(&mut run, &mut out);
+                out.push(m);
+                continue;
+            }
+            if !worth_packing(&m) {
+                // The trial is charged to the budget too: a tree of
+                // incompressible files is not tried chunk by chunk.
+                self.left = self.left.saturating_sub(trial_len(&m));
                 self.end_run(&mut run, &mut out);
                 out.push(m);
                 continue;
@@ -129,15 +150,19 @@ impl Packer {
             if run.frames.len() + raw.len() + 4 > RUN_MAX {
                 self.end_run(&mut run, &mut out);
             }
-            if (run.frames.len() + raw.len() + 4) as u64 > self.left {
-                self.end_run(&mut run, &mut out);
-                out.push(m);
-                continue;
-            }
+            let last = (run.frames.len() + raw.len() + 4) as u64 >= self.left;
             run.frames
                 .extend_from_slice(&(raw.len() as u32).to_le_bytes());
             run.frames.extend_from_slice(&raw);
             run.msgs.push(m);
+            if last {
+                // The message that spends the budget ends the zstd frame,
+                // and the compressor is freed until the next pass (its
+                // window and tables are most of what packing costs in
+                // memory; the unpacker simply starts a new frame).
+                self.end_frame(&mut run, &mut out);
+                self.left = 0;
+            }
         }
         self.end_run(&mut run, &mut out);
         out
@@ -145,11 +170,22 @@ impl Packer {
 
     /// Sends the run packed (or as it is, if zstd fails: out of memory).
     fn end_run(&mut self, run: &mut Run, out: &mut Vec<ClientMsg>) {
+        self.send_run(run, out, ZSTD_EndDirective::ZSTD_e_flush);
+    }
+
+    /// Sends the run packed as the end of the zstd frame, and frees the
+    /// compressor.
+    fn end_frame(&mut self, run: &mut Run, out: &mut Vec<ClientMsg>) {
+        self.send_run(run, out, ZSTD_EndDirective::ZSTD_e_end);
+        self.cctx = None;
+    }
+
+    fn send_run(&mut self, run: &mut Run, out: &mut Vec<ClientMsg>, how: ZSTD_EndDirective) {
         if run.msgs.is_empty() {
             return;
         }
         let run = std::mem::take(run);
-        match self.squeeze(&run.frames) {
+        match self.squeeze(&run.frames, how) {
             Some(data) => {
                 self.left = self.left.saturating_sub(run.frames.len() as u64);
                 out.push(ClientMsg::Packed { data });
@@ -157,13 +193,14 @@ impl Packer {
             // The stream is unusable from now on.
             None => {
                 self.left = 0;
+                self.broken = true;
                 self.cctx = None;
                 out.extend(run.msgs);
             }
         }
     }
 
-    fn squeeze(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
+    fn squeeze(&mut self, raw: &[u8], how: ZSTD_EndDirective) -> Option<Vec<u8>> {
         if self.cctx.is_none() {
             self.cctx = Some(new_cctx()?);
         }
@@ -173,13 +210,7 @@ impl Packer {
         let mut at = 0;
         loop {
             let mut ob = OutBuffer::around(&mut out[at..]);
-            let left = cctx
-                .compress_stream2(
-                    &mut ob,
-                    &mut input,
-                    zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush,
-                )
-                .ok()?;
+            let left = cctx.compress_stream2(&mut ob, &mut input, how).ok()?;
             at += ob.pos();
             if left == 0 {
                 out.truncate(at);

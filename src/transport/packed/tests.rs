@@ -141,6 +141,30 @@ fn nothing_is_packed_outside_a_pass_or_over_the_budget() {
 }
 
 #[test]
+fn a_spent_budget_frees_the_compressor_and_the_next_pass_starts_a_new_frame() {
+    let text = b"fn main() { println!(\"hello\"); }\n".repeat(4096);
+    let (mut p, mut u) = (Packer::default(), Unpacker::default());
+    let mut back = Vec::new();
+    let mut sent = Vec::new();
+    for pass in 0..3u32 {
+        let mut msgs = vec![begin()];
+        msgs.extend((0..12).map(|i| ClientMsg::Chunk {
+            id: pass * 100 + i,
+            index: 0,
+            data: text[..PACK_MAX - 64].to_vec(),
+        }));
+        for m in &msgs {
+            for w in p.pack(vec![m.clone()]) {
+                back.extend(u.unpack(w).unwrap());
+            }
+        }
+        assert!(p.cctx.is_none(), "pass {pass}: the compressor is freed");
+        sent.extend(msgs);
+    }
+    assert_eq!(back, sent);
+}
+
+#[test]
 fn bad_packed_messages_are_refused() {
     let mut u = Unpacker::default();
     assert!(u
@@ -153,7 +177,7 @@ fn bad_packed_messages_are_refused() {
     let skip = encode(&ClientMsg::Skip { id: 4 });
     let mut frames = (skip.len() as u32).to_le_bytes().to_vec();
     frames.extend_from_slice(&skip);
-    let data = p.squeeze(&frames).unwrap();
+    let data = p.squeeze(&frames, ZSTD_EndDirective::ZSTD_e_flush).unwrap();
     let mut u = Unpacker::default();
     let e = u.unpack(ClientMsg::Packed { data }).unwrap_err();
     assert!(e.to_string().contains("Skip"), "{e}");
@@ -163,7 +187,7 @@ fn bad_packed_messages_are_refused() {
 fn a_bomb_is_refused_at_the_frame_limit() {
     let mut p = Packer::default();
     let zeros = vec![0u8; MAX_FRAME + 4096];
-    let data = p.squeeze(&zeros).unwrap();
+    let data = p.squeeze(&zeros, ZSTD_EndDirective::ZSTD_e_flush).unwrap();
     assert!(data.len() < 4096);
     let e = Unpacker::default()
         .unpack(ClientMsg::Packed { data })
