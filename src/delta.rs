@@ -121,13 +121,8 @@ pub enum BadBasis {
 impl BasisMap {
     /// Reads a peer's basis, checked before anything is allocated.
     pub fn parse(avg: u32, hashes: &[u8]) -> Result<Self, BadBasis> {
-        if !valid_avg(avg) {
-            return Err(BadBasis::Avg(avg));
-        }
+        Self::check(avg, hashes)?;
         let n = hashes.len() / HASH_BYTES;
-        if hashes.len() % HASH_BYTES != 0 || n > MAX_PIECES {
-            return Err(BadBasis::Hashes(hashes.len()));
-        }
         let mut index = HashMap::with_capacity(n);
         for (i, h) in hashes.chunks_exact(HASH_BYTES).enumerate() {
             let mut b = [0u8; 4];
@@ -139,6 +134,21 @@ impl BasisMap {
             pieces: n as u32,
             index,
         })
+    }
+}
+
+impl BasisMap {
+    /// Whether a peer's basis is well formed: its piece size valid, its
+    /// hashes whole and at most [`MAX_PIECES`].
+    pub fn check(avg: u32, hashes: &[u8]) -> Result<(), BadBasis> {
+        if !valid_avg(avg) {
+            return Err(BadBasis::Avg(avg));
+        }
+        let n = hashes.len() / HASH_BYTES;
+        if hashes.len() % HASH_BYTES != 0 || n > MAX_PIECES {
+            return Err(BadBasis::Hashes(hashes.len()));
+        }
+        Ok(())
     }
 }
 

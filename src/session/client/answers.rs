@@ -219,7 +219,7 @@ impl ClientPass<'_> {
             may_step_aside.is_some_and(|p| p.load(Ordering::Relaxed))
                 && first_ask.elapsed() >= PREEMPT_AFTER
         };
-        let basis = state.bases.get(&id);
+        let basis = state.bases.get(id);
         let second = &mut state.second;
         let offs = o.offs.take().unwrap_or_else(|| o.digest.offsets());
         for &(start, count) in ranges {

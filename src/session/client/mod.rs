@@ -8,6 +8,7 @@
 //! - `digest.rs`: reading a file's digest (and stepping aside in watch mode).
 
 mod answers;
+mod bases;
 mod digest;
 mod second;
 
@@ -105,7 +106,7 @@ struct PassState {
     /// Files the server is working on.
     open: HashMap<u32, Open>,
     /// Bases the server offered, by file.
-    bases: HashMap<u32, crate::delta::BasisMap>,
+    bases: bases::Bases,
     /// Chunk deltas waiting for a second round.
     second: second::SecondRound,
     /// Files that changed while being sent.
@@ -292,7 +293,7 @@ impl ClientPass<'_> {
             }
             ServerMsg::Done { id } => {
                 state.open.remove(&id);
-                state.bases.remove(&id);
+                state.bases.remove(id);
                 state.second.forget(id);
                 self.observer()
                     .file_done(file_size(&self.scan.manifest, id));
@@ -323,13 +324,15 @@ impl ClientPass<'_> {
 
     /// The server offers (or, empty, withdraws) a basis for file `id`.
     fn note_basis(&self, id: u32, avg: u32, hashes: &[u8], state: &mut PassState) -> Result<()> {
-        if hashes.is_empty() {
-            state.bases.remove(&id);
+        if hashes.is_empty() || !state.open.contains_key(&id) {
+            // Withdrawn, or for a file no longer in flight: nothing to hold.
+            state.bases.remove(id);
             return Ok(());
         }
-        let basis = crate::delta::BasisMap::parse(avg, hashes)
+        state
+            .bases
+            .offer(id, avg, hashes)
             .map_err(|e| Error::protocol(&self.link.peer, e.to_string()))?;
-        state.bases.insert(id, basis);
         Ok(())
     }
 
