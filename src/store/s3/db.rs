@@ -78,7 +78,13 @@ impl Db {
 
     /// Counts a write; commits every [`CHECKPOINT`] writes.
     pub fn wrote(&mut self) -> io::Result<()> {
-        self.writes += 1;
+        self.wrote_many(1)
+    }
+
+    /// Counts `n` writes (of one batch: at most a page of the listing and
+    /// its parents); commits once [`CHECKPOINT`] are reached.
+    pub fn wrote_many(&mut self, n: usize) -> io::Result<()> {
+        self.writes += n;
         if self.writes >= CHECKPOINT {
             self.commit(false)?;
         }
@@ -95,6 +101,11 @@ impl Db {
             t.commit().map_err(|e| err(&self.path, e))?;
         }
         self.begin()
+    }
+
+    /// The database's file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// A redb error of this database as one line.

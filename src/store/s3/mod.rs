@@ -10,7 +10,8 @@
 //!   on disk (`db.rs`: redb in the state directory, bounded transactions).
 //! - `listing.rs`: one listing of the prefix per pass, a page of a
 //!   thousand keys at a time, and `meta.rs`, the persisted metadata cache
-//!   (HEAD only for objects that changed), on disk too.
+//!   (HEAD only for objects that changed), on disk too, read with a cursor
+//!   beside the listing (`merge.rs`: the merge of two key-ordered runs).
 //! - `staged.rs`: spool files in the state directory; ranged-GET readers.
 //! - `writes.rs`: PUT, multipart, CopyObject, deletes.
 //!
@@ -26,6 +27,7 @@ pub mod client;
 mod db;
 pub mod layout;
 mod listing;
+mod merge;
 mod meta;
 mod staged;
 mod tree;
