@@ -1,7 +1,7 @@
 //! Reading the whole replica from the bucket: the prefix is listed a
-//! thousand keys a request, and each page of the listing is read into the
-//! tree before the next is asked for (so memory holds one page, whatever
-//! the bucket's size). Each object's metadata (rclone's `mtime` and
+//! thousand keys a request, several stretches of it at once (`lister.rs`),
+//! and each page of the listing is read into the tree in key order (so
+//! memory holds the pages in flight, whatever the bucket's size). Each object's metadata (rclone's `mtime` and
 //! `mode`, a symlink's target) comes from the metadata cache (`meta.rs`)
 //! when the object is unchanged (same ETag, size and last-modified time),
 //! else from the store (HEAD, or GET for a symlink), many at once.
@@ -16,6 +16,7 @@
 
 use super::client::Conn;
 use super::layout::{parse_mode, parse_mtime, parse_object, Stored, META_MODE, META_MTIME};
+use super::lister::{Listed, Lister};
 use super::meta::{Cached, MetaCache};
 use super::tree::{Node, Tree};
 use crate::tree::Kind;
@@ -25,74 +26,13 @@ use std::sync::Arc;
 /// Metadata requests in flight at once during a listing.
 const HEADS_AT_ONCE: usize = 32;
 
-/// One object of the listing.
-#[derive(Debug, Clone)]
-pub struct Listed {
-    pub key: String,
-    pub size: u64,
-    pub etag: String,
-    pub modified: i64,
-}
-
-/// An ETag without its quotes.
-pub fn bare_etag(e: Option<&str>) -> String {
-    e.unwrap_or("").trim_matches('"').to_string()
-}
-
-/// A page of the listing and the token for the next (None: the last).
-type Page = (Vec<Listed>, Option<String>);
-
-/// Asks for one page of the listing of the prefix (at most a thousand
-/// objects) in the background, so it arrives while the previous one is
-/// read into the tree.
-fn list_ahead(
-    conn: &Arc<Conn>,
-    token: Option<String>,
-) -> tokio::task::JoinHandle<io::Result<Page>> {
-    let c = conn.clone();
-    conn.spawn(async move { list_page(&c, token).await })
-}
-
-async fn list_page(conn: &Conn, token: Option<String>) -> io::Result<Page> {
-    {
-        let r = conn
-            .client
-            .list_objects_v2()
-            .bucket(&conn.bucket)
-            .prefix(&conn.root)
-            .set_continuation_token(token)
-            .send()
-            .await
-            .map_err(|e| conn.error(e))?;
-        let page = r
-            .contents()
-            .iter()
-            .map(|o| Listed {
-                key: o.key().unwrap_or("").to_string(),
-                size: o.size().unwrap_or(0).max(0) as u64,
-                etag: bare_etag(o.e_tag()),
-                modified: o.last_modified().map_or(0, |t| {
-                    t.secs() * 1000 + i64::from(t.subsec_nanos() / 1_000_000)
-                }),
-            })
-            .collect();
-        let next = match r.next_continuation_token() {
-            Some(t) if r.is_truncated() == Some(true) => Some(t.to_string()),
-            _ => None,
-        };
-        Ok((page, next))
-    }
-}
-
 /// Reads the replica as listed into `tree` (which holds only its root),
 /// with the cache brought up to date (entries of objects no longer there
 /// are dropped).
 pub fn read_tree(conn: &Arc<Conn>, cache: &mut MetaCache, tree: &mut Tree) -> io::Result<()> {
-    let mut ahead = Some(list_ahead(conn, None));
+    let mut lister = Lister::new(conn);
     let mut prev: Option<String> = None;
-    while let Some(h) = ahead.take() {
-        let (page, next) = conn.run(h).map_err(io::Error::other)??;
-        ahead = next.map(|t| list_ahead(conn, Some(t)));
+    while let Some(page) = lister.next(cache)? {
         read_page(conn, cache, tree, &page, prev.as_deref())?;
         if let Some(last) = page.last() {
             prev = Some(last.key.clone());

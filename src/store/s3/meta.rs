@@ -128,6 +128,29 @@ impl MetaCache {
         }
     }
 
+    /// The `n`th key after `after` (None: the start), None when fewer
+    /// than `n` follow: where the listing's next stretch ends.
+    pub fn key_after(&self, after: Option<&str>, n: usize) -> io::Result<Option<String>> {
+        let t = self.db.txn().open_table(META).map_err(|e| self.db.err(e))?;
+        let range = match after {
+            Some(a) => t.range::<&str>(a..),
+            None => t.range::<&str>(..),
+        }
+        .map_err(|e| self.db.err(e))?;
+        let mut seen = 0;
+        for item in range {
+            let (k, _) = item.map_err(|e| self.db.err(e))?;
+            if Some(k.value()) == after {
+                continue;
+            }
+            seen += 1;
+            if seen == n {
+                return Ok(Some(k.value().to_string()));
+            }
+        }
+        Ok(None)
+    }
+
     /// Up to [`RUN`] entries in (after, upto] in key order (an entry that
     /// does not decode is as good as none).
     fn run(
@@ -159,6 +182,12 @@ impl MetaCache {
     /// Commits the cache to disk.
     pub fn save(&mut self) -> io::Result<()> {
         self.db.commit(true)
+    }
+
+    /// Commits the cache without syncing it (kept should the process go
+    /// on to a [`MetaCache::save`]).
+    pub fn checkpoint(&mut self) -> io::Result<()> {
+        self.db.commit(false)
     }
 }
 
@@ -228,6 +257,25 @@ mod tests {
         assert_eq!(m.get("k00002").unwrap(), None);
         assert_eq!(m.get("k03070").unwrap(), None);
         assert_eq!(m.get("k03072").unwrap(), Some(cached("3072")));
+    }
+
+    #[test]
+    fn stretches_end_every_nth_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = MetaCache::open(&dir.path().join("meta.redb")).unwrap();
+        for i in 0..25 {
+            m.insert(&format!("k{i:02}"), &cached("x")).unwrap();
+        }
+        assert_eq!(m.key_after(None, 10).unwrap().as_deref(), Some("k09"));
+        assert_eq!(
+            m.key_after(Some("k09"), 10).unwrap().as_deref(),
+            Some("k19")
+        );
+        assert_eq!(m.key_after(Some("k19"), 10).unwrap(), None);
+        assert_eq!(
+            m.key_after(Some("k095"), 1).unwrap().as_deref(),
+            Some("k10")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::tree::{Kind, Timestamp};
 use redb::{ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Store key -> the node (postcard).
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
@@ -55,23 +55,38 @@ impl Node {
 /// The replica's entries by store key (`""`: the root).
 pub struct Tree {
     db: Db,
-    path: PathBuf,
+    /// Nothing was put since the tree was made or cleared.
+    fresh: bool,
 }
 
 impl Tree {
     /// An empty tree (the root only) at `path`, replacing what is there.
     pub fn create(path: &Path) -> io::Result<Tree> {
         let mut t = Tree {
-            db: Db::open(path, CACHE_BYTES, true)?,
-            path: path.to_path_buf(),
+            db: Db::scratch(path, CACHE_BYTES)?,
+            fresh: true,
         };
         t.insert("", Node::implied_dir())?;
+        t.fresh = true;
         Ok(t)
     }
 
-    /// Empties the tree (the root only), for a new listing.
+    /// Empties the tree (the root only), for a new listing: its tables
+    /// are dropped in the open transaction (nothing to do when nothing
+    /// was put since it was made).
     pub fn clear(&mut self) -> io::Result<()> {
-        *self = Tree::create(&self.path)?;
+        if self.fresh {
+            return Ok(());
+        }
+        {
+            let txn = self.db.txn();
+            txn.delete_table(NODES).map_err(|e| self.db.err(e))?;
+            txn.delete_table(KIDS).map_err(|e| self.db.err(e))?;
+            txn.delete_table(DIRTY).map_err(|e| self.db.err(e))?;
+        }
+        self.db.commit(false)?;
+        self.insert("", Node::implied_dir())?;
+        self.fresh = true;
         Ok(())
     }
 
@@ -120,6 +135,7 @@ impl Tree {
     /// False (nothing changed) when a parent is not a directory, or when a
     /// directory that has entries would be replaced by a non-directory.
     pub fn insert(&mut self, key: &str, node: Node) -> io::Result<bool> {
+        self.fresh = false;
         let mut writes = 0;
         let done = {
             let mut t = Open::new(&self.db)?;
@@ -133,6 +149,7 @@ impl Tree {
     /// [`Tree::insert`] would (those it refuses are left out), with the
     /// tables opened once for the page.
     pub fn insert_page(&mut self, entries: &[(String, Node)]) -> io::Result<()> {
+        self.fresh = false;
         let mut writes = 0;
         {
             let mut t = Open::new(&self.db)?;
