@@ -95,13 +95,7 @@ fn stretch(conn: &Arc<Conn>, after: Option<String>, upto: Option<String>) -> Pag
                     return;
                 }
             };
-            let mut done = next.is_none();
-            if let Some(u) = &upto {
-                if let Some(past) = page.iter().position(|o| o.key > *u) {
-                    page.truncate(past);
-                    done = true;
-                }
-            }
+            let done = cut(&mut page, upto.as_deref()) || next.is_none();
             // A receiver gone: the listing stopped (an error elsewhere).
             if tx.send(Ok(page)).await.is_err() || done {
                 return;
@@ -112,9 +106,25 @@ fn stretch(conn: &Arc<Conn>, after: Option<String>, upto: Option<String>) -> Pag
     rx
 }
 
+/// Cuts a page at the end of its stretch (`upto`, None: the listing's
+/// end): the keys after it go; true when the stretch is over (a key past
+/// its end was listed, or its last key).
+fn cut(page: &mut Vec<Listed>, upto: Option<&str>) -> bool {
+    let Some(u) = upto else {
+        return false;
+    };
+    match page.iter().position(|o| o.key.as_str() > u) {
+        Some(past) => {
+            page.truncate(past);
+            true
+        }
+        None => page.last().is_some_and(|o| o.key == u),
+    }
+}
+
 /// One page of the listing of the prefix (at most a thousand objects)
-/// after `after` (ignored with a continuation token), and the token for
-/// the next (None: the last).
+/// after `after` (not sent with a continuation token, which says where
+/// the listing is), and the token for the next (None: the last).
 async fn list_page(
     conn: &Conn,
     after: Option<&str>,
@@ -125,7 +135,7 @@ async fn list_page(
         .list_objects_v2()
         .bucket(&conn.bucket)
         .prefix(&conn.root)
-        .set_start_after(after.map(str::to_string))
+        .set_start_after(after.filter(|_| token.is_none()).map(str::to_string))
         .set_continuation_token(token)
         .send()
         .await
@@ -147,4 +157,47 @@ async fn list_page(
         _ => None,
     };
     Ok((page, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(keys: &[&str]) -> Vec<Listed> {
+        keys.iter()
+            .map(|k| Listed {
+                key: k.to_string(),
+                size: 0,
+                etag: String::new(),
+                modified: 0,
+            })
+            .collect()
+    }
+
+    fn keys(p: &[Listed]) -> Vec<&str> {
+        p.iter().map(|o| o.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_page_is_cut_where_its_stretch_ends() {
+        let mut p = page(&["a", "b", "c"]);
+        assert!(cut(&mut p, Some("b")));
+        assert_eq!(keys(&p), ["a", "b"]);
+        // Ending on the stretch's last key: over, nothing more to ask.
+        let mut p = page(&["a", "b"]);
+        assert!(cut(&mut p, Some("b")));
+        assert_eq!(keys(&p), ["a", "b"]);
+        // Short of it (keys gone since the last listing): the next page.
+        let mut p = page(&["a", "b"]);
+        assert!(!cut(&mut p, Some("bb")));
+        assert_eq!(keys(&p), ["a", "b"]);
+        // Past it at once: an empty page, over.
+        let mut p = page(&["c"]);
+        assert!(cut(&mut p, Some("b")));
+        assert!(p.is_empty());
+        // The last stretch runs to the listing's end.
+        let mut p = page(&["x"]);
+        assert!(!cut(&mut p, None));
+        assert!(!cut(&mut Vec::new(), Some("b")));
+    }
 }
