@@ -20,11 +20,41 @@ pub struct Db {
 
 impl Drop for Db {
     /// The open transaction is committed (unsynced) before the database
-    /// closes: redb's close waits for every write transaction to end.
+    /// closes, or aborted when it wrote nothing: redb's close waits for
+    /// every write transaction to end.
     fn drop(&mut self) {
         if let Some(t) = self.txn.take() {
-            let _ = t.commit();
+            if self.writes > 0 {
+                let _ = t.commit();
+            }
+            // Else nothing to keep: dropped, it aborts.
         }
+    }
+}
+
+/// A file for redb whose syncs do nothing (for [`Db::scratch`]).
+#[derive(Debug)]
+struct Unsynced(redb::backends::FileBackend);
+
+impl redb::StorageBackend for Unsynced {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
+        self.0.read(offset, len)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self, _eventual: bool) -> Result<(), io::Error> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.0.write(offset, data)
     }
 }
 
@@ -45,6 +75,34 @@ impl Db {
                 .set_cache_size(cache_bytes)
                 .create(path)
         };
+        Db::open_with(path, fresh, build)
+    }
+
+    /// A fresh database at `path` that is never synced to disk: scratch
+    /// made again by every process that opens it (a crash leaves a file
+    /// the next open replaces), so it costs no fsync, at its creation,
+    /// its commits or its close.
+    pub fn scratch(path: &Path, cache_bytes: usize) -> io::Result<Db> {
+        let _ = std::fs::remove_file(path);
+        let build = || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            let backend = Unsynced(redb::backends::FileBackend::new(file)?);
+            redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create_with_backend(backend)
+        };
+        Db::open_with(path, true, build)
+    }
+
+    fn open_with(
+        path: &Path,
+        fresh: bool,
+        build: impl Fn() -> Result<Database, redb::DatabaseError>,
+    ) -> io::Result<Db> {
         let db = match build() {
             Ok(db) => db,
             Err(_) if !fresh => {
@@ -78,7 +136,13 @@ impl Db {
 
     /// Counts a write; commits every [`CHECKPOINT`] writes.
     pub fn wrote(&mut self) -> io::Result<()> {
-        self.writes += 1;
+        self.wrote_many(1)
+    }
+
+    /// Counts `n` writes (of one batch: at most a page of the listing and
+    /// its parents); commits once [`CHECKPOINT`] are reached.
+    pub fn wrote_many(&mut self, n: usize) -> io::Result<()> {
+        self.writes += n;
         if self.writes >= CHECKPOINT {
             self.commit(false)?;
         }
@@ -95,6 +159,11 @@ impl Db {
             t.commit().map_err(|e| err(&self.path, e))?;
         }
         self.begin()
+    }
+
+    /// The database's file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// A redb error of this database as one line.

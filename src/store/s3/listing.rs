@@ -1,106 +1,49 @@
 //! Reading the whole replica from the bucket: the prefix is listed a
-//! thousand keys a request, and each page of the listing is read into the
-//! tree before the next is asked for (so memory holds one page, whatever
-//! the bucket's size). Each object's metadata (rclone's `mtime` and
+//! thousand keys a request, several stretches of it at once (`lister.rs`),
+//! and each page of the listing is read into the tree in key order (so
+//! memory holds the pages in flight, whatever the bucket's size). Each object's metadata (rclone's `mtime` and
 //! `mode`, a symlink's target) comes from the metadata cache (`meta.rs`)
 //! when the object is unchanged (same ETag, size and last-modified time),
 //! else from the store (HEAD, or GET for a symlink), many at once.
 //!
-//! The listing is in key order (S3's ListObjectsV2 is), so cache entries
-//! of objects no longer there are found between one page's keys and the
-//! next. An object this store wrote is cached before its last-modified
-//! time is known; the first listing after the write binds it.
+//! The listing is in key order (S3's ListObjectsV2 is), so a page's cache
+//! entries are read with one cursor over the keys from the page's first
+//! to its last (`merge.rs`), and the entries among them that are not
+//! listed (objects no longer there) are dropped on the way. A no-change
+//! page writes nothing to the cache. An object this store wrote is cached
+//! before its last-modified time is known; the first listing after the
+//! write binds it.
 
 use super::client::Conn;
 use super::layout::{parse_mode, parse_mtime, parse_object, Stored, META_MODE, META_MTIME};
+use super::lister::{Listed, Lister};
 use super::meta::{Cached, MetaCache};
 use super::tree::{Node, Tree};
 use crate::tree::Kind;
-use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 
 /// Metadata requests in flight at once during a listing.
 const HEADS_AT_ONCE: usize = 32;
 
-/// One object of the listing.
-#[derive(Debug, Clone)]
-pub struct Listed {
-    pub key: String,
-    pub size: u64,
-    pub etag: String,
-    pub modified: i64,
-}
-
-/// An ETag without its quotes.
-pub fn bare_etag(e: Option<&str>) -> String {
-    e.unwrap_or("").trim_matches('"').to_string()
-}
-
-/// A page of the listing and the token for the next (None: the last).
-type Page = (Vec<Listed>, Option<String>);
-
-/// Asks for one page of the listing of the prefix (at most a thousand
-/// objects) in the background, so it arrives while the previous one is
-/// read into the tree.
-fn list_ahead(
-    conn: &Arc<Conn>,
-    token: Option<String>,
-) -> tokio::task::JoinHandle<io::Result<Page>> {
-    let c = conn.clone();
-    conn.spawn(async move { list_page(&c, token).await })
-}
-
-async fn list_page(conn: &Conn, token: Option<String>) -> io::Result<Page> {
-    {
-        let r = conn
-            .client
-            .list_objects_v2()
-            .bucket(&conn.bucket)
-            .prefix(&conn.root)
-            .set_continuation_token(token)
-            .send()
-            .await
-            .map_err(|e| conn.error(e))?;
-        let page = r
-            .contents()
-            .iter()
-            .map(|o| Listed {
-                key: o.key().unwrap_or("").to_string(),
-                size: o.size().unwrap_or(0).max(0) as u64,
-                etag: bare_etag(o.e_tag()),
-                modified: o.last_modified().map_or(0, |t| {
-                    t.secs() * 1000 + i64::from(t.subsec_nanos() / 1_000_000)
-                }),
-            })
-            .collect();
-        let next = match r.next_continuation_token() {
-            Some(t) if r.is_truncated() == Some(true) => Some(t.to_string()),
-            _ => None,
-        };
-        Ok((page, next))
-    }
-}
-
 /// Reads the replica as listed into `tree` (which holds only its root),
 /// with the cache brought up to date (entries of objects no longer there
 /// are dropped).
 pub fn read_tree(conn: &Arc<Conn>, cache: &mut MetaCache, tree: &mut Tree) -> io::Result<()> {
-    let mut ahead = Some(list_ahead(conn, None));
+    let mut lister = Lister::new(conn);
     let mut prev: Option<String> = None;
-    while let Some(h) = ahead.take() {
-        let (page, next) = conn.run(h).map_err(io::Error::other)??;
-        ahead = next.map(|t| list_ahead(conn, Some(t)));
+    while let Some(page) = lister.next(cache)? {
         read_page(conn, cache, tree, &page, prev.as_deref())?;
         if let Some(last) = page.last() {
             prev = Some(last.key.clone());
         }
     }
-    cache.prune(prev.as_deref(), None, &HashSet::new())
+    cache.page(prev.as_deref(), &[]).map(|_| ())
 }
 
 /// One page of the listing (the keys after `prev`) into the tree and the
-/// cache.
+/// cache: the cache's entries for the page are read with one cursor, and
+/// only what changed is written to it.
 fn read_page(
     conn: &Arc<Conn>,
     cache: &mut MetaCache,
@@ -108,54 +51,48 @@ fn read_page(
     page: &[Listed],
     prev: Option<&str>,
 ) -> io::Result<()> {
-    let Some(last) = page.last() else {
+    if page.is_empty() {
         return Ok(());
-    };
-    let listed: HashSet<&str> = page.iter().map(|o| o.key.as_str()).collect();
-    cache.prune(prev, Some(&last.key), &listed)?;
-    let mut known = HashMap::with_capacity(page.len());
+    }
+    let keys: Vec<&str> = page.iter().map(|o| o.key.as_str()).collect();
+    let mut known = cache.page(prev, &keys)?;
     let mut ask = Vec::new();
-    for o in page {
-        match cache.get(&o.key)? {
-            Some(mut c)
+    for (i, o) in page.iter().enumerate() {
+        match &mut known[i] {
+            Some(c)
                 if c.etag == o.etag
                     && c.size == o.size
                     && c.modified.is_none_or(|m| m == o.modified) =>
             {
                 if c.modified.is_none() {
                     c.modified = Some(o.modified);
-                    cache.insert(&o.key, &c)?;
+                    cache.insert(&o.key, c)?;
                 }
-                known.insert(o.key.as_str(), c);
             }
-            _ => ask.push(o.clone()),
+            k => {
+                *k = None;
+                ask.push(i);
+            }
         }
     }
-    let fetched = fetch_meta(conn, ask)?;
-    for (o, c) in &fetched {
-        cache.insert(&o.key, c)?;
-    }
-    for (o, c) in &fetched {
-        known.insert(o.key.as_str(), c.clone());
+    let asked = ask.iter().map(|&i| (i, page[i].clone())).collect();
+    for (i, c) in fetch_meta(conn, asked)? {
+        cache.insert(&page[i].key, &c)?;
+        known[i] = Some(c);
     }
     // In listing order, as the tree's rules about conflicts want.
-    for o in page {
-        if let Some(c) = known.get(o.key.as_str()) {
-            place(conn, tree, o, c)?;
-        }
-    }
-    Ok(())
+    let entries: Vec<(String, Node)> = page
+        .iter()
+        .zip(&known)
+        .filter_map(|(o, c)| entry(conn, o, c.as_ref()?))
+        .collect();
+    tree.insert_page(&entries)
 }
 
-/// One listed object into the tree. Objects that cannot stand for an
-/// entry of a directory tree (a file where a directory is) are left alone.
-fn place(conn: &Conn, tree: &mut Tree, o: &Listed, c: &Cached) -> io::Result<()> {
-    let Some(rel) = o.key.strip_prefix(&conn.root) else {
-        return Ok(());
-    };
-    let Some(stored) = parse_object(rel) else {
-        return Ok(());
-    };
+/// The tree's entry for one listed object; None for objects that cannot
+/// stand for an entry of a directory tree.
+fn entry(conn: &Conn, o: &Listed, c: &Cached) -> Option<(String, Node)> {
+    let rel = o.key.strip_prefix(&conn.root)?;
     let node = |kind: Kind, marker: bool| Node {
         kind,
         mode: c.mode,
@@ -164,30 +101,28 @@ fn place(conn: &Conn, tree: &mut Tree, o: &Listed, c: &Cached) -> io::Result<()>
         marker,
         dirty: false,
     };
-    let _ = match stored {
-        Stored::Dir(key) => tree.insert(&key, node(Kind::Dir, true))?,
-        Stored::File(key) => tree.insert(&key, node(Kind::File { size: o.size }, false))?,
+    Some(match parse_object(rel)? {
+        Stored::Dir(key) => (key, node(Kind::Dir, true)),
+        Stored::File(key) => (key, node(Kind::File { size: o.size }, false)),
         Stored::Link(key) => {
             let target = c.target.clone().unwrap_or_default();
-            tree.insert(&key, node(Kind::Symlink { target }, false))?
+            (key, node(Kind::Symlink { target }, false))
         }
-    };
-    Ok(())
+    })
 }
 
 /// Reads the metadata of objects not in the cache, many at once.
-fn fetch_meta(conn: &Arc<Conn>, objs: Vec<Listed>) -> io::Result<Vec<(Listed, Cached)>> {
+fn fetch_meta(conn: &Arc<Conn>, objs: Vec<(usize, Listed)>) -> io::Result<Vec<(usize, Cached)>> {
     if objs.is_empty() {
         return Ok(Vec::new());
     }
     let sem = Arc::new(tokio::sync::Semaphore::new(HEADS_AT_ONCE));
     let mut tasks = Vec::with_capacity(objs.len());
-    for o in objs {
+    for (i, o) in objs {
         let (conn2, sem) = (conn.clone(), sem.clone());
         tasks.push(conn.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let c = meta_of(&conn2, &o).await;
-            c.map(|c| (o, c))
+            meta_of(&conn2, &o).await.map(|c| (i, c))
         }));
     }
     conn.run(async {

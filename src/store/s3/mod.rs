@@ -9,8 +9,10 @@
 //! - `tree.rs`: the replica as last listed, kept current by our writes,
 //!   on disk (`db.rs`: redb in the state directory, bounded transactions).
 //! - `listing.rs`: one listing of the prefix per pass, a page of a
-//!   thousand keys at a time, and `meta.rs`, the persisted metadata cache
-//!   (HEAD only for objects that changed), on disk too.
+//!   thousand keys at a time, several stretches of it asked for at once
+//!   (`lister.rs`, bounded by the keys of the last listing), and `meta.rs`, the persisted metadata cache
+//!   (HEAD only for objects that changed), on disk too, read with a cursor
+//!   beside the listing (`merge.rs`: the merge of two key-ordered runs).
 //! - `staged.rs`: spool files in the state directory; ranged-GET readers.
 //! - `writes.rs`: PUT, multipart, CopyObject, deletes.
 //!
@@ -25,7 +27,9 @@ mod background;
 pub mod client;
 mod db;
 pub mod layout;
+mod lister;
 mod listing;
+mod merge;
 mod meta;
 mod staged;
 mod tree;
@@ -544,7 +548,8 @@ impl Store for S3Store {
         tree.clear()?;
         listing::read_tree(&self.conn, &mut cache, &mut tree)?;
         drop(tree);
-        let _ = cache.save();
+        // Synced at the end of the pass (`flush`).
+        let _ = cache.checkpoint();
         drop(cache);
         writes::abort_stale_uploads(&self.conn)?;
         Ok(())

@@ -5,13 +5,13 @@
 //! than one of a thousand: redb's page cache and one transaction's dirty
 //! pages (`db.rs`), plus the names of the directory being read.
 
-use super::db::Db;
+use super::db::{err, Db};
 use crate::store::{child_key, split_key};
 use crate::tree::{Kind, Timestamp};
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Store key -> the node (postcard).
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
@@ -55,23 +55,38 @@ impl Node {
 /// The replica's entries by store key (`""`: the root).
 pub struct Tree {
     db: Db,
-    path: PathBuf,
+    /// Nothing was put since the tree was made or cleared.
+    fresh: bool,
 }
 
 impl Tree {
     /// An empty tree (the root only) at `path`, replacing what is there.
     pub fn create(path: &Path) -> io::Result<Tree> {
         let mut t = Tree {
-            db: Db::open(path, CACHE_BYTES, true)?,
-            path: path.to_path_buf(),
+            db: Db::scratch(path, CACHE_BYTES)?,
+            fresh: true,
         };
-        t.put("", &Node::implied_dir())?;
+        t.insert("", Node::implied_dir())?;
+        t.fresh = true;
         Ok(t)
     }
 
-    /// Empties the tree (the root only), for a new listing.
+    /// Empties the tree (the root only), for a new listing: its tables
+    /// are dropped in the open transaction (nothing to do when nothing
+    /// was put since it was made).
     pub fn clear(&mut self) -> io::Result<()> {
-        *self = Tree::create(&self.path)?;
+        if self.fresh {
+            return Ok(());
+        }
+        {
+            let txn = self.db.txn();
+            txn.delete_table(NODES).map_err(|e| self.db.err(e))?;
+            txn.delete_table(KIDS).map_err(|e| self.db.err(e))?;
+            txn.delete_table(DIRTY).map_err(|e| self.db.err(e))?;
+        }
+        self.db.commit(false)?;
+        self.insert("", Node::implied_dir())?;
+        self.fresh = true;
         Ok(())
     }
 
@@ -88,23 +103,6 @@ impl Tree {
                 .map(Some)
                 .map_err(|e| self.db.err(e)),
         }
-    }
-
-    /// Writes `node` at `key` (no parent bookkeeping).
-    fn put(&mut self, key: &str, node: &Node) -> io::Result<()> {
-        let bytes = postcard::to_allocvec(node).map_err(|e| self.db.err(e))?;
-        {
-            let txn = self.db.txn();
-            let mut t = txn.open_table(NODES).map_err(|e| self.db.err(e))?;
-            t.insert(key, &bytes[..]).map_err(|e| self.db.err(e))?;
-            let mut d = txn.open_table(DIRTY).map_err(|e| self.db.err(e))?;
-            if node.dirty {
-                d.insert(key, ()).map_err(|e| self.db.err(e))?;
-            } else {
-                d.remove(key).map_err(|e| self.db.err(e))?;
-            }
-        }
-        self.db.wrote()
     }
 
     /// Up to `max` names of directory `key`, in order.
@@ -137,37 +135,29 @@ impl Tree {
     /// False (nothing changed) when a parent is not a directory, or when a
     /// directory that has entries would be replaced by a non-directory.
     pub fn insert(&mut self, key: &str, node: Node) -> io::Result<bool> {
-        if key.is_empty() {
-            if !node.kind.is_dir() {
-                return Ok(false);
+        self.fresh = false;
+        let mut writes = 0;
+        let done = {
+            let mut t = Open::new(&self.db)?;
+            t.insert(key, &node, &mut writes)?
+        };
+        self.db.wrote_many(writes)?;
+        Ok(done)
+    }
+
+    /// Puts the entries of one page of the listing in order, each as
+    /// [`Tree::insert`] would (those it refuses are left out), with the
+    /// tables opened once for the page.
+    pub fn insert_page(&mut self, entries: &[(String, Node)]) -> io::Result<()> {
+        self.fresh = false;
+        let mut writes = 0;
+        {
+            let mut t = Open::new(&self.db)?;
+            for (key, node) in entries {
+                t.insert(key, node, &mut writes)?;
             }
-            self.put("", &node)?;
-            return Ok(true);
         }
-        let (parent, name) = split_key(key);
-        match self.get(parent)? {
-            Some(p) if !p.kind.is_dir() => return Ok(false),
-            Some(_) => {}
-            None => {
-                if !self.insert(parent, Node::implied_dir())? {
-                    return Ok(false);
-                }
-            }
-        }
-        if !node.kind.is_dir() && !self.children(key, 1)?.is_empty() {
-            return Ok(false);
-        }
-        if let Some(old) = self.get(key)? {
-            if old.kind.is_dir() && node.kind.is_dir() && !node.marker && old.marker {
-                // An implied directory never hides a marker already found.
-                return Ok(true);
-            }
-        } else {
-            let mut t = self.db.txn().open_table(KIDS).map_err(|e| self.db.err(e))?;
-            t.insert((parent, name), ()).map_err(|e| self.db.err(e))?;
-        }
-        self.put(key, &node)?;
-        Ok(true)
+        self.db.wrote_many(writes)
     }
 
     /// Removes up to `max` entries of `key`'s subtree, deepest first,
@@ -243,7 +233,7 @@ impl Tree {
     pub fn set_etag(&mut self, key: &str, etag: String) -> io::Result<()> {
         if let Some(mut n) = self.get(key)? {
             n.etag = etag;
-            self.put(key, &n)?;
+            self.insert(key, n)?;
         }
         Ok(())
     }
@@ -276,9 +266,125 @@ impl Tree {
     }
 }
 
+/// The tables of a tree open for a batch of writes (opening a table is a
+/// lookup of its own: once per batch, not per entry).
+struct Open<'t> {
+    nodes: Table<'t, &'static str, &'static [u8]>,
+    kids: Table<'t, (&'static str, &'static str), ()>,
+    dirty: Table<'t, &'static str, ()>,
+    path: &'t Path,
+    /// A directory that has been given a child in this batch: it stays a
+    /// directory (nothing in a batch removes), so it is not looked up
+    /// again for its next child.
+    parent: Option<String>,
+}
+
+impl<'t> Open<'t> {
+    fn new(db: &'t Db) -> io::Result<Open<'t>> {
+        let txn = db.txn();
+        Ok(Open {
+            nodes: txn.open_table(NODES).map_err(|e| db.err(e))?,
+            kids: txn.open_table(KIDS).map_err(|e| db.err(e))?,
+            dirty: txn.open_table(DIRTY).map_err(|e| db.err(e))?,
+            path: db.path(),
+            parent: None,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> io::Error {
+        err(self.path, e)
+    }
+
+    fn get(&self, key: &str) -> io::Result<Option<Node>> {
+        match self.nodes.get(key).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(v.value())
+                .map(Some)
+                .map_err(|e| self.err(e)),
+        }
+    }
+
+    fn has_children(&self, key: &str) -> io::Result<bool> {
+        let mut range = self
+            .kids
+            .range::<(&str, &str)>((key, "")..)
+            .map_err(|e| self.err(e))?;
+        match range.next() {
+            None => Ok(false),
+            Some(item) => Ok(item.map_err(|e| self.err(e))?.0.value().0 == key),
+        }
+    }
+
+    /// [`Tree::insert`], counting the writes in `writes`.
+    fn insert(&mut self, key: &str, node: &Node, writes: &mut usize) -> io::Result<bool> {
+        if key.is_empty() {
+            if !node.kind.is_dir() {
+                return Ok(false);
+            }
+            let old = self.get("")?;
+            self.put("", node, old.as_ref(), writes)?;
+            return Ok(true);
+        }
+        let (parent, name) = split_key(key);
+        if self.parent.as_deref() != Some(parent) {
+            match self.get(parent)? {
+                Some(p) if !p.kind.is_dir() => return Ok(false),
+                Some(_) => {}
+                None => {
+                    if !self.insert(parent, &Node::implied_dir(), writes)? {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        // A key not in the tree has no children: a child's insert puts
+        // its parent first, a removal takes the children first.
+        let old = self.get(key)?;
+        if let Some(old) = &old {
+            if !node.kind.is_dir() && self.has_children(key)? {
+                return Ok(false);
+            }
+            if old.kind.is_dir() && node.kind.is_dir() && !node.marker && old.marker {
+                // An implied directory never hides a marker already found.
+                return Ok(true);
+            }
+        } else {
+            self.kids
+                .insert((parent, name), ())
+                .map_err(|e| err(self.path, e))?;
+            *writes += 1;
+        }
+        self.put(key, node, old.as_ref(), writes)?;
+        self.parent = Some(parent.to_string());
+        Ok(true)
+    }
+
+    /// Writes `node` at `key` over `old` (no parent bookkeeping).
+    fn put(
+        &mut self,
+        key: &str,
+        node: &Node,
+        old: Option<&Node>,
+        writes: &mut usize,
+    ) -> io::Result<()> {
+        let bytes = postcard::to_allocvec(node).map_err(|e| err(self.path, e))?;
+        self.nodes
+            .insert(key, &bytes[..])
+            .map_err(|e| err(self.path, e))?;
+        if node.dirty {
+            self.dirty.insert(key, ()).map_err(|e| err(self.path, e))?;
+        } else if old.is_some_and(|o| o.dirty) {
+            self.dirty.remove(key).map_err(|e| err(self.path, e))?;
+        }
+        *writes += 1;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn tree(dir: &tempfile::TempDir) -> Tree {
         Tree::create(&dir.path().join("tree.redb")).unwrap()
@@ -323,6 +429,55 @@ mod tests {
         // Emptying the root keeps the root.
         assert_eq!(removed(&mut t, ""), vec!["a/d", "a"]);
         assert_eq!(t.names("").unwrap(), Some(vec![]));
+    }
+
+    /// Every entry reachable from the root, with its node, in order.
+    fn dump(t: &Tree) -> Vec<(String, Node)> {
+        let mut out = Vec::new();
+        let mut todo = vec![String::new()];
+        while let Some(k) = todo.pop() {
+            let node = t.get(&k).unwrap().unwrap();
+            if let Some(names) = t.names(&k).unwrap() {
+                todo.extend(names.iter().rev().map(|n| child_key(&k, n)));
+            }
+            out.push((k, node));
+        }
+        out
+    }
+
+    fn arb_entry() -> impl Strategy<Value = (String, Node)> {
+        let key = proptest::collection::vec("[ab]", 1..4).prop_map(|p| p.join("/"));
+        let node = (0u8..4, any::<bool>()).prop_map(|(kind, dirty)| Node {
+            kind: match kind {
+                0 => Kind::Dir,
+                1 => Kind::Symlink { target: "t".into() },
+                _ => Kind::File { size: kind.into() },
+            },
+            marker: kind == 0 && !dirty,
+            dirty,
+            ..Node::implied_dir()
+        });
+        (key, node)
+    }
+
+    proptest! {
+        /// A page put at once makes the tree its entries put one by one make.
+        #[test]
+        fn a_page_at_once_is_its_entries_one_by_one(
+            pages in proptest::collection::vec(proptest::collection::vec(arb_entry(), 0..12), 1..4),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut one = Tree::create(&dir.path().join("one.redb")).unwrap();
+            let mut many = Tree::create(&dir.path().join("many.redb")).unwrap();
+            for page in &pages {
+                for (k, n) in page {
+                    one.insert(k, n.clone()).unwrap();
+                }
+                many.insert_page(page).unwrap();
+            }
+            prop_assert_eq!(dump(&one), dump(&many));
+            prop_assert_eq!(one.dirty(None, 100).unwrap(), many.dirty(None, 100).unwrap());
+        }
     }
 
     #[test]

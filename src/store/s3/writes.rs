@@ -6,7 +6,7 @@
 
 use super::client::Conn;
 use super::layout::{format_mode, format_mtime, META_MODE, META_MTIME};
-use super::listing::bare_etag;
+use super::lister::bare_etag;
 use crate::tree::{Kind, Timestamp};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
