@@ -141,6 +141,7 @@ fn one_chunk(rec: &FileRecord) -> bool {
     matches!(rec.digest.chunks[..], [c] if c.hash == rec.digest.hash)
 }
 
+mod pending;
 mod replica;
 mod source;
 

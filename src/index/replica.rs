@@ -1,6 +1,8 @@
 //! The server's index of the replica's content, written in one
-//! transaction per pass.
+//! transaction per pass; writes are held in memory and reach redb in
+//! sorted batches (`pending.rs`).
 
+use super::pending::{sorted, Pending, MAX_HELD};
 use super::{
     index_err, one_chunk, open_db, ChunkLoc, FileRecord, GroupLoc, CHECKPOINT_WRITES, CHUNKS,
     FILES, GROUPS, WHOLE,
@@ -48,6 +50,7 @@ impl ReplicaIndex {
             txn: Some(txn),
             writes: 0,
             scratch: false,
+            pending: Pending::default(),
             cached: std::cell::RefCell::new(None),
             last_whole: std::cell::RefCell::new(None),
         })
@@ -69,6 +72,8 @@ pub struct IndexTxn<'a> {
     writes: usize,
     /// Never committed (see [`ReplicaIndex::begin_scratch`]).
     scratch: bool,
+    /// Writes not yet in `txn`; reads look here first.
+    pending: Pending,
     /// The last record decoded for a group lookup (large files have many groups).
     cached: std::cell::RefCell<Option<(String, std::rc::Rc<FileRecord>)>>,
     /// The last whole-file lookup and its answer, until the next write: a
@@ -88,17 +93,26 @@ impl IndexTxn<'_> {
     }
 
     pub fn file(&self, path: &str) -> Result<Option<FileRecord>> {
+        if let Some(held) = self.pending.files.get(path) {
+            return Ok(held.clone());
+        }
         let t = self.txn().open_table(FILES).map_err(|e| self.err(e))?;
         let v = t.get(path).map_err(|e| self.err(e))?;
         Ok(v.and_then(|v| postcard::from_bytes(v.value()).ok()))
     }
 
+    /// The chunk table's entry for `hash` (not one-chunk files).
+    fn chunk_entry(&self, hash: &Hash) -> Result<Option<ChunkLoc>> {
+        if let Some(held) = self.pending.chunks.get(hash) {
+            return Ok(held.clone());
+        }
+        let t = self.txn().open_table(CHUNKS).map_err(|e| self.err(e))?;
+        let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| postcard::from_bytes(v.value()).ok()))
+    }
+
     pub fn find_chunk(&self, hash: &Hash) -> Result<Option<ChunkLoc>> {
-        let found = {
-            let t = self.txn().open_table(CHUNKS).map_err(|e| self.err(e))?;
-            let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
-            v.and_then(|v| postcard::from_bytes(v.value()).ok())
-        };
+        let found = self.chunk_entry(hash)?;
         if found.is_some() {
             return Ok(found);
         }
@@ -119,6 +133,9 @@ impl IndexTxn<'_> {
     }
 
     pub fn find_whole(&self, hash: &Hash) -> Result<Option<String>> {
+        if let Some(held) = self.pending.whole.get(hash) {
+            return Ok(held.clone());
+        }
         if let Some((h, found)) = &*self.last_whole.borrow() {
             if h == hash {
                 return Ok(found.clone());
@@ -133,14 +150,20 @@ impl IndexTxn<'_> {
         Ok(found)
     }
 
+    fn group_entry(&self, hash: &Hash) -> Result<Option<GroupLoc>> {
+        if let Some(held) = self.pending.groups.get(hash) {
+            return Ok(held.clone());
+        }
+        let t = self.txn().open_table(GROUPS).map_err(|e| self.err(e))?;
+        let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| postcard::from_bytes(v.value()).ok()))
+    }
+
     /// The chunk list of a group, if some indexed file still holds it.
     pub fn find_group(&self, hash: &Hash) -> Result<Option<Vec<ChunkRef>>> {
-        let loc: Option<GroupLoc> = {
-            let t = self.txn().open_table(GROUPS).map_err(|e| self.err(e))?;
-            let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
-            v.and_then(|v| postcard::from_bytes(v.value()).ok())
+        let Some(loc) = self.group_entry(hash)? else {
+            return Ok(None);
         };
-        let Some(loc) = loc else { return Ok(None) };
         let hit = self
             .cached
             .borrow()
@@ -167,19 +190,10 @@ impl IndexTxn<'_> {
 
     /// Records a file and makes its chunks, groups and whole hash findable.
     pub fn put_file(&mut self, path: &str, rec: &FileRecord) -> Result<()> {
-        *self.cached.borrow_mut() = None;
-        *self.last_whole.borrow_mut() = None;
         self.remove_file(path)?;
-        let txn = self.txn.as_ref().unwrap();
-        let e = |e: redb::Error| index_err(&self.index.path, e);
-        {
-            let mut files = txn.open_table(FILES).map_err(|x| e(x.into()))?;
-            files
-                .insert(path, postcard::to_stdvec(rec).unwrap().as_slice())
-                .map_err(|x| e(x.into()))?;
-        }
+        let held = &mut self.pending;
+        held.files.insert(path.to_string(), Some(rec.clone()));
         if !one_chunk(rec) {
-            let mut chunks = txn.open_table(CHUNKS).map_err(|x| e(x.into()))?;
             let offs = offsets(&rec.digest.chunks);
             for (c, off) in rec.digest.chunks.iter().zip(offs) {
                 let loc = ChunkLoc {
@@ -187,19 +201,11 @@ impl IndexTxn<'_> {
                     offset: off,
                     len: c.len,
                 };
-                chunks
-                    .insert(&c.hash.0[..], postcard::to_stdvec(&loc).unwrap().as_slice())
-                    .map_err(|x| e(x.into()))?;
+                held.chunks.insert(c.hash, Some(loc));
             }
         }
-        {
-            let mut whole = txn.open_table(WHOLE).map_err(|x| e(x.into()))?;
-            whole
-                .insert(&rec.digest.hash.0[..], path)
-                .map_err(|x| e(x.into()))?;
-        }
+        held.whole.insert(rec.digest.hash, Some(path.to_string()));
         if rec.digest.chunks.len() > INLINE_CHUNKS {
-            let mut gt = txn.open_table(GROUPS).map_err(|x| e(x.into()))?;
             let mut first = 0u32;
             for g in groups(&rec.digest.chunks) {
                 let loc = GroupLoc {
@@ -207,13 +213,12 @@ impl IndexTxn<'_> {
                     first,
                     count: g.count,
                 };
-                gt.insert(&g.hash.0[..], postcard::to_stdvec(&loc).unwrap().as_slice())
-                    .map_err(|x| e(x.into()))?;
+                held.groups.insert(g.hash, Some(loc));
                 first += g.count;
             }
         }
         self.writes += 1;
-        Ok(())
+        self.flush_if_full()
     }
 
     /// Forgets a file, and every reverse entry that pointed into it.
@@ -223,39 +228,20 @@ impl IndexTxn<'_> {
         let Some(rec) = self.file(path)? else {
             return Ok(());
         };
-        let txn = self.txn.as_ref().unwrap();
-        let e = |e: redb::Error| index_err(&self.index.path, e);
-        txn.open_table(FILES)
-            .map_err(|x| e(x.into()))?
-            .remove(path)
-            .map_err(|x| e(x.into()))?;
+        self.pending.files.insert(path.to_string(), None);
         if !one_chunk(&rec) {
-            let mut chunks = txn.open_table(CHUNKS).map_err(|x| e(x.into()))?;
             for c in &rec.digest.chunks {
-                let points_here = chunks
-                    .get(&c.hash.0[..])
-                    .map_err(|x| e(x.into()))?
-                    .and_then(|v| postcard::from_bytes::<ChunkLoc>(v.value()).ok())
-                    .is_some_and(|l| l.path == path);
-                if points_here {
-                    chunks.remove(&c.hash.0[..]).map_err(|x| e(x.into()))?;
+                if self.chunk_entry(&c.hash)?.is_some_and(|l| l.path == path) {
+                    self.pending.chunks.insert(c.hash, None);
                 }
             }
         }
-        {
-            let mut whole = txn.open_table(WHOLE).map_err(|x| e(x.into()))?;
-            let here = whole
-                .get(&rec.digest.hash.0[..])
-                .map_err(|x| e(x.into()))?
-                .is_some_and(|v| v.value() == path);
-            if here {
-                whole
-                    .remove(&rec.digest.hash.0[..])
-                    .map_err(|x| e(x.into()))?;
-            }
+        if self.find_whole(&rec.digest.hash)?.is_some_and(|p| p == path) {
+            self.pending.whole.insert(rec.digest.hash, None);
         }
+        *self.last_whole.borrow_mut() = None;
         self.writes += 1;
-        Ok(())
+        self.flush_if_full()
     }
 
     /// Renames a file's record (after a rename on disk), keeping its digest.
@@ -271,23 +257,27 @@ impl IndexTxn<'_> {
         self.put_file(to, &rec)
     }
 
+    /// The keys of the file records strictly below `prefix` (and `prefix`
+    /// itself with `with_self`).
+    fn keys_below(&mut self, prefix: &str, with_self: bool) -> Result<Vec<String>> {
+        self.flush()?;
+        let t = self.txn().open_table(FILES).map_err(|e| self.err(e))?;
+        let start = format!("{prefix}/");
+        let end = format!("{prefix}0"); // '0' follows '/'
+        let mut keys: Vec<String> = t
+            .range(start.as_str()..end.as_str())
+            .map_err(|e| self.err(e))?
+            .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
+            .collect();
+        if with_self && t.get(prefix).map_err(|e| self.err(e))?.is_some() {
+            keys.push(prefix.to_string());
+        }
+        Ok(keys)
+    }
+
     /// Removes every record at or below `prefix` (a removed directory).
     pub fn remove_tree(&mut self, prefix: &str) -> Result<()> {
-        let keys: Vec<String> = {
-            let t = self.txn().open_table(FILES).map_err(|e| self.err(e))?;
-            let start = format!("{prefix}/");
-            let end = format!("{prefix}0"); // '0' follows '/'
-            let mut keys: Vec<String> = t
-                .range(start.as_str()..end.as_str())
-                .map_err(|e| self.err(e))?
-                .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
-                .collect();
-            if t.get(prefix).map_err(|e| self.err(e))?.is_some() {
-                keys.push(prefix.to_string());
-            }
-            keys
-        };
-        for k in keys {
+        for k in self.keys_below(prefix, true)? {
             self.remove_file(&k)?;
         }
         Ok(())
@@ -296,22 +286,59 @@ impl IndexTxn<'_> {
     /// Re-keys every record at or below `from` to the same place below `to`
     /// (after a directory rename on disk).
     pub fn rename_tree(&mut self, from: &str, to: &str) -> Result<()> {
-        let keys: Vec<String> = {
-            let t = self.txn().open_table(FILES).map_err(|e| self.err(e))?;
-            let start = format!("{from}/");
-            let end = format!("{from}0");
-            t.range(start.as_str()..end.as_str())
-                .map_err(|e| self.err(e))?
-                .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
-                .collect()
-        };
-        for k in keys {
+        for k in self.keys_below(from, false)? {
             if let Some(rec) = self.file(&k)? {
                 let new_key = format!("{to}{}", &k[from.len()..]);
                 self.remove_file(&k)?;
                 self.put_file(&new_key, &rec)?;
             }
         }
+        Ok(())
+    }
+
+    fn flush_if_full(&mut self) -> Result<()> {
+        if self.pending.len() >= MAX_HELD {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Moves the held writes into the redb transaction, table by table in
+    /// key order.
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut self.pending);
+        let txn = self.txn.as_ref().expect("transaction is open until dropped");
+        let e = |e: redb::Error| index_err(&self.index.path, e);
+        if !held.files.is_empty() {
+            let mut t = txn.open_table(FILES).map_err(|x| e(x.into()))?;
+            for (k, v) in held.files {
+                match v {
+                    Some(rec) => {
+                        let bytes = postcard::to_stdvec(&rec).expect("records encode");
+                        t.insert(k.as_str(), bytes.as_slice())
+                            .map_err(|x| e(x.into()))?;
+                    }
+                    None => {
+                        t.remove(k.as_str()).map_err(|x| e(x.into()))?;
+                    }
+                }
+            }
+        }
+        put_all(txn, CHUNKS, sorted(held.chunks), &e)?;
+        if !held.whole.is_empty() {
+            let mut t = txn.open_table(WHOLE).map_err(|x| e(x.into()))?;
+            for (k, v) in sorted(held.whole) {
+                match v {
+                    Some(p) => t.insert(&k.0[..], p.as_str()).map(drop),
+                    None => t.remove(&k.0[..]).map(drop),
+                }
+                .map_err(|x| e(x.into()))?;
+            }
+        }
+        put_all(txn, GROUPS, sorted(held.groups), &e)?;
         Ok(())
     }
 
@@ -324,6 +351,7 @@ impl IndexTxn<'_> {
     }
 
     fn commit_and_continue(&mut self) -> Result<()> {
+        self.flush()?;
         if let Some(t) = self.txn.take() {
             t.commit().map_err(|e| self.err(e))?;
         }
@@ -342,6 +370,7 @@ impl IndexTxn<'_> {
         if self.scratch {
             return Ok(()); // dropped: aborted
         }
+        self.flush()?;
         if let Some(mut t) = self.txn.take() {
             t.set_durability(redb::Durability::Immediate);
             t.commit().map_err(|e| self.err(e))?;
@@ -349,3 +378,31 @@ impl IndexTxn<'_> {
         Ok(())
     }
 }
+
+/// Writes one table's held entries (postcard-encoded values; `None`
+/// removes).
+fn put_all<V: serde::Serialize>(
+    txn: &WriteTransaction,
+    table: redb::TableDefinition<&[u8], &[u8]>,
+    entries: Vec<(Hash, Option<V>)>,
+    e: &dyn Fn(redb::Error) -> Error,
+) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut t = txn.open_table(table).map_err(|x| e(x.into()))?;
+    for (k, v) in entries {
+        match v {
+            Some(v) => {
+                let bytes = postcard::to_stdvec(&v).expect("locations encode");
+                t.insert(&k.0[..], bytes.as_slice()).map(drop)
+            }
+            None => t.remove(&k.0[..]).map(drop),
+        }
+        .map_err(|x| e(x.into()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod held_tests;

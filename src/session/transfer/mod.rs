@@ -77,6 +77,9 @@ pub(crate) struct Transfer<'c, 'a> {
     fine_held: usize,
     /// Workers publishing new files, while [`Transfer::run`] runs.
     pool: Option<pool::Pool>,
+    /// Bytes of deferred files of several chunks not yet handed to the
+    /// pool (see `assemble.rs`).
+    deferred_bytes: u64,
 }
 
 /// What the pass removes, where a file about to be fetched may be found
@@ -126,6 +129,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             room: Room::new(ctx.min_free),
             fine_held: 0,
             pool: None,
+            deferred_bytes: 0,
         }
     }
 
