@@ -1,8 +1,11 @@
-//! The server's index of the replica's content, written in one
-//! transaction per pass; writes are held in memory and reach redb in
-//! sorted batches (`pending.rs`).
+//! The server's index of the replica's content. A pass's writes are held
+//! in memory (`pending.rs`) and handed, a checkpoint's worth at a time, to
+//! a thread that writes and commits them in order (`writer.rs`); lookups
+//! read the held writes first. A dry run's writes go into a transaction
+//! on the session thread that is never committed.
 
-use super::pending::{sorted, Pending, MAX_HELD};
+use super::pending::{write_held, Pending, MAX_HELD};
+use super::writer::Writer;
 use super::{
     index_err, one_chunk, open_db, ChunkLoc, FileRecord, GroupLoc, CHECKPOINT_WRITES, CHUNKS,
     FILES, GROUPS, WHOLE,
@@ -12,10 +15,11 @@ use crate::error::{Error, Result};
 use crate::tree::Version;
 use redb::{Database, ReadableTable, WriteTransaction};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The server's index of the replica's content.
 pub struct ReplicaIndex {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     /// Set when the index was rebuilt on open; the reason, for the log.
     pub rebuilt: Option<String>,
@@ -25,7 +29,7 @@ impl ReplicaIndex {
     pub fn open(path: &Path) -> Result<Self> {
         let (db, rebuilt) = open_db(path)?;
         Ok(ReplicaIndex {
-            db,
+            db: Arc::new(db),
             path: path.to_path_buf(),
             rebuilt,
         })
@@ -39,40 +43,78 @@ impl ReplicaIndex {
         self.path.with_file_name(name)
     }
 
-    /// Starts the pass's transaction.
+    /// Starts the pass's transaction (and its writer thread).
     pub fn begin(&self) -> Result<IndexTxn<'_>> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| index_err(&self.path, e))?;
-        Ok(IndexTxn {
-            index: self,
-            txn: Some(txn),
-            writes: 0,
-            scratch: false,
-            pending: Pending::default(),
-            cached: std::cell::RefCell::new(None),
-            last_whole: std::cell::RefCell::new(None),
-        })
+        let writer = Writer::start(self.db.clone(), self.path.clone())?;
+        Ok(self.txn(Db::Writer(Box::new(writer)), false))
     }
 
     /// A transaction that is never committed (a dry run): it reads the
     /// index and its own writes, and keeps nothing.
     pub fn begin_scratch(&self) -> Result<IndexTxn<'_>> {
-        let mut t = self.begin()?;
-        t.scratch = true;
-        Ok(t)
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| index_err(&self.path, e))?;
+        Ok(self.txn(Db::Inline(Some(txn)), true))
     }
+
+    fn txn(&self, db: Db, scratch: bool) -> IndexTxn<'_> {
+        IndexTxn {
+            index: self,
+            db,
+            writes: 0,
+            scratch,
+            pending: Pending::default(),
+            cached: std::cell::RefCell::new(None),
+            last_whole: std::cell::RefCell::new(None),
+        }
+    }
+}
+
+/// Where a transaction's writes go once they leave memory.
+enum Db {
+    /// A writer thread, committing them batch by batch.
+    Writer(Box<Writer>),
+    /// A write transaction on this thread, never committed (a dry run).
+    Inline(Option<WriteTransaction>),
+}
+
+/// Looks `$key` up in table `$def` of the database (what the writer
+/// committed, or the inline transaction), mapping a found value with `$map`.
+macro_rules! db_get {
+    ($self:ident, $def:expr, $key:expr, |$v:ident| $map:expr) => {{
+        match &$self.db {
+            Db::Inline(t) => {
+                let t = t
+                    .as_ref()
+                    .expect("transaction is open until dropped")
+                    .open_table($def)
+                    .map_err(|e| $self.err(e))?;
+                let found = t.get($key).map_err(|e| $self.err(e))?;
+                found.and_then(|$v| $map)
+            }
+            Db::Writer(w) => match w.read().open_table($def) {
+                Ok(t) => {
+                    let found = t.get($key).map_err(|e| $self.err(e))?;
+                    found.and_then(|$v| $map)
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err($self.err(e)),
+            },
+        }
+    }};
 }
 
 /// A write transaction on the replica index.
 pub struct IndexTxn<'a> {
     index: &'a ReplicaIndex,
-    txn: Option<WriteTransaction>,
+    db: Db,
     writes: usize,
     /// Never committed (see [`ReplicaIndex::begin_scratch`]).
     scratch: bool,
-    /// Writes not yet in `txn`; reads look here first.
+    /// Writes not yet handed over; reads look here first, then in the
+    /// batches the writer has not committed yet, then in the database.
     pending: Pending,
     /// The last record decoded for a group lookup (large files have many groups).
     cached: std::cell::RefCell<Option<(String, std::rc::Rc<FileRecord>)>>,
@@ -86,29 +128,35 @@ impl IndexTxn<'_> {
         index_err(&self.index.path, e)
     }
 
-    fn txn(&self) -> &WriteTransaction {
-        self.txn
-            .as_ref()
-            .expect("transaction is open until dropped")
+    /// What the held writes (newest first) say about an entry, if any.
+    fn held<T>(&self, get: impl Fn(&Pending) -> Option<T>) -> Option<T> {
+        if let Some(x) = get(&self.pending) {
+            return Some(x);
+        }
+        match &self.db {
+            Db::Writer(w) => w.in_flight().find_map(get),
+            Db::Inline(_) => None,
+        }
     }
 
     pub fn file(&self, path: &str) -> Result<Option<FileRecord>> {
-        if let Some(held) = self.pending.files.get(path) {
-            return Ok(held.clone());
+        if let Some(held) = self.held(|p| p.files.get(path).cloned()) {
+            return Ok(held);
         }
-        let t = self.txn().open_table(FILES).map_err(|e| self.err(e))?;
-        let v = t.get(path).map_err(|e| self.err(e))?;
-        Ok(v.and_then(|v| postcard::from_bytes(v.value()).ok()))
+        Ok(db_get!(self, FILES, path, |v| postcard::from_bytes(
+            v.value()
+        )
+        .ok()))
     }
 
     /// The chunk table's entry for `hash` (not one-chunk files).
     fn chunk_entry(&self, hash: &Hash) -> Result<Option<ChunkLoc>> {
-        if let Some(held) = self.pending.chunks.get(hash) {
-            return Ok(held.clone());
+        if let Some(held) = self.held(|p| p.chunks.get(hash).cloned()) {
+            return Ok(held);
         }
-        let t = self.txn().open_table(CHUNKS).map_err(|e| self.err(e))?;
-        let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
-        Ok(v.and_then(|v| postcard::from_bytes(v.value()).ok()))
+        Ok(db_get!(self, CHUNKS, &hash.0[..], |v| {
+            postcard::from_bytes(v.value()).ok()
+        }))
     }
 
     pub fn find_chunk(&self, hash: &Hash) -> Result<Option<ChunkLoc>> {
@@ -133,30 +181,26 @@ impl IndexTxn<'_> {
     }
 
     pub fn find_whole(&self, hash: &Hash) -> Result<Option<String>> {
-        if let Some(held) = self.pending.whole.get(hash) {
-            return Ok(held.clone());
+        if let Some(held) = self.held(|p| p.whole.get(hash).cloned()) {
+            return Ok(held);
         }
         if let Some((h, found)) = &*self.last_whole.borrow() {
             if h == hash {
                 return Ok(found.clone());
             }
         }
-        let found = {
-            let t = self.txn().open_table(WHOLE).map_err(|e| self.err(e))?;
-            let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
-            v.map(|v| v.value().to_string())
-        };
+        let found = db_get!(self, WHOLE, &hash.0[..], |v| Some(v.value().to_string()));
         *self.last_whole.borrow_mut() = Some((*hash, found.clone()));
         Ok(found)
     }
 
     fn group_entry(&self, hash: &Hash) -> Result<Option<GroupLoc>> {
-        if let Some(held) = self.pending.groups.get(hash) {
-            return Ok(held.clone());
+        if let Some(held) = self.held(|p| p.groups.get(hash).cloned()) {
+            return Ok(held);
         }
-        let t = self.txn().open_table(GROUPS).map_err(|e| self.err(e))?;
-        let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
-        Ok(v.and_then(|v| postcard::from_bytes(v.value()).ok()))
+        Ok(db_get!(self, GROUPS, &hash.0[..], |v| {
+            postcard::from_bytes(v.value()).ok()
+        }))
     }
 
     /// The chunk list of a group, if some indexed file still holds it.
@@ -236,7 +280,10 @@ impl IndexTxn<'_> {
                 }
             }
         }
-        if self.find_whole(&rec.digest.hash)?.is_some_and(|p| p == path) {
+        if self
+            .find_whole(&rec.digest.hash)?
+            .is_some_and(|p| p == path)
+        {
             self.pending.whole.insert(rec.digest.hash, None);
         }
         *self.last_whole.borrow_mut() = None;
@@ -258,19 +305,40 @@ impl IndexTxn<'_> {
     }
 
     /// The keys of the file records strictly below `prefix` (and `prefix`
-    /// itself with `with_self`).
+    /// itself with `with_self`): every write is first in the database.
     fn keys_below(&mut self, prefix: &str, with_self: bool) -> Result<Vec<String>> {
-        self.flush()?;
-        let t = self.txn().open_table(FILES).map_err(|e| self.err(e))?;
+        self.hand_over(false)?;
+        if let Db::Writer(w) = &mut self.db {
+            w.wait_all()?;
+        }
         let start = format!("{prefix}/");
         let end = format!("{prefix}0"); // '0' follows '/'
-        let mut keys: Vec<String> = t
-            .range(start.as_str()..end.as_str())
-            .map_err(|e| self.err(e))?
-            .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
-            .collect();
-        if with_self && t.get(prefix).map_err(|e| self.err(e))?.is_some() {
-            keys.push(prefix.to_string());
+        let mut keys = Vec::new();
+        macro_rules! scan {
+            ($t:expr) => {{
+                let t = $t;
+                for r in t
+                    .range(start.as_str()..end.as_str())
+                    .map_err(|e| self.err(e))?
+                {
+                    keys.push(r.map_err(|e| self.err(e))?.0.value().to_string());
+                }
+                if with_self && t.get(prefix).map_err(|e| self.err(e))?.is_some() {
+                    keys.push(prefix.to_string());
+                }
+            }};
+        }
+        match &self.db {
+            Db::Inline(t) => scan!(t
+                .as_ref()
+                .expect("transaction is open until dropped")
+                .open_table(FILES)
+                .map_err(|e| self.err(e))?),
+            Db::Writer(w) => match w.read().open_table(FILES) {
+                Ok(t) => scan!(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(self.err(e)),
+            },
         }
         Ok(keys)
     }
@@ -298,110 +366,53 @@ impl IndexTxn<'_> {
 
     fn flush_if_full(&mut self) -> Result<()> {
         if self.pending.len() >= MAX_HELD {
-            self.flush()?;
+            self.hand_over(false)?;
         }
         Ok(())
     }
 
-    /// Moves the held writes into the redb transaction, table by table in
-    /// key order.
-    fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+    /// Hands the held writes on: to the writer as a batch (`last`: the
+    /// pass's final, durable commit), or into the inline transaction.
+    fn hand_over(&mut self, last: bool) -> Result<()> {
+        if self.pending.is_empty() && !last {
             return Ok(());
         }
         let held = std::mem::take(&mut self.pending);
-        let txn = self.txn.as_ref().expect("transaction is open until dropped");
-        let e = |e: redb::Error| index_err(&self.index.path, e);
-        if !held.files.is_empty() {
-            let mut t = txn.open_table(FILES).map_err(|x| e(x.into()))?;
-            for (k, v) in held.files {
-                match v {
-                    Some(rec) => {
-                        let bytes = postcard::to_stdvec(&rec).expect("records encode");
-                        t.insert(k.as_str(), bytes.as_slice())
-                            .map_err(|x| e(x.into()))?;
-                    }
-                    None => {
-                        t.remove(k.as_str()).map_err(|x| e(x.into()))?;
-                    }
-                }
+        match &mut self.db {
+            Db::Writer(w) => w.send(held, last)?,
+            Db::Inline(t) => {
+                let t = t.as_ref().expect("transaction is open until dropped");
+                write_held(t, &held, &self.index.path)?;
             }
         }
-        put_all(txn, CHUNKS, sorted(held.chunks), &e)?;
-        if !held.whole.is_empty() {
-            let mut t = txn.open_table(WHOLE).map_err(|x| e(x.into()))?;
-            for (k, v) in sorted(held.whole) {
-                match v {
-                    Some(p) => t.insert(&k.0[..], p.as_str()).map(drop),
-                    None => t.remove(&k.0[..]).map(drop),
-                }
-                .map_err(|x| e(x.into()))?;
-            }
-        }
-        put_all(txn, GROUPS, sorted(held.groups), &e)?;
         Ok(())
     }
 
-    /// Commits if many writes piled up since the last commit.
+    /// Hands the held writes to the writer if many piled up since the
+    /// last batch, which commits them (checkpoints bound what a
+    /// transaction holds in memory and what a crash loses).
     pub fn checkpoint(&mut self) -> Result<()> {
+        if let Db::Writer(w) = &mut self.db {
+            w.poll()?;
+        }
         if self.writes >= CHECKPOINT_WRITES && !self.scratch {
-            self.commit_and_continue()?;
+            self.hand_over(false)?;
+            self.writes = 0;
         }
         Ok(())
     }
 
-    fn commit_and_continue(&mut self) -> Result<()> {
-        self.flush()?;
-        if let Some(t) = self.txn.take() {
-            t.commit().map_err(|e| self.err(e))?;
-        }
-        let mut t = self.index.db.begin_write().map_err(|e| self.err(e))?;
-        // Checkpoints bound the pages a transaction keeps dirty in memory;
-        // they need not reach the disk: the end of the pass commits durably,
-        // and a checkpoint lost in a crash only costs dedup hints.
-        t.set_durability(redb::Durability::Eventual);
-        self.txn = Some(t);
-        self.writes = 0;
-        Ok(())
-    }
-
-    /// Commits durably (the pass is over).
+    /// Commits durably (the pass is over) and waits for it.
     pub fn commit(mut self) -> Result<()> {
         if self.scratch {
             return Ok(()); // dropped: aborted
         }
-        self.flush()?;
-        if let Some(mut t) = self.txn.take() {
-            t.set_durability(redb::Durability::Immediate);
-            t.commit().map_err(|e| self.err(e))?;
+        self.hand_over(true)?;
+        match std::mem::replace(&mut self.db, Db::Inline(None)) {
+            Db::Writer(w) => w.finish(),
+            Db::Inline(_) => Ok(()),
         }
-        Ok(())
     }
-}
-
-/// Writes one table's held entries (postcard-encoded values; `None`
-/// removes).
-fn put_all<V: serde::Serialize>(
-    txn: &WriteTransaction,
-    table: redb::TableDefinition<&[u8], &[u8]>,
-    entries: Vec<(Hash, Option<V>)>,
-    e: &dyn Fn(redb::Error) -> Error,
-) -> Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut t = txn.open_table(table).map_err(|x| e(x.into()))?;
-    for (k, v) in entries {
-        match v {
-            Some(v) => {
-                let bytes = postcard::to_stdvec(&v).expect("locations encode");
-                t.insert(&k.0[..], bytes.as_slice()).map(drop)
-            }
-            None => t.remove(&k.0[..]).map(drop),
-        }
-        .map_err(|x| e(x.into()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -91,6 +91,12 @@ pub(crate) struct Doomed<'c> {
 }
 
 impl Doomed<'_> {
+    /// Whether nothing at all is to be removed (a first copy): no file
+    /// needs looking up as a source of moves.
+    pub fn is_empty(&self) -> bool {
+        self.page.is_empty() && self.earlier.is_none()
+    }
+
     /// Whether `key` or one of its ancestors is to be removed.
     pub fn covers(&self, key: &str) -> bool {
         crate::plan::is_below_any(key, &self.page) || self.earlier.is_some_and(|d| d.covers(key))
