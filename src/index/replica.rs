@@ -56,7 +56,7 @@ impl ReplicaIndex {
             .db
             .begin_write()
             .map_err(|e| index_err(&self.path, e))?;
-        Ok(self.txn(Db::Inline(Some(txn)), true))
+        Ok(self.txn(Db::Inline(Some(Box::new(txn))), true))
     }
 
     fn txn(&self, db: Db, scratch: bool) -> IndexTxn<'_> {
@@ -77,7 +77,7 @@ enum Db {
     /// A writer thread, committing them batch by batch.
     Writer(Box<Writer>),
     /// A write transaction on this thread, never committed (a dry run).
-    Inline(Option<WriteTransaction>),
+    Inline(Option<Box<WriteTransaction>>),
 }
 
 /// Looks `$key` up in table `$def` of the database (what the writer
