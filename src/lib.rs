@@ -24,7 +24,9 @@
 //!   measure encodings on real trees.
 //! - [`index`]: persistent redb indexes: the replica's (chunk, group and
 //!   file id -> where in the replica) and the source's (stat ->
-//!   digest, so unchanged files are never re-read).
+//!   digest, so unchanged files are never re-read). The replica's writes
+//!   are held in memory (`index/pending.rs`) and written and committed in
+//!   sorted batches by a thread of their own (`index/writer.rs`).
 //! - [`plan`]: pure planning, source manifest x replica view -> operations.
 //! - [`sparse`]: zeros over a hole are not written (replica files keep
 //!   their holes).

@@ -9,10 +9,12 @@
 //!   its digest, so an unchanged file (same size, mtime and inode) is never
 //!   read again.
 //!
-//! The replica index is written in one transaction per pass (checkpointed
-//! every 2,000 writes, so a kill loses little); the source index by a
-//! thread of its own while the pass goes on (committed every 50,000
-//! records and at the end). A database that cannot
+//! The replica index's writes are held in memory and handed every 2,000
+//! writes to a thread of its own, which writes each batch sorted and
+//! commits it (so a kill loses little, and leaves the index as of a
+//! checkpoint); the pass's end commits durably. The source index is
+//! written by a thread of its own while the pass goes on (committed every
+//! 50,000 records and at the end). A database that cannot
 //! be opened, or was written by another format version, is rebuilt.
 
 use crate::chunk::{Digest, CHUNKER_VERSION};
@@ -141,8 +143,10 @@ fn one_chunk(rec: &FileRecord) -> bool {
     matches!(rec.digest.chunks[..], [c] if c.hash == rec.digest.hash)
 }
 
+mod pending;
 mod replica;
 mod source;
+mod writer;
 
 pub use replica::{IndexTxn, ReplicaIndex};
 pub use source::{SourceIndex, SourceWriter};

@@ -1,6 +1,11 @@
-//! The server's index of the replica's content, written in one
-//! transaction per pass.
+//! The server's index of the replica's content. A pass's writes are held
+//! in memory (`pending.rs`) and handed, a checkpoint's worth at a time, to
+//! a thread that writes and commits them in order (`writer.rs`); lookups
+//! read the held writes first. A dry run's writes go into a transaction
+//! on the session thread that is never committed.
 
+use super::pending::{write_held, Pending, MAX_HELD};
+use super::writer::Writer;
 use super::{
     index_err, one_chunk, open_db, ChunkLoc, FileRecord, GroupLoc, CHECKPOINT_WRITES, CHUNKS,
     FILES, GROUPS, WHOLE,
@@ -10,10 +15,11 @@ use crate::error::{Error, Result};
 use crate::tree::Version;
 use redb::{Database, ReadableTable, WriteTransaction};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The server's index of the replica's content.
 pub struct ReplicaIndex {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     /// Set when the index was rebuilt on open; the reason, for the log.
     pub rebuilt: Option<String>,
@@ -23,7 +29,7 @@ impl ReplicaIndex {
     pub fn open(path: &Path) -> Result<Self> {
         let (db, rebuilt) = open_db(path)?;
         Ok(ReplicaIndex {
-            db,
+            db: Arc::new(db),
             path: path.to_path_buf(),
             rebuilt,
         })
@@ -37,38 +43,79 @@ impl ReplicaIndex {
         self.path.with_file_name(name)
     }
 
-    /// Starts the pass's transaction.
+    /// Starts the pass's transaction (and its writer thread).
     pub fn begin(&self) -> Result<IndexTxn<'_>> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| index_err(&self.path, e))?;
-        Ok(IndexTxn {
-            index: self,
-            txn: Some(txn),
-            writes: 0,
-            scratch: false,
-            cached: std::cell::RefCell::new(None),
-            last_whole: std::cell::RefCell::new(None),
-        })
+        let writer = Writer::start(self.db.clone(), self.path.clone())?;
+        Ok(self.txn(Db::Writer(Box::new(writer)), false))
     }
 
     /// A transaction that is never committed (a dry run): it reads the
     /// index and its own writes, and keeps nothing.
     pub fn begin_scratch(&self) -> Result<IndexTxn<'_>> {
-        let mut t = self.begin()?;
-        t.scratch = true;
-        Ok(t)
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| index_err(&self.path, e))?;
+        Ok(self.txn(Db::Inline(Some(Box::new(txn))), true))
     }
+
+    fn txn(&self, db: Db, scratch: bool) -> IndexTxn<'_> {
+        IndexTxn {
+            index: self,
+            db,
+            writes: 0,
+            scratch,
+            pending: Pending::default(),
+            cached: std::cell::RefCell::new(None),
+            last_whole: std::cell::RefCell::new(None),
+        }
+    }
+}
+
+/// Where a transaction's writes go once they leave memory.
+enum Db {
+    /// A writer thread, committing them batch by batch.
+    Writer(Box<Writer>),
+    /// A write transaction on this thread, never committed (a dry run).
+    Inline(Option<Box<WriteTransaction>>),
+}
+
+/// Looks `$key` up in table `$def` of the database (what the writer
+/// committed, or the inline transaction), mapping a found value with `$map`.
+macro_rules! db_get {
+    ($self:ident, $def:expr, $key:expr, |$v:ident| $map:expr) => {{
+        match &$self.db {
+            Db::Inline(t) => {
+                let t = t
+                    .as_ref()
+                    .expect("transaction is open until dropped")
+                    .open_table($def)
+                    .map_err(|e| $self.err(e))?;
+                let found = t.get($key).map_err(|e| $self.err(e))?;
+                found.and_then(|$v| $map)
+            }
+            Db::Writer(w) => match w.read().open_table($def) {
+                Ok(t) => {
+                    let found = t.get($key).map_err(|e| $self.err(e))?;
+                    found.and_then(|$v| $map)
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err($self.err(e)),
+            },
+        }
+    }};
 }
 
 /// A write transaction on the replica index.
 pub struct IndexTxn<'a> {
     index: &'a ReplicaIndex,
-    txn: Option<WriteTransaction>,
+    db: Db,
     writes: usize,
     /// Never committed (see [`ReplicaIndex::begin_scratch`]).
     scratch: bool,
+    /// Writes not yet handed over; reads look here first, then in the
+    /// batches the writer has not committed yet, then in the database.
+    pending: Pending,
     /// The last record decoded for a group lookup (large files have many groups).
     cached: std::cell::RefCell<Option<(String, std::rc::Rc<FileRecord>)>>,
     /// The last whole-file lookup and its answer, until the next write: a
@@ -81,24 +128,39 @@ impl IndexTxn<'_> {
         index_err(&self.index.path, e)
     }
 
-    fn txn(&self) -> &WriteTransaction {
-        self.txn
-            .as_ref()
-            .expect("transaction is open until dropped")
+    /// What the held writes (newest first) say about an entry, if any.
+    fn held<T>(&self, get: impl Fn(&Pending) -> Option<T>) -> Option<T> {
+        if let Some(x) = get(&self.pending) {
+            return Some(x);
+        }
+        match &self.db {
+            Db::Writer(w) => w.in_flight().find_map(get),
+            Db::Inline(_) => None,
+        }
     }
 
     pub fn file(&self, path: &str) -> Result<Option<FileRecord>> {
-        let t = self.txn().open_table(FILES).map_err(|e| self.err(e))?;
-        let v = t.get(path).map_err(|e| self.err(e))?;
-        Ok(v.and_then(|v| postcard::from_bytes(v.value()).ok()))
+        if let Some(held) = self.held(|p| p.files.get(path).cloned()) {
+            return Ok(held);
+        }
+        Ok(db_get!(self, FILES, path, |v| postcard::from_bytes(
+            v.value()
+        )
+        .ok()))
+    }
+
+    /// The chunk table's entry for `hash` (not one-chunk files).
+    fn chunk_entry(&self, hash: &Hash) -> Result<Option<ChunkLoc>> {
+        if let Some(held) = self.held(|p| p.chunks.get(hash).cloned()) {
+            return Ok(held);
+        }
+        Ok(db_get!(self, CHUNKS, &hash.0[..], |v| {
+            postcard::from_bytes(v.value()).ok()
+        }))
     }
 
     pub fn find_chunk(&self, hash: &Hash) -> Result<Option<ChunkLoc>> {
-        let found = {
-            let t = self.txn().open_table(CHUNKS).map_err(|e| self.err(e))?;
-            let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
-            v.and_then(|v| postcard::from_bytes(v.value()).ok())
-        };
+        let found = self.chunk_entry(hash)?;
         if found.is_some() {
             return Ok(found);
         }
@@ -119,28 +181,33 @@ impl IndexTxn<'_> {
     }
 
     pub fn find_whole(&self, hash: &Hash) -> Result<Option<String>> {
+        if let Some(held) = self.held(|p| p.whole.get(hash).cloned()) {
+            return Ok(held);
+        }
         if let Some((h, found)) = &*self.last_whole.borrow() {
             if h == hash {
                 return Ok(found.clone());
             }
         }
-        let found = {
-            let t = self.txn().open_table(WHOLE).map_err(|e| self.err(e))?;
-            let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
-            v.map(|v| v.value().to_string())
-        };
+        let found = db_get!(self, WHOLE, &hash.0[..], |v| Some(v.value().to_string()));
         *self.last_whole.borrow_mut() = Some((*hash, found.clone()));
         Ok(found)
     }
 
+    fn group_entry(&self, hash: &Hash) -> Result<Option<GroupLoc>> {
+        if let Some(held) = self.held(|p| p.groups.get(hash).cloned()) {
+            return Ok(held);
+        }
+        Ok(db_get!(self, GROUPS, &hash.0[..], |v| {
+            postcard::from_bytes(v.value()).ok()
+        }))
+    }
+
     /// The chunk list of a group, if some indexed file still holds it.
     pub fn find_group(&self, hash: &Hash) -> Result<Option<Vec<ChunkRef>>> {
-        let loc: Option<GroupLoc> = {
-            let t = self.txn().open_table(GROUPS).map_err(|e| self.err(e))?;
-            let v = t.get(&hash.0[..]).map_err(|e| self.err(e))?;
-            v.and_then(|v| postcard::from_bytes(v.value()).ok())
+        let Some(loc) = self.group_entry(hash)? else {
+            return Ok(None);
         };
-        let Some(loc) = loc else { return Ok(None) };
         let hit = self
             .cached
             .borrow()
@@ -167,19 +234,10 @@ impl IndexTxn<'_> {
 
     /// Records a file and makes its chunks, groups and whole hash findable.
     pub fn put_file(&mut self, path: &str, rec: &FileRecord) -> Result<()> {
-        *self.cached.borrow_mut() = None;
-        *self.last_whole.borrow_mut() = None;
         self.remove_file(path)?;
-        let txn = self.txn.as_ref().unwrap();
-        let e = |e: redb::Error| index_err(&self.index.path, e);
-        {
-            let mut files = txn.open_table(FILES).map_err(|x| e(x.into()))?;
-            files
-                .insert(path, postcard::to_stdvec(rec).unwrap().as_slice())
-                .map_err(|x| e(x.into()))?;
-        }
+        let held = &mut self.pending;
+        held.files.insert(path.to_string(), Some(rec.clone()));
         if !one_chunk(rec) {
-            let mut chunks = txn.open_table(CHUNKS).map_err(|x| e(x.into()))?;
             let offs = offsets(&rec.digest.chunks);
             for (c, off) in rec.digest.chunks.iter().zip(offs) {
                 let loc = ChunkLoc {
@@ -187,19 +245,11 @@ impl IndexTxn<'_> {
                     offset: off,
                     len: c.len,
                 };
-                chunks
-                    .insert(&c.hash.0[..], postcard::to_stdvec(&loc).unwrap().as_slice())
-                    .map_err(|x| e(x.into()))?;
+                held.chunks.insert(c.hash, Some(loc));
             }
         }
-        {
-            let mut whole = txn.open_table(WHOLE).map_err(|x| e(x.into()))?;
-            whole
-                .insert(&rec.digest.hash.0[..], path)
-                .map_err(|x| e(x.into()))?;
-        }
+        held.whole.insert(rec.digest.hash, Some(path.to_string()));
         if rec.digest.chunks.len() > INLINE_CHUNKS {
-            let mut gt = txn.open_table(GROUPS).map_err(|x| e(x.into()))?;
             let mut first = 0u32;
             for g in groups(&rec.digest.chunks) {
                 let loc = GroupLoc {
@@ -207,13 +257,12 @@ impl IndexTxn<'_> {
                     first,
                     count: g.count,
                 };
-                gt.insert(&g.hash.0[..], postcard::to_stdvec(&loc).unwrap().as_slice())
-                    .map_err(|x| e(x.into()))?;
+                held.groups.insert(g.hash, Some(loc));
                 first += g.count;
             }
         }
         self.writes += 1;
-        Ok(())
+        self.flush_if_full()
     }
 
     /// Forgets a file, and every reverse entry that pointed into it.
@@ -223,39 +272,23 @@ impl IndexTxn<'_> {
         let Some(rec) = self.file(path)? else {
             return Ok(());
         };
-        let txn = self.txn.as_ref().unwrap();
-        let e = |e: redb::Error| index_err(&self.index.path, e);
-        txn.open_table(FILES)
-            .map_err(|x| e(x.into()))?
-            .remove(path)
-            .map_err(|x| e(x.into()))?;
+        self.pending.files.insert(path.to_string(), None);
         if !one_chunk(&rec) {
-            let mut chunks = txn.open_table(CHUNKS).map_err(|x| e(x.into()))?;
             for c in &rec.digest.chunks {
-                let points_here = chunks
-                    .get(&c.hash.0[..])
-                    .map_err(|x| e(x.into()))?
-                    .and_then(|v| postcard::from_bytes::<ChunkLoc>(v.value()).ok())
-                    .is_some_and(|l| l.path == path);
-                if points_here {
-                    chunks.remove(&c.hash.0[..]).map_err(|x| e(x.into()))?;
+                if self.chunk_entry(&c.hash)?.is_some_and(|l| l.path == path) {
+                    self.pending.chunks.insert(c.hash, None);
                 }
             }
         }
+        if self
+            .find_whole(&rec.digest.hash)?
+            .is_some_and(|p| p == path)
         {
-            let mut whole = txn.open_table(WHOLE).map_err(|x| e(x.into()))?;
-            let here = whole
-                .get(&rec.digest.hash.0[..])
-                .map_err(|x| e(x.into()))?
-                .is_some_and(|v| v.value() == path);
-            if here {
-                whole
-                    .remove(&rec.digest.hash.0[..])
-                    .map_err(|x| e(x.into()))?;
-            }
+            self.pending.whole.insert(rec.digest.hash, None);
         }
+        *self.last_whole.borrow_mut() = None;
         self.writes += 1;
-        Ok(())
+        self.flush_if_full()
     }
 
     /// Renames a file's record (after a rename on disk), keeping its digest.
@@ -271,23 +304,48 @@ impl IndexTxn<'_> {
         self.put_file(to, &rec)
     }
 
+    /// The keys of the file records strictly below `prefix` (and `prefix`
+    /// itself with `with_self`): every write is first in the database.
+    fn keys_below(&mut self, prefix: &str, with_self: bool) -> Result<Vec<String>> {
+        self.hand_over(false)?;
+        if let Db::Writer(w) = &mut self.db {
+            w.wait_all()?;
+        }
+        let start = format!("{prefix}/");
+        let end = format!("{prefix}0"); // '0' follows '/'
+        let mut keys = Vec::new();
+        macro_rules! scan {
+            ($t:expr) => {{
+                let t = $t;
+                for r in t
+                    .range(start.as_str()..end.as_str())
+                    .map_err(|e| self.err(e))?
+                {
+                    keys.push(r.map_err(|e| self.err(e))?.0.value().to_string());
+                }
+                if with_self && t.get(prefix).map_err(|e| self.err(e))?.is_some() {
+                    keys.push(prefix.to_string());
+                }
+            }};
+        }
+        match &self.db {
+            Db::Inline(t) => scan!(t
+                .as_ref()
+                .expect("transaction is open until dropped")
+                .open_table(FILES)
+                .map_err(|e| self.err(e))?),
+            Db::Writer(w) => match w.read().open_table(FILES) {
+                Ok(t) => scan!(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(self.err(e)),
+            },
+        }
+        Ok(keys)
+    }
+
     /// Removes every record at or below `prefix` (a removed directory).
     pub fn remove_tree(&mut self, prefix: &str) -> Result<()> {
-        let keys: Vec<String> = {
-            let t = self.txn().open_table(FILES).map_err(|e| self.err(e))?;
-            let start = format!("{prefix}/");
-            let end = format!("{prefix}0"); // '0' follows '/'
-            let mut keys: Vec<String> = t
-                .range(start.as_str()..end.as_str())
-                .map_err(|e| self.err(e))?
-                .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
-                .collect();
-            if t.get(prefix).map_err(|e| self.err(e))?.is_some() {
-                keys.push(prefix.to_string());
-            }
-            keys
-        };
-        for k in keys {
+        for k in self.keys_below(prefix, true)? {
             self.remove_file(&k)?;
         }
         Ok(())
@@ -296,16 +354,7 @@ impl IndexTxn<'_> {
     /// Re-keys every record at or below `from` to the same place below `to`
     /// (after a directory rename on disk).
     pub fn rename_tree(&mut self, from: &str, to: &str) -> Result<()> {
-        let keys: Vec<String> = {
-            let t = self.txn().open_table(FILES).map_err(|e| self.err(e))?;
-            let start = format!("{from}/");
-            let end = format!("{from}0");
-            t.range(start.as_str()..end.as_str())
-                .map_err(|e| self.err(e))?
-                .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
-                .collect()
-        };
-        for k in keys {
+        for k in self.keys_below(from, false)? {
             if let Some(rec) = self.file(&k)? {
                 let new_key = format!("{to}{}", &k[from.len()..]);
                 self.remove_file(&k)?;
@@ -315,37 +364,56 @@ impl IndexTxn<'_> {
         Ok(())
     }
 
-    /// Commits if many writes piled up since the last commit.
+    fn flush_if_full(&mut self) -> Result<()> {
+        if self.pending.len() >= MAX_HELD {
+            self.hand_over(false)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the held writes on: to the writer as a batch (`last`: the
+    /// pass's final, durable commit), or into the inline transaction.
+    fn hand_over(&mut self, last: bool) -> Result<()> {
+        if self.pending.is_empty() && !last {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut self.pending);
+        match &mut self.db {
+            Db::Writer(w) => w.send(held, last)?,
+            Db::Inline(t) => {
+                let t = t.as_ref().expect("transaction is open until dropped");
+                write_held(t, &held, &self.index.path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the held writes to the writer if many piled up since the
+    /// last batch, which commits them (checkpoints bound what a
+    /// transaction holds in memory and what a crash loses).
     pub fn checkpoint(&mut self) -> Result<()> {
+        if let Db::Writer(w) = &mut self.db {
+            w.poll()?;
+        }
         if self.writes >= CHECKPOINT_WRITES && !self.scratch {
-            self.commit_and_continue()?;
+            self.hand_over(false)?;
+            self.writes = 0;
         }
         Ok(())
     }
 
-    fn commit_and_continue(&mut self) -> Result<()> {
-        if let Some(t) = self.txn.take() {
-            t.commit().map_err(|e| self.err(e))?;
-        }
-        let mut t = self.index.db.begin_write().map_err(|e| self.err(e))?;
-        // Checkpoints bound the pages a transaction keeps dirty in memory;
-        // they need not reach the disk: the end of the pass commits durably,
-        // and a checkpoint lost in a crash only costs dedup hints.
-        t.set_durability(redb::Durability::Eventual);
-        self.txn = Some(t);
-        self.writes = 0;
-        Ok(())
-    }
-
-    /// Commits durably (the pass is over).
+    /// Commits durably (the pass is over) and waits for it.
     pub fn commit(mut self) -> Result<()> {
         if self.scratch {
             return Ok(()); // dropped: aborted
         }
-        if let Some(mut t) = self.txn.take() {
-            t.set_durability(redb::Durability::Immediate);
-            t.commit().map_err(|e| self.err(e))?;
+        self.hand_over(true)?;
+        match std::mem::replace(&mut self.db, Db::Inline(None)) {
+            Db::Writer(w) => w.finish(),
+            Db::Inline(_) => Ok(()),
         }
-        Ok(())
     }
 }
+
+#[cfg(test)]
+mod held_tests;

@@ -15,10 +15,16 @@ use std::collections::{HashMap, HashSet};
 
 /// Longest run of replica bytes read at once.
 const RUN_MAX: u64 = 16 << 20;
-/// Largest file whose staging is left to the publishing pool: every file
-/// of one chunk. Its content waits in memory until a worker writes it (at
-/// most the pool's queue, a few MiB: batches are bounded in bytes too).
-const DEFER_MAX: u32 = crate::chunk::MAX_CHUNK;
+/// Largest new file whose staging is left to the publishing pool when
+/// every chunk of it comes from the client. Its content waits in memory
+/// until a worker writes it.
+pub(super) const DEFER_MAX: u64 = 1 << 20;
+/// Bytes of such files of more than one chunk held in memory at once, from
+/// the decision until the pool hands the file back (their chunks may
+/// arrive slowly, or interleaved with other files'). A file of one chunk
+/// is not counted: it is handed over as soon as it arrives, and the pool's
+/// batches are bounded in bytes.
+pub(super) const DEFER_BUDGET: u64 = 4 << 20;
 
 impl Transfer<'_, '_> {
     /// Builds the file from local content where possible and asks for the rest.
@@ -83,39 +89,55 @@ impl Transfer<'_, '_> {
         Ok(())
     }
 
-    /// A small new file of one chunk that the replica does not hold and no
-    /// other file of the pass is fetching is asked for without staging
-    /// anything: the publishing pool stages, writes and publishes it once
-    /// its chunk arrived (true), which keeps file creation off the session
-    /// thread.
+    /// A small new file none of whose chunks the replica holds or another
+    /// file of the pass is fetching is asked for without staging anything:
+    /// the publishing pool stages, writes and publishes it once its chunks
+    /// arrived (true), which keeps file creation and writes off the
+    /// session thread.
     fn defer_small(&mut self, id: u32, txn: &mut IndexTxn) -> Result<bool> {
         let job = &self.jobs[&id];
         let new = !job.fetch.has_old && job.fetch.reason != Reason::TypeChanged;
-        let c = match job.chunk_list() {
-            [c] if new && c.len <= DEFER_MAX && self.pool.is_some() => *c,
-            _ => return Ok(false),
-        };
-        // A hint naming this very path is stale: a new file has no
-        // replica file there (the replica was emptied behind our back).
-        let key = self.ctx.key(id);
-        if is_zero_chunk(&c)
-            || self.sourcing.is_asked(&c.hash)
-            || txn
-                .find_chunk(&c.hash)?
-                .is_some_and(|l| l.len == c.len && l.path != key)
+        let chunks = job.chunk_list();
+        let budget = if chunks.len() > 1 { job.size } else { 0 };
+        if !new
+            || self.pool.is_none()
+            || chunks.is_empty()
+            || job.size > DEFER_MAX
+            || self.deferred_bytes + budget > DEFER_BUDGET
         {
             return Ok(false);
         }
-        self.sourcing.need(c.hash, (id, 0));
+        // A hint naming this very path is stale: a new file has no
+        // replica file there (the replica was emptied behind our back).
+        let key = self.ctx.key(id);
+        let mut seen = HashSet::with_capacity(chunks.len());
+        for c in chunks {
+            if is_zero_chunk(c)
+                || !seen.insert(c.hash)
+                || self.sourcing.is_asked(&c.hash)
+                || txn
+                    .find_chunk(&c.hash)?
+                    .is_some_and(|l| l.len == c.len && l.path != key)
+            {
+                return Ok(false);
+            }
+        }
+        let chunks = chunks.to_vec();
+        for (i, c) in chunks.iter().enumerate() {
+            self.sourcing.need(c.hash, (id, i as u32));
+        }
+        self.deferred_bytes += budget;
+        let n = chunks.len();
         let job = self.jobs.get_mut(&id).expect("job exists");
         job.deferred = true;
-        job.offs = vec![0, c.len as u64];
-        job.written = vec![false];
-        job.missing = 1;
-        job.asked = HashSet::from([0]);
+        job.budget = budget;
+        job.offs = offsets(&chunks);
+        job.written = vec![false; n];
+        job.missing = n;
+        job.asked = (0..n as u32).collect();
         self.ctx.link.send(ServerMsg::NeedChunks {
             id,
-            ranges: vec![(0, 1)],
+            ranges: vec![(0, n as u32)],
         });
         Ok(true)
     }

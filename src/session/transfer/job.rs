@@ -29,11 +29,13 @@ pub(super) struct Job {
     /// The staged file (None when the store records nothing, or while a
     /// small new file's staging is left to the publishing pool).
     pub tmp: Option<Box<dyn Staged>>,
-    /// A small new file of one chunk staged, written and published by the
-    /// pool (see `pool.rs`): nothing staged until its chunk arrives.
+    /// A small new file staged, written and published by the pool (see
+    /// `pool.rs`): nothing staged; its chunks are gathered in `body`.
     pub deferred: bool,
-    /// That file's content (its chunk, hash-checked), once it arrived.
+    /// That file's content (its chunks, hash-checked, as they arrive).
     pub body: Option<Vec<u8>>,
+    /// Bytes this job holds of [`super::assemble::DEFER_BUDGET`].
+    pub budget: u64,
     /// Which chunks are in the staged file (hash-checked).
     pub written: Vec<bool>,
     /// Chunk indexes not yet written.
@@ -66,6 +68,7 @@ impl Job {
             tmp: None,
             deferred: false,
             body: None,
+            budget: 0,
             written: Vec::new(),
             missing: 0,
             asked: HashSet::new(),
@@ -73,6 +76,23 @@ impl Job {
             no_fine: HashSet::new(),
             received: 0,
             reused: 0,
+        }
+    }
+
+    /// Puts checked content at `at`: in the body of a deferred file (sized
+    /// on first use; `at` and `data` lie within the file, as its chunk list
+    /// says), else in the staged file.
+    pub fn put(&mut self, data: &[u8], at: u64) -> std::io::Result<()> {
+        if self.deferred {
+            let size = self.size as usize;
+            let body = self.body.get_or_insert_with(|| vec![0; size]);
+            let at = at as usize;
+            body[at..at + data.len()].copy_from_slice(data);
+            return Ok(());
+        }
+        match self.tmp.as_mut() {
+            Some(t) => t.write_at(data, at),
+            None => Ok(()),
         }
     }
 

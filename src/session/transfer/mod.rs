@@ -77,6 +77,9 @@ pub(crate) struct Transfer<'c, 'a> {
     fine_held: usize,
     /// Workers publishing new files, while [`Transfer::run`] runs.
     pool: Option<pool::Pool>,
+    /// Bytes of deferred files of several chunks not yet handed to the
+    /// pool (see `assemble.rs`).
+    deferred_bytes: u64,
 }
 
 /// What the pass removes, where a file about to be fetched may be found
@@ -88,6 +91,12 @@ pub(crate) struct Doomed<'c> {
 }
 
 impl Doomed<'_> {
+    /// Whether nothing at all is to be removed (a first copy): no file
+    /// needs looking up as a source of moves.
+    pub fn is_empty(&self) -> bool {
+        self.page.is_empty() && self.earlier.is_none()
+    }
+
     /// Whether `key` or one of its ancestors is to be removed.
     pub fn covers(&self, key: &str) -> bool {
         crate::plan::is_below_any(key, &self.page) || self.earlier.is_some_and(|d| d.covers(key))
@@ -126,6 +135,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             room: Room::new(ctx.min_free),
             fine_held: 0,
             pool: None,
+            deferred_bytes: 0,
         }
     }
 

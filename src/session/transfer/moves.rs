@@ -189,6 +189,9 @@ impl Transfer<'_, '_> {
     /// A replica file with content `hash` at a path this pass removes
     /// (not yet moved, still as indexed), and its record.
     fn movable(&self, hash: &Hash, txn: &mut IndexTxn) -> Result<Option<(String, FileRecord)>> {
+        if self.doomed.is_empty() {
+            return Ok(None);
+        }
         let Some(from) = txn.find_whole(hash)? else {
             return Ok(None);
         };

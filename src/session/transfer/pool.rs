@@ -1,6 +1,7 @@
 //! Publishing off the session thread: a new file whose chunks are all in
-//! its staged copy (or, for a small file of one chunk, whose content
-//! arrived: the worker stages and writes it) is verified (its chunk list
+//! its staged copy (or, for a small file whose chunks all came from the
+//! client, whose content arrived in memory: the worker stages and writes
+//! it) is verified (its chunk list
 //! against its id; read back when its chunks were not checked on the way)
 //! and published by one of a few worker threads, while
 //! the session thread goes on with the next files' messages. Its index

@@ -41,9 +41,11 @@ impl Transfer<'_, '_> {
         stats.reused += job.reused;
         let new = !job.fetch.has_old && job.fetch.reason != Reason::TypeChanged;
         if let (true, Some(pool), true) = (new, &mut self.pool, job.tmp.is_some() || job.deferred) {
+            // Its share of the deferral budget comes back with it.
             pool.submit(Task::new(id, job, key, e, report));
             return Ok(());
         }
+        self.deferred_bytes -= std::mem::take(&mut job.budget);
         let staged = match job.body.take() {
             Some(body) => Some(stage_body(ctx.store, key, &body)),
             None => job.tmp.take().map(Ok),
@@ -135,6 +137,7 @@ impl Transfer<'_, '_> {
             } in got
             {
                 let key = self.key(id);
+                self.deferred_bytes -= std::mem::take(&mut job.budget);
                 match result {
                     Ok(version) => {
                         self.record(id, &mut job, version, txn)?;
@@ -154,6 +157,7 @@ impl Transfer<'_, '_> {
         let Some(job) = self.jobs.remove(&id).map(|j| *j) else {
             return;
         };
+        self.deferred_bytes -= job.budget;
         let job = if keep {
             self.set_aside(id, job)
         } else {

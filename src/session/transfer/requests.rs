@@ -229,8 +229,7 @@ impl Transfer<'_, '_> {
             return false;
         };
         let chunks = job.chunk_list();
-        job.tmp.is_some()
-            && !job.deferred
+        (job.tmp.is_some() || job.deferred)
             && pieces.iter().all(|&(i, _, _)| {
                 job.asked.contains(&i) && !self.sourcing.is_awaited(&chunks[i as usize].hash)
             })
@@ -251,7 +250,7 @@ impl Transfer<'_, '_> {
         let ctx = self.ctx;
         let job = self.jobs.get_mut(&id).expect("checked by own_run");
         let at = job.offs[first as usize];
-        if let Err(e) = job.tmp.as_mut().expect("checked").write_at(data, at) {
+        if let Err(e) = job.put(data, at) {
             ctx.fail(stats, ctx.key(id), Failure::store("write", e));
             self.drop_job(id, false);
             return Ok(());
@@ -364,16 +363,14 @@ impl Transfer<'_, '_> {
                 continue;
             };
             let at = job.offs[ji as usize];
-            if job.deferred {
-                // Staged and written by the publishing pool.
-                job.body = Some(data.to_vec());
-            } else {
-                let Some(t) = job.tmp.as_mut() else { continue };
-                if let Err(e) = t.write_at(data, at) {
-                    ctx.fail(stats, ctx.key(jid), Failure::store("write", e));
-                    self.drop_job(jid, false);
-                    continue;
-                }
+            if job.tmp.is_none() && !job.deferred {
+                continue;
+            }
+            // A deferred file's chunks wait in its body for the pool.
+            if let Err(e) = job.put(data, at) {
+                ctx.fail(stats, ctx.key(jid), Failure::store("write", e));
+                self.drop_job(jid, false);
+                continue;
             }
             job.note_written(ji);
             if n == 0 {
