@@ -23,40 +23,20 @@
 //! server answers with 2-byte hashes of just those pieces' lines, and the
 //! final delta copies the lines it finds ([`DeltaOp::Fine`]).
 //!
-//! A large old version (over [`BASIS_MAX_FILE`]: binaries, archives) gets a
-//! *large basis* ([`large_avg`]): coarser pieces (4–16 KiB), 4-byte hashes
-//! and at most [`LARGE_MAX_PIECES`] of them, cut from the old file as a
-//! stream ([`basis_stream`]), so neither side ever holds the old file and a
-//! basis is at most 512 KiB of hashes, whatever the file's size.
-//!
 //! [`ServerMsg::Basis`]: crate::protocol::ServerMsg::Basis
 //! [`ClientMsg::ChunkDelta`]: crate::protocol::ClientMsg::ChunkDelta
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::{self, Read};
 
 pub mod fine;
 
-/// Smallest and largest average piece size a small file's basis may use.
+/// Smallest and largest average piece size a basis may use.
 pub const AVG_MIN: u32 = 256;
 pub const AVG_MAX: u32 = 2048;
-/// Old versions in this size range get a (small) basis, read whole.
+/// Old versions in this size range get a basis.
 pub const BASIS_MIN_FILE: u64 = 1024;
 pub const BASIS_MAX_FILE: u64 = 4 << 20;
-/// Smallest and largest average piece size of a large basis (an old
-/// version over [`BASIS_MAX_FILE`]); an average above [`AVG_MAX`] is what
-/// marks a basis as large.
-pub const LARGE_AVG_MIN: u32 = 2 * AVG_MAX;
-pub const LARGE_AVG_MAX: u32 = 16 * 1024;
-/// Most pieces in a large basis: its first this many pieces (512 KiB of
-/// hashes; a larger old version is described up to there).
-pub const LARGE_MAX_PIECES: usize = 1 << 17;
-/// Bytes of each piece's hash in a large basis: with up to 131,072 pieces,
-/// 3 bytes would name a wrong piece for about 1 new piece in 128.
-pub const LARGE_HASH_BYTES: usize = 4;
-/// Large bases held at once, on either side.
-pub const LARGE_LIVE: usize = 2;
 /// Most pieces in one basis (the smallest pieces are a quarter of the
 /// smallest average).
 pub const MAX_PIECES: usize = (BASIS_MAX_FILE / (AVG_MIN / 4) as u64) as usize + 1;
@@ -76,32 +56,7 @@ pub fn piece_avg(size: u64) -> u32 {
 
 /// Whether a peer's piece size is one this side cuts with.
 pub fn valid_avg(avg: u32) -> bool {
-    avg.is_power_of_two() && (AVG_MIN..=LARGE_AVG_MAX).contains(&avg)
-}
-
-/// Whether a basis cut with average `avg` is a large one.
-pub fn is_large(avg: u32) -> bool {
-    avg > AVG_MAX
-}
-
-/// Bytes of each piece's hash in a basis cut with average `avg`.
-pub fn hash_bytes(avg: u32) -> usize {
-    if is_large(avg) {
-        LARGE_HASH_BYTES
-    } else {
-        HASH_BYTES
-    }
-}
-
-/// The average piece size of a large basis for an old version of `size`
-/// bytes: the smallest power of two from [`LARGE_AVG_MIN`] that describes
-/// it in half of [`LARGE_MAX_PIECES`] (so most of a file up to about 1 GiB
-/// fits), at most [`LARGE_AVG_MAX`].
-pub fn large_avg(size: u64) -> u32 {
-    let want = (size / (LARGE_MAX_PIECES as u64 / 2))
-        .max(1)
-        .next_power_of_two();
-    want.clamp(LARGE_AVG_MIN as u64, LARGE_AVG_MAX as u64) as u32
+    avg.is_power_of_two() && (AVG_MIN..=AVG_MAX).contains(&avg)
 }
 
 /// One step of rebuilding a chunk.
@@ -119,14 +74,9 @@ pub enum DeltaOp {
 
 /// The truncated hash naming a piece ([`HASH_BYTES`] bytes of its BLAKE3).
 pub fn piece_hash(data: &[u8]) -> u32 {
-    piece_hash_of(data, HASH_BYTES)
-}
-
-/// The first `width` (3 or 4) bytes of a piece's BLAKE3, little-endian.
-pub fn piece_hash_of(data: &[u8], width: usize) -> u32 {
     let h = blake3::hash(data);
     let mut b = [0u8; 4];
-    b[..width].copy_from_slice(&h.as_bytes()[..width]);
+    b[..HASH_BYTES].copy_from_slice(&h.as_bytes()[..HASH_BYTES]);
     u32::from_le_bytes(b)
 }
 
@@ -150,29 +100,6 @@ pub fn basis_of(data: &[u8], avg: u32) -> (Vec<(u64, u32)>, Vec<u8>) {
     (places, hashes)
 }
 
-/// A large basis: the pieces of average `avg` (large: [`is_large`]) of the
-/// old version read from `r` as a stream (at most one piece's bytes held),
-/// up to `max_pieces` of them; offsets, lengths and packed
-/// [`LARGE_HASH_BYTES`]-byte hashes as [`basis_of`] gives them.
-pub fn basis_stream<R: Read>(
-    r: R,
-    avg: u32,
-    max_pieces: usize,
-) -> io::Result<(Vec<Place>, Vec<u8>)> {
-    let width = hash_bytes(avg);
-    let mut places = Vec::new();
-    let mut hashes = Vec::new();
-    for piece in fastcdc::v2020::StreamCDC::new(r, avg / 4, avg, avg * 4).take(max_pieces) {
-        let piece = piece.map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(e) => e,
-            other => io::Error::other(other.to_string()),
-        })?;
-        places.push((piece.offset, piece.length as u32));
-        hashes.extend_from_slice(&piece_hash_of(&piece.data, width).to_le_bytes()[..width]);
-    }
-    Ok((places, hashes))
-}
-
 /// A basis as the client holds it: piece hash -> first piece index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BasisMap {
@@ -185,9 +112,9 @@ pub struct BasisMap {
 /// Why a peer's basis is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadBasis {
-    #[error("basis piece size {0} is not a power of two in 256..=16384")]
+    #[error("basis piece size {0} is not a power of two in 256..=2048")]
     Avg(u32),
-    #[error("basis hashes of {0} bytes (not a whole number of hashes, or more than {MAX_PIECES}, {LARGE_MAX_PIECES} for a large basis)")]
+    #[error("basis hashes of {0} bytes (not a whole number of hashes, or more than {MAX_PIECES})")]
     Hashes(usize),
 }
 
@@ -197,19 +124,14 @@ impl BasisMap {
         if !valid_avg(avg) {
             return Err(BadBasis::Avg(avg));
         }
-        let (width, most) = if is_large(avg) {
-            (LARGE_HASH_BYTES, LARGE_MAX_PIECES)
-        } else {
-            (HASH_BYTES, MAX_PIECES)
-        };
-        let n = hashes.len() / width;
-        if hashes.len() % width != 0 || n > most {
+        let n = hashes.len() / HASH_BYTES;
+        if hashes.len() % HASH_BYTES != 0 || n > MAX_PIECES {
             return Err(BadBasis::Hashes(hashes.len()));
         }
         let mut index = HashMap::with_capacity(n);
-        for (i, h) in hashes.chunks_exact(width).enumerate() {
+        for (i, h) in hashes.chunks_exact(HASH_BYTES).enumerate() {
             let mut b = [0u8; 4];
-            b[..width].copy_from_slice(h);
+            b[..HASH_BYTES].copy_from_slice(h);
             index.entry(u32::from_le_bytes(b)).or_insert(i as u32);
         }
         Ok(BasisMap {
@@ -225,13 +147,9 @@ impl BasisMap {
 pub fn make_delta(data: &[u8], basis: &BasisMap) -> Option<Vec<DeltaOp>> {
     let mut ops: Vec<DeltaOp> = Vec::new();
     let mut literal = 0usize;
-    let width = hash_bytes(basis.avg);
     for (o, l) in pieces(data, basis.avg) {
         let piece = &data[o..o + l];
-        match (
-            basis.index.get(&piece_hash_of(piece, width)),
-            ops.last_mut(),
-        ) {
+        match (basis.index.get(&piece_hash(piece)), ops.last_mut()) {
             (Some(&i), Some(DeltaOp::Copy { first, count })) if *first + *count == i => {
                 *count += 1;
             }
@@ -332,7 +250,5 @@ pub fn run_span(table: &[(u64, u32)], first: u32, count: u32) -> Option<(u64, us
     Some((off, usize::try_from(at - off).ok()?))
 }
 
-#[cfg(test)]
-mod large_tests;
 #[cfg(test)]
 mod tests;

@@ -47,11 +47,6 @@ fn small_text_edits_send_little() {
 }
 
 #[test]
-fn large_file_edits_send_a_delta() {
-    scenarios::large_file_edits_send_a_delta(Where::Remote);
-}
-
-#[test]
 fn fine_hash_collision_costs_a_round_not_the_file() {
     scenarios::fine_hash_collision_costs_a_round_not_the_file(Where::Remote);
 }

@@ -71,7 +71,7 @@ fn piece_size_follows_the_old_version() {
     assert_eq!(piece_avg(256 << 10), 512);
     assert_eq!(piece_avg(BASIS_MAX_FILE), AVG_MAX);
     assert!(valid_avg(256) && valid_avg(2048));
-    assert!(!valid_avg(128) && !valid_avg(32768) && !valid_avg(300) && !valid_avg(0));
+    assert!(!valid_avg(128) && !valid_avg(4096) && !valid_avg(300) && !valid_avg(0));
     // The most pieces the smallest allowed pieces can cut from the largest basis.
     let most = pieces(&vec![7u8; BASIS_MAX_FILE as usize], AVG_MIN).len();
     assert!(most <= MAX_PIECES);

@@ -438,46 +438,6 @@ pub fn small_text_edits_send_little(w: Where) {
     );
 }
 
-/// Scattered edits of files over 4 MiB (a binary rebuilt in place, and one
-/// that a new version renamed, as `libfoo-1.0.so` -> `libfoo-1.1.so`) come
-/// as deltas against a large basis: a small part of the chunks they touch.
-pub fn large_file_edits_send_a_delta(w: Where) {
-    let env = Env::new(w);
-    let size = 5 << 20;
-    let (app, lib) = (random_bytes(51, size), random_bytes(52, size));
-    build_tree(
-        &env.src,
-        &[f("lib/app.bin", &app), f("lib/libfoo-1.0.so", &lib)],
-    );
-    env.sync_ok(&[]);
-    let edit = |data: &[u8]| {
-        let mut d = data.to_vec();
-        for at in (5_000..d.len()).step_by(128 << 10) {
-            d[at] ^= 0x5a;
-        }
-        d
-    };
-    fs::write(env.src.join("lib/app.bin"), edit(&app)).unwrap();
-    fs::remove_file(env.src.join("lib/libfoo-1.0.so")).unwrap();
-    fs::write(env.src.join("lib/libfoo-1.1.so"), edit(&lib)).unwrap();
-    set_mtime(&env.src.join("lib/app.bin"), 1_800_000_000, 0);
-    set_mtime(&env.src.join("lib/libfoo-1.1.so"), 1_800_000_000, 0);
-    let r = env.sync_ok(&[]);
-    env.assert_replica_exact();
-    let s = r.summary();
-    // 80 one-byte edits touch about 80 chunks (~1.3 MiB): whole, they
-    // would cost that; as deltas, a piece of ~4 KiB each at most.
-    let most = match w {
-        Where::Local => 2 * size as u64,
-        _ => 640 << 10,
-    };
-    assert!(
-        s.content_sent > 0 && s.content_sent <= most,
-        "80 one-byte edits in two 5 MiB files: {}",
-        r.describe()
-    );
-}
-
 /// Lines of `FINE_MIN + 1` bytes that are each one fine piece of the second round
 /// wherever a piece starts, and two different such lines whose 2-byte fine
 /// hashes are equal (found by search: about 300 lines are enough).

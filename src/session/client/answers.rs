@@ -278,9 +278,7 @@ impl ClientPass<'_> {
         let len = data.len() as u64;
         if let Some((b, second)) = basis {
             if let Some(ops) = crate::delta::make_delta(&data, b) {
-                if second.first_delta(id, i) {
-                    return self.send_delta((id, i), ops, b, second);
-                }
+                return self.send_delta((id, i), ops, b, second);
             }
         }
         self.observer().content_sent(len);

@@ -327,19 +327,6 @@ impl ClientPass<'_> {
             state.bases.remove(&id);
             return Ok(());
         }
-        // At most LARGE_LIVE large bases are held (each up to 131,072
-        // pieces); past that chunks simply go whole.
-        if crate::delta::is_large(avg)
-            && state
-                .bases
-                .iter()
-                .filter(|(k, b)| **k != id && crate::delta::is_large(b.avg))
-                .count()
-                >= crate::delta::LARGE_LIVE
-        {
-            state.bases.remove(&id);
-            return Ok(());
-        }
         let basis = crate::delta::BasisMap::parse(avg, hashes)
             .map_err(|e| Error::protocol(&self.link.peer, e.to_string()))?;
         state.bases.insert(id, basis);

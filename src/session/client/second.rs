@@ -8,29 +8,19 @@ use crate::delta::fine::{gaps, refine, Estimator, Gap};
 use crate::delta::{literal_bytes, BasisMap, DeltaOp};
 use crate::error::{Error, Result};
 use crate::protocol::ClientMsg;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// First-round deltas waiting for their fine pieces, by (file, chunk).
 #[derive(Default)]
 pub(super) struct SecondRound {
     estimator: Option<Estimator>,
     pending: HashMap<(u32, u32), (Vec<DeltaOp>, Vec<Gap>)>,
-    /// Chunks sent as deltas, by file: one asked again (its delta failed
-    /// the server's check) goes whole.
-    sent: HashMap<u32, HashSet<u32>>,
 }
 
 impl SecondRound {
     /// Forgets what waits for file `id`.
     pub fn forget(&mut self, id: u32) {
         self.pending.retain(|&(f, _), _| f != id);
-        self.sent.remove(&id);
-    }
-
-    /// Notes that chunk `index` of file `id` goes as a delta; false if it
-    /// went as one before (then it must go whole).
-    pub fn first_delta(&mut self, id: u32, index: u32) -> bool {
-        self.sent.entry(id).or_default().insert(index)
     }
 }
 

@@ -72,13 +72,6 @@ impl Transfer<'_, '_> {
             return self.publish(id, txn, stats);
         }
         if !ask.is_empty() {
-            if size > crate::delta::BASIS_MAX_FILE && self.jobs[&id].basis.is_none() {
-                let asked = ask.iter().map(|&i| chunks[i as usize].len as u64).sum();
-                let basis = self.offer_large_basis(id, asked);
-                let job = self.jobs.get_mut(&id).expect("job exists");
-                job.large_basis = basis.is_some();
-                job.basis = basis;
-            }
             ctx.link.send(ServerMsg::NeedChunks {
                 id,
                 ranges: runs(&ask),

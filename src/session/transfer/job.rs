@@ -11,10 +11,6 @@ pub(super) struct Job {
     /// The replica file offered as a basis (the old version, or a similar
     /// sibling for a new file) and its fine pieces (offset, len).
     pub basis: Option<(String, Vec<(u64, u32)>)>,
-    /// Whether that basis is a large one (see `large.rs`), and how many
-    /// deltas against it failed their check.
-    pub large_basis: bool,
-    pub delta_failures: u32,
     /// Whether the client's summary arrived.
     pub summarized: bool,
     /// Whether the staged file must be read back and every chunk checked
@@ -60,8 +56,6 @@ impl Job {
             size: 0,
             summarized: false,
             basis: None,
-            large_basis: false,
-            delta_failures: 0,
             reread: false,
             hash: Hash([0; 32]),
             chunks: None,

@@ -11,7 +11,6 @@
 //! - `sourcing.rs`: which file asked for a chunk needed by several (pure).
 //! - `assemble.rs`: where each chunk comes from; local copies, verified.
 //! - `basis.rs`: an old or similar file offered for small-file deltas.
-//! - `large.rs`: the same for files over 4 MiB, streamed and bounded.
 //! - `fine.rs`: a delta's second round (fine pieces of the old ranges a
 //!   chunk's literal gaps replaced).
 //! - `moves.rs`: content already in the replica (unchanged, or at a path
@@ -28,7 +27,6 @@ mod assemble;
 mod basis;
 mod fine;
 mod job;
-mod large;
 mod moves;
 mod pool;
 mod publish;
@@ -74,10 +72,6 @@ pub(crate) struct Transfer<'c, 'a> {
     stashed: Vec<String>,
     /// Replica files by directory (for bases of new files), built on first use.
     siblings: Option<basis::Siblings<'c>>,
-    /// Large replica files by directory (for large bases), built on first use.
-    large_siblings: Option<large::LargeSiblings<'c>>,
-    /// Files holding a large basis (see `large.rs`).
-    large_live: Vec<u32>,
     room: Room,
     /// Fine pieces held for second rounds (an upper bound: see `fine.rs`).
     fine_held: usize,
@@ -129,8 +123,6 @@ impl<'c, 'a> Transfer<'c, 'a> {
             dropped: HashSet::new(),
             stashed: Vec::new(),
             siblings: None,
-            large_siblings: None,
-            large_live: Vec::new(),
             room: Room::new(ctx.min_free),
             fine_held: 0,
             pool: None,

@@ -9,10 +9,6 @@ use crate::index::IndexTxn;
 use crate::protocol::{PassStats, ServerMsg};
 use crate::session::pass::Failure;
 
-/// Failed deltas against a large basis before it is withdrawn (an old
-/// version that changed fails every one).
-const LARGE_FAILURES: u32 = 16;
-
 impl Transfer<'_, '_> {
     pub(super) fn on_summary(
         &mut self,
@@ -288,22 +284,14 @@ impl Transfer<'_, '_> {
         let ctx = self.ctx;
         let job = self.job_asking(id, index, "a delta")?;
         let c = job.chunk_list()[index as usize];
-        // Taken out and put back, not cloned: a large basis has up to
-        // 131,072 places.
-        let basis = job.basis.take();
+        let (basis_key, places) = job.basis.clone().unwrap_or_default();
         let fine = job.fine.remove(&index).unwrap_or_default();
         let literal = crate::delta::literal_bytes(&ops);
-        let (basis_key, places) = basis
-            .as_ref()
-            .map_or(("", &[][..]), |(k, p)| (k.as_str(), p.as_slice()));
         let rebuilt =
-            crate::delta::apply_delta(&ops, c.len as usize, (places, &fine), |off, len| {
+            crate::delta::apply_delta(&ops, c.len as usize, (&places, &fine), |off, len| {
                 let mut buf = vec![0u8; len];
-                self.read_replica(basis_key, &mut buf, off).then_some(buf)
+                self.read_replica(&basis_key, &mut buf, off).then_some(buf)
             });
-        if let Some(j) = self.jobs.get_mut(&id) {
-            j.basis = basis;
-        }
         match rebuilt {
             Ok(data) if data.len() == c.len as usize && Hash::of(&data) == c.hash => {
                 self.on_chunk(id, index, data, literal, txn, stats)
@@ -312,25 +300,18 @@ impl Transfer<'_, '_> {
                 let second = ops
                     .iter()
                     .any(|o| matches!(o, crate::delta::DeltaOp::Fine { .. }));
-                let mut withdraw = !second;
                 if let Some(j) = self.jobs.get_mut(&id) {
                     if second {
                         // A short fine hash named a wrong piece: ask again,
                         // without a second round for this chunk.
                         j.no_fine.insert(index);
-                    } else if j.large_basis && j.delta_failures < LARGE_FAILURES {
-                        // A large basis names many pieces: one collision
-                        // does not end it. The client sends a chunk asked
-                        // again after its delta whole.
-                        j.delta_failures += 1;
-                        withdraw = false;
                     } else {
                         // A truncated-hash collision or a changed old
                         // version: ask for it whole.
                         j.basis = None;
                     }
                 }
-                if withdraw {
+                if !second {
                     ctx.link.send(ServerMsg::Basis {
                         id,
                         avg: crate::delta::AVG_MIN,
