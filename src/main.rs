@@ -743,7 +743,27 @@ fn status(
     Ok(ExitCode::SUCCESS)
 }
 
+/// glibc gives each thread that allocates its own heap ("arena") and
+/// keeps what is freed there for reuse by that thread: with the session,
+/// the index writer, the pool and the runtime's threads each holding
+/// freed pages, a first copy of 1M files peaked at 77 MB instead of 40.
+/// Two arenas keep that flat; the threads mostly hand buffers over rather
+/// than allocate at once, so contention costs little (bench/scale).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets a field of glibc's malloc parameters; it
+    // is called first thing in main, before this program starts any
+    // thread, so no allocation can race with the change.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Serve(a) => serve(a),
