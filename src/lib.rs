@@ -36,6 +36,8 @@
 //!   resolved below DEST one component at a time without following
 //!   symlinks), an S3 bucket ([`store::S3Store`], `store/s3/`: rclone's
 //!   layout, a listing per pass kept on disk with the metadata cache,
+//!   listed in stretches asked for at once (`lister.rs`) and merged with
+//!   the cache by one cursor a page (`merge.rs`),
 //!   background PUTs flushed at the end of a
 //!   pass, server-side copies), the dry run as a wrapper
 //!   ([`store::DryRun`]), and the free-space policy ([`store::MinFree`]).
@@ -56,7 +58,8 @@
 //!     hard links and extended attributes after the content, in
 //!     `session/extras.rs`;
 //!   - the client ([`session::client`]) sends the manifest (or its pages)
-//!     and answers (digests, groups, chunks); large files may step aside
+//!     and answers (digests, groups, chunks; the bases the server offers
+//!     held within a budget in `session/client/bases.rs`); large files may step aside
 //!     for newer changes in watch mode.
 //! - [`transport`]: carrying a link: connections (framing, byte counters,
 //!   messages handed over in batches), `--compress` (`transport/compress/`:
