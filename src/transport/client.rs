@@ -141,6 +141,8 @@ fn hello(opts: &ConnectOptions, compress: Compress) -> Hello {
 const CLIENT_CAPS: LinkCaps = LinkCaps {
     outgoing: 4,
     incoming: 1 << 20,
+    // Content goes this way: the whole window.
+    send_window_log: crate::transport::compress::segments::WINDOW_LOG,
 };
 
 async fn handshake(

@@ -128,6 +128,11 @@ pub async fn recv_plain<T: DeserializeOwned>(
 pub struct LinkCaps {
     pub outgoing: usize,
     pub incoming: usize,
+    /// Window of the zstd stream this side sends (log2 bytes, at most the
+    /// 16 MiB every reader accepts): a side that sends only requests and
+    /// reports needs little history, and the window is most of the
+    /// compressor's memory.
+    pub send_window_log: u32,
 }
 
 /// Starts the reader and writer tasks on `stream` (after the handshake).
@@ -157,7 +162,8 @@ where
             // Levels are checked at the hello (1..=19); zstd accepts those
             // and the window, so neither can fail.
             let r = SegmentReader::new(r).expect("zstd decoder parameters");
-            let w = SegmentWriter::new(w, n, auto).expect("zstd level 1..=19");
+            let w = SegmentWriter::new(w, n, auto, caps.send_window_log)
+                .expect("zstd level 1..=19, window within the reader's");
             tokio::spawn(read_loop(r, in_tx, broken.clone()));
             tokio::spawn(write_loop(
                 Sink::Segments(w),

@@ -30,6 +30,8 @@ const SERVER_CAPS: LinkCaps = LinkCaps {
     // Messages decoded ahead of the session: up to 32 chunks or manifest
     // pages (a few MiB), not hundreds.
     incoming: 32,
+    // Requests and reports only: 1 MiB of history (the compressor 18 -> 3 MB).
+    send_window_log: 20,
 };
 
 /// What every connection of one server shares.

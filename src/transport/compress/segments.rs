@@ -19,7 +19,7 @@ const SEGMENT_INPUT: usize = 1 << 20;
 /// Bit 31 of the header: the body is zstd.
 const ZSTD_BIT: u32 = 1 << 31;
 /// Window of the zstd stream (16 MiB), also the most the reader accepts.
-const WINDOW_LOG: u32 = 24;
+pub const WINDOW_LOG: u32 = 24;
 /// Compressed bytes read from the socket at a time.
 const READ_PIECE: usize = 128 << 10;
 
@@ -48,11 +48,12 @@ pub struct SegmentWriter<W> {
 
 impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
     /// Compresses every segment at `level`, or chooses per segment (`auto`).
-    pub fn new(w: W, level: i8, auto: bool) -> io::Result<Self> {
+    /// `window_log` is capped at the window every reader accepts.
+    pub fn new(w: W, level: i8, auto: bool, window_log: u32) -> io::Result<Self> {
         let mut cctx = CCtx::create();
         cctx.set_parameter(CParameter::CompressionLevel(level.into()))
             .map_err(zstd_error)?;
-        cctx.set_parameter(CParameter::WindowLog(WINDOW_LOG))
+        cctx.set_parameter(CParameter::WindowLog(window_log.min(WINDOW_LOG)))
             .map_err(zstd_error)?;
         Ok(SegmentWriter {
             w,
@@ -363,7 +364,7 @@ mod tests {
 
     async fn round_trip(level: i8, auto: bool, frames: &[Vec<u8>]) -> (Vec<u8>, usize) {
         let mut wire = Vec::new();
-        let mut w = SegmentWriter::new(&mut wire, level, auto).unwrap();
+        let mut w = SegmentWriter::new(&mut wire, level, auto, WINDOW_LOG).unwrap();
         let mut plain = Vec::new();
         for (i, f) in frames.iter().enumerate() {
             w.put_frame(f).await.unwrap();
@@ -461,7 +462,7 @@ mod tests {
         // 64 MiB of zeros compress to a few KiB; reading 4 KiB of it must
         // not decode the rest.
         let mut wire = Vec::new();
-        let mut w = SegmentWriter::new(&mut wire, 3, false).unwrap();
+        let mut w = SegmentWriter::new(&mut wire, 3, false, WINDOW_LOG).unwrap();
         let zeros = vec![0u8; 4 << 20];
         for _ in 0..16 {
             w.put_frame(&zeros[..(4 << 20) - 4]).await.unwrap();
