@@ -44,6 +44,8 @@ pub struct SegmentWriter<W> {
     /// The way and busy time of the segment emitted last, not yet recorded
     /// (its flush time is added at the flush).
     pending: Option<(Way, Sample)>,
+    /// When the segment before was out (the writer then waits for frames).
+    since: Option<Instant>,
 }
 
 impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
@@ -66,6 +68,7 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
                 Policy::Always
             },
             pending: None,
+            since: None,
         })
     }
 
@@ -116,6 +119,7 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
             s.busy += flush;
             c.record(way, s);
         }
+        self.since = Some(Instant::now());
     }
 
     async fn emit(&mut self) -> io::Result<()> {
@@ -147,6 +151,7 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
             output: output as u64,
             compressing,
             busy: t.elapsed(),
+            idle: self.since.map(|s| t.duration_since(s)).unwrap_or_default(),
         };
         self.pending = Some((way, sample));
         Ok(())
