@@ -52,7 +52,8 @@
 //!     creating small ones);
 //!     directory renames in `session/renames.rs`; a paged pass (the tree
 //!     as pages, issue 18) in `session/paged.rs`, its removals deferred on
-//!     disk to the end of the pass in `session/deferred.rs`; large
+//!     disk to the end of the pass in `session/deferred.rs` (and counted
+//!     there for `--max-delete`); large
 //!     files kept in part for the next pass in [`session::partial`]; what
 //!     every step shares, and per-file failures, in [`session::pass`];
 //!     hard links and extended attributes after the content, in
@@ -73,13 +74,15 @@
 //!   `s3://` destination) to each server session.
 //! - [`syncer`]: the client driver (safety rails, reconnects, repeated passes).
 //! - [`watch`]: file-system events -> batches of changed paths -> scoped
-//!   passes, one worker per target (`watch/worker.rs`). The watched set
+//!   passes, one worker per target (`watch/worker.rs`; full passes and
+//!   rescans go as pages, like `sync`'s). The watched set
 //!   (`watch/watches.rs`) drops a folder's watches as soon as it moves
 //!   away or is deleted (so a folder made again is watched); events
 //!   (`watch/events.rs`) mark files open for writing, held back until
 //!   closed; the batcher (`watch/batcher.rs`) waits for quiet and decides
 //!   scoped or full; a change through one name of a hard-linked file is
-//!   widened to all its names (`watch/links.rs`); the source root vanishing
+//!   widened to all its names (`watch/links.rs`, groups learned from each
+//!   page of a full pass; only multi-link files kept); the source root vanishing
 //!   or being replaced pauses replication (`watch/root.rs`).
 //! - [`report`]: the operation log and pass summaries; [`progress`]: spinners
 //!   and bars on a terminal; [`status`]: server counters, throughput

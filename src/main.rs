@@ -275,7 +275,7 @@ struct PassArgs {
     /// Also delete excluded paths from the replica.
     #[arg(long)]
     delete_excluded: bool,
-    /// Stop a pass that would remove more than N entries.
+    /// Refuse every removal of a pass that would remove more than N entries.
     #[arg(long, value_name = "N")]
     max_delete: Option<u64>,
     /// Allow a destination inside the source, a filesystem root or your home directory.

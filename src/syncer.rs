@@ -236,6 +236,9 @@ pub struct Syncer {
     _scratch: Option<Scratch>,
     /// How this target is doing (watch).
     pub health: Arc<TargetHealth>,
+    /// Shown each page of a paged pass as it is read (`watch` learns its
+    /// hard-link groups there).
+    pub page_tap: Option<crate::tree::PageTap>,
 }
 
 /// An empty directory standing in for a destination that does not exist,
@@ -428,6 +431,7 @@ impl Syncer {
             saved_digests: Default::default(),
             _scratch: scratch,
             health: Arc::default(),
+            page_tap: None,
         })
     }
 
@@ -523,14 +527,18 @@ impl Syncer {
             counter,
         };
         let max = self.opts.page_entries.unwrap_or(PAGE_ENTRIES);
-        Pages::new(&self.src, so, max).map_err(|e| Error::source(&self.src, &e))
+        Pages::new(&self.src, so, max)
+            .map(|p| p.with_tap(self.page_tap.clone()))
+            .map_err(|e| Error::source(&self.src, &e))
     }
 
-    /// Whether a full pass goes as pages: not with `--max-delete`, which
-    /// must count every removal before anything changes, nor in a dry run,
-    /// whose pages would not see what earlier pages would have created.
+    /// Whether a full pass goes as pages: not in a dry run, whose pages
+    /// would not see what earlier pages would have created (see
+    /// `session/paged.rs`). With `--max-delete` a paged pass carries out
+    /// additions and updates page by page and refuses every removal at the
+    /// end if there are more than N (the server counts them on disk).
     pub fn paged(&self) -> bool {
-        self.opts.max_delete.is_none() && !self.opts.dry_run
+        !self.opts.dry_run
     }
 
     fn pass_options(&self) -> PassOptions {
@@ -556,7 +564,7 @@ impl Syncer {
     }
 
     /// One full pass, its manifest sent as pages made as the pass goes
-    /// (or, with `--max-delete`, scanned first and sent whole).
+    /// (or, in a dry run, scanned first and sent whole).
     pub fn pass_paged(
         &mut self,
         observer: Option<&dyn PassObserver>,

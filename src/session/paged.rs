@@ -31,7 +31,8 @@ pub struct PassRun {
     /// Files and bytes of the pages carried out (the status counters).
     pub files: u64,
     pub bytes: u64,
-    /// Entries the pages so far remove (for `--max-delete`).
+    /// Entries the pages so far removed to put an entry of another type in
+    /// their place (for `--max-delete`).
     pub removals: u64,
 }
 
@@ -72,7 +73,7 @@ pub fn defer(
         .collect();
     // Directories are signed for a later page to rename whole (a store
     // where renames are cheap, and no --max-delete, as in `server.rs`).
-    let rename_dirs = ctx.store.capabilities().cheap_rename;
+    let rename_dirs = ctx.store.capabilities().cheap_rename && !ctx.hold_removals;
     for key in remove.iter().filter(|k| !moved.contains(*k)) {
         let parent = parent_of(key);
         // A removal's parent is a directory the page lists in full.
@@ -96,6 +97,48 @@ pub fn defer(
         }
     }
     Ok(())
+}
+
+/// `--max-delete max` at the end of a paged pass: why the deferred
+/// removals are refused, all of them, if they and the `cleared` entries
+/// (type changes carried out by the pages) are more than `max`. rsync
+/// removes up to N and skips the rest; refusing them all keeps the rail's
+/// promise that a pass over the limit removes nothing it could have kept,
+/// while additions and updates still went through page by page.
+pub fn over_max(
+    ctx: &PassCtx,
+    deferred: &Deferred,
+    max: Option<u64>,
+    cleared: u64,
+) -> Result<Option<String>> {
+    let Some(max) = max else {
+        return Ok(None);
+    };
+    let mut n = cleared;
+    let mut after: Option<String> = None;
+    loop {
+        let batch = deferred.batch(after.as_deref(), BATCH)?;
+        let Some((last, _)) = batch.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        n += batch
+            .iter()
+            .filter(|(_, p)| !p.moved)
+            .map(|(k, _)| ctx.store.count(k).unwrap_or(1))
+            .sum::<u64>();
+    }
+    Ok((n > max).then(|| {
+        format!(
+            "the pass would remove {n} entries, more than --max-delete {max}; nothing was removed{} \
+             (additions and updates were carried out)",
+            if cleared > 0 {
+                format!(" but the {cleared} replaced by entries of another type")
+            } else {
+                String::new()
+            }
+        )
+    }))
 }
 
 /// Removes what the pages deferred (unless moved away), then sets the

@@ -87,6 +87,10 @@ pub(crate) struct PassCtx<'a> {
     pub keep_excluded: Option<&'a Filter>,
     /// Entries whose names the replica cannot hold (left alone).
     pub unholdable: &'a Unholdable,
+    /// `--max-delete` in a paged pass: nothing the pass removes is moved
+    /// away by a later page, and the removals wait for the count at the end
+    /// (see `paged.rs`).
+    pub hold_removals: bool,
 }
 
 impl<'a> PassCtx<'a> {

@@ -222,6 +222,7 @@ fn run_page(
         min_free: st.min_free,
         keep_excluded: (!opts.delete_excluded && !filter.is_empty()).then_some(filter),
         unholdable: &unholdable,
+        hold_removals: run.deferred.is_some() && opts.max_delete.is_some(),
     };
     let txns = Txns {
         index: &st.index,
@@ -266,7 +267,10 @@ fn run_page(
     )?;
     if let (true, Some(deferred)) = (last, &run.deferred) {
         if !ctx.interrupted() {
-            super::paged::finish(&ctx, deferred, &mut txn, stats)?;
+            match super::paged::over_max(&ctx, deferred, opts.max_delete, run.removals)? {
+                Some(why) => stats.stopped = Some(why),
+                None => super::paged::finish(&ctx, deferred, &mut txn, stats)?,
+            }
         }
     }
     for (key, e) in store.flush() {
@@ -354,24 +358,35 @@ fn look(
         }
     }
     if let Some(max) = opts.max_delete {
-        let n: u64 = p
-            .remove
-            .iter()
-            .chain(&p.clear)
-            .map(|k| ctx.store.count(k).unwrap_or(1))
-            .sum::<u64>()
-            + run.removals;
-        run.removals = n;
-        if n > max {
-            stats.stopped = Some(format!(
-                "the pass would remove {n} entries, more than --max-delete {max}; {}",
-                if run.pages == 0 {
-                    "nothing was changed"
-                } else {
-                    "nothing was removed (earlier pages of the pass were carried out)"
-                }
-            ));
-            return Ok(None);
+        let count =
+            |keys: &[String]| -> u64 { keys.iter().map(|k| ctx.store.count(k).unwrap_or(1)).sum() };
+        if ctx.hold_removals {
+            // A paged pass: a type change (the replica's entry cleared for
+            // one of another type) is carried out with its page, so it is
+            // counted here; removals wait on disk and are counted at the
+            // end (`paged::over_max`).
+            let n = count(&p.clear) + run.removals;
+            if n > max {
+                stats.stopped = Some(format!(
+                    "the pass would remove more than --max-delete {max} entries \
+                     ({n} replaced by entries of another type); nothing was removed{}",
+                    if run.pages == 0 {
+                        ", nothing was changed"
+                    } else {
+                        " (additions and updates of earlier pages were carried out)"
+                    }
+                ));
+                return Ok(None);
+            }
+            run.removals = n;
+        } else {
+            let n = count(&p.remove) + count(&p.clear);
+            if n > max {
+                stats.stopped = Some(format!(
+                    "the pass would remove {n} entries, more than --max-delete {max}; nothing was changed"
+                ));
+                return Ok(None);
+            }
         }
     }
     Ok(Some((view, p)))
@@ -444,9 +459,17 @@ fn apply(
     let paged = deferred.is_some();
     match deferred {
         Some(deferred) => {
-            let doomed = Doomed {
-                page: p.remove.iter().cloned().collect(),
-                earlier: Some(&*deferred),
+            // Under --max-delete nothing doomed is moved away before the
+            // count at the end says the removals may happen.
+            let doomed = match ctx.hold_removals {
+                false => Doomed {
+                    page: p.remove.iter().cloned().collect(),
+                    earlier: Some(&*deferred),
+                },
+                true => Doomed {
+                    page: Default::default(),
+                    earlier: None,
+                },
             };
             let mut transfer = Transfer::new(ctx, view, doomed, fetch);
             let run = transfer.run(txn, stats, false);

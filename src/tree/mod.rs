@@ -17,7 +17,7 @@ pub mod xattr;
 pub use extras::Extras;
 pub use hardlinks::{hard_links, FarLink, HardLink, PageLinks};
 pub use name::{validate_name, windows_can_hold, NameError, NameRules};
-pub use pages::Pages;
+pub use pages::{PageTap, Pages};
 pub use scan::{scan_source, LocalStat, ScanCounter, ScanOptions, SourceScan};
 pub use scoped::{scan_scoped, Scopes};
 

@@ -16,6 +16,11 @@ use super::scan::join_rel;
 use super::{scan_scoped, ScanOptions, Scopes, SourceScan, MAX_PATH_BYTES};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Shown each page as it is read (`watch` learns the source's hard-link
+/// groups from them, page by page, instead of from a whole scan).
+pub type PageTap = Arc<dyn Fn(&SourceScan) + Send + Sync>;
 
 /// The pages of one pass over a source tree.
 pub struct Pages {
@@ -24,6 +29,7 @@ pub struct Pages {
     max: usize,
     /// Directories (by key) not yet in a page, the next one last.
     stack: Vec<String>,
+    tap: Option<PageTap>,
 }
 
 impl Pages {
@@ -43,7 +49,14 @@ impl Pages {
             opts,
             max: max.max(1),
             stack: vec![String::new()],
+            tap: None,
         })
+    }
+
+    /// Shows every page to `tap` as it is read.
+    pub fn with_tap(mut self, tap: Option<PageTap>) -> Self {
+        self.tap = tap;
+        self
     }
 
     /// Whether every directory is in a page already.
@@ -68,7 +81,11 @@ impl Pages {
             scopes.list.insert(rel);
             self.stack.extend(subdirs.into_iter().rev());
         }
-        scan_scoped(&self.root, &scopes, &self.opts).map(Some)
+        let page = scan_scoped(&self.root, &scopes, &self.opts)?;
+        if let Some(tap) = &self.tap {
+            tap(&page);
+        }
+        Ok(Some(page))
     }
 
     /// How many children directory `rel` has, and its subdirectories that

@@ -1,9 +1,10 @@
 //! Hard-link groups of the source. A change made through one name of a
 //! hard-linked file (a write, a chmod) is reported by the kernel for that
 //! name only, yet every other name of the file changed too. The watcher
-//! learns the groups from the passes' scans and widens a change on one name
-//! to all of them; a hard-linked file whose other names it does not know
-//! yet asks for a full rescan, which finds them.
+//! learns the groups from the passes' scans (a full pass's page by page)
+//! and widens a change on one name to all of them; a hard-linked file whose
+//! other names it does not know yet asks for a full rescan, which finds
+//! them.
 
 use crate::tree::{Kind, SourceScan};
 use std::collections::{BTreeSet, HashMap};
@@ -40,6 +41,19 @@ impl LinkGroups {
                     .or_default()
                     .insert(m.key(i));
             }
+        }
+    }
+
+    /// After a full pass that learned `learned` from its pages: what it
+    /// found replaces what was known if the pass went through every page
+    /// (`complete`), else is added to it.
+    pub fn after_full_pass(&mut self, learned: LinkGroups, complete: bool) {
+        if complete {
+            *self = learned;
+            return;
+        }
+        for (id, names) in learned.by_ino {
+            self.by_ino.entry(id).or_default().extend(names);
         }
     }
 
@@ -117,6 +131,32 @@ mod tests {
             g.widen("third", (0, 7), 3),
             Widen::Names(vec!["a".into(), "new".into(), "third".into()])
         );
+    }
+
+    #[test]
+    fn a_full_pass_learns_page_by_page_and_forgets_stale_groups() {
+        let mut g = LinkGroups::default();
+        g.learn(&scan(&[("old", 5, 2), ("gone", 5, 2)]), true);
+        let mut pages = LinkGroups::default();
+        pages.learn(&scan(&[("a", 7, 2)]), false);
+        pages.learn(&scan(&[("b", 7, 2), ("c", 8, 1)]), false);
+        let mut failed = LinkGroups::default();
+        failed.learn(&scan(&[("x", 9, 2)]), false);
+        let mut kept = LinkGroups::default();
+        kept.learn(&scan(&[("old", 5, 2), ("gone", 5, 2)]), true);
+        kept.after_full_pass(failed, false);
+        assert_eq!(
+            kept.widen("old", (0, 5), 2),
+            Widen::Names(vec!["gone".into(), "old".into()]),
+            "a pass cut short forgets nothing"
+        );
+        assert_eq!(kept.widen("x", (0, 9), 2), Widen::Names(vec!["x".into()]));
+        g.after_full_pass(pages, true);
+        assert_eq!(
+            g.widen("a", (0, 7), 2),
+            Widen::Names(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(g.widen("old", (0, 5), 2), Widen::Rescan);
     }
 
     #[test]

@@ -32,6 +32,10 @@ struct Worker {
     paused: bool,
 }
 
+fn lock(l: &Mutex<LinkGroups>) -> std::sync::MutexGuard<'_, LinkGroups> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs one target until `stop` is set or the batches end.
 pub(super) fn worker(
     s: Syncer,
@@ -111,23 +115,28 @@ impl Worker {
         }
     }
 
-    /// Scans what the batch covers and runs one pass.
+    /// Scans what the batch covers and runs one pass. A full pass goes
+    /// as pages (the tree is never held whole); the hard-link groups are
+    /// learned from each page as it is read and replace what was known once
+    /// the pass is over (a failed pass only adds what its pages found).
     fn pass(&mut self, batch: &Batch) -> crate::Result<PassReport> {
-        let learn = |scan: &crate::tree::SourceScan, full: bool| {
-            self.links
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .learn(scan, full)
-        };
         let s = &mut self.s;
         match batch {
-            Batch::Full(_) => s.scan().and_then(|scan| {
-                learn(&scan, true);
-                s.pass_with(&scan, None)
-            }),
+            Batch::Full(_) => {
+                let fresh: Arc<Mutex<LinkGroups>> = Arc::default();
+                let tap = fresh.clone();
+                s.page_tap = Some(Arc::new(move |page: &crate::tree::SourceScan| {
+                    lock(&tap).learn(page, false)
+                }));
+                let r = s.pass_paged(None, None);
+                s.page_tap = None;
+                let learned = std::mem::take(&mut *lock(&fresh));
+                lock(&self.links).after_full_pass(learned, r.is_ok());
+                r
+            }
             Batch::Scoped(scopes) => match scan_scoped(&s.src, scopes, &self.scan_opts) {
                 Ok(scan) => {
-                    learn(&scan, false);
+                    lock(&self.links).learn(&scan, false);
                     s.pass_with(&scan, None)
                 }
                 Err(e) => Err(crate::Error::source(&s.src, &e)),
