@@ -35,7 +35,7 @@ pub struct ReplicaIndex {
 impl ReplicaIndex {
     pub fn open(path: &Path) -> Result<Self> {
         let (db, rebuilt) = open_db(path)?;
-        let written = is_empty(&db).map_err(|e| index_err(path, e))?;
+        let written = is_empty(&db, path)?;
         Ok(ReplicaIndex {
             db: Arc::new(db),
             path: path.to_path_buf(),
@@ -471,14 +471,15 @@ impl IndexTxn<'_> {
 }
 
 /// Whether no table of the index holds an entry.
-fn is_empty(db: &Database) -> std::result::Result<bool, redb::Error> {
-    let r = db.begin_read()?;
+fn is_empty(db: &Database, path: &Path) -> Result<bool> {
+    let e = |e: redb::Error| index_err(path, e);
+    let r = db.begin_read().map_err(|x| e(x.into()))?;
     macro_rules! empty {
         ($def:expr) => {
             match r.open_table($def) {
-                Ok(t) => t.is_empty()?,
+                Ok(t) => t.is_empty().map_err(|x| e(x.into()))?,
                 Err(redb::TableError::TableDoesNotExist(_)) => true,
-                Err(e) => return Err(e.into()),
+                Err(x) => return Err(e(x.into())),
             }
         };
     }
