@@ -26,7 +26,9 @@
 //!   file id -> where in the replica) and the source's (stat ->
 //!   digest, so unchanged files are never re-read). The replica's writes
 //!   are held in memory (`index/pending.rs`) and written and committed in
-//!   sorted batches by a thread of their own (`index/writer.rs`).
+//!   sorted batches by a thread of their own (`index/writer.rs`); an index
+//!   opened empty keeps a Bloom filter of the keys written since
+//!   (`index/fresh.rs`), so a first copy's lookups of new content skip redb.
 //! - [`plan`]: pure planning, source manifest x replica view -> operations.
 //! - [`sparse`]: zeros over a hole are not written (replica files keep
 //!   their holes).

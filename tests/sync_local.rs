@@ -96,6 +96,11 @@ fn dedup_within_one_pass() {
 }
 
 #[test]
+fn dedup_across_checkpoints_into_a_fresh_replica() {
+    scenarios::dedup_across_checkpoints_into_a_fresh_replica(Where::Local);
+}
+
+#[test]
 fn dedup_copy_and_rename() {
     scenarios::dedup_copy_and_rename(Where::Local);
 }

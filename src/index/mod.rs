@@ -143,6 +143,7 @@ fn one_chunk(rec: &FileRecord) -> bool {
     matches!(rec.digest.chunks[..], [c] if c.hash == rec.digest.hash)
 }
 
+mod fresh;
 mod pending;
 mod replica;
 mod source;

@@ -2,8 +2,11 @@
 //! in memory (`pending.rs`) and handed, a checkpoint's worth at a time, to
 //! a thread that writes and commits them in order (`writer.rs`); lookups
 //! read the held writes first. A dry run's writes go into a transaction
-//! on the session thread that is never committed.
+//! on the session thread that is never committed. An index opened empty
+//! remembers every key written since (`fresh.rs`): a lookup of a key never
+//! written skips the database.
 
+use super::fresh::{Probe, Table, Written};
 use super::pending::{write_held, Pending, MAX_HELD};
 use super::writer::Writer;
 use super::{
@@ -13,9 +16,9 @@ use super::{
 use crate::chunk::{groups, offsets, ChunkRef, Hash, INLINE_CHUNKS};
 use crate::error::{Error, Result};
 use crate::tree::Version;
-use redb::{Database, ReadableTable, WriteTransaction};
+use redb::{Database, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The server's index of the replica's content.
 pub struct ReplicaIndex {
@@ -23,16 +26,45 @@ pub struct ReplicaIndex {
     path: PathBuf,
     /// Set when the index was rebuilt on open; the reason, for the log.
     pub rebuilt: Option<String>,
+    /// Every key written since the index was opened empty (None: it was
+    /// not empty). Only this object writes the database (redb locks the
+    /// file to one process), so a key it never saw is not there.
+    written: Mutex<Option<Written>>,
 }
 
 impl ReplicaIndex {
     pub fn open(path: &Path) -> Result<Self> {
         let (db, rebuilt) = open_db(path)?;
+        let written = is_empty(&db, path)?;
         Ok(ReplicaIndex {
             db: Arc::new(db),
             path: path.to_path_buf(),
             rebuilt,
+            written: Mutex::new(written.then(Written::default)),
         })
+    }
+
+    /// Whether lookups of keys never written skip the database (the index
+    /// was empty when opened).
+    pub fn tracks_writes(&self) -> bool {
+        self.written().is_some()
+    }
+
+    /// Lookups read the database whatever was written (tests compare the
+    /// two ways).
+    #[cfg(test)]
+    pub(crate) fn forget_writes(&self) {
+        *self.written() = None;
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, Option<Written>> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// False if key `p` cannot be in the database: the index was opened
+    /// empty and nothing wrote `p` since.
+    fn may_hold(&self, p: Probe) -> bool {
+        self.written().as_ref().is_none_or(|w| w.may_hold(p))
     }
 
     /// A path beside the index for a pass's scratch database (`what`
@@ -143,6 +175,9 @@ impl IndexTxn<'_> {
         if let Some(held) = self.held(|p| p.files.get(path).cloned()) {
             return Ok(held);
         }
+        if !self.index.may_hold(Probe::of_path(path)) {
+            return Ok(None);
+        }
         Ok(db_get!(self, FILES, path, |v| postcard::from_bytes(
             v.value()
         )
@@ -153,6 +188,9 @@ impl IndexTxn<'_> {
     fn chunk_entry(&self, hash: &Hash) -> Result<Option<ChunkLoc>> {
         if let Some(held) = self.held(|p| p.chunks.get(hash).cloned()) {
             return Ok(held);
+        }
+        if !self.index.may_hold(Probe::of_hash(Table::Chunks, hash)) {
+            return Ok(None);
         }
         Ok(db_get!(self, CHUNKS, &hash.0[..], |v| {
             postcard::from_bytes(v.value()).ok()
@@ -184,6 +222,9 @@ impl IndexTxn<'_> {
         if let Some(held) = self.held(|p| p.whole.get(hash).cloned()) {
             return Ok(held);
         }
+        if !self.index.may_hold(Probe::of_hash(Table::Whole, hash)) {
+            return Ok(None);
+        }
         if let Some((h, found)) = &*self.last_whole.borrow() {
             if h == hash {
                 return Ok(found.clone());
@@ -197,6 +238,9 @@ impl IndexTxn<'_> {
     fn group_entry(&self, hash: &Hash) -> Result<Option<GroupLoc>> {
         if let Some(held) = self.held(|p| p.groups.get(hash).cloned()) {
             return Ok(held);
+        }
+        if !self.index.may_hold(Probe::of_hash(Table::Groups, hash)) {
+            return Ok(None);
         }
         Ok(db_get!(self, GROUPS, &hash.0[..], |v| {
             postcard::from_bytes(v.value()).ok()
@@ -236,7 +280,14 @@ impl IndexTxn<'_> {
     pub fn put_file(&mut self, path: &str, rec: &FileRecord) -> Result<()> {
         self.remove_file(path)?;
         let held = &mut self.pending;
+        let mut written = self.index.written();
+        let mut note = |p: Probe| {
+            if let Some(w) = written.as_mut() {
+                w.insert(p);
+            }
+        };
         held.files.insert(path.to_string(), Some(rec.clone()));
+        note(Probe::of_path(path));
         if !one_chunk(rec) {
             let offs = offsets(&rec.digest.chunks);
             for (c, off) in rec.digest.chunks.iter().zip(offs) {
@@ -246,9 +297,11 @@ impl IndexTxn<'_> {
                     len: c.len,
                 };
                 held.chunks.insert(c.hash, Some(loc));
+                note(Probe::of_hash(Table::Chunks, &c.hash));
             }
         }
         held.whole.insert(rec.digest.hash, Some(path.to_string()));
+        note(Probe::of_hash(Table::Whole, &rec.digest.hash));
         if rec.digest.chunks.len() > INLINE_CHUNKS {
             let mut first = 0u32;
             for g in groups(&rec.digest.chunks) {
@@ -258,9 +311,11 @@ impl IndexTxn<'_> {
                     count: g.count,
                 };
                 held.groups.insert(g.hash, Some(loc));
+                note(Probe::of_hash(Table::Groups, &g.hash));
                 first += g.count;
             }
         }
+        drop(written);
         self.writes += 1;
         self.flush_if_full()
     }
@@ -413,6 +468,22 @@ impl IndexTxn<'_> {
             Db::Inline(_) => Ok(()),
         }
     }
+}
+
+/// Whether no table of the index holds an entry.
+fn is_empty(db: &Database, path: &Path) -> Result<bool> {
+    let e = |e: redb::Error| index_err(path, e);
+    let r = db.begin_read().map_err(|x| e(x.into()))?;
+    macro_rules! empty {
+        ($def:expr) => {
+            match r.open_table($def) {
+                Ok(t) => t.is_empty().map_err(|x| e(x.into()))?,
+                Err(redb::TableError::TableDoesNotExist(_)) => true,
+                Err(x) => return Err(e(x.into())),
+            }
+        };
+    }
+    Ok(empty!(FILES) && empty!(CHUNKS) && empty!(WHOLE) && empty!(GROUPS))
 }
 
 #[cfg(test)]

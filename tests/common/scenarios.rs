@@ -635,6 +635,31 @@ pub fn dedup_within_one_pass(w: Where) {
     }
 }
 
+/// Into a fresh replica (empty index), a file whose content an earlier
+/// file of the same pass brought is still built from it when that file's
+/// index entries are only in the database by then (thousands of files,
+/// past the index's checkpoints, lie between the two).
+pub fn dedup_across_checkpoints_into_a_fresh_replica(w: Where) {
+    let env = Env::new(w);
+    let big = random_bytes(13, MIB as usize);
+    let mut spec = vec![f("a.bin", &big)];
+    let n = 4_500;
+    for i in 0..n {
+        spec.push(f(&format!("m/{:02}/{i}", i % 50), format!("{i}")));
+    }
+    spec.push(f("z/dup.bin", &big));
+    build_tree(&env.src, &spec);
+    let r = env.sync_ok(&[]);
+    env.assert_replica_exact();
+    let s = r.summary();
+    assert!(
+        s.content_sent <= MIB + 64 * 1024,
+        "content sent once: {}",
+        r.describe()
+    );
+    assert_eq!(s.rebuilt, MIB, "{}", r.describe());
+}
+
 /// A copy or a rename of a file the replica already holds sends no content.
 pub fn dedup_copy_and_rename(w: Where) {
     let env = Env::new(w);

@@ -123,6 +123,9 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let held = ReplicaIndex::open(&dir.path().join("held.redb")).unwrap();
         let each = ReplicaIndex::open(&dir.path().join("each.redb")).unwrap();
+        // `held` skips the database for keys it never wrote; `each` reads it.
+        prop_assert!(held.tracks_writes());
+        each.forget_writes();
         let (mut h, mut e) = (held.begin().unwrap(), each.begin().unwrap());
         for op in &ops {
             apply(&mut h, op);
@@ -199,4 +202,39 @@ fn held_writes_are_bounded() {
         }
     }
     t.commit().unwrap();
+}
+
+/// An index opened empty skips the database only for keys never written:
+/// a chunk written earlier in the session is found once it is only in the
+/// database (committed, nothing held), and an index opened with entries
+/// reads the database for every lookup.
+#[test]
+fn an_index_opened_empty_still_finds_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("i.redb");
+    let idx = ReplicaIndex::open(&path).unwrap();
+    assert!(idx.tracks_writes());
+    let (big, tiny) = (&contents()[3], &contents()[0]);
+    let mut t = idx.begin().unwrap();
+    t.put_file("big", big).unwrap();
+    flush(&mut t);
+    assert!(t.pending.is_empty());
+    let c = big.digest.chunks[7];
+    assert_eq!(t.find_chunk(&c.hash).unwrap().unwrap().path, "big");
+    assert_eq!(t.find_whole(&tiny.digest.hash).unwrap(), None);
+    t.commit().unwrap();
+    // A later pass of the same session, and one after a restart.
+    let t = idx.begin().unwrap();
+    assert_eq!(t.find_chunk(&c.hash).unwrap().unwrap().path, "big");
+    assert_eq!(t.file("big").unwrap().as_ref(), Some(big));
+    drop(t);
+    drop(idx);
+    let idx = ReplicaIndex::open(&path).unwrap();
+    assert!(!idx.tracks_writes(), "opened with entries");
+    let t = idx.begin().unwrap();
+    assert_eq!(t.find_chunk(&c.hash).unwrap().unwrap().path, "big");
+    assert_eq!(
+        t.find_whole(&big.digest.hash).unwrap().as_deref(),
+        Some("big")
+    );
 }
