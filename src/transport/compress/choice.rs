@@ -16,8 +16,15 @@
 //! longer, so on a slow link probing costs a small, shrinking share of the
 //! bytes. Raw is not even tried while the writer mostly waits to write
 //! (the link is the limit; see `Window::raw_may_win`).
+//!
+//! While compressing, [`Ladder`] also picks the zstd *level*: when the
+//! writer mostly waits on the link (compressing is a small share of its
+//! busy time), CPU is cheap beside the wire and the level steps up
+//! ([`LADDER`]); when compressing becomes the limit it steps down.
 
 use std::time::Duration;
+
+pub use ladder::{tables as ladder_tables, Ladder, LADDER};
 
 /// How a segment is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +116,8 @@ pub struct Chooser {
     probe: Option<Window>,
     /// Input bytes of the chosen way before the next probe.
     probe_after: u64,
+    /// The zstd level, judged on the compressed segments.
+    ladder: Ladder,
 }
 
 impl Default for Chooser {
@@ -118,6 +127,7 @@ impl Default for Chooser {
             recent: Window::default(),
             probe: None,
             probe_after: FIRST_PROBE_AFTER,
+            ladder: Ladder::default(),
         }
     }
 }
@@ -136,6 +146,11 @@ impl Chooser {
         self.chosen
     }
 
+    /// The zstd level of the next compressed segment.
+    pub fn level(&self) -> i32 {
+        self.ladder.level()
+    }
+
     /// Whether a probe is running.
     pub fn probing(&self) -> bool {
         self.probe.is_some()
@@ -143,6 +158,9 @@ impl Chooser {
 
     /// Records a segment sent `way`.
     pub fn record(&mut self, way: Way, s: Sample) {
+        if way == Way::Zstd && self.chosen == Way::Zstd {
+            self.ladder.record(s);
+        }
         match &mut self.probe {
             Some(p) if way != self.chosen => {
                 p.add(s);
@@ -179,6 +197,10 @@ impl Chooser {
         };
         self.probe = None;
         if want != self.chosen {
+            if want == Way::Raw {
+                // A link fast enough for raw: zstd starts low if it returns.
+                self.ladder = Ladder::default();
+            }
             self.chosen = want;
             self.recent = probe;
             self.probe_after = FIRST_PROBE_AFTER;
@@ -188,6 +210,8 @@ impl Chooser {
         }
     }
 }
+
+mod ladder;
 
 #[cfg(test)]
 mod tests {
