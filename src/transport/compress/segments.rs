@@ -31,7 +31,7 @@ fn zstd_error(code: usize) -> io::Error {
 enum Policy {
     /// Every segment compressed, at this level.
     Always(i32),
-    Auto(Chooser),
+    Auto(Box<Chooser>),
 }
 
 /// Writes frames as segments.
@@ -68,7 +68,7 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
             out: Vec::new(),
             cctx,
             policy: if auto {
-                Policy::Auto(Chooser::default())
+                Policy::Auto(Box::default())
             } else {
                 Policy::Always(level.into())
             },
