@@ -173,7 +173,12 @@ impl Chooser {
             _ => {
                 self.recent.add(s);
                 if self.probe.is_none() && self.recent.bytes >= self.probe_after {
-                    if self.chosen == Way::Zstd && !self.recent.raw_may_win() {
+                    // Above the ladder's first rung, the writer was found
+                    // waiting on the link: raw cannot win, and its
+                    // measured rate would only be set against a level
+                    // chosen to spend the waiting time compressing.
+                    let climbed = self.ladder.level() > LADDER[0];
+                    if self.chosen == Way::Zstd && (climbed || !self.recent.raw_may_win()) {
                         // The link is the limit: measure afresh later.
                         self.recent = Window::default();
                     } else {
@@ -283,6 +288,36 @@ mod tests {
         assert_eq!(c.chosen(), Way::Zstd);
         // The writes take far longer than compressing: raw is never tried.
         assert_eq!(raw, 0, "{raw} raw against {zstd} compressed");
+    }
+
+    #[test]
+    fn no_raw_probe_once_the_level_climbed() {
+        // A link whose writes are buffered (raw looks fast for a while) but
+        // whose compressed segments mostly wait: the level climbs, and from
+        // then on raw is not probed against the dearer level.
+        // Each rung compresses at half the speed of the one below, so at
+        // the top compressing is a large share and raw would look faster.
+        let mut c = Chooser::default();
+        let mut raw = 0;
+        for _ in 0..1024 {
+            let w = c.next();
+            let n = 256 << 10;
+            let rung = LADDER.iter().position(|&l| l == c.level()).unwrap();
+            let busy = match w {
+                Way::Zstd => secs(n, 150e6 / f64::from(1 << rung)) + secs(n / 3, 4e6),
+                Way::Raw => secs(n, 1e9),
+            };
+            let mut s = sample(w, n, busy);
+            if w == Way::Zstd {
+                s.compressing = secs(n, 150e6 / f64::from(1 << rung));
+            } else {
+                raw += n;
+            }
+            c.record(w, s);
+        }
+        assert!(c.level() > LADDER[0], "level {}", c.level());
+        assert_eq!(c.chosen(), Way::Zstd);
+        assert!(raw <= PROBE_MIN, "{raw} bytes raw");
     }
 
     #[test]
