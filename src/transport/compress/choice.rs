@@ -16,15 +16,8 @@
 //! longer, so on a slow link probing costs a small, shrinking share of the
 //! bytes. Raw is not even tried while the writer mostly waits to write
 //! (the link is the limit; see `Window::raw_may_win`).
-//!
-//! While compressing, [`Ladder`] also picks the zstd *level*: when the
-//! writer mostly waits on the link (compressing is a small share of its
-//! busy time), CPU is cheap beside the wire and the level steps up
-//! ([`LADDER`]); when compressing becomes the limit it steps down.
 
 use std::time::Duration;
-
-pub use ladder::{tables as ladder_tables, Ladder, LADDER};
 
 /// How a segment is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,8 +109,6 @@ pub struct Chooser {
     probe: Option<Window>,
     /// Input bytes of the chosen way before the next probe.
     probe_after: u64,
-    /// The zstd level, judged on the compressed segments.
-    ladder: Ladder,
 }
 
 impl Default for Chooser {
@@ -127,7 +118,6 @@ impl Default for Chooser {
             recent: Window::default(),
             probe: None,
             probe_after: FIRST_PROBE_AFTER,
-            ladder: Ladder::default(),
         }
     }
 }
@@ -146,11 +136,6 @@ impl Chooser {
         self.chosen
     }
 
-    /// The zstd level of the next compressed segment.
-    pub fn level(&self) -> i32 {
-        self.ladder.level()
-    }
-
     /// Whether a probe is running.
     pub fn probing(&self) -> bool {
         self.probe.is_some()
@@ -158,9 +143,6 @@ impl Chooser {
 
     /// Records a segment sent `way`.
     pub fn record(&mut self, way: Way, s: Sample) {
-        if way == Way::Zstd && self.chosen == Way::Zstd {
-            self.ladder.record(s);
-        }
         match &mut self.probe {
             Some(p) if way != self.chosen => {
                 p.add(s);
@@ -173,12 +155,7 @@ impl Chooser {
             _ => {
                 self.recent.add(s);
                 if self.probe.is_none() && self.recent.bytes >= self.probe_after {
-                    // Above the ladder's first rung, the writer was found
-                    // waiting on the link: raw cannot win, and its
-                    // measured rate would only be set against a level
-                    // chosen to spend the waiting time compressing.
-                    let climbed = self.ladder.level() > LADDER[0];
-                    if self.chosen == Way::Zstd && (climbed || !self.recent.raw_may_win()) {
+                    if self.chosen == Way::Zstd && !self.recent.raw_may_win() {
                         // The link is the limit: measure afresh later.
                         self.recent = Window::default();
                     } else {
@@ -202,10 +179,6 @@ impl Chooser {
         };
         self.probe = None;
         if want != self.chosen {
-            if want == Way::Raw {
-                // A link fast enough for raw: zstd starts low if it returns.
-                self.ladder = Ladder::default();
-            }
             self.chosen = want;
             self.recent = probe;
             self.probe_after = FIRST_PROBE_AFTER;
@@ -215,8 +188,6 @@ impl Chooser {
         }
     }
 }
-
-mod ladder;
 
 #[cfg(test)]
 mod tests {
@@ -288,36 +259,6 @@ mod tests {
         assert_eq!(c.chosen(), Way::Zstd);
         // The writes take far longer than compressing: raw is never tried.
         assert_eq!(raw, 0, "{raw} raw against {zstd} compressed");
-    }
-
-    #[test]
-    fn no_raw_probe_once_the_level_climbed() {
-        // A link whose writes are buffered (raw looks fast for a while) but
-        // whose compressed segments mostly wait: the level climbs, and from
-        // then on raw is not probed against the dearer level.
-        // Each rung compresses at half the speed of the one below, so at
-        // the top compressing is a large share and raw would look faster.
-        let mut c = Chooser::default();
-        let mut raw = 0;
-        for _ in 0..1024 {
-            let w = c.next();
-            let n = 256 << 10;
-            let rung = LADDER.iter().position(|&l| l == c.level()).unwrap();
-            let busy = match w {
-                Way::Zstd => secs(n, 150e6 / f64::from(1 << rung)) + secs(n / 3, 4e6),
-                Way::Raw => secs(n, 1e9),
-            };
-            let mut s = sample(w, n, busy);
-            if w == Way::Zstd {
-                s.compressing = secs(n, 150e6 / f64::from(1 << rung));
-            } else {
-                raw += n;
-            }
-            c.record(w, s);
-        }
-        assert!(c.level() > LADDER[0], "level {}", c.level());
-        assert_eq!(c.chosen(), Way::Zstd);
-        assert!(raw <= PROBE_MIN, "{raw} bytes raw");
     }
 
     #[test]

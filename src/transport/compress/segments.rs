@@ -4,7 +4,7 @@
 //! layer reads them (a small segment that inflates to gigabytes costs no
 //! memory: frame lengths are checked on the decompressed stream).
 
-use super::choice::{ladder_tables, Chooser, Sample, Way};
+use super::choice::{Chooser, Sample, Way};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -29,9 +29,8 @@ fn zstd_error(code: usize) -> io::Error {
 
 /// How a writer decides.
 enum Policy {
-    /// Every segment compressed, at this level.
-    Always(i32),
-    Auto(Box<Chooser>),
+    Always,
+    Auto(Chooser),
 }
 
 /// Writes frames as segments.
@@ -45,11 +44,6 @@ pub struct SegmentWriter<W> {
     /// The way and busy time of the segment emitted last, not yet recorded
     /// (its flush time is added at the flush).
     pending: Option<(Way, Sample)>,
-    /// The level of the zstd frame being written.
-    level: i32,
-    window_log: u32,
-    /// Level changes so far (each one ends a zstd frame).
-    level_changes: u64,
 }
 
 impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
@@ -57,10 +51,9 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
     /// `window_log` is capped at the window every reader accepts.
     pub fn new(w: W, level: i8, auto: bool, window_log: u32) -> io::Result<Self> {
         let mut cctx = CCtx::create();
-        let window_log = window_log.min(WINDOW_LOG);
         cctx.set_parameter(CParameter::CompressionLevel(level.into()))
             .map_err(zstd_error)?;
-        cctx.set_parameter(CParameter::WindowLog(window_log))
+        cctx.set_parameter(CParameter::WindowLog(window_log.min(WINDOW_LOG)))
             .map_err(zstd_error)?;
         Ok(SegmentWriter {
             w,
@@ -68,26 +61,18 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
             out: Vec::new(),
             cctx,
             policy: if auto {
-                Policy::Auto(Box::default())
+                Policy::Auto(Chooser::default())
             } else {
-                Policy::Always(level.into())
+                Policy::Always
             },
             pending: None,
-            level: level.into(),
-            window_log,
-            level_changes: 0,
         })
-    }
-
-    /// How many times `auto` changed the level.
-    pub fn level_changes(&self) -> u64 {
-        self.level_changes
     }
 
     /// The way segments go now (outside probes).
     pub fn way(&self) -> Way {
         match &self.policy {
-            Policy::Always(_) => Way::Zstd,
+            Policy::Always => Way::Zstd,
             Policy::Auto(c) => c.chosen(),
         }
     }
@@ -140,7 +125,7 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
         }
         let t = Instant::now();
         let way = match &self.policy {
-            Policy::Always(_) => Way::Zstd,
+            Policy::Always => Way::Zstd,
             Policy::Auto(c) => c.next(),
         };
         let (output, compressing) = match way {
@@ -150,11 +135,7 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
                 (input, Duration::ZERO)
             }
             Way::Zstd => {
-                let level = match &self.policy {
-                    Policy::Always(level) => *level,
-                    Policy::Auto(c) => c.level(),
-                };
-                self.compress(level)?;
+                self.compress()?;
                 let compressing = t.elapsed();
                 self.w.write_all(&self.out).await?;
                 (self.out.len() - 4, compressing)
@@ -171,27 +152,12 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
         Ok(())
     }
 
-    /// Compresses `plain` into `out` as one header and body at `level`,
-    /// flushing the zstd stream so the reader can decode all of it. A new
-    /// level first ends the frame (zstd takes new parameters at a frame's
-    /// start; the reader reads frames one after another).
-    fn compress(&mut self, level: i32) -> io::Result<()> {
+    /// Compresses `plain` into `out` as one header and body, flushing the
+    /// zstd stream so the reader can decode all of it.
+    fn compress(&mut self) -> io::Result<()> {
+        let input = &self.plain[4..];
         self.out.clear();
         self.out.extend_from_slice(&[0; 4]);
-        if level != self.level {
-            self.end_frame()?;
-            let (hash, chain) = ladder_tables(level, self.window_log);
-            for p in [
-                CParameter::CompressionLevel(level),
-                CParameter::HashLog(hash),
-                CParameter::ChainLog(chain),
-            ] {
-                self.cctx.set_parameter(p).map_err(zstd_error)?;
-            }
-            self.level = level;
-            self.level_changes += 1;
-        }
-        let input = &self.plain[4..];
         self.out
             .reserve(zstd_safe::compress_bound(input.len()) + 64);
         let mut inb = InBuffer::around(input);
@@ -217,28 +183,6 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
         }
         self.out[..4].copy_from_slice(&(body as u32 | ZSTD_BIT).to_le_bytes());
         Ok(())
-    }
-
-    /// Appends the end of the current zstd frame to `out` (a few bytes;
-    /// nothing is pending after the previous segment's flush).
-    fn end_frame(&mut self) -> io::Result<()> {
-        let mut inb = InBuffer::around(&[]);
-        loop {
-            self.out.reserve(64);
-            let at = self.out.len();
-            let mut outb = OutBuffer::around_pos(&mut self.out, at);
-            let left = self
-                .cctx
-                .compress_stream2(
-                    &mut outb,
-                    &mut inb,
-                    zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end,
-                )
-                .map_err(zstd_error)?;
-            if left == 0 {
-                return Ok(());
-            }
-        }
     }
 }
 
@@ -469,32 +413,6 @@ mod tests {
         assert!(fixed < total * 3 / 4, "{fixed} of {total}");
         round_trip(19, false, &f[..8]).await;
         round_trip(3, true, &f).await;
-    }
-
-    #[tokio::test]
-    async fn level_changes_end_frames_and_read_back() {
-        // What `auto` does on a slow link: the level changes between
-        // segments, each change ending a zstd frame.
-        let f = frames();
-        let mut wire = Vec::new();
-        let mut w = SegmentWriter::new(&mut wire, 3, false, 20).unwrap();
-        let mut plain = Vec::new();
-        for (i, frame) in f.iter().enumerate() {
-            w.policy = Policy::Always([3, 5, 7, 9][i / 4 % 4]);
-            w.put_frame(frame).await.unwrap();
-            plain.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-            plain.extend_from_slice(frame);
-            w.flush().await.unwrap();
-        }
-        w.shutdown().await.unwrap();
-        assert_eq!(w.level_changes(), 9);
-        let mut back = Vec::new();
-        SegmentReader::new(&wire[..])
-            .unwrap()
-            .read_to_end(&mut back)
-            .await
-            .unwrap();
-        assert_eq!(back, plain);
     }
 
     #[tokio::test]
