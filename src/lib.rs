@@ -27,7 +27,7 @@
 //!   digest, so unchanged files are never re-read). The replica's writes
 //!   are held in memory (`index/pending.rs`) and written and committed in
 //!   sorted batches by a thread of their own (`index/writer.rs`); an index
-//!   opened empty keeps a Bloom filter of the keys written since
+//!   opened empty keeps a Bloom filter (at most 8 MiB) of the keys written since
 //!   (`index/fresh.rs`), so a first copy's lookups of new content skip redb.
 //! - [`plan`]: pure planning, source manifest x replica view -> operations.
 //! - [`sparse`]: zeros over a hole are not written (replica files keep

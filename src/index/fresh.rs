@@ -7,7 +7,10 @@
 //! the database as before: lookups stay exact.
 //!
 //! It grows in layers (each twice the last), so it needs no size up front:
-//! about 10 bits per key, ~1.2 MB per million keys.
+//! about 10 bits per key, ~1.2 MB per million keys, up to [`MAX_BYTES`]
+//! (about 6.7M keys, a first copy of ~2M files); past that it is dropped
+//! and every lookup reads the database again, so memory stays flat with
+//! the tree (issue 18).
 
 use crate::chunk::Hash;
 use std::hash::{Hash as _, Hasher};
@@ -18,6 +21,8 @@ const BITS_PER_KEY: usize = 10;
 const PROBES: u64 = 7;
 /// Keys the first layer holds (16 KiB of bits).
 const FIRST_KEYS: usize = 1 << 14;
+/// The most filter held; a layer that would pass it ends the filter.
+pub(super) const MAX_BYTES: usize = 8 << 20;
 
 /// Which table a key belongs to (the same hash in two tables is two keys).
 #[derive(Clone, Copy)]
@@ -101,6 +106,7 @@ impl Layer {
 
 /// The keys written to an index since it was opened empty.
 pub(super) struct Written {
+    /// Empty once the filter passed [`MAX_BYTES`]: every key may be held.
     layers: Vec<Layer>,
 }
 
@@ -114,9 +120,16 @@ impl Default for Written {
 
 impl Written {
     pub fn insert(&mut self, p: Probe) {
-        let last = self.layers.last().expect("one layer at least");
+        let Some(last) = self.layers.last() else {
+            return;
+        };
         if last.keys >= last.cap {
             let cap = last.cap * 2;
+            let held: usize = self.layers.iter().map(|l| l.bits.len() * 8).sum();
+            if held + (cap * BITS_PER_KEY).div_ceil(8) > MAX_BYTES {
+                self.layers = Vec::new();
+                return;
+            }
             self.layers.push(Layer::new(cap));
         }
         self.layers.last_mut().expect("pushed").insert(p);
@@ -124,7 +137,7 @@ impl Written {
 
     /// False: `p` was never inserted. True: it may have been.
     pub fn may_hold(&self, p: Probe) -> bool {
-        self.layers.iter().any(|l| l.may_hold(p))
+        self.layers.is_empty() || self.layers.iter().any(|l| l.may_hold(p))
     }
 
     /// Bytes of filter held.
@@ -167,6 +180,32 @@ mod tests {
         );
         // 200,000 keys in ~10 bits each, layers doubling.
         assert!(w.bytes() < 600_000, "{} bytes", w.bytes());
+    }
+
+    #[test]
+    fn a_filter_past_its_budget_is_dropped_and_holds_everything() {
+        let mut w = Written::default();
+        // Keys made cheaply (the filter reads the first 16 bytes).
+        let key = |i: u64| {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+            k[8..16].copy_from_slice(&(i ^ 0xA5A5_5A5A).rotate_left(17).to_le_bytes());
+            Hash(k)
+        };
+        let mut i = 0u64;
+        while !w.layers.is_empty() {
+            w.insert(Probe::of_hash(Table::Chunks, &key(i)));
+            assert!(w.bytes() <= MAX_BYTES, "{} bytes", w.bytes());
+            i += 1;
+        }
+        // Several million keys went in before it was dropped.
+        assert!(i > 4_000_000, "{i} keys");
+        assert_eq!(w.bytes(), 0);
+        // No false negatives after the drop: every key may be held.
+        assert!(w.may_hold(Probe::of_hash(Table::Chunks, &key(0))));
+        assert!(w.may_hold(Probe::of_hash(Table::Whole, &key(i + 1))));
+        w.insert(Probe::of_path("later"));
+        assert_eq!(w.bytes(), 0);
     }
 
     proptest! {
