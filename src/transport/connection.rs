@@ -166,7 +166,7 @@ where
                 .expect("zstd level 1..=19, window within the reader's");
             tokio::spawn(read_loop(r, in_tx, broken.clone()));
             tokio::spawn(write_loop(
-                Sink::Segments(Box::new(w)),
+                Sink::Segments(w),
                 Some(Packer::default()),
                 out_rx,
             ))
@@ -183,7 +183,7 @@ where
 /// Where the writer puts frames: plainly, or cut into segments.
 enum Sink<W> {
     Plain(tokio::io::BufWriter<W>),
-    Segments(Box<SegmentWriter<W>>),
+    Segments(SegmentWriter<W>),
 }
 
 impl<W: AsyncWrite + Unpin> Sink<W> {
