@@ -44,8 +44,6 @@ pub struct SegmentWriter<W> {
     /// The way and busy time of the segment emitted last, not yet recorded
     /// (its flush time is added at the flush).
     pending: Option<(Way, Sample)>,
-    /// When the segment before was out (the writer then waits for frames).
-    since: Option<Instant>,
 }
 
 impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
@@ -68,7 +66,6 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
                 Policy::Always
             },
             pending: None,
-            since: None,
         })
     }
 
@@ -119,7 +116,6 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
             s.busy += flush;
             c.record(way, s);
         }
-        self.since = Some(Instant::now());
     }
 
     async fn emit(&mut self) -> io::Result<()> {
@@ -151,7 +147,6 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
             output: output as u64,
             compressing,
             busy: t.elapsed(),
-            idle: self.since.map(|s| t.duration_since(s)).unwrap_or_default(),
         };
         self.pending = Some((way, sample));
         Ok(())
