@@ -8,7 +8,7 @@
 //! parents of what is finally removed (or moved away) get their source
 //! metadata again at the end, since the removal changed their mtime.
 
-use super::deferred::{Deferred, DirMeta};
+use super::deferred::{Deferred, DirMeta, Pending};
 use super::pass::PassCtx;
 use crate::error::Result;
 use crate::index::IndexTxn;
@@ -16,6 +16,7 @@ use crate::plan::ReplicaView;
 use crate::protocol::PassStats;
 use crate::tree::Kind;
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 
 /// Deferred entries handled at once at the end of the pass.
 const BATCH: usize = 4096;
@@ -115,19 +116,14 @@ pub fn over_max(
         return Ok(None);
     };
     let mut n = cleared;
-    let mut after: Option<String> = None;
-    loop {
-        let batch = deferred.batch(after.as_deref(), BATCH)?;
-        let Some((last, _)) = batch.last() else {
-            break;
-        };
-        after = Some(last.clone());
+    each_batch(deferred, |batch| {
         n += batch
             .iter()
             .filter(|(_, p)| !p.moved)
             .map(|(k, _)| ctx.store.count(k).unwrap_or(1))
             .sum::<u64>();
-    }
+        Ok(ControlFlow::Continue(()))
+    })?;
     Ok((n > max).then(|| {
         format!(
             "the pass would remove {n} entries, more than --max-delete {max}; nothing was removed{} \
@@ -150,31 +146,23 @@ pub fn finish(
     stats: &mut PassStats,
 ) -> Result<()> {
     let none = HashSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let batch = deferred.batch(after.as_deref(), BATCH)?;
-        let Some((last, _)) = batch.last() else {
-            break;
-        };
-        after = Some(last.clone());
+    each_batch(deferred, |batch| {
         let keys: Vec<String> = batch
             .into_iter()
             .filter(|(_, p)| !p.moved)
             .map(|(k, _)| k)
             .collect();
         super::steps::remove_extras(ctx, &keys, &none, txn, stats)?;
-        if ctx.interrupted() {
-            return Ok(());
-        }
+        Ok(match ctx.interrupted() {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
+        })
+    })?;
+    if ctx.interrupted() {
+        return Ok(());
     }
-    let mut after: Option<String> = None;
     let mut fixed: Option<String> = None;
-    loop {
-        let batch = deferred.batch(after.as_deref(), BATCH)?;
-        let Some((last, _)) = batch.last() else {
-            break;
-        };
-        after = Some(last.clone());
+    each_batch(deferred, |batch| {
         for (key, p) in batch {
             let parent = parent_of(&key);
             if fixed.as_deref() == Some(parent) {
@@ -183,8 +171,27 @@ pub fn finish(
             fix_dir(ctx, parent, p.parent);
             fixed = Some(parent.to_string());
         }
+        Ok(ControlFlow::Continue(()))
+    })
+}
+
+/// Hands `f` the deferred removals a batch at a time, in key order, until
+/// they are all seen or `f` breaks.
+fn each_batch(
+    deferred: &Deferred,
+    mut f: impl FnMut(Vec<(String, Pending)>) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let batch = deferred.batch(after.as_deref(), BATCH)?;
+        let Some((last, _)) = batch.last() else {
+            return Ok(());
+        };
+        after = Some(last.clone());
+        if f(batch)?.is_break() {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 fn fix_dir(ctx: &PassCtx, key: &str, meta: DirMeta) {
