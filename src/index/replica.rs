@@ -30,6 +30,9 @@ pub struct ReplicaIndex {
     /// not empty). Only this object writes the database (redb locks the
     /// file to one process), so a key it never saw is not there.
     written: Mutex<Option<Written>>,
+    /// The database was closed after an I/O error and could not be opened
+    /// again yet ([`ReplicaIndex::reopen_if_failed`]); `db` is a stand-in.
+    detached: bool,
 }
 
 impl ReplicaIndex {
@@ -41,7 +44,52 @@ impl ReplicaIndex {
             path: path.to_path_buf(),
             rebuilt,
             written: Mutex::new(written.then(Written::default)),
+            detached: false,
         })
+    }
+
+    /// After an I/O error (a full disk, a failing device) redb refuses every
+    /// later transaction until the database is closed and opened again.
+    /// A server outlives its sessions, so before each one it calls this:
+    /// a failed database is closed and opened again (what was committed
+    /// before the error is kept), and the next pass runs once the cause is
+    /// gone. Returns whether it reopened; an error if it could not.
+    pub fn reopen_if_failed(&mut self) -> Result<bool> {
+        if !self.detached {
+            match self.db.begin_write() {
+                // Dropped unused: aborted, nothing written.
+                Ok(_) => return Ok(false),
+                Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {}
+                Err(e) => return Err(index_err(&self.path, e)),
+            }
+            // redb locks its file while open: close it before opening it
+            // again. The stand-in holds nothing; `detached` keeps it unused.
+            let stand_in = redb::Builder::new()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .map_err(|e| index_err(&self.path, e))?;
+            self.db = Arc::new(stand_in);
+            self.detached = true;
+        }
+        let (db, rebuilt) = open_db(&self.path)?;
+        self.db = Arc::new(db);
+        self.detached = false;
+        if rebuilt.is_some() {
+            // For the log. A fresh-index filter stays valid: it may now
+            // claim keys that are gone, never miss one that is there.
+            self.rebuilt = rebuilt;
+        }
+        Ok(true)
+    }
+
+    /// Fails while the database is detached (see `reopen_if_failed`).
+    fn attached(&self) -> Result<()> {
+        if self.detached {
+            return Err(index_err(
+                &self.path,
+                "closed after an I/O error and not yet opened again",
+            ));
+        }
+        Ok(())
     }
 
     /// Whether lookups of keys never written skip the database (the index
@@ -77,6 +125,7 @@ impl ReplicaIndex {
 
     /// Starts the pass's transaction (and its writer thread).
     pub fn begin(&self) -> Result<IndexTxn<'_>> {
+        self.attached()?;
         let writer = Writer::start(self.db.clone(), self.path.clone())?;
         Ok(self.txn(Db::Writer(Box::new(writer)), false))
     }
@@ -84,6 +133,7 @@ impl ReplicaIndex {
     /// A transaction that is never committed (a dry run): it reads the
     /// index and its own writes, and keeps nothing.
     pub fn begin_scratch(&self) -> Result<IndexTxn<'_>> {
+        self.attached()?;
         let txn = self
             .db
             .begin_write()
@@ -488,3 +538,6 @@ fn is_empty(db: &Database, path: &Path) -> Result<bool> {
 
 #[cfg(test)]
 mod held_tests;
+
+#[cfg(test)]
+mod reopen_tests;

@@ -9,7 +9,7 @@ use super::connection::{
 use crate::chunk::CHUNKER_VERSION;
 use crate::error::{Error, Result};
 use crate::index::ReplicaIndex;
-use crate::protocol::{Hello, HelloReply, Purpose, MAGIC, PROTOCOL_VERSION};
+use crate::protocol::{Hello, HelloReply, Purpose, ServerMsg, MAGIC, PROTOCOL_VERSION};
 use crate::report::Reporter;
 use crate::session::server::{serve_session, ServerLink, ServerState};
 use crate::status::ServerStats;
@@ -446,7 +446,21 @@ pub(crate) async fn run_session(link: ServerLink, peer: String, shared: Arc<Serv
     shared.stats.clients.fetch_add(1, Ordering::Relaxed);
     let sh = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let state = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        // An earlier session's I/O error (a full disk) leaves the index
+        // refusing every transaction until it is opened again.
+        match state.index.reopen_if_failed() {
+            Ok(true) => sh
+                .reporter
+                .warn("replica index opened again after an earlier I/O error"),
+            Ok(false) => {}
+            Err(e) => {
+                let _ = link.send(ServerMsg::Fatal {
+                    reason: e.to_string(),
+                });
+                return Err(e);
+            }
+        }
         serve_session(&link, &state)
     })
     .await;
