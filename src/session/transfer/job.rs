@@ -13,6 +13,9 @@ pub(super) struct Job {
     pub basis: Option<(String, Vec<(u64, u32)>)>,
     /// Whether the client's summary arrived.
     pub summarized: bool,
+    /// What the file does once its basis is ready (see `bases.rs`); None
+    /// when it is not waiting for one.
+    pub waiting: Option<super::bases::Waiting>,
     /// Whether the staged file must be read back and every chunk checked
     /// before it is published: it holds chunks written in an earlier pass
     /// (a resumed partial). Otherwise every chunk was checked as it was
@@ -57,6 +60,7 @@ impl Job {
             fetch,
             size: 0,
             summarized: false,
+            waiting: None,
             basis: None,
             reread: false,
             hash: Hash([0; 32]),

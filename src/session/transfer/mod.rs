@@ -11,6 +11,8 @@
 //! - `sourcing.rs`: which file asked for a chunk needed by several (pure).
 //! - `assemble.rs`: where each chunk comes from; local copies, verified.
 //! - `basis.rs`: an old or similar file offered for small-file deltas.
+//! - `bases.rs`: a worker reading and cutting those bases ahead, off the
+//!   session thread (each `Basis` still goes out before its file's requests).
 //! - `fine.rs`: a delta's second round (fine pieces of the old ranges a
 //!   chunk's literal gaps replaced).
 //! - `moves.rs`: content already in the replica (unchanged, or at a path
@@ -24,6 +26,7 @@
 //! small files go first, big ones last.
 
 mod assemble;
+mod bases;
 mod basis;
 mod fine;
 mod job;
@@ -77,6 +80,9 @@ pub(crate) struct Transfer<'c, 'a> {
     fine_held: usize,
     /// Workers publishing new files, while [`Transfer::run`] runs.
     pool: Option<pool::Pool>,
+    /// The worker preparing bases, while [`Transfer::run`] runs (over a
+    /// socket only: no basis is offered in process).
+    bases: Option<bases::Bases>,
     /// Bytes of deferred files of several chunks not yet handed to the
     /// pool (see `assemble.rs`).
     deferred_bytes: u64,
@@ -135,6 +141,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             room: Room::new(ctx.min_free),
             fine_held: 0,
             pool: None,
+            bases: None,
             deferred_bytes: 0,
         }
     }
@@ -189,12 +196,16 @@ impl<'c, 'a> Transfer<'c, 'a> {
         let r = std::thread::scope(|scope| {
             if self.pull {
                 self.pool = Some(pool::Pool::start(scope, store));
+                if !self.ctx.link.is_in_process() {
+                    self.bases = Some(bases::Bases::start(scope, store));
+                }
             }
             let r = self.run_until(txn, stats, before_big);
             // Every file handed to the pool is in place (or failed) and
             // indexed before the pass goes on.
             let done = self.collect(txn, stats, true);
             self.pool = None;
+            self.bases = None;
             r.and(done)
         });
         if r.is_err() || self.ctx.interrupted() {
@@ -224,8 +235,19 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 return Ok(());
             }
             let link = self.ctx.link;
-            let msg = link.recv().map_err(|e| Error::link(&link.peer, e))?;
+            let msg = match link.try_recv() {
+                Some(m) => m,
+                None if self.bases.as_ref().is_some_and(|b| b.busy()) => {
+                    // Nothing to handle but bases being prepared: their
+                    // files' requests go out as soon as they are ready.
+                    link.flush();
+                    self.take_bases(txn, stats, true)?;
+                    continue;
+                }
+                None => link.recv().map_err(|e| Error::link(&link.peer, e))?,
+            };
             self.handle(msg, txn, stats)?;
+            self.take_bases(txn, stats, false)?;
             self.collect(txn, stats, false)?;
             txn.checkpoint()?;
         }
