@@ -78,11 +78,19 @@ fn bases_prepared_ahead_still_precede_their_requests() {
     env.assert_replica_exact();
     let total: u64 = (3..300u64).map(|i| size(i, "")).sum();
     let sent = new.content_sent();
-    assert!(sent * 10 < total, "sent {sent} of {total}: {}", new.describe());
+    assert!(
+        sent * 10 < total,
+        "sent {sent} of {total}: {}",
+        new.describe()
+    );
     build_tree(&env.src, &pages(300, ", edited"));
     let edited = env.sync_ok(&["--compress", "off"]);
     env.assert_replica_exact();
     let total: u64 = (0..300u64).map(|i| size(i, ", edited")).sum();
     let sent = edited.content_sent();
-    assert!(sent * 10 < total, "sent {sent} of {total}: {}", edited.describe());
+    assert!(
+        sent * 10 < total,
+        "sent {sent} of {total}: {}",
+        edited.describe()
+    );
 }

@@ -18,6 +18,8 @@
 //! - `moves.rs`: content already in the replica (unchanged, or at a path
 //!   this pass removes: renamed, not copied); old versions kept aside.
 //! - `publish.rs`: verify and publish, or give up, or set aside as partial.
+//! - `behind.rs`: a writer thread writing large files' chunks while the
+//!   session thread reads the next messages.
 //! - `pool.rs`: worker threads that verify and publish new files in
 //!   batches while the session thread handles the next messages; records
 //!   and reports are written as files come back.
@@ -28,6 +30,7 @@
 mod assemble;
 mod bases;
 mod basis;
+mod behind;
 mod fine;
 mod job;
 mod moves;
@@ -83,6 +86,8 @@ pub(crate) struct Transfer<'c, 'a> {
     /// The worker preparing bases, while [`Transfer::run`] runs (over a
     /// socket only: no basis is offered in process).
     bases: Option<bases::Bases>,
+    /// The thread writing large files, while [`Transfer::run`] runs.
+    behind: Option<behind::Behind>,
     /// Bytes of deferred files of several chunks not yet handed to the
     /// pool (see `assemble.rs`).
     deferred_bytes: u64,
@@ -142,6 +147,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
             fine_held: 0,
             pool: None,
             bases: None,
+            behind: None,
             deferred_bytes: 0,
         }
     }
@@ -196,6 +202,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
         let r = std::thread::scope(|scope| {
             if self.pull {
                 self.pool = Some(pool::Pool::start(scope, store));
+                self.behind = Some(behind::Behind::start(scope));
                 if !self.ctx.link.is_in_process() {
                     self.bases = Some(bases::Bases::start(scope, store));
                 }
@@ -206,6 +213,8 @@ impl<'c, 'a> Transfer<'c, 'a> {
             let done = self.collect(txn, stats, true);
             self.pool = None;
             self.bases = None;
+            // Every write handed over is done once the writer ends.
+            self.behind = None;
             r.and(done)
         });
         if r.is_err() || self.ctx.interrupted() {
@@ -293,7 +302,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 let sent = data.len() as u64;
                 self.on_chunk(id, index, data, sent, txn, stats)
             }
-            ClientMsg::Chunks { id, first, data } => self.on_chunks(id, first, &data, txn, stats),
+            ClientMsg::Chunks { id, first, data } => self.on_chunks(id, first, data, txn, stats),
             ClientMsg::ChunkDelta { id, index, ops } => {
                 self.on_chunk_delta(id, index, ops, txn, stats)
             }

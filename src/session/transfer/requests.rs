@@ -269,7 +269,7 @@ impl Transfer<'_, '_> {
         &mut self,
         id: u32,
         first: u32,
-        data: &[u8],
+        data: Vec<u8>,
         txn: &mut IndexTxn,
         stats: &mut PassStats,
     ) -> Result<()> {
@@ -323,7 +323,7 @@ impl Transfer<'_, '_> {
         &mut self,
         id: u32,
         first: u32,
-        data: &[u8],
+        data: Vec<u8>,
         count: u32,
         txn: &mut IndexTxn,
         stats: &mut PassStats,
@@ -331,7 +331,8 @@ impl Transfer<'_, '_> {
         let ctx = self.ctx;
         let job = self.jobs.get_mut(&id).expect("checked by own_run");
         let at = job.offs[first as usize];
-        if let Err(e) = job.put(data, at) {
+        let sent = data.len() as u64;
+        if let Err(e) = job.put_owned(data, at, self.behind.as_ref()) {
             ctx.fail(stats, ctx.key(id), Failure::store("write", e));
             self.drop_job(id, false);
             return Ok(());
@@ -341,7 +342,6 @@ impl Transfer<'_, '_> {
             job.note_written(i);
             self.sourcing.arrived(&job.chunk_list()[i as usize].hash);
         }
-        let sent = data.len() as u64;
         job.received += sent;
         job.missing -= count as usize;
         stats.received += sent;
@@ -448,7 +448,7 @@ impl Transfer<'_, '_> {
                 continue;
             }
             // A deferred file's chunks wait in its body for the pool.
-            if let Err(e) = job.put(data, at) {
+            if let Err(e) = job.put(data, at, self.behind.as_ref()) {
                 ctx.fail(stats, ctx.key(jid), Failure::store("write", e));
                 self.drop_job(jid, false);
                 continue;
