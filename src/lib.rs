@@ -51,7 +51,8 @@
 //!     content (`session/steps.rs`) and pulls the content it lacks
 //!     (`session/transfer/`: job, requests, sourcing, assemble, basis,
 //!     moves, publish, and a pool of workers publishing new files and
-//!     creating small ones);
+//!     creating small ones; a worker preparing bases ahead, a writer
+//!     thread for files over 1 MiB);
 //!     directory renames in `session/renames.rs`; a paged pass (the tree
 //!     as pages, issue 18) in `session/paged.rs`, its removals deferred on
 //!     disk to the end of the pass in `session/deferred.rs` (and counted

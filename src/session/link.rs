@@ -144,12 +144,19 @@ impl<Out: Send + 'static, In> Link<Out, In> {
         self.writer.take()
     }
 
+    /// A message already received, without waiting (what is queued is
+    /// sent if it has lingered too long).
+    pub fn try_recv(&self) -> Option<In> {
+        let m = self.take_received()?;
+        self.flush_if_stale();
+        Some(m)
+    }
+
     /// Receives from blocking code; `Err` says why the link ended. What
     /// is queued is sent first when nothing received is left to handle
     /// (the thread may wait for the peer) or it has lingered too long.
     pub fn recv(&self) -> Result<In, LinkError> {
-        if let Some(m) = self.take_received() {
-            self.flush_if_stale();
+        if let Some(m) = self.try_recv() {
             return Ok(m);
         }
         self.flush();

@@ -78,6 +78,20 @@ impl Staged for LocalStaged {
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
         self
     }
+
+    fn writer(&self) -> Option<Box<dyn super::WriteAt>> {
+        let file = self.file.try_clone().ok()?;
+        Some(Box::new(StagedWriter(file)))
+    }
+}
+
+/// A second handle on a staged file (see [`Staged::writer`]).
+struct StagedWriter(std::fs::File);
+
+impl super::WriteAt for StagedWriter {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        crate::sparse::write_at(&self.0, buf, offset)
+    }
 }
 
 /// A replica file open for reading.

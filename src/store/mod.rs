@@ -300,6 +300,19 @@ pub trait Staged: ReadAt {
 
     /// For the store that made it, to take it back.
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+
+    /// A second handle writing into this file from another thread, as
+    /// [`Staged::write_at`] does (None: writes go through this one only).
+    /// Writes through both at once must not overlap or race.
+    fn writer(&self) -> Option<Box<dyn WriteAt>> {
+        None
+    }
+}
+
+/// Writes into a staged file from another thread (see [`Staged::writer`]).
+pub trait WriteAt: Send + Sync {
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`.

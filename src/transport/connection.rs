@@ -9,7 +9,7 @@
 
 use super::compress::{SegmentReader, SegmentWriter};
 use super::packed::{Pack, Packer, Unpacker};
-use crate::protocol::frame::FrameError;
+use crate::protocol::frame::{parse_frame, FrameError};
 use crate::protocol::Compress;
 use crate::protocol::{decode, encode, read_frame, write_frame};
 pub use crate::session::link::{link_pair, Counters, Link};
@@ -162,6 +162,8 @@ where
             // Levels are checked at the hello (1..=19); zstd accepts those
             // and the window, so neither can fail.
             let r = SegmentReader::new(r).expect("zstd decoder parameters");
+            // Decoded bytes buffered, so the reader sees whole frames ahead.
+            let r = BufReader::with_capacity(64 * 1024, r);
             let w = SegmentWriter::new(w, n, auto, caps.send_window_log)
                 .expect("zstd level 1..=19, window within the reader's");
             tokio::spawn(read_loop(r, in_tx, broken.clone()));
@@ -320,8 +322,15 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize + Pack>(
     let _ = w.shutdown().await;
 }
 
+/// Messages the reader holds for one hand-over at most, while the session
+/// lags (see [`read_loop`]).
+const HAND_MSGS: usize = 256;
+/// Frame bytes the reader holds for one hand-over at most (one larger
+/// frame goes alone).
+const HAND_BYTES: usize = 256 * 1024;
+
 async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned + Pack>(
-    mut r: R,
+    mut r: BufReader<R>,
     tx: mpsc::Sender<Vec<In>>,
     broken: Broken,
 ) {
@@ -329,7 +338,25 @@ async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned + Pack>(
     // Every message passes through, in order, so the packed stream stays
     // in step with the peer's whatever the session does with them.
     let mut unpacker = Unpacker::default();
+    // While the session keeps up, each message (or packed run) is handed
+    // over as it comes. While it lags (its queue is full), the messages
+    // that follow are held and handed over together, one wake-up for many
+    // instead of one per message taken; they go as soon as no whole frame
+    // is buffered (the reader never waits on the socket holding any), or
+    // the hand-over is full.
+    let mut held: Vec<In> = Vec::new();
+    let mut held_bytes = 0usize;
     let why = loop {
+        if !held.is_empty()
+            && (held.len() >= HAND_MSGS
+                || held_bytes >= HAND_BYTES
+                || !matches!(parse_frame(r.buffer()), Ok(Some(_))))
+        {
+            if tx.send(std::mem::take(&mut held)).await.is_err() {
+                return;
+            }
+            held_bytes = 0;
+        }
         let got = match tokio::time::timeout(IDLE_LIMIT, read_frame(&mut r, &mut buf)).await {
             Err(_) => Err(LinkError::Idle {
                 secs: IDLE_LIMIT.as_secs(),
@@ -342,17 +369,115 @@ async fn read_loop<R: AsyncRead + Unpin, In: DeserializeOwned + Pack>(
                 .map_err(LinkError::Decode),
         };
         match got {
-            Ok(m) => {
-                // Hand over one message (or one packed run) at a time while
-                // the session keeps up; when it lags, `recv` drains the
-                // queue in order anyway.
-                if tx.send(m).await.is_err() {
-                    return;
+            Ok(mut m) => {
+                held_bytes += buf.len();
+                if held.is_empty() {
+                    held = m;
+                } else {
+                    held.append(&mut m);
+                }
+                match tx.try_reserve() {
+                    Ok(permit) => {
+                        permit.send(std::mem::take(&mut held));
+                        held_bytes = 0;
+                    }
+                    Err(mpsc::error::TrySendError::Full(())) => {}
+                    Err(mpsc::error::TrySendError::Closed(())) => return,
                 }
             }
             Err(e) => break e,
         }
     };
+    // What came before the end is handed over first.
+    if !held.is_empty() && tx.send(held).await.is_err() {
+        return;
+    }
     *broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     // Dropping `tx` now wakes the receiver, which then reads `broken`.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ClientMsg;
+    use tokio::io::AsyncWriteExt;
+
+    /// Frames of `Skip { id }` for `ids`.
+    fn frames(ids: std::ops::Range<u32>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for id in ids {
+            let p = encode(&ClientMsg::Skip { id });
+            out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            out.extend_from_slice(&p);
+        }
+        out
+    }
+
+    fn ids(batches: &[Vec<ClientMsg>]) -> Vec<u32> {
+        batches
+            .iter()
+            .flatten()
+            .map(|m| match m {
+                ClientMsg::Skip { id } => *id,
+                other => panic!("unexpected {}", other.name()),
+            })
+            .collect()
+    }
+
+    /// A session that lags (its queue holds one hand-over) still gets every
+    /// message, in order, and the ones held while it lagged arrive although
+    /// the peer then sends nothing more and keeps the link open.
+    #[tokio::test]
+    async fn held_messages_arrive_in_order_while_the_peer_is_silent() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (tx, mut rx) = mpsc::channel::<Vec<ClientMsg>>(1);
+        let broken: Broken = Arc::new(std::sync::Mutex::new(None));
+        let reader = tokio::spawn(read_loop(
+            BufReader::with_capacity(64 * 1024, ours),
+            tx,
+            broken.clone(),
+        ));
+        peer.write_all(&frames(0..3000)).await.unwrap();
+        peer.flush().await.unwrap();
+        let mut got = Vec::new();
+        while ids(&got).len() < 3000 {
+            let batch = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .expect("held messages handed over while the peer is silent")
+                .expect("link open");
+            assert!(!batch.is_empty());
+            got.push(batch);
+        }
+        assert_eq!(ids(&got), (0..3000).collect::<Vec<_>>());
+        assert!(got.iter().all(|b| b.len() <= HAND_MSGS));
+        // Then the peer closes: the link ends, cleanly.
+        drop(peer);
+        assert!(rx.recv().await.is_none());
+        reader.await.unwrap();
+        assert!(matches!(*broken.lock().unwrap(), Some(LinkError::Closed)));
+    }
+
+    /// Messages before a broken frame are all handed over before the link
+    /// says it broke.
+    #[tokio::test]
+    async fn messages_before_a_bad_frame_come_first() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (tx, mut rx) = mpsc::channel::<Vec<ClientMsg>>(1);
+        let broken: Broken = Arc::new(std::sync::Mutex::new(None));
+        let reader = tokio::spawn(read_loop(
+            BufReader::with_capacity(64 * 1024, ours),
+            tx,
+            broken.clone(),
+        ));
+        let mut bytes = frames(0..500);
+        bytes.extend_from_slice(&(u32::MAX).to_le_bytes());
+        peer.write_all(&bytes).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(b) = rx.recv().await {
+            got.push(b);
+        }
+        assert_eq!(ids(&got), (0..500).collect::<Vec<_>>());
+        reader.await.unwrap();
+        assert!(matches!(*broken.lock().unwrap(), Some(LinkError::Frame(_))));
+    }
 }

@@ -3,6 +3,7 @@
 //! sending for another file, the replica (copied in contiguous runs, every
 //! chunk's hash checked before use), or else the client.
 
+use super::behind::{Target, BEHIND_MIN};
 use super::Transfer;
 use crate::chunk::{offsets, ChunkRef, Hash};
 use crate::error::Result;
@@ -60,6 +61,9 @@ impl Transfer<'_, '_> {
         job.offs = offsets(&chunks);
         // Resumed: what an earlier pass wrote is read back and checked.
         job.reread = !prewritten.is_empty();
+        if size >= BEHIND_MIN && self.behind.is_some() {
+            job.behind = tmp.as_ref().and_then(|t| t.writer()).map(Target::new);
+        }
         job.tmp = tmp;
         job.written = vec![false; chunks.len()];
         job.missing = chunks.len();
@@ -264,7 +268,7 @@ impl Transfer<'_, '_> {
                 failed.extend(run.iter().map(|(i, _)| *i));
                 continue;
             }
-            self.write_run(id, chunks, run, &buf, &mut failed);
+            self.write_run(id, chunks, run, buf, &mut failed);
         }
         failed
     }
@@ -276,7 +280,7 @@ impl Transfer<'_, '_> {
         id: u32,
         chunks: &[ChunkRef],
         run: &[(u32, ChunkLoc)],
-        buf: &[u8],
+        buf: Vec<u8>,
         failed: &mut Vec<u32>,
     ) {
         let mut at = 0usize;
@@ -296,9 +300,10 @@ impl Transfer<'_, '_> {
                 .collect()
         };
         let job = self.jobs.get_mut(&id).expect("job exists");
-        let t = job.tmp.as_mut().expect("staged file open");
+        let w = self.behind.as_ref();
         if good.iter().all(|g| *g) {
-            if t.write_at(buf, job.offs[run[0].0 as usize]).is_err() {
+            let len = buf.len() as u64;
+            if job.put_owned(buf, job.offs[run[0].0 as usize], w).is_err() {
                 failed.extend(run.iter().map(|(i, _)| *i));
                 return;
             }
@@ -306,11 +311,11 @@ impl Transfer<'_, '_> {
                 job.note_written(i);
             }
             job.missing -= run.len();
-            job.reused += buf.len() as u64;
+            job.reused += len;
             return;
         }
         for (&(i, o, l), ok) in pieces.iter().zip(good) {
-            if ok && t.write_at(&buf[o..o + l], job.offs[i as usize]).is_ok() {
+            if ok && job.put(&buf[o..o + l], job.offs[i as usize], w).is_ok() {
                 job.written[i as usize] = true;
                 job.missing -= 1;
                 job.reused += l as u64;
@@ -325,12 +330,15 @@ impl Transfer<'_, '_> {
     fn fill_zeros(&mut self, id: u32, i: u32) -> bool {
         let job = self.jobs.get_mut(&id).expect("job exists");
         let len = (job.offs[i as usize + 1] - job.offs[i as usize]) as usize;
-        let Some(t) = job.tmp.as_mut() else {
+        if job.tmp.is_none() {
             job.missing -= 1;
             return true;
-        };
+        }
         let buf = vec![0u8; len];
-        if t.write_at(&buf, job.offs[i as usize]).is_err() {
+        if job
+            .put_owned(buf, job.offs[i as usize], self.behind.as_ref())
+            .is_err()
+        {
             return false;
         }
         job.note_written(i);
@@ -342,15 +350,19 @@ impl Transfer<'_, '_> {
     /// Copies chunk `from` of file `id` to its chunk `to` (same content).
     fn copy_within(&mut self, id: u32, from: u32, to: u32) -> bool {
         let job = self.jobs.get_mut(&id).expect("job exists");
-        let Some(t) = job.tmp.as_mut() else {
+        let Some(t) = job.tmp.as_ref() else {
             job.missing -= 1;
             return true;
         };
         let len = (job.offs[to as usize + 1] - job.offs[to as usize]) as usize;
         let mut buf = vec![0u8; len];
-        if read_exact_at(&**t, &mut buf, job.offs[from as usize]).is_err()
-            || t.write_at(&buf, job.offs[to as usize]).is_err()
+        // What was written behind is read back only once it is in place.
+        if job.settle().is_err() || read_exact_at(&**t, &mut buf, job.offs[from as usize]).is_err()
         {
+            return false;
+        }
+        let at = job.offs[to as usize];
+        if job.put_owned(buf, at, self.behind.as_ref()).is_err() {
             return false;
         }
         job.note_written(to);

@@ -7,23 +7,20 @@
 
 use super::Transfer;
 use crate::delta::{basis_of, piece_avg, AVG_MAX, BASIS_MAX_FILE, BASIS_MIN_FILE};
-use crate::protocol::ServerMsg;
-use crate::store::Reader;
+use crate::store::{read_exact_at, Store};
 use crate::tree::Kind;
 use std::collections::HashMap;
-use std::io::Read;
 
 /// Replica files of basis size by class (directory and extension), sorted
 /// by (size, key).
 pub(super) type Siblings<'k> = HashMap<String, Vec<(u64, &'k str)>>;
 
 impl<'c> Transfer<'c, '_> {
-    /// Describes the basis for file `id` to the client, if there is one.
-    pub(super) fn offer_basis(
-        &mut self,
-        id: u32,
-        has_old: bool,
-    ) -> Option<(String, Vec<(u64, u32)>)> {
+    /// The basis to offer for file `id`, if there is one: which replica
+    /// file, how many of its bytes, and the piece size. Nothing is read
+    /// here: [`prepare`] reads and cuts it (on the bases worker, see
+    /// `bases.rs`).
+    pub(super) fn choose_basis(&mut self, id: u32, has_old: bool) -> Option<BasisTask> {
         if self.ctx.link.is_in_process() {
             // No bytes travel: a delta would only cost both sides time.
             return None;
@@ -35,39 +32,32 @@ impl<'c> Transfer<'c, '_> {
         if !(BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&new_size) {
             return None;
         }
-        let basis_key = if has_old {
+        let (basis_key, size) = if has_old {
             match self.view.get(key)?.kind {
                 Kind::File { size } if (BASIS_MIN_FILE..=BASIS_MAX_FILE).contains(&size) => {
-                    key.to_string()
+                    (key.to_string(), size)
                 }
                 _ => return None,
             }
         } else {
             self.similar_sibling(key, new_size)?
         };
-        let mut data = Vec::new();
-        let f = self.ctx.store.open(&basis_key).ok()?;
-        Reader::new(&*f)
-            .take(BASIS_MAX_FILE)
-            .read_to_end(&mut data)
-            .ok()?;
         // Fine pieces pay for an old version (most of it matches); a sibling
         // matches far less and its text is often already in the connection's
         // compression window (sent earlier in the pass), so it gets the
         // coarsest pieces: a basis a sixth the size (docs initial copy:
         // 146 KB more server->client for 70 KB less client->server).
-        let avg = if has_old {
-            piece_avg(data.len() as u64)
-        } else {
-            AVG_MAX
-        };
-        let (places, hashes) = basis_of(&data, avg);
-        self.ctx.link.send(ServerMsg::Basis { id, avg, hashes });
-        Some((basis_key, places))
+        let avg = if has_old { piece_avg(size) } else { AVG_MAX };
+        Some(BasisTask {
+            id,
+            key: basis_key,
+            size,
+            avg,
+        })
     }
 
     /// For a new file: the sibling of the closest size.
-    fn similar_sibling(&mut self, key: &str, size: u64) -> Option<String> {
+    fn similar_sibling(&mut self, key: &str, size: u64) -> Option<(String, u64)> {
         if self.siblings.is_none() {
             self.siblings = Some(self.list_siblings());
         }
@@ -80,7 +70,7 @@ impl<'c> Transfer<'c, '_> {
             (Some(a), Some(b)) => Some(if size - a.0 <= b.0 - size { a } else { b }),
             (a, b) => a.or(b),
         }
-        .map(|(_, k)| k.to_string())
+        .map(|(s, k)| (k.to_string(), *s))
     }
 
     fn list_siblings(&self) -> Siblings<'c> {
@@ -127,6 +117,41 @@ impl<'c> Transfer<'c, '_> {
             same.insert(at, item);
         }
     }
+}
+
+/// A basis chosen for a file, to be read and cut.
+pub(super) struct BasisTask {
+    pub id: u32,
+    /// The replica file offered.
+    pub key: String,
+    /// Its size as the replica's view or this pass recorded it.
+    pub size: u64,
+    /// The average piece size.
+    pub avg: u32,
+}
+
+/// A basis read and cut: the message for the client and the pieces the
+/// server keeps.
+pub(super) struct Prepared {
+    pub avg: u32,
+    /// Packed piece hashes (the `Basis` message's).
+    pub hashes: Vec<u8>,
+    /// The pieces (offset, len) in the basis file.
+    pub places: Vec<(u64, u32)>,
+}
+
+/// Reads and cuts the basis `t` names: None if it cannot be read whole
+/// (gone, or shorter than recorded: no basis is offered then).
+pub(super) fn prepare(store: &dyn Store, t: &BasisTask) -> Option<Prepared> {
+    let f = store.open(&t.key).ok()?;
+    let mut data = vec![0u8; t.size.min(BASIS_MAX_FILE) as usize];
+    read_exact_at(&*f, &mut data, 0).ok()?;
+    let (places, hashes) = basis_of(&data, t.avg);
+    Some(Prepared {
+        avg: t.avg,
+        hashes,
+        places,
+    })
 }
 
 /// Directory and extension of a key: files of one class are siblings.

@@ -1,10 +1,12 @@
 //! One file in flight: what the client said about it, where its chunks
 //! come from, and how far its staged copy is.
 
+use super::behind::{Behind, Target};
 use crate::chunk::{ChunkRef, GroupRef, Hash};
 use crate::plan::Fetch;
 use crate::store::Staged;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 pub(super) struct Job {
     pub fetch: Fetch,
@@ -13,6 +15,9 @@ pub(super) struct Job {
     pub basis: Option<(String, Vec<(u64, u32)>)>,
     /// Whether the client's summary arrived.
     pub summarized: bool,
+    /// What the file does once its basis is ready (see `bases.rs`); None
+    /// when it is not waiting for one.
+    pub waiting: Option<super::bases::Waiting>,
     /// Whether the staged file must be read back and every chunk checked
     /// before it is published: it holds chunks written in an earlier pass
     /// (a resumed partial). Otherwise every chunk was checked as it was
@@ -29,6 +34,9 @@ pub(super) struct Job {
     /// The staged file (None when the store records nothing, or while a
     /// small new file's staging is left to the publishing pool).
     pub tmp: Option<Box<dyn Staged>>,
+    /// A large file's staged copy written behind the session thread (see
+    /// `behind.rs`): every write goes through it.
+    pub behind: Option<Arc<Target>>,
     /// A small new file staged, written and published by the pool (see
     /// `pool.rs`): nothing staged; its chunks are gathered in `body`.
     pub deferred: bool,
@@ -57,6 +65,7 @@ impl Job {
             fetch,
             size: 0,
             summarized: false,
+            waiting: None,
             basis: None,
             reread: false,
             hash: Hash([0; 32]),
@@ -66,6 +75,7 @@ impl Job {
             groups_missing: 0,
             offs: Vec::new(),
             tmp: None,
+            behind: None,
             deferred: false,
             body: None,
             budget: 0,
@@ -82,7 +92,12 @@ impl Job {
     /// Puts checked content at `at`: in the body of a deferred file (sized
     /// on first use; `at` and `data` lie within the file, as its chunk list
     /// says), else in the staged file.
-    pub fn put(&mut self, data: &[u8], at: u64) -> std::io::Result<()> {
+    /// A file written behind hands a copy to the writer (`w`).
+    pub fn put(&mut self, data: &[u8], at: u64, w: Option<&Behind>) -> std::io::Result<()> {
+        if let (Some(t), Some(w)) = (&self.behind, w) {
+            w.write(t, data.to_vec(), at);
+            return Ok(());
+        }
         if self.deferred {
             let size = self.size as usize;
             let body = self.body.get_or_insert_with(|| vec![0; size]);
@@ -94,6 +109,23 @@ impl Job {
             Some(t) => t.write_at(data, at),
             None => Ok(()),
         }
+    }
+
+    /// As [`Job::put`], handing `data` itself to the writer.
+    pub fn put_owned(&mut self, data: Vec<u8>, at: u64, w: Option<&Behind>) -> std::io::Result<()> {
+        match (&self.behind, w) {
+            (Some(t), Some(w)) => {
+                w.write(t, data, at);
+                Ok(())
+            }
+            _ => self.put(&data, at, None),
+        }
+    }
+
+    /// Waits until what was written behind is in the staged file (see
+    /// `behind.rs`); the first write that failed, if any.
+    pub fn settle(&self) -> std::io::Result<()> {
+        self.behind.as_ref().map_or(Ok(()), |t| t.settle())
     }
 
     /// Notes that chunk `i`, checked against its hash, is in the staged file.

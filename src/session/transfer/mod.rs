@@ -11,11 +11,15 @@
 //! - `sourcing.rs`: which file asked for a chunk needed by several (pure).
 //! - `assemble.rs`: where each chunk comes from; local copies, verified.
 //! - `basis.rs`: an old or similar file offered for small-file deltas.
+//! - `bases.rs`: a worker reading and cutting those bases ahead, off the
+//!   session thread (each `Basis` still goes out before its file's requests).
 //! - `fine.rs`: a delta's second round (fine pieces of the old ranges a
 //!   chunk's literal gaps replaced).
 //! - `moves.rs`: content already in the replica (unchanged, or at a path
 //!   this pass removes: renamed, not copied); old versions kept aside.
 //! - `publish.rs`: verify and publish, or give up, or set aside as partial.
+//! - `behind.rs`: a writer thread writing large files' chunks while the
+//!   session thread reads the next messages.
 //! - `pool.rs`: worker threads that verify and publish new files in
 //!   batches while the session thread handles the next messages; records
 //!   and reports are written as files come back.
@@ -24,7 +28,9 @@
 //! small files go first, big ones last.
 
 mod assemble;
+mod bases;
 mod basis;
+mod behind;
 mod fine;
 mod job;
 mod moves;
@@ -77,6 +83,11 @@ pub(crate) struct Transfer<'c, 'a> {
     fine_held: usize,
     /// Workers publishing new files, while [`Transfer::run`] runs.
     pool: Option<pool::Pool>,
+    /// The worker preparing bases, while [`Transfer::run`] runs (over a
+    /// socket only: no basis is offered in process).
+    bases: Option<bases::Bases>,
+    /// The thread writing large files, while [`Transfer::run`] runs.
+    behind: Option<behind::Behind>,
     /// Bytes of deferred files of several chunks not yet handed to the
     /// pool (see `assemble.rs`).
     deferred_bytes: u64,
@@ -135,6 +146,8 @@ impl<'c, 'a> Transfer<'c, 'a> {
             room: Room::new(ctx.min_free),
             fine_held: 0,
             pool: None,
+            bases: None,
+            behind: None,
             deferred_bytes: 0,
         }
     }
@@ -189,12 +202,19 @@ impl<'c, 'a> Transfer<'c, 'a> {
         let r = std::thread::scope(|scope| {
             if self.pull {
                 self.pool = Some(pool::Pool::start(scope, store));
+                self.behind = Some(behind::Behind::start(scope));
+                if !self.ctx.link.is_in_process() {
+                    self.bases = Some(bases::Bases::start(scope, store));
+                }
             }
             let r = self.run_until(txn, stats, before_big);
             // Every file handed to the pool is in place (or failed) and
             // indexed before the pass goes on.
             let done = self.collect(txn, stats, true);
             self.pool = None;
+            self.bases = None;
+            // Every write handed over is done once the writer ends.
+            self.behind = None;
             r.and(done)
         });
         if r.is_err() || self.ctx.interrupted() {
@@ -224,8 +244,19 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 return Ok(());
             }
             let link = self.ctx.link;
-            let msg = link.recv().map_err(|e| Error::link(&link.peer, e))?;
+            let msg = match link.try_recv() {
+                Some(m) => m,
+                None if self.bases.as_ref().is_some_and(|b| b.busy()) => {
+                    // Nothing to handle but bases being prepared: their
+                    // files' requests go out as soon as they are ready.
+                    link.flush();
+                    self.take_bases(txn, stats, true)?;
+                    continue;
+                }
+                None => link.recv().map_err(|e| Error::link(&link.peer, e))?,
+            };
             self.handle(msg, txn, stats)?;
+            self.take_bases(txn, stats, false)?;
             self.collect(txn, stats, false)?;
             txn.checkpoint()?;
         }
@@ -271,7 +302,7 @@ impl<'c, 'a> Transfer<'c, 'a> {
                 let sent = data.len() as u64;
                 self.on_chunk(id, index, data, sent, txn, stats)
             }
-            ClientMsg::Chunks { id, first, data } => self.on_chunks(id, first, &data, txn, stats),
+            ClientMsg::Chunks { id, first, data } => self.on_chunks(id, first, data, txn, stats),
             ClientMsg::ChunkDelta { id, index, ops } => {
                 self.on_chunk_delta(id, index, ops, txn, stats)
             }

@@ -172,7 +172,10 @@ fn publish(store: &dyn Store, task: Task) -> Finished {
         mtime,
         report,
     } = task;
+    // A large file written behind is complete once its writes are done.
+    let written = job.settle().map_err(|e| Failure::store("write", e));
     let staged = match (job.tmp.take(), job.body.take()) {
+        (_, _) if written.is_err() => written.err().map(Err),
         (Some(tmp), _) => Some(Ok(tmp)),
         (None, Some(body)) => Some(stage_body(store, &key, &body)),
         (None, None) => None,

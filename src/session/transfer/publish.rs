@@ -46,6 +46,10 @@ impl Transfer<'_, '_> {
             return Ok(());
         }
         self.deferred_bytes -= std::mem::take(&mut job.budget);
+        if let Err(e) = job.settle() {
+            ctx.fail(stats, key, Failure::store("write", e));
+            return Ok(());
+        }
         let staged = match job.body.take() {
             Some(body) => Some(stage_body(ctx.store, key, &body)),
             None => job.tmp.take().map(Ok),
@@ -185,6 +189,10 @@ impl Transfer<'_, '_> {
             return Some(job);
         };
         if job.chunks.is_none() || job.tmp.is_none() {
+            return Some(job);
+        }
+        if job.settle().is_err() {
+            // A chunk marked written may not be: nothing is kept.
             return Some(job);
         }
         let tmp = job.tmp.take().expect("checked");

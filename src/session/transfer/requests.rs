@@ -2,6 +2,8 @@
 //! chunk lists and chunks (whole, in runs, or as deltas), each checked
 //! against what was asked before it is used.
 
+use super::bases::Waiting;
+use super::basis::{prepare, Prepared};
 use super::{proto, Transfer};
 use crate::chunk::{group_hash, ChunkRef, GroupRef, Hash, MAX_CHUNK, MIN_CHUNK};
 use crate::error::Result;
@@ -39,20 +41,99 @@ impl Transfer<'_, '_> {
         }
         // Only now that the content is known to differ is a basis worth
         // its hashes (an unpacked crate's unchanged files have new mtimes).
-        if self.pull {
-            let basis = self.offer_basis(id, has_old);
-            self.job(id)?.basis = basis;
+        let next = match chunks {
+            Some(c) => Waiting::Assemble(c),
+            None => Waiting::AskGroups,
+        };
+        let task = if self.pull {
+            self.choose_basis(id, has_old)
+        } else {
+            None
+        };
+        let Some(task) = task else {
+            return self.go_on(id, next, txn, stats);
+        };
+        match &mut self.bases {
+            Some(bases) => {
+                if bases.submit(task) {
+                    self.job(id)?.waiting = Some(next);
+                    return Ok(());
+                }
+                self.go_on(id, next, txn, stats)
+            }
+            None => {
+                // No worker (not expected while content is pulled over a
+                // socket): prepared here.
+                let basis = prepare(self.ctx.store, &task);
+                self.basis_ready(id, task.key, basis);
+                self.go_on(id, next, txn, stats)
+            }
         }
-        match chunks {
-            Some(c) => {
+    }
+
+    /// Sends the basis of file `id` (if it could be read) and keeps its pieces.
+    fn basis_ready(&mut self, id: u32, key: String, basis: Option<Prepared>) {
+        let Some(Prepared {
+            avg,
+            hashes,
+            places,
+        }) = basis
+        else {
+            return;
+        };
+        self.ctx.link.send(ServerMsg::Basis { id, avg, hashes });
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.basis = Some((key, places));
+        }
+    }
+
+    /// The next step of file `id` once its basis, if any, was sent: its
+    /// requests follow the `Basis` message.
+    fn go_on(
+        &mut self,
+        id: u32,
+        next: Waiting,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+    ) -> Result<()> {
+        match next {
+            Waiting::Assemble(c) => {
                 self.job(id)?.chunks = Some(c);
                 self.assemble(id, txn, stats)
             }
-            None => {
+            Waiting::AskGroups => {
                 self.ctx.link.send(ServerMsg::NeedGroupHashes { id });
                 Ok(())
             }
         }
+    }
+
+    /// Goes on with the files whose bases are ready (with `wait`, waits
+    /// for one first).
+    pub(super) fn take_bases(
+        &mut self,
+        txn: &mut IndexTxn,
+        stats: &mut PassStats,
+        wait: bool,
+    ) -> Result<()> {
+        let Some(bases) = &mut self.bases else {
+            return Ok(());
+        };
+        let mut ready = if wait {
+            bases.wait_one().into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        ready.extend(bases.ready());
+        for r in ready {
+            // A file given up on meanwhile has no job left.
+            let Some(next) = self.jobs.get_mut(&r.id).and_then(|j| j.waiting.take()) else {
+                continue;
+            };
+            self.basis_ready(r.id, r.key, r.basis);
+            self.go_on(r.id, next, txn, stats)?;
+        }
+        Ok(())
     }
 
     pub(super) fn on_group_hashes(
@@ -188,7 +269,7 @@ impl Transfer<'_, '_> {
         &mut self,
         id: u32,
         first: u32,
-        data: &[u8],
+        data: Vec<u8>,
         txn: &mut IndexTxn,
         stats: &mut PassStats,
     ) -> Result<()> {
@@ -242,7 +323,7 @@ impl Transfer<'_, '_> {
         &mut self,
         id: u32,
         first: u32,
-        data: &[u8],
+        data: Vec<u8>,
         count: u32,
         txn: &mut IndexTxn,
         stats: &mut PassStats,
@@ -250,7 +331,8 @@ impl Transfer<'_, '_> {
         let ctx = self.ctx;
         let job = self.jobs.get_mut(&id).expect("checked by own_run");
         let at = job.offs[first as usize];
-        if let Err(e) = job.put(data, at) {
+        let sent = data.len() as u64;
+        if let Err(e) = job.put_owned(data, at, self.behind.as_ref()) {
             ctx.fail(stats, ctx.key(id), Failure::store("write", e));
             self.drop_job(id, false);
             return Ok(());
@@ -260,7 +342,6 @@ impl Transfer<'_, '_> {
             job.note_written(i);
             self.sourcing.arrived(&job.chunk_list()[i as usize].hash);
         }
-        let sent = data.len() as u64;
         job.received += sent;
         job.missing -= count as usize;
         stats.received += sent;
@@ -367,7 +448,7 @@ impl Transfer<'_, '_> {
                 continue;
             }
             // A deferred file's chunks wait in its body for the pool.
-            if let Err(e) = job.put(data, at) {
+            if let Err(e) = job.put(data, at, self.behind.as_ref()) {
                 ctx.fail(stats, ctx.key(jid), Failure::store("write", e));
                 self.drop_job(jid, false);
                 continue;
