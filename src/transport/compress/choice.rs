@@ -123,8 +123,6 @@ struct Stretch {
     span: Span,
     input: u64,
     compressing: Duration,
-    /// The writer's time on these segments (compressing and writing).
-    busy: Duration,
     segments: u32,
     /// Segments written while at least [`BACKED`] input was unacknowledged.
     backed: u32,
@@ -138,7 +136,6 @@ impl Stretch {
             span: Span::starting(from),
             input: 0,
             compressing: Duration::ZERO,
-            busy: Duration::ZERO,
             segments: 0,
             backed: 0,
             started: None,
@@ -149,24 +146,21 @@ impl Stretch {
     fn add(&mut self, s: &Sample, in_flight: u64) {
         self.input += s.input;
         self.compressing += s.compressing;
-        self.busy += s.ended.saturating_duration_since(s.started);
         self.segments += 1;
         self.backed += u32::from(in_flight >= BACKED);
         self.started.get_or_insert(s.started);
         self.ended = Some(s.ended);
     }
 
-    /// Whether raw could beat this zstd stretch: the writer was busy three
-    /// quarters of the wall time or more (it did not wait for the session:
-    /// else a probe would compare the session's paces, not the ways),
-    /// compressing took a quarter of it or more, and data did not pile up
-    /// in flight before most writes.
+    /// Whether raw could beat this zstd stretch: compressing took a quarter
+    /// of the writer's wall time or more, and data did not pile up in
+    /// flight before most writes.
     fn raw_may_win(&self) -> bool {
         let wall = match (self.started, self.ended) {
             (Some(a), Some(b)) => b.saturating_duration_since(a),
             _ => return false,
         };
-        self.busy * 4 >= wall * 3 && self.compressing * 4 >= wall && self.backed * 2 < self.segments
+        self.compressing * 4 >= wall && self.backed * 2 < self.segments
     }
 }
 
@@ -292,17 +286,6 @@ impl Chooser {
             self.since_probe = 0;
             return;
         };
-        trace(|| {
-            format!(
-                "probe point at {}: {:?}, compressing {:?} of {:?}, {}/{} segments backed",
-                self.sent,
-                self.chosen,
-                reference.compressing,
-                reference.ended.zip(reference.started).map(|(b, a)| b - a),
-                reference.backed,
-                reference.segments
-            )
-        });
         if self.chosen == Way::Zstd && !reference.raw_may_win() {
             self.since_probe = 0;
             return;
@@ -322,7 +305,6 @@ impl Chooser {
         self.reference = None;
         self.since_probe = 0;
         let rates = probe.and_then(|p| Some((p.reference.span.rate()?, p.trial.span.rate()?)));
-        trace(|| format!("judged at {}: {:?} (chosen, other) {rates:?}", self.sent, self.chosen));
         let want = match rates {
             Some((chosen, other)) => {
                 let (zstd, raw) = match self.chosen {
@@ -343,18 +325,6 @@ impl Chooser {
         } else {
             self.probe_after = (self.probe_after * BACKOFF).min(MAX_PROBE_AFTER);
         }
-    }
-}
-
-/// With `REPLICA_AUTO_TRACE=FILE` set, the chooser's decisions are
-/// appended to FILE (a measuring aid; checked only at probe points).
-fn trace(line: impl FnOnce() -> String) {
-    use std::io::Write;
-    let Some(path) = std::env::var_os("REPLICA_AUTO_TRACE") else {
-        return;
-    };
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(f, "{} {}", std::process::id(), line());
     }
 }
 

@@ -267,22 +267,6 @@ fn an_idle_writer_keeps_compression() {
 }
 
 #[test]
-fn a_loaded_writer_waiting_for_the_session_keeps_compression() {
-    // Compressing is slow (40 % of the wall time) but the writer waits for
-    // the session the rest of it: a probe would compare the session's
-    // paces, not the ways (the docs upgrade at 4 MB/s under load).
-    let sim = Sim {
-        supply: 8e6,
-        compress: 20e6,
-        ratio: 0.2,
-        link: 4e6,
-        ..LOOPBACK
-    };
-    let r = run(sim, 256 << 20);
-    assert_eq!((r.chooser.chosen(), r.raw), (Way::Zstd, 0));
-}
-
-#[test]
 fn a_link_that_slows_down_brings_compression_back() {
     let mut p = Pipe::new(Chooser::default());
     p.run(&LOOPBACK, 512 << 20);
