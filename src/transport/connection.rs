@@ -7,7 +7,7 @@
 //! [`KEEPALIVE`] of silence, the reader drops the link after [`IDLE_LIMIT`]
 //! without any frame.
 
-use super::compress::{Acks, SegmentReader, SegmentWriter};
+use super::compress::{SegmentReader, SegmentWriter};
 use super::packed::{Pack, Packer, Unpacker};
 use crate::protocol::frame::FrameError;
 use crate::protocol::Compress;
@@ -161,9 +161,8 @@ where
         Some((n, auto)) => {
             // Levels are checked at the hello (1..=19); zstd accepts those
             // and the window, so neither can fail.
-            let acks = auto.then(|| Arc::new(Acks::default()));
-            let r = SegmentReader::new(r, acks.clone()).expect("zstd decoder parameters");
-            let w = SegmentWriter::new(w, n, acks, caps.send_window_log)
+            let r = SegmentReader::new(r).expect("zstd decoder parameters");
+            let w = SegmentWriter::new(w, n, auto, caps.send_window_log)
                 .expect("zstd level 1..=19, window within the reader's");
             tokio::spawn(read_loop(r, in_tx, broken.clone()));
             tokio::spawn(write_loop(
@@ -207,30 +206,6 @@ impl<W: AsyncWrite + Unpin> Sink<W> {
             Sink::Plain(w) => w.shutdown().await,
             Sink::Segments(w) => w.shutdown().await,
         }
-    }
-
-    /// The acknowledgement state shared with the reader (`auto` only).
-    fn acks(&self) -> Option<Arc<Acks>> {
-        match self {
-            Sink::Plain(_) => None,
-            Sink::Segments(w) => w.acks(),
-        }
-    }
-
-    async fn ack_now(&mut self) -> std::io::Result<()> {
-        match self {
-            Sink::Plain(_) => Ok(()),
-            Sink::Segments(w) => w.ack_now().await,
-        }
-    }
-}
-
-/// Resolves when this side's reader has read enough to acknowledge (never
-/// without acknowledgements).
-async fn ack_due(acks: &Option<Arc<Acks>>) {
-    match acks {
-        Some(a) => a.due().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -297,25 +272,12 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize + Pack>(
     mut packer: Option<Packer>,
     mut rx: mpsc::Receiver<Vec<Out>>,
 ) {
-    let acks = w.acks();
-    // Keep-alives count frames only: acknowledgements are not frames.
-    let mut quiet_until = tokio::time::Instant::now() + KEEPALIVE;
     loop {
-        let got = tokio::select! {
-            got = tokio::time::timeout_at(quiet_until, rx.recv()) => got,
-            _ = ack_due(&acks) => {
-                if w.ack_now().await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        let first = match got {
+        let first = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
             Err(_) => {
                 if w.put(&[]).await.is_err() || w.flush().await.is_err() {
                     return;
                 }
-                quiet_until = tokio::time::Instant::now() + KEEPALIVE;
                 continue;
             }
             Ok(None) => break,
@@ -354,7 +316,6 @@ async fn write_loop<W: AsyncWrite + Unpin, Out: Serialize + Pack>(
         if w.flush().await.is_err() || closed {
             break;
         }
-        quiet_until = tokio::time::Instant::now() + KEEPALIVE;
     }
     let _ = w.shutdown().await;
 }

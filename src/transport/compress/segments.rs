@@ -4,11 +4,9 @@
 //! layer reads them (a small segment that inflates to gigabytes costs no
 //! memory: frame lengths are checked on the decompressed stream).
 
-use super::acks::Acks;
 use super::choice::{Chooser, Sample, Way};
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -20,12 +18,6 @@ pub const MAX_SEGMENT: usize = 8 << 20;
 const SEGMENT_INPUT: usize = 1 << 20;
 /// Bit 31 of the header: the body is zstd.
 const ZSTD_BIT: u32 = 1 << 31;
-/// Bit 30 of the header: an acknowledgement, whose body is 8 bytes (how
-/// many frame bytes of the other direction the sender has read, `u64`
-/// little-endian). Not part of the frame stream.
-const ACK_BIT: u32 = 1 << 30;
-/// The whole header of an acknowledgement.
-const ACK_HEADER: u32 = ACK_BIT | 8;
 /// Window of the zstd stream (16 MiB), also the most the reader accepts.
 pub const WINDOW_LOG: u32 = 24;
 /// Compressed bytes read from the socket at a time.
@@ -49,22 +41,15 @@ pub struct SegmentWriter<W> {
     out: Vec<u8>,
     cctx: CCtx<'static>,
     policy: Policy,
-    /// The way and measures of the segment emitted last, not yet recorded
-    /// (it ends when written, or at the flush that follows).
+    /// The way and busy time of the segment emitted last, not yet recorded
+    /// (its flush time is added at the flush).
     pending: Option<(Way, Sample)>,
-    /// Shared with this side's reader under `auto`: what to acknowledge,
-    /// and the peer's acknowledgements.
-    acks: Option<Arc<Acks>>,
-    /// Frame bytes of the peer's stream acknowledged so far.
-    acked: u64,
 }
 
 impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
-    /// Compresses every segment at `level`, or chooses per segment (`auto`,
-    /// given the [`Acks`] shared with this side's reader: without them
-    /// every segment is compressed). `window_log` is capped at the window
-    /// every reader accepts.
-    pub fn new(w: W, level: i8, acks: Option<Arc<Acks>>, window_log: u32) -> io::Result<Self> {
+    /// Compresses every segment at `level`, or chooses per segment (`auto`).
+    /// `window_log` is capped at the window every reader accepts.
+    pub fn new(w: W, level: i8, auto: bool, window_log: u32) -> io::Result<Self> {
         let mut cctx = CCtx::create();
         cctx.set_parameter(CParameter::CompressionLevel(level.into()))
             .map_err(zstd_error)?;
@@ -75,14 +60,12 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
             plain: vec![0; 4],
             out: Vec::new(),
             cctx,
-            policy: if acks.is_some() {
+            policy: if auto {
                 Policy::Auto(Chooser::default())
             } else {
                 Policy::Always
             },
             pending: None,
-            acks,
-            acked: 0,
         })
     }
 
@@ -99,51 +82,20 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
         let len = u32::try_from(payload.len()).map_err(io::Error::other)?;
         self.plain.extend_from_slice(&len.to_le_bytes());
         self.plain.extend_from_slice(payload);
-        if self.plain.len() - 4 >= SEGMENT_INPUT {
+        if self.plain.len() - 4 >= self.segment_input() {
             self.emit().await?;
-            self.record();
+            self.record(Duration::ZERO);
         }
         Ok(())
     }
 
-    /// Sends what is held as a segment (and an acknowledgement if one is
-    /// due), then flushes the stream.
+    /// Sends what is held as a segment, then flushes the stream.
     pub async fn flush(&mut self) -> io::Result<()> {
         self.emit().await?;
-        self.put_ack(super::acks::ACK_STEP).await?;
+        let t = Instant::now();
         self.w.flush().await?;
-        self.record();
+        self.record(t.elapsed());
         Ok(())
-    }
-
-    /// The shared acknowledgement state (`auto` only).
-    pub fn acks(&self) -> Option<Arc<Acks>> {
-        self.acks.clone()
-    }
-
-    /// Acknowledges what this side's reader has read, if anything is new,
-    /// and flushes (between segments: frames held stay held).
-    pub async fn ack_now(&mut self) -> io::Result<()> {
-        if self.put_ack(1).await? {
-            self.w.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Writes an acknowledgement when at least `step` new bytes were read.
-    async fn put_ack(&mut self, step: u64) -> io::Result<bool> {
-        let Some(read) = self.acks.as_ref().map(|a| a.read()) else {
-            return Ok(false);
-        };
-        if read < self.acked + step {
-            return Ok(false);
-        }
-        let mut seg = [0u8; 12];
-        seg[..4].copy_from_slice(&ACK_HEADER.to_le_bytes());
-        seg[4..].copy_from_slice(&read.to_le_bytes());
-        self.w.write_all(&seg).await?;
-        self.acked = read;
-        Ok(true)
     }
 
     pub async fn shutdown(&mut self) -> io::Result<()> {
@@ -151,19 +103,17 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
         self.w.shutdown().await
     }
 
-    /// Hands the peer's acknowledgements received so far to the chooser.
-    fn take_acks(&mut self) {
-        if let (Some(a), Policy::Auto(c)) = (&self.acks, &mut self.policy) {
-            for (at, when) in a.take() {
-                c.ack(at, when);
-            }
+    /// Input at which a segment ends: small while `auto` probes.
+    fn segment_input(&self) -> usize {
+        match &self.policy {
+            Policy::Auto(c) if c.probing() => super::choice::PROBE_MIN as usize,
+            _ => SEGMENT_INPUT,
         }
     }
 
-    fn record(&mut self) {
-        self.take_acks();
+    fn record(&mut self, flush: Duration) {
         if let (Some((way, mut s)), Policy::Auto(c)) = (self.pending.take(), &mut self.policy) {
-            s.ended = Instant::now();
+            s.busy += flush;
             c.record(way, s);
         }
     }
@@ -174,30 +124,29 @@ impl<W: AsyncWrite + Unpin> SegmentWriter<W> {
             return Ok(());
         }
         let t = Instant::now();
-        self.take_acks();
         let way = match &self.policy {
             Policy::Always => Way::Zstd,
             Policy::Auto(c) => c.next(),
         };
-        let compressing = match way {
+        let (output, compressing) = match way {
             Way::Raw => {
                 self.plain[..4].copy_from_slice(&(input as u32).to_le_bytes());
                 self.w.write_all(&self.plain).await?;
-                Duration::ZERO
+                (input, Duration::ZERO)
             }
             Way::Zstd => {
                 self.compress()?;
                 let compressing = t.elapsed();
                 self.w.write_all(&self.out).await?;
-                compressing
+                (self.out.len() - 4, compressing)
             }
         };
         self.plain.truncate(4);
         let sample = Sample {
             input: input as u64,
+            output: output as u64,
             compressing,
-            started: t,
-            ended: t,
+            busy: t.elapsed(),
         };
         self.pending = Some((way, sample));
         Ok(())
@@ -245,8 +194,6 @@ enum State {
     Raw { left: usize },
     /// In a zstd body, `left` bytes not read from the socket yet.
     Zstd { left: usize },
-    /// In an acknowledgement's body; `got` bytes of it so far.
-    Ack { got: usize },
 }
 
 /// Reads segments, yielding the frame stream.
@@ -258,17 +205,10 @@ pub struct SegmentReader<R> {
     /// Compressed bytes read but not yet decoded: `input[pos..]`.
     input: Vec<u8>,
     pos: usize,
-    /// An acknowledgement's body as it is read.
-    ack: [u8; 8],
-    /// Shared with this side's writer under `auto`.
-    acks: Option<Arc<Acks>>,
 }
 
 impl<R: AsyncRead + Unpin> SegmentReader<R> {
-    /// A reader that counts the frame bytes it yields into `acks` and
-    /// stores the peer's acknowledgements there (`auto`); without them,
-    /// acknowledgements are read and dropped.
-    pub fn new(r: R, acks: Option<Arc<Acks>>) -> io::Result<Self> {
+    pub fn new(r: R) -> io::Result<Self> {
         let mut dctx = DCtx::create();
         dctx.set_parameter(DParameter::WindowLogMax(WINDOW_LOG))
             .map_err(zstd_error)?;
@@ -279,24 +219,12 @@ impl<R: AsyncRead + Unpin> SegmentReader<R> {
             dctx,
             input: Vec::new(),
             pos: 0,
-            ack: [0; 8],
-            acks,
         })
     }
 
     /// Starts the segment whose header was just read.
     fn begin(&mut self) -> io::Result<()> {
         let h = u32::from_le_bytes(self.header);
-        if h & ACK_BIT != 0 {
-            if h != ACK_HEADER {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("malformed acknowledgement header {h:#x}"),
-                ));
-            }
-            self.state = State::Ack { got: 0 };
-            return Ok(());
-        }
         let len = (h & !ZSTD_BIT) as usize;
         if len > MAX_SEGMENT {
             return Err(io::Error::new(
@@ -382,38 +310,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for SegmentReader<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        let before = buf.filled().len();
-        let r = me.poll_frames(cx, buf);
-        if let (Some(a), Poll::Ready(Ok(()))) = (&me.acks, &r) {
-            a.on_read(buf.filled().len() - before);
-        }
-        r
-    }
-}
-
-impl<R: AsyncRead + Unpin> SegmentReader<R> {
-    /// Reads the acknowledgement's body; returns whether it is complete.
-    fn poll_ack(&mut self, cx: &mut Context<'_>, got: usize) -> Poll<io::Result<()>> {
-        let mut rb = ReadBuf::new(&mut self.ack[got..]);
-        ready!(Pin::new(&mut self.r).poll_read(cx, &mut rb))?;
-        let n = rb.filled().len();
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-        }
-        if got + n < 8 {
-            self.state = State::Ack { got: got + n };
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(a) = &self.acks {
-            a.on_ack(u64::from_le_bytes(self.ack));
-        }
-        self.state = State::Header { got: 0 };
-        Poll::Ready(Ok(()))
-    }
-
-    /// Yields frame bytes into `buf` (nothing only at the end of the stream).
-    fn poll_frames(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let me = self;
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -456,7 +352,6 @@ impl<R: AsyncRead + Unpin> SegmentReader<R> {
                         return Poll::Ready(Ok(()));
                     }
                 }
-                State::Ack { got } => ready!(me.poll_ack(cx, got))?,
             }
         }
     }
@@ -469,7 +364,7 @@ mod tests {
 
     async fn round_trip(level: i8, auto: bool, frames: &[Vec<u8>]) -> (Vec<u8>, usize) {
         let mut wire = Vec::new();
-        let mut w = SegmentWriter::new(&mut wire, level, auto.then(Default::default), WINDOW_LOG).unwrap();
+        let mut w = SegmentWriter::new(&mut wire, level, auto, WINDOW_LOG).unwrap();
         let mut plain = Vec::new();
         for (i, f) in frames.iter().enumerate() {
             w.put_frame(f).await.unwrap();
@@ -482,7 +377,7 @@ mod tests {
         w.shutdown().await.unwrap();
         let n = wire.len();
         let mut back = Vec::new();
-        SegmentReader::new(&wire[..], None)
+        SegmentReader::new(&wire[..])
             .unwrap()
             .read_to_end(&mut back)
             .await
@@ -521,79 +416,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn acknowledgements_are_not_frame_bytes_and_are_handed_over() {
-        let mut wire = Vec::new();
-        let mut at = |v: u64| {
-            wire.extend_from_slice(&ACK_HEADER.to_le_bytes());
-            wire.extend_from_slice(&v.to_le_bytes());
-        };
-        at(7);
-        let mut wire = {
-            let mut w = wire;
-            w.extend_from_slice(&3u32.to_le_bytes());
-            w.extend_from_slice(b"abc");
-            w
-        };
-        wire.extend_from_slice(&ACK_HEADER.to_le_bytes());
-        wire.extend_from_slice(&(1u64 << 40).to_le_bytes());
-        let acks = Arc::new(Acks::default());
-        let mut back = Vec::new();
-        SegmentReader::new(&wire[..], Some(acks.clone()))
-            .unwrap()
-            .read_to_end(&mut back)
-            .await
-            .unwrap();
-        assert_eq!(back, b"abc");
-        assert_eq!(acks.read(), 3);
-        let got: Vec<u64> = acks.take().into_iter().map(|(at, _)| at).collect();
-        assert_eq!(got, [7, 1 << 40]);
-        // A header with the acknowledgement bit and any other length, or
-        // the zstd bit too, is refused; so is a cut acknowledgement.
-        for h in [ACK_BIT | 9, ACK_HEADER | ZSTD_BIT, ACK_BIT] {
-            let bad = [h.to_le_bytes(), [0; 4], [0; 4]].concat();
-            let e = SegmentReader::new(&bad[..], None)
-                .unwrap()
-                .read_to_end(&mut back)
-                .await
-                .unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{h:#x}: {e}");
-        }
-        let cut = [ACK_HEADER.to_le_bytes(), [0; 4]].concat();
-        assert!(SegmentReader::new(&cut[..], None)
-            .unwrap()
-            .read_to_end(&mut back)
-            .await
-            .is_err());
-    }
-
-    #[tokio::test]
-    async fn a_writer_acknowledges_what_its_reader_read() {
-        let acks = Arc::new(Acks::default());
-        let mut wire = Vec::new();
-        let mut w = SegmentWriter::new(&mut wire, 3, Some(acks.clone()), WINDOW_LOG).unwrap();
-        w.ack_now().await.unwrap(); // nothing read yet: nothing sent
-        acks.on_read(1000);
-        w.put_frame(b"hello").await.unwrap();
-        w.ack_now().await.unwrap();
-        w.flush().await.unwrap(); // under a step since: no second one
-        drop(w);
-        let peer = Arc::new(Acks::default());
-        let mut back = Vec::new();
-        SegmentReader::new(&wire[..], Some(peer.clone()))
-            .unwrap()
-            .read_to_end(&mut back)
-            .await
-            .unwrap();
-        assert_eq!(&back[4..], b"hello");
-        let got: Vec<u64> = peer.take().into_iter().map(|(at, _)| at).collect();
-        assert_eq!(got, [1000]);
-    }
-
-    #[tokio::test]
     async fn a_raw_segment_reads_back_in_small_pieces() {
         let mut wire = 10u32.to_le_bytes().to_vec();
         wire.extend_from_slice(b"0123456789");
-        let mut r = SegmentReader::new(&wire[..], None).unwrap();
+        let mut r = SegmentReader::new(&wire[..]).unwrap();
         let mut one = [0u8; 3];
         let mut got = Vec::new();
         loop {
@@ -610,7 +436,7 @@ mod tests {
     async fn oversized_and_truncated_segments_are_refused() {
         let big = ((MAX_SEGMENT + 1) as u32).to_le_bytes();
         let mut out = Vec::new();
-        let e = SegmentReader::new(&big[..], None)
+        let e = SegmentReader::new(&big[..])
             .unwrap()
             .read_to_end(&mut out)
             .await
@@ -618,13 +444,13 @@ mod tests {
         assert!(e.to_string().contains("exceeds"), "{e}");
         let mut cut = (10u32 | ZSTD_BIT).to_le_bytes().to_vec();
         cut.extend_from_slice(&[1, 2, 3]);
-        assert!(SegmentReader::new(&cut[..], None)
+        assert!(SegmentReader::new(&cut[..])
             .unwrap()
             .read_to_end(&mut out)
             .await
             .is_err());
         let garbage = [(4u32 | ZSTD_BIT).to_le_bytes(), [9, 9, 9, 9]].concat();
-        assert!(SegmentReader::new(&garbage[..], None)
+        assert!(SegmentReader::new(&garbage[..])
             .unwrap()
             .read_to_end(&mut out)
             .await
@@ -636,14 +462,14 @@ mod tests {
         // 64 MiB of zeros compress to a few KiB; reading 4 KiB of it must
         // not decode the rest.
         let mut wire = Vec::new();
-        let mut w = SegmentWriter::new(&mut wire, 3, None, WINDOW_LOG).unwrap();
+        let mut w = SegmentWriter::new(&mut wire, 3, false, WINDOW_LOG).unwrap();
         let zeros = vec![0u8; 4 << 20];
         for _ in 0..16 {
             w.put_frame(&zeros[..(4 << 20) - 4]).await.unwrap();
         }
         w.shutdown().await.unwrap();
         assert!(wire.len() < 64 << 10, "{}", wire.len());
-        let mut r = SegmentReader::new(&wire[..], None).unwrap();
+        let mut r = SegmentReader::new(&wire[..]).unwrap();
         let mut head = [0u8; 4096];
         r.read_exact(&mut head).await.unwrap();
         assert_eq!(&head[..4], &((4u32 << 20) - 4).to_le_bytes());
