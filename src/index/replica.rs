@@ -11,7 +11,7 @@
 //! written skips the database.
 
 use super::fresh::{Probe, Table, Written};
-use super::pending::{write_held, Pending, MAX_HELD};
+use super::pending::{Pending, MAX_HELD};
 use super::writer::Writer;
 use super::{
     index_err, one_chunk, open_db, ChunkLoc, FileRecord, GroupLoc, CHECKPOINT_WRITES, CHUNKS,
@@ -20,7 +20,7 @@ use super::{
 use crate::chunk::{groups, offsets, ChunkRef, Hash, INLINE_CHUNKS};
 use crate::error::{Error, Result};
 use crate::tree::Version;
-use redb::{Database, ReadTransaction, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadTransaction, ReadableTableMetadata};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 

@@ -59,7 +59,7 @@ fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("dry run's scratch database: {e}"))
 }
 
-/// The database key of `key` (`""`, the root, has none).
+/// The database key of `key` (the root's is `\0`: no name is empty).
 fn db_key(key: &str) -> String {
     let (parent, name) = split_key(key);
     format!("{parent}\0{name}")
@@ -94,9 +94,6 @@ impl Shadow {
     /// What the pass would have left at `key`: None if it left it as it
     /// is, `Some(None)` if it would have removed it.
     pub fn get(&self, key: &str) -> io::Result<Option<Option<Shade>>> {
-        if key.is_empty() {
-            return Ok(None);
-        }
         let st = self.state();
         let t = st.txn().open_table(ENTRIES).map_err(other)?;
         let v = t.get(db_key(key).as_str()).map_err(other)?;
@@ -105,9 +102,6 @@ impl Shadow {
 
     /// Notes what the pass would leave at `key` (None: nothing).
     pub fn put(&self, key: &str, shade: Option<&Shade>) -> io::Result<()> {
-        if key.is_empty() {
-            return Ok(()); // the root stays
-        }
         let bytes = match shade {
             Some(s) => postcard::to_stdvec(s).map_err(other)?,
             None => Vec::new(),
@@ -136,8 +130,11 @@ impl Shadow {
         let mut out = Vec::new();
         for r in t.range(start.as_str()..end.as_str()).map_err(other)? {
             let (k, v) = r.map_err(other)?;
-            let name = k.value()[start.len()..].to_string();
-            out.push((name, decode(v.value())));
+            let name = &k.value()[start.len()..];
+            if !name.is_empty() {
+                // (the root's own key, `\0`, is in the root's range)
+                out.push((name.to_string(), decode(v.value())));
+            }
         }
         Ok(out)
     }
@@ -210,7 +207,7 @@ mod tests {
         s.put("", Some(&file(9))).unwrap();
         assert_eq!(s.get("a/b").unwrap(), Some(Some(file(3))));
         assert_eq!(s.get("a/c").unwrap(), Some(None));
-        assert_eq!(s.get("").unwrap(), None);
+        assert_eq!(s.get("").unwrap(), Some(Some(file(9))), "the root");
         let names: Vec<(String, bool)> = s
             .children("a")
             .unwrap()
