@@ -78,11 +78,7 @@ fn first_tree(src: &Path, rng: &mut Rng) {
             for i in 0..4 {
                 let seed = rng.next() % 40;
                 let len = 300 + (seed as usize * 977) % 9000;
-                write_file(
-                    src,
-                    &format!("f{f}/s{s}/file{i}"),
-                    &random_bytes(seed, len),
-                );
+                write_file(src, &format!("f{f}/s{s}/file{i}"), &random_bytes(seed, len));
             }
         }
     }

@@ -103,10 +103,7 @@ impl ReplicaIndex {
     /// A transaction of a dry run: its writes go to `overlay` (committed
     /// there, never here); its lookups read the overlay, then this index.
     pub fn begin_overlay(&self, overlay: &DryIndex) -> Result<IndexTxn<'_>> {
-        let base = self
-            .db
-            .begin_read()
-            .map_err(|e| index_err(&self.path, e))?;
+        let base = self.db.begin_read().map_err(|e| index_err(&self.path, e))?;
         let writer = Writer::start(overlay.db.clone(), overlay.path.clone(), false)?;
         Ok(self.txn(writer, Some(base)))
     }
@@ -418,25 +415,29 @@ impl IndexTxn<'_> {
         w.wait_all()?;
         let start = format!("{prefix}/");
         let end = format!("{prefix}0"); // '0' follows '/'
-        // Key -> live (false: removed in the overlay).
+                                        // Key -> live (false: removed in the overlay).
         let mut keys: std::collections::BTreeMap<String, bool> = Default::default();
         let tombstones = self.base.is_some();
-        let mut scan = |t: &redb::ReadOnlyTable<&'static str, &'static [u8]>, top: bool| -> Result<()> {
-            let mut note = |k: &str, v: &[u8]| {
-                let live = !(top && tombstones && v.is_empty());
-                keys.entry(k.to_string()).or_insert(live);
-            };
-            for r in t.range(start.as_str()..end.as_str()).map_err(|e| self.err(e))? {
-                let (k, v) = r.map_err(|e| self.err(e))?;
-                note(k.value(), v.value());
-            }
-            if with_self {
-                if let Some(v) = t.get(prefix).map_err(|e| self.err(e))? {
-                    note(prefix, v.value());
+        let mut scan =
+            |t: &redb::ReadOnlyTable<&'static str, &'static [u8]>, top: bool| -> Result<()> {
+                let mut note = |k: &str, v: &[u8]| {
+                    let live = !(top && tombstones && v.is_empty());
+                    keys.entry(k.to_string()).or_insert(live);
+                };
+                for r in t
+                    .range(start.as_str()..end.as_str())
+                    .map_err(|e| self.err(e))?
+                {
+                    let (k, v) = r.map_err(|e| self.err(e))?;
+                    note(k.value(), v.value());
                 }
-            }
-            Ok(())
-        };
+                if with_self {
+                    if let Some(v) = t.get(prefix).map_err(|e| self.err(e))? {
+                        note(prefix, v.value());
+                    }
+                }
+                Ok(())
+            };
         let w = self.db.as_ref().expect("open until committed");
         match w.read().open_table(FILES) {
             Ok(t) => scan(&t, true)?,
@@ -450,7 +451,11 @@ impl IndexTxn<'_> {
                 Err(e) => return Err(self.err(e)),
             }
         }
-        Ok(keys.into_iter().filter(|(_, live)| *live).map(|(k, _)| k).collect())
+        Ok(keys
+            .into_iter()
+            .filter(|(_, live)| *live)
+            .map(|(k, _)| k)
+            .collect())
     }
 
     /// Removes every record at or below `prefix` (a removed directory).

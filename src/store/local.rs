@@ -641,7 +641,10 @@ mod tests {
         assert_eq!(dry.open("e/d2/f").unwrap().read_at(&mut buf, 0).unwrap(), 4);
         let v = dry.publish_unwritten("h", 10, None, stamp(1)).unwrap();
         assert_eq!(dry.stat("h").unwrap().unwrap().version, v);
-        assert_eq!(dry.list("").unwrap(), vec!["e".to_string(), "h".to_string()]);
+        assert_eq!(
+            dry.list("").unwrap(),
+            vec!["e".to_string(), "h".to_string()]
+        );
         assert_eq!(dry.remove("e").unwrap(), 3);
         assert_eq!(dry.list("").unwrap(), vec!["h".to_string()]);
         assert_eq!(dry.stat("d/f").unwrap(), None);

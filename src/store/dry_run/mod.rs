@@ -45,6 +45,33 @@ impl<'a> DryRun<'a> {
         Timestamp::from_system(std::time::SystemTime::now())
     }
 
+    /// A store whose directories are real ones (renames are cheap) changes
+    /// a directory's mtime with its entries: so does the shadow, as a
+    /// re-plan after a directory rename sees it.
+    fn touch_parent(&self, key: &str) -> io::Result<()> {
+        if key.is_empty() || !self.inner.capabilities().cheap_rename {
+            return Ok(());
+        }
+        let parent = super::split_key(key).0;
+        match self.shade(parent)? {
+            Some(mut s) if s.kind.is_dir() => {
+                s.mtime = Self::now();
+                self.shadow.put(parent, Some(&s))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The entry at `key` is about to be replaced or removed: a hard-linked
+    /// file loses a name.
+    fn replaced(&self, key: &str) -> io::Result<()> {
+        // (nothing there, or no way to tell: no name lost)
+        if let Ok(Some((id, _))) = self.file_links(key) {
+            self.shadow.add_links(id, -1);
+        }
+        Ok(())
+    }
+
     /// Notes `from`'s subtree under `to`, and `from`'s as gone.
     fn move_tree(&self, from: &str, to: &str, top: Shade) -> io::Result<()> {
         let is_dir = top.kind.is_dir();
@@ -70,6 +97,8 @@ impl<'a> DryRun<'a> {
                     n += self.remove_tree(&k, s.kind.is_dir())?;
                 }
             }
+        } else {
+            self.replaced(key)?;
         }
         self.shadow.put(key, None)?;
         Ok(n)
@@ -172,20 +201,25 @@ impl Store for DryRun<'_> {
         match self.shade(key)? {
             Some(s) if s.kind.is_dir() => Ok(()),
             Some(_) => Err(io::ErrorKind::AlreadyExists.into()),
-            None => self.shadow.put(
-                key,
-                Some(&Shade {
-                    kind: Kind::Dir,
-                    mode: None,
-                    mtime: Self::now(),
-                    version: Version::UNKNOWN,
-                    origin: None,
-                }),
-            ),
+            None => {
+                self.shadow.put(
+                    key,
+                    Some(&Shade {
+                        kind: Kind::Dir,
+                        mode: None,
+                        mtime: Self::now(),
+                        version: Version::UNKNOWN,
+                        origin: None,
+                    }),
+                )?;
+                self.touch_parent(key)
+            }
         }
     }
 
     fn symlink(&self, key: &str, target: &str) -> io::Result<()> {
+        self.replaced(key)?;
+        self.touch_parent(key)?;
         self.shadow.put(
             key,
             Some(&Shade {
@@ -214,14 +248,21 @@ impl Store for DryRun<'_> {
         if from == to {
             return Ok(());
         }
-        self.move_tree(from, to, top)
+        self.replaced(to)?;
+        self.move_tree(from, to, top)?;
+        self.touch_parent(from)?;
+        self.touch_parent(to)
     }
 
     /// Notes the removal; says what it would remove.
     fn remove(&self, key: &str) -> io::Result<u64> {
         match self.shade(key)? {
             None => Ok(0),
-            Some(s) => self.remove_tree(key, s.kind.is_dir()),
+            Some(s) => {
+                let n = self.remove_tree(key, s.kind.is_dir())?;
+                self.touch_parent(key)?;
+                Ok(n)
+            }
         }
     }
 
@@ -230,7 +271,11 @@ impl Store for DryRun<'_> {
         let v = self.shadow.new_version().0;
         let (_, name) = super::split_key(key);
         let aside = beside(key, &format!(".replica-dry-run-{v:x}-{name}"));
+        if let Some((id, _)) = self.file_links(key)? {
+            self.shadow.add_links(id, 1);
+        }
         self.shadow.put(&aside, Some(&s))?;
+        self.touch_parent(key)?;
         Ok(aside)
     }
 
@@ -270,7 +315,9 @@ impl Store for DryRun<'_> {
             version,
             origin: None,
         };
+        self.replaced(key)?;
         self.shadow.put(key, Some(&s))?;
+        self.touch_parent(key)?;
         Ok(version)
     }
 
@@ -284,7 +331,10 @@ impl Store for DryRun<'_> {
         if !self.inner.capabilities().server_copy {
             return Ok(None);
         }
-        let Some(s) = self.shade(from)?.filter(|s| matches!(s.kind, Kind::File { .. })) else {
+        let Some(s) = self
+            .shade(from)?
+            .filter(|s| matches!(s.kind, Kind::File { .. }))
+        else {
             return Ok(None);
         };
         let version = self.shadow.new_version();
@@ -294,7 +344,9 @@ impl Store for DryRun<'_> {
             version,
             ..s
         };
+        self.replaced(to)?;
         self.shadow.put(to, Some(&copy))?;
+        self.touch_parent(to)?;
         Ok(Some(version))
     }
 
@@ -306,15 +358,36 @@ impl Store for DryRun<'_> {
         self.inner.space()
     }
 
+    /// The real replica's answer, or the shadow's: a file the pass would
+    /// have moved keeps its identity; a file it would have written has
+    /// its own. Either way with the names the pass would have added or
+    /// taken away.
     fn file_links(&self, key: &str) -> io::Result<Option<(u64, u64)>> {
         if !self.links() {
             return Ok(None);
         }
-        match self.shadow.get(key)? {
-            None => self.inner.file_links(key),
-            Some(Some(s)) if matches!(s.kind, Kind::File { .. }) => Ok(Some((s.version.0, 1))),
-            Some(_) => Ok(None),
-        }
+        let real = |k: &str| match self.inner.file_links(k) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            r => r,
+        };
+        let found = match self.shadow.get(key)? {
+            None => real(key)?,
+            Some(Some(s)) if matches!(s.kind, Kind::File { .. }) => {
+                let real = match &s.origin {
+                    Some(o) => real(o)?,
+                    None => None,
+                };
+                match real {
+                    Some((id, n)) if id == s.version.0 => Some((id, n)),
+                    _ => Some((s.version.0, 1)),
+                }
+            }
+            Some(_) => None,
+        };
+        Ok(found.map(|(id, n)| {
+            let n = (n as i64 + self.shadow.links_changed(id)).max(1);
+            (id, n as u64)
+        }))
     }
 
     fn take_linked(&self) -> Vec<(String, u64)> {
@@ -326,17 +399,24 @@ impl Store for DryRun<'_> {
             return Err(unsupported("hard links"));
         }
         let s = self.shade(from)?.ok_or_else(not_found)?;
-        self.shadow.put(to, Some(&s))
+        self.replaced(to)?;
+        if let Some((id, _)) = self.file_links(from)? {
+            self.shadow.add_links(id, 1);
+        }
+        self.shadow.put(to, Some(&s))?;
+        self.touch_parent(to)
     }
 
     fn own_copy(&self, key: &str, mode: Option<u32>, mtime: Timestamp) -> io::Result<()> {
         let s = self.shade(key)?.ok_or_else(not_found)?;
+        self.replaced(key)?;
         let copy = Shade {
             mode,
             mtime,
             version: self.shadow.new_version(),
             ..s
         };
-        self.shadow.put(key, Some(&copy))
+        self.shadow.put(key, Some(&copy))?;
+        self.touch_parent(key)
     }
 }

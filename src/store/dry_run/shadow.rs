@@ -53,6 +53,9 @@ struct State {
     txn: Option<WriteTransaction>,
     writes: usize,
     next_version: u64,
+    /// Names each file identity (an inode) gained or lost: hard-linked
+    /// files only, which are rare, so in memory.
+    links: std::collections::HashMap<u64, i64>,
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -79,6 +82,7 @@ impl Shadow {
             txn: None,
             writes: 0,
             next_version: FIRST_VERSION,
+            links: Default::default(),
         };
         state.begin()?;
         Ok(Shadow {
@@ -137,6 +141,16 @@ impl Shadow {
             }
         }
         Ok(out)
+    }
+
+    /// Notes that file identity `id` gained (`+1`) or lost (`-1`) a name.
+    pub fn add_links(&self, id: u64, delta: i64) {
+        *self.state().links.entry(id).or_insert(0) += delta;
+    }
+
+    /// Names file identity `id` gained or lost so far.
+    pub fn links_changed(&self, id: u64) -> i64 {
+        self.state().links.get(&id).copied().unwrap_or(0)
     }
 
     /// A version for a file the pass would have written.
