@@ -210,7 +210,6 @@ fn run_page(
         None => &*st.store,
     };
     let r = run_page_on(link, st, opts, filter, store, dry_state.as_ref(), page, run);
-    drop(dry);
     run.dry = dry_state;
     r
 }
