@@ -29,6 +29,8 @@
 //!   sorted batches by a thread of their own (`index/writer.rs`); an index
 //!   opened empty keeps a Bloom filter (at most 8 MiB) of the keys written since
 //!   (`index/fresh.rs`), so a first copy's lookups of new content skip redb.
+//!   A dry run writes an overlay instead ([`index::DryIndex`]: a scratch
+//!   database with tombstones, read before the index).
 //! - [`plan`]: pure planning, source manifest x replica view -> operations.
 //! - [`sparse`]: zeros over a hole are not written (replica files keep
 //!   their holes).
@@ -42,7 +44,9 @@
 //!   the cache by one cursor a page (`merge.rs`),
 //!   background PUTs flushed at the end of a
 //!   pass, server-side copies), the dry run as a wrapper
-//!   ([`store::DryRun`]), and the free-space policy ([`store::MinFree`]).
+//!   ([`store::DryRun`], `store/dry_run/`: what the pass would change is
+//!   noted in a scratch database, `shadow.rs`, which its later reads see),
+//!   and the free-space policy ([`store::MinFree`]).
 //! - [`protocol`]: frames (length-prefixed, bounded) and typed messages.
 //! - [`session`]: the two halves of a pass as blocking code over a
 //!   [`session::link::Link`] (typed messages, typed link errors):
@@ -56,7 +60,8 @@
 //!     directory renames in `session/renames.rs`; a paged pass (the tree
 //!     as pages, issue 18) in `session/paged.rs`, its removals deferred on
 //!     disk to the end of the pass in `session/deferred.rs` (and counted
-//!     there for `--max-delete`); large
+//!     there for `--max-delete`), and a dry run's scratch state (the
+//!     replica's shadow and the index's overlay, `paged::DryState`); large
 //!     files kept in part for the next pass in [`session::partial`]; what
 //!     every step shares, and per-file failures, in [`session::pass`];
 //!     hard links and extended attributes after the content, in

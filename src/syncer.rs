@@ -532,13 +532,13 @@ impl Syncer {
             .map_err(|e| Error::source(&self.src, &e))
     }
 
-    /// Whether a full pass goes as pages: not in a dry run, whose pages
-    /// would not see what earlier pages would have created (see
-    /// `session/paged.rs`). With `--max-delete` a paged pass carries out
+    /// Whether a full pass goes as pages: always (a dry run too: the
+    /// server notes on disk what each page would have done, and later
+    /// pages see it). With `--max-delete` a paged pass carries out
     /// additions and updates page by page and refuses every removal at the
     /// end if there are more than N (the server counts them on disk).
     pub fn paged(&self) -> bool {
-        !self.opts.dry_run
+        true
     }
 
     fn pass_options(&self) -> PassOptions {
@@ -563,8 +563,7 @@ impl Syncer {
         self.pass_from(PassSource::Scan(scan), observer)
     }
 
-    /// One full pass, its manifest sent as pages made as the pass goes
-    /// (or, in a dry run, scanned first and sent whole).
+    /// One full pass, its manifest sent as pages made as the pass goes.
     pub fn pass_paged(
         &mut self,
         observer: Option<&dyn PassObserver>,

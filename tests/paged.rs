@@ -2,8 +2,8 @@
 //! (`--page-entries`, hidden), a folder moved across pages costs no
 //! content, removals wait for the end of the pass, hard links whose names
 //! fall in different pages survive, an empty source still refuses to wipe
-//! the replica; locally and over TLS. (A dry run is never paged: its pages
-//! would not see what earlier ones would have created.)
+//! the replica; locally and over TLS. (Dry runs are paged too: their
+//! exactness is tested in `tests/dry_run.rs`.)
 
 #![cfg(unix)]
 

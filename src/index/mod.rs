@@ -149,7 +149,7 @@ mod replica;
 mod source;
 mod writer;
 
-pub use replica::{IndexTxn, ReplicaIndex};
+pub use replica::{DryIndex, IndexTxn, ReplicaIndex};
 pub use source::{SourceIndex, SourceWriter};
 
 #[cfg(test)]

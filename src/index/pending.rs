@@ -44,8 +44,15 @@ fn sorted<V: Clone>(m: &HashMap<Hash, Option<V>>) -> Vec<(&Hash, &Option<V>)> {
     v
 }
 
-/// Writes a batch into `txn`, table by table in key order.
-pub(super) fn write_held(txn: &WriteTransaction, held: &Pending, path: &Path) -> Result<()> {
+/// Writes a batch into `txn`, table by table in key order; with
+/// `tombstones` a removal is written as an empty value (a dry run's
+/// overlay, see `replica.rs`).
+pub(super) fn write_held(
+    txn: &WriteTransaction,
+    held: &Pending,
+    path: &Path,
+    tombstones: bool,
+) -> Result<()> {
     let e = |e: redb::Error| index_err(path, e);
     if !held.files.is_empty() {
         let mut t = txn.open_table(FILES).map_err(|x| e(x.into()))?;
@@ -55,23 +62,25 @@ pub(super) fn write_held(txn: &WriteTransaction, held: &Pending, path: &Path) ->
                     let bytes = postcard::to_stdvec(rec).expect("records encode");
                     t.insert(k.as_str(), bytes.as_slice()).map(drop)
                 }
+                None if tombstones => t.insert(k.as_str(), &b""[..]).map(drop),
                 None => t.remove(k.as_str()).map(drop),
             }
             .map_err(|x| e(x.into()))?;
         }
     }
-    put_all(txn, CHUNKS, sorted(&held.chunks), &e)?;
+    put_all(txn, CHUNKS, sorted(&held.chunks), tombstones, &e)?;
     if !held.whole.is_empty() {
         let mut t = txn.open_table(WHOLE).map_err(|x| e(x.into()))?;
         for (k, v) in sorted(&held.whole) {
             match v {
                 Some(p) => t.insert(&k.0[..], p.as_str()).map(drop),
+                None if tombstones => t.insert(&k.0[..], "").map(drop),
                 None => t.remove(&k.0[..]).map(drop),
             }
             .map_err(|x| e(x.into()))?;
         }
     }
-    put_all(txn, GROUPS, sorted(&held.groups), &e)
+    put_all(txn, GROUPS, sorted(&held.groups), tombstones, &e)
 }
 
 /// Writes one table's held entries (postcard-encoded values; `None`
@@ -80,6 +89,7 @@ fn put_all<V: serde::Serialize + Clone>(
     txn: &WriteTransaction,
     table: redb::TableDefinition<&[u8], &[u8]>,
     entries: Vec<(&Hash, &Option<V>)>,
+    tombstones: bool,
     e: &dyn Fn(redb::Error) -> Error,
 ) -> Result<()> {
     if entries.is_empty() {
@@ -92,6 +102,7 @@ fn put_all<V: serde::Serialize + Clone>(
                 let bytes = postcard::to_stdvec(v).expect("locations encode");
                 t.insert(&k.0[..], bytes.as_slice()).map(drop)
             }
+            None if tombstones => t.insert(&k.0[..], &b""[..]).map(drop),
             None => t.remove(&k.0[..]).map(drop),
         }
         .map_err(|x| e(x.into()))?;

@@ -1,13 +1,17 @@
 //! The server's index of the replica's content. A pass's writes are held
 //! in memory (`pending.rs`) and handed, a checkpoint's worth at a time, to
 //! a thread that writes and commits them in order (`writer.rs`); lookups
-//! read the held writes first. A dry run's writes go into a transaction
-//! on the session thread that is never committed. An index opened empty
+//! read the held writes first. A dry run's writes go to an overlay
+//! ([`DryIndex`]): a scratch database beside the index, written the same
+//! way, whose removals are kept as tombstones; its lookups read the
+//! overlay first, then the index itself, which the dry run never writes
+//! (so later pages of a dry run see what earlier ones would have
+//! recorded, on disk, not in memory). An index opened empty
 //! remembers every key written since (`fresh.rs`): a lookup of a key never
 //! written skips the database.
 
 use super::fresh::{Probe, Table, Written};
-use super::pending::{write_held, Pending, MAX_HELD};
+use super::pending::{Pending, MAX_HELD};
 use super::writer::Writer;
 use super::{
     index_err, one_chunk, open_db, ChunkLoc, FileRecord, GroupLoc, CHECKPOINT_WRITES, CHUNKS,
@@ -16,7 +20,7 @@ use super::{
 use crate::chunk::{groups, offsets, ChunkRef, Hash, INLINE_CHUNKS};
 use crate::error::{Error, Result};
 use crate::tree::Version;
-use redb::{Database, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableTableMetadata};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -126,27 +130,40 @@ impl ReplicaIndex {
     /// Starts the pass's transaction (and its writer thread).
     pub fn begin(&self) -> Result<IndexTxn<'_>> {
         self.attached()?;
-        let writer = Writer::start(self.db.clone(), self.path.clone())?;
-        Ok(self.txn(Db::Writer(Box::new(writer)), false))
+        let writer = Writer::start(self.db.clone(), self.path.clone(), true)?;
+        Ok(self.txn(writer, None))
     }
 
-    /// A transaction that is never committed (a dry run): it reads the
-    /// index and its own writes, and keeps nothing.
-    pub fn begin_scratch(&self) -> Result<IndexTxn<'_>> {
+    /// A new, empty overlay for a dry run, beside the index (a stale one
+    /// from a killed dry run is replaced); deleted when dropped.
+    pub fn dry_overlay(&self) -> Result<DryIndex> {
+        let path = self.scratch_path("dry-run");
+        let _ = std::fs::remove_file(&path);
+        let db = redb::Builder::new()
+            .set_cache_size(super::CACHE_BYTES / 4)
+            .create(&path)
+            .map_err(|e| index_err(&path, e))?;
+        Ok(DryIndex {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    /// A transaction of a dry run: its writes go to `overlay` (committed
+    /// there, never here); its lookups read the overlay, then this index.
+    pub fn begin_overlay(&self, overlay: &DryIndex) -> Result<IndexTxn<'_>> {
         self.attached()?;
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| index_err(&self.path, e))?;
-        Ok(self.txn(Db::Inline(Some(Box::new(txn))), true))
+        let base = self.db.begin_read().map_err(|e| index_err(&self.path, e))?;
+        let writer = Writer::start(overlay.db.clone(), overlay.path.clone(), false)?;
+        Ok(self.txn(writer, Some(base)))
     }
 
-    fn txn(&self, db: Db, scratch: bool) -> IndexTxn<'_> {
+    fn txn(&self, writer: Writer, base: Option<ReadTransaction>) -> IndexTxn<'_> {
         IndexTxn {
             index: self,
-            db,
+            db: Some(Box::new(writer)),
+            base,
             writes: 0,
-            scratch,
             pending: Pending::default(),
             cached: std::cell::RefCell::new(None),
             last_whole: std::cell::RefCell::new(None),
@@ -154,47 +171,67 @@ impl ReplicaIndex {
     }
 }
 
-/// Where a transaction's writes go once they leave memory.
-enum Db {
-    /// A writer thread, committing them batch by batch.
-    Writer(Box<Writer>),
-    /// A write transaction on this thread, never committed (a dry run).
-    Inline(Option<Box<WriteTransaction>>),
+/// A dry run's overlay of the replica index: a scratch database holding
+/// what the pass would have written (removals as empty values), deleted
+/// when dropped. It lasts the whole pass, so later pages see what earlier
+/// ones would have recorded.
+pub struct DryIndex {
+    db: Arc<Database>,
+    path: PathBuf,
 }
 
-/// Looks `$key` up in table `$def` of the database (what the writer
-/// committed, or the inline transaction), mapping a found value with `$map`.
+impl Drop for DryIndex {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Looks `$key` up in table `$def`: in what the writer committed and, for
+/// an overlay, then in the index itself (if `$probe` may be there); maps a
+/// found value with `$map`. In an overlay an empty value is a removal.
 macro_rules! db_get {
-    ($self:ident, $def:expr, $key:expr, |$v:ident| $map:expr) => {{
-        match &$self.db {
-            Db::Inline(t) => {
-                let t = t
-                    .as_ref()
-                    .expect("transaction is open until dropped")
-                    .open_table($def)
-                    .map_err(|e| $self.err(e))?;
-                let found = t.get($key).map_err(|e| $self.err(e))?;
-                found.and_then(|$v| $map)
-            }
-            Db::Writer(w) => match w.read().open_table($def) {
-                Ok(t) => {
-                    let found = t.get($key).map_err(|e| $self.err(e))?;
-                    found.and_then(|$v| $map)
+    ($self:ident, $def:expr, $key:expr, $probe:expr, |$v:ident| $map:expr) => {{
+        let w = $self.db.as_ref().expect("open until committed");
+        let mut settled = false;
+        let mut out = None;
+        match w.read().open_table($def) {
+            Ok(t) => {
+                if let Some($v) = t.get($key).map_err(|e| $self.err(e))? {
+                    settled = true;
+                    if $self.base.is_none() || !$v.value().is_empty() {
+                        out = $map;
+                    }
                 }
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err($self.err(e)),
-            },
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err($self.err(e)),
         }
+        if let (false, Some(base)) = (settled, &$self.base) {
+            if $self.index.may_hold($probe) {
+                match base.open_table($def) {
+                    Ok(t) => {
+                        if let Some($v) = t.get($key).map_err(|e| $self.err(e))? {
+                            out = $map;
+                        }
+                    }
+                    Err(redb::TableError::TableDoesNotExist(_)) => {}
+                    Err(e) => return Err($self.err(e)),
+                }
+            }
+        }
+        out
     }};
 }
 
 /// A write transaction on the replica index.
 pub struct IndexTxn<'a> {
     index: &'a ReplicaIndex,
-    db: Db,
+    /// The writer thread (None once committed).
+    db: Option<Box<Writer>>,
+    /// A dry run's overlay (see [`ReplicaIndex::begin_overlay`]): the
+    /// writer writes the overlay, and this reads the index below it.
+    base: Option<ReadTransaction>,
     writes: usize,
-    /// Never committed (see [`ReplicaIndex::begin_scratch`]).
-    scratch: bool,
     /// Writes not yet handed over; reads look here first, then in the
     /// batches the writer has not committed yet, then in the database.
     pending: Pending,
@@ -215,20 +252,24 @@ impl IndexTxn<'_> {
         if let Some(x) = get(&self.pending) {
             return Some(x);
         }
-        match &self.db {
-            Db::Writer(w) => w.in_flight().find_map(get),
-            Db::Inline(_) => None,
-        }
+        self.db.as_ref().and_then(|w| w.in_flight().find_map(get))
+    }
+
+    /// False if `p` is in neither the overlay nor the index: only the
+    /// index itself is filtered (an overlay is read whatever).
+    fn may_hold(&self, p: Probe) -> bool {
+        self.base.is_some() || self.index.may_hold(p)
     }
 
     pub fn file(&self, path: &str) -> Result<Option<FileRecord>> {
         if let Some(held) = self.held(|p| p.files.get(path).cloned()) {
             return Ok(held);
         }
-        if !self.index.may_hold(Probe::of_path(path)) {
+        let probe = Probe::of_path(path);
+        if !self.may_hold(probe) {
             return Ok(None);
         }
-        Ok(db_get!(self, FILES, path, |v| postcard::from_bytes(
+        Ok(db_get!(self, FILES, path, probe, |v| postcard::from_bytes(
             v.value()
         )
         .ok()))
@@ -239,10 +280,11 @@ impl IndexTxn<'_> {
         if let Some(held) = self.held(|p| p.chunks.get(hash).cloned()) {
             return Ok(held);
         }
-        if !self.index.may_hold(Probe::of_hash(Table::Chunks, hash)) {
+        let probe = Probe::of_hash(Table::Chunks, hash);
+        if !self.may_hold(probe) {
             return Ok(None);
         }
-        Ok(db_get!(self, CHUNKS, &hash.0[..], |v| {
+        Ok(db_get!(self, CHUNKS, &hash.0[..], probe, |v| {
             postcard::from_bytes(v.value()).ok()
         }))
     }
@@ -272,7 +314,8 @@ impl IndexTxn<'_> {
         if let Some(held) = self.held(|p| p.whole.get(hash).cloned()) {
             return Ok(held);
         }
-        if !self.index.may_hold(Probe::of_hash(Table::Whole, hash)) {
+        let probe = Probe::of_hash(Table::Whole, hash);
+        if !self.may_hold(probe) {
             return Ok(None);
         }
         if let Some((h, found)) = &*self.last_whole.borrow() {
@@ -280,7 +323,9 @@ impl IndexTxn<'_> {
                 return Ok(found.clone());
             }
         }
-        let found = db_get!(self, WHOLE, &hash.0[..], |v| Some(v.value().to_string()));
+        let found = db_get!(self, WHOLE, &hash.0[..], probe, |v| Some(
+            v.value().to_string()
+        ));
         *self.last_whole.borrow_mut() = Some((*hash, found.clone()));
         Ok(found)
     }
@@ -289,10 +334,11 @@ impl IndexTxn<'_> {
         if let Some(held) = self.held(|p| p.groups.get(hash).cloned()) {
             return Ok(held);
         }
-        if !self.index.may_hold(Probe::of_hash(Table::Groups, hash)) {
+        let probe = Probe::of_hash(Table::Groups, hash);
+        if !self.may_hold(probe) {
             return Ok(None);
         }
-        Ok(db_get!(self, GROUPS, &hash.0[..], |v| {
+        Ok(db_get!(self, GROUPS, &hash.0[..], probe, |v| {
             postcard::from_bytes(v.value()).ok()
         }))
     }
@@ -330,9 +376,10 @@ impl IndexTxn<'_> {
     pub fn put_file(&mut self, path: &str, rec: &FileRecord) -> Result<()> {
         self.remove_file(path)?;
         let held = &mut self.pending;
-        let mut written = self.index.written();
+        // An overlay's writes never reach the index: its filter stays.
+        let mut written = self.base.is_none().then(|| self.index.written());
         let mut note = |p: Probe| {
-            if let Some(w) = written.as_mut() {
+            if let Some(w) = written.as_mut().and_then(|w| w.as_mut()) {
                 w.insert(p);
             }
         };
@@ -410,42 +457,55 @@ impl IndexTxn<'_> {
     }
 
     /// The keys of the file records strictly below `prefix` (and `prefix`
-    /// itself with `with_self`): every write is first in the database.
+    /// itself with `with_self`): every write is first in the database. In
+    /// an overlay: its live keys and the index's, less its removals.
     fn keys_below(&mut self, prefix: &str, with_self: bool) -> Result<Vec<String>> {
         self.hand_over(false)?;
-        if let Db::Writer(w) = &mut self.db {
-            w.wait_all()?;
-        }
+        let w = self.db.as_mut().expect("open until committed");
+        w.wait_all()?;
         let start = format!("{prefix}/");
         let end = format!("{prefix}0"); // '0' follows '/'
-        let mut keys = Vec::new();
-        macro_rules! scan {
-            ($t:expr) => {{
-                let t = $t;
+                                        // Key -> live (false: removed in the overlay).
+        let mut keys: std::collections::BTreeMap<String, bool> = Default::default();
+        let tombstones = self.base.is_some();
+        let mut scan =
+            |t: &redb::ReadOnlyTable<&'static str, &'static [u8]>, top: bool| -> Result<()> {
+                let mut note = |k: &str, v: &[u8]| {
+                    let live = !(top && tombstones && v.is_empty());
+                    keys.entry(k.to_string()).or_insert(live);
+                };
                 for r in t
                     .range(start.as_str()..end.as_str())
                     .map_err(|e| self.err(e))?
                 {
-                    keys.push(r.map_err(|e| self.err(e))?.0.value().to_string());
+                    let (k, v) = r.map_err(|e| self.err(e))?;
+                    note(k.value(), v.value());
                 }
-                if with_self && t.get(prefix).map_err(|e| self.err(e))?.is_some() {
-                    keys.push(prefix.to_string());
+                if with_self {
+                    if let Some(v) = t.get(prefix).map_err(|e| self.err(e))? {
+                        note(prefix, v.value());
+                    }
                 }
-            }};
+                Ok(())
+            };
+        let w = self.db.as_ref().expect("open until committed");
+        match w.read().open_table(FILES) {
+            Ok(t) => scan(&t, true)?,
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.err(e)),
         }
-        match &self.db {
-            Db::Inline(t) => scan!(t
-                .as_ref()
-                .expect("transaction is open until dropped")
-                .open_table(FILES)
-                .map_err(|e| self.err(e))?),
-            Db::Writer(w) => match w.read().open_table(FILES) {
-                Ok(t) => scan!(t),
+        if let Some(base) = &self.base {
+            match base.open_table(FILES) {
+                Ok(t) => scan(&t, false)?,
                 Err(redb::TableError::TableDoesNotExist(_)) => {}
                 Err(e) => return Err(self.err(e)),
-            },
+            }
         }
-        Ok(keys)
+        Ok(keys
+            .into_iter()
+            .filter(|(_, live)| *live)
+            .map(|(k, _)| k)
+            .collect())
     }
 
     /// Removes every record at or below `prefix` (a removed directory).
@@ -476,46 +536,37 @@ impl IndexTxn<'_> {
         Ok(())
     }
 
-    /// Hands the held writes on: to the writer as a batch (`last`: the
-    /// pass's final, durable commit), or into the inline transaction.
+    /// Hands the held writes on to the writer as a batch (`last`: the
+    /// pass's final commit).
     fn hand_over(&mut self, last: bool) -> Result<()> {
         if self.pending.is_empty() && !last {
             return Ok(());
         }
         let held = std::mem::take(&mut self.pending);
-        match &mut self.db {
-            Db::Writer(w) => w.send(held, last)?,
-            Db::Inline(t) => {
-                let t = t.as_ref().expect("transaction is open until dropped");
-                write_held(t, &held, &self.index.path)?;
-            }
-        }
-        Ok(())
+        let w = self.db.as_mut().expect("open until committed");
+        w.send(held, last)
     }
 
     /// Hands the held writes to the writer if many piled up since the
     /// last batch, which commits them (checkpoints bound what a
     /// transaction holds in memory and what a crash loses).
     pub fn checkpoint(&mut self) -> Result<()> {
-        if let Db::Writer(w) = &mut self.db {
+        if let Some(w) = &mut self.db {
             w.poll()?;
         }
-        if self.writes >= CHECKPOINT_WRITES && !self.scratch {
+        if self.writes >= CHECKPOINT_WRITES {
             self.hand_over(false)?;
             self.writes = 0;
         }
         Ok(())
     }
 
-    /// Commits durably (the pass is over) and waits for it.
+    /// Commits (durably, unless an overlay's) and waits for it.
     pub fn commit(mut self) -> Result<()> {
-        if self.scratch {
-            return Ok(()); // dropped: aborted
-        }
         self.hand_over(true)?;
-        match std::mem::replace(&mut self.db, Db::Inline(None)) {
-            Db::Writer(w) => w.finish(),
-            Db::Inline(_) => Ok(()),
+        match self.db.take() {
+            Some(w) => w.finish(),
+            None => Ok(()),
         }
     }
 }

@@ -44,7 +44,11 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: Arc<Database>, path: PathBuf) -> Result<Writer> {
+    /// A writer of `db`; `durable`: the index itself (the last batch is
+    /// synced, removals remove). Otherwise a dry run's overlay: nothing is
+    /// synced and removals are written as empty values (tombstones over
+    /// the index below).
+    pub fn start(db: Arc<Database>, path: PathBuf, durable: bool) -> Result<Writer> {
         let read = db.begin_read().map_err(|e| index_err(&path, e))?;
         let (tx, rx) = sync_channel::<Batch>(IN_FLIGHT);
         let (ack_tx, acks) = std::sync::mpsc::channel();
@@ -52,7 +56,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("index-writer".into())
             .spawn(move || {
-                let r = write_batches(&wdb, &wpath, &rx, &ack_tx);
+                let r = write_batches(&wdb, &wpath, durable, &rx, &ack_tx);
                 if let Err(e) = r {
                     let _ = ack_tx.send(Err(e));
                 }
@@ -173,6 +177,7 @@ impl Drop for Writer {
 fn write_batches(
     db: &Database,
     path: &std::path::Path,
+    durable: bool,
     rx: &Receiver<Batch>,
     acks: &std::sync::mpsc::Sender<Result<u64>>,
 ) -> Result<()> {
@@ -180,12 +185,12 @@ fn write_batches(
         let mut txn = db.begin_write().map_err(|e| index_err(path, e))?;
         // A checkpoint need not reach the disk: the end of the pass
         // commits durably, and one lost in a crash only costs hints.
-        txn.set_durability(if last {
-            Durability::Immediate
-        } else {
-            Durability::Eventual
+        txn.set_durability(match (durable, last) {
+            (false, _) => Durability::None,
+            (true, true) => Durability::Immediate,
+            (true, false) => Durability::Eventual,
         });
-        write_held(&txn, &held, path)?;
+        write_held(&txn, &held, path, !durable)?;
         txn.commit().map_err(|e| index_err(path, e))?;
         drop(held);
         if acks.send(Ok(seq)).is_err() || last {

@@ -45,16 +45,19 @@ pub(crate) fn drop_far_members(ctx: &PassCtx, p: &mut Plan, extras: &mut Extras)
     p.metadata.retain(|&id| !far(id));
 }
 
-/// Runs the three steps (nothing in a dry run).
+/// Runs the three steps; a dry run (whose store notes links and copies
+/// without making them) skips the second: it cannot tell which
+/// attributes would change.
 pub(crate) fn apply(
     ctx: &PassCtx,
     extras: &Extras,
     (xattrs, paged): (bool, bool),
     stats: &mut PassStats,
 ) {
-    if !ctx.store.capabilities().records || ctx.interrupted() {
+    if ctx.interrupted() {
         return;
     }
+    let xattrs = xattrs && ctx.store.capabilities().records;
     let leaders = extras.leaders(ctx.manifest.entries.len());
     let skip = |id: u32| ctx.unholdable.covers(id);
     break_links(ctx, &leaders, paged.then_some(extras), stats);

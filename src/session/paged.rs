@@ -35,6 +35,30 @@ pub struct PassRun {
     /// Entries the pages so far removed to put an entry of another type in
     /// their place (for `--max-delete`).
     pub removals: u64,
+    /// A dry run's picture of what the pass would have done so far.
+    pub dry: Option<DryState>,
+}
+
+/// What a dry run would have changed so far, on disk beside the replica
+/// index (both deleted when the pass ends): the replica's entries (see
+/// `store/dry_run`) and the index's records (an overlay, see
+/// `index/replica.rs`). Later pages read them before the real replica and
+/// index, which the dry run never changes.
+pub struct DryState {
+    pub shadow: crate::store::dry_run::Shadow,
+    pub index: crate::index::DryIndex,
+}
+
+impl DryState {
+    pub fn create(index: &crate::index::ReplicaIndex) -> Result<Self> {
+        let path = index.scratch_path("dry-run-replica");
+        let shadow = crate::store::dry_run::Shadow::create(&path)
+            .map_err(|e| crate::error::Error::io(&path, e))?;
+        Ok(DryState {
+            shadow,
+            index: index.dry_overlay()?,
+        })
+    }
 }
 
 impl PassRun {
@@ -47,6 +71,7 @@ impl PassRun {
             files: 0,
             bytes: 0,
             removals: 0,
+            dry: None,
         }
     }
 }

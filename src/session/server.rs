@@ -4,8 +4,9 @@
 //! hard links and extended attributes (`extras.rs`), then report.
 //!
 //! A dry run is decided here and nowhere else: the pass runs on a
-//! [`DryRun`] wrapper of the store, an index transaction that is never
-//! committed, and no partial files.
+//! [`DryRun`] wrapper of the store, an overlay of the index, both noting
+//! what the pass would have done in scratch databases that last the pass
+//! (`paged::DryState`), and no partial files.
 
 use super::deferred::Deferred;
 use super::link::LinkError;
@@ -119,18 +120,17 @@ fn receive_manifest(link: &ServerLink) -> Result<(Manifest, Extras, bool)> {
     }
 }
 
-/// Opens the pass's index transactions: scratch ones in a dry run.
+/// Opens the pass's index transactions: over the overlay in a dry run.
 struct Txns<'i> {
     index: &'i ReplicaIndex,
-    scratch: bool,
+    overlay: Option<&'i crate::index::DryIndex>,
 }
 
 impl<'i> Txns<'i> {
     fn begin(&self) -> Result<IndexTxn<'i>> {
-        if self.scratch {
-            self.index.begin_scratch()
-        } else {
-            self.index.begin()
+        match self.overlay {
+            Some(o) => self.index.begin_overlay(o),
+            None => self.index.begin(),
         }
     }
 }
@@ -165,6 +165,9 @@ fn run_pass(link: &ServerLink, st: &ServerState, opts: PassOptions) -> Result<()
     let filter = Filter::new(opts.excludes.clone())
         .map_err(|e| Error::protocol(&link.peer, e.to_string()))?;
     let mut run = PassRun::new(st.pass_seq.fetch_add(1, Ordering::Relaxed) + 1);
+    if opts.dry_run {
+        run.dry = Some(super::paged::DryState::create(&st.index)?);
+    }
     loop {
         let page = receive_manifest(link)?;
         if !page.2 && run.deferred.is_none() {
@@ -194,6 +197,32 @@ fn run_page(
     st: &ServerState,
     opts: &PassOptions,
     filter: &Filter,
+    page: (Manifest, Extras, bool),
+    run: &mut PassRun,
+) -> Result<PageEnd> {
+    // Taken out of the run for the page (the run is lent out below).
+    let dry_state = run.dry.take();
+    let dry = dry_state
+        .as_ref()
+        .map(|d| DryRun::new(&*st.store, &d.shadow));
+    let store: &dyn Store = match &dry {
+        Some(d) => d,
+        None => &*st.store,
+    };
+    let r = run_page_on(link, st, opts, filter, store, dry_state.as_ref(), page, run);
+    run.dry = dry_state;
+    r
+}
+
+/// [`run_page`] on `store` (a dry run's when `dry` is set).
+#[allow(clippy::too_many_arguments)]
+fn run_page_on(
+    link: &ServerLink,
+    st: &ServerState,
+    opts: &PassOptions,
+    filter: &Filter,
+    store: &dyn Store,
+    dry: Option<&super::paged::DryState>,
     (mut manifest, mut extras, last): (Manifest, Extras, bool),
     run: &mut PassRun,
 ) -> Result<PageEnd> {
@@ -207,8 +236,6 @@ fn run_page(
             manifest.opaque.push(id);
         }
     }
-    let dry = DryRun::new(&*st.store);
-    let store: &dyn Store = if opts.dry_run { &dry } else { &*st.store };
     let ctx = PassCtx {
         link,
         store,
@@ -226,7 +253,7 @@ fn run_page(
     };
     let txns = Txns {
         index: &st.index,
-        scratch: opts.dry_run,
+        overlay: dry.map(|d| &d.index),
     };
     let scan_opts = ScanOptions {
         filter,

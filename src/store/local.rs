@@ -638,17 +638,30 @@ mod tests {
     #[test]
     fn a_dry_run_reads_through_and_changes_nothing() {
         let t = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
         let s = LocalStore::open(t.path(), false).unwrap();
         s.mkdir("d").unwrap();
         std::fs::write(t.path().join("d/f"), b"data").unwrap();
-        let dry = DryRun::new(&s);
+        let shadow = crate::store::dry_run::Shadow::create(&scratch.path().join("s")).unwrap();
+        let dry = DryRun::new(&s, &shadow);
         assert!(!dry.capabilities().records);
         assert_eq!(dry.count("d").unwrap(), 2);
-        assert_eq!(dry.remove("d").unwrap(), 1);
         dry.mkdir("e").unwrap();
-        dry.rename("d/f", "g").unwrap();
-        let staged = dry.stage("h").unwrap();
-        dry.publish(staged, "h", None, stamp(1)).unwrap();
+        dry.rename("d", "e/d2").unwrap();
+        assert_eq!(dry.list("e/d2").unwrap(), vec!["f".to_string()]);
+        let f = dry.stat("e/d2/f").unwrap().unwrap();
+        assert_eq!(f.version, s.stat("d/f").unwrap().unwrap().version);
+        let mut buf = [0u8; 8];
+        assert_eq!(dry.open("e/d2/f").unwrap().read_at(&mut buf, 0).unwrap(), 4);
+        let v = dry.publish_unwritten("h", 10, None, stamp(1)).unwrap();
+        assert_eq!(dry.stat("h").unwrap().unwrap().version, v);
+        assert_eq!(
+            dry.list("").unwrap(),
+            vec!["e".to_string(), "h".to_string()]
+        );
+        assert_eq!(dry.remove("e").unwrap(), 3);
+        assert_eq!(dry.list("").unwrap(), vec!["h".to_string()]);
+        assert_eq!(dry.stat("d/f").unwrap(), None);
         let mut names = s.list("").unwrap();
         names.sort();
         assert_eq!(names, vec!["d".to_string()]);

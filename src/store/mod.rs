@@ -7,7 +7,8 @@
 //!   a directory (objects, `.rclonelink` symlinks, `dir/` markers, rclone's
 //!   `mtime` and `mode` metadata).
 //! - [`dry_run`]: a wrapper that reads through to another store and
-//!   changes nothing (`--dry-run`).
+//!   changes nothing (`--dry-run`): what the pass would change is noted
+//!   in a scratch database on disk, which its later reads see.
 //! - [`space`]: the free-space policy (`--min-free`) over a store's answer.
 //!
 //! # What a store must guarantee
@@ -149,6 +150,23 @@ pub trait Store: Send + Sync {
     /// fails the pass before anything is changed.
     fn refresh(&self) -> io::Result<()> {
         Ok(())
+    }
+
+    /// A dry run's stand-in for [`Store::publish`]: notes a file of `size`
+    /// bytes at `key` that the pass would have written (nothing is), so
+    /// later reads of the pass see it; returns its version. Only a dry
+    /// run's store ([`DryRun`]) does anything here.
+    fn publish_unwritten(
+        &self,
+        _key: &str,
+        _size: u64,
+        _mode: Option<u32>,
+        _mtime: Timestamp,
+    ) -> io::Result<Version> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "only a dry run publishes unwritten files",
+        ))
     }
 
     /// Copies file `from` to `to` inside the store with this mode and

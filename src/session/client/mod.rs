@@ -137,7 +137,7 @@ impl ClientPass<'_> {
 
     /// A pass over the whole scan, sent as one manifest.
     pub fn run(&self, opts: PassOptions) -> Result<PassOutcome> {
-        let mut pass = Running::new(self);
+        let mut pass = Running::new(self, opts.dry_run);
         self.send(ClientMsg::BeginPass(opts.clone()))?;
         let stats = match self.run_page(&opts, true, &mut pass)? {
             Ended::Pass(stats) => stats,
@@ -151,7 +151,7 @@ impl ClientPass<'_> {
     /// holds the whole tree). The pages' warnings and errors are reported
     /// here. `self.scan` is not used.
     pub fn run_pages(&self, opts: PassOptions, pages: &mut Pages) -> Result<PassOutcome> {
-        let mut pass = Running::new(self);
+        let mut pass = Running::new(self, opts.dry_run);
         pass.links = Some(PageLinks::default());
         self.send(ClientMsg::BeginPass(opts.clone()))?;
         let mut next = pages.next_page();
@@ -383,10 +383,12 @@ struct Running {
 }
 
 impl Running {
-    fn new(pass: &ClientPass) -> Self {
+    /// A dry run reads the source index and never writes it (it changes
+    /// nothing in the state directory).
+    fn new(pass: &ClientPass, dry_run: bool) -> Self {
         Running {
             state: PassState::default(),
-            writer: pass.index.map(SourceIndex::writer),
+            writer: pass.index.filter(|_| !dry_run).map(SourceIndex::writer),
             wire0: pass.link.counters.total(),
             links: None,
             planned: (0, 0),
@@ -422,7 +424,7 @@ impl Running {
         dry_run: bool,
         whole: bool,
     ) -> PassOutcome {
-        pass.update_index(self.writer.take(), whole);
+        pass.update_index(self.writer.take(), whole && !dry_run);
         if whole {
             let m = &pass.scan.manifest;
             self.files = count_files(m);

@@ -84,6 +84,19 @@ impl Transfer<'_, '_> {
             };
             index_versions(ctx.store.take_retired(), key, old, txn)?;
             self.record(id, &mut job, version, txn)?;
+        } else if !self.pull {
+            // A dry run: the file it would have published is noted (and
+            // indexed, in its overlay), so later files and pages find it.
+            if job.fetch.has_old {
+                self.stash_old(key, txn)?;
+            }
+            match ctx.store.publish_unwritten(key, job.size, e.mode, e.mtime) {
+                Ok(version) => self.record(id, &mut job, version, txn)?,
+                Err(err) => {
+                    ctx.fail(stats, key, Failure::store("note", err));
+                    return Ok(());
+                }
+            }
         }
         ctx.stats.note_reused(job.reused);
         ctx.report(stats, report);
