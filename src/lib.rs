@@ -46,7 +46,8 @@
 //!   pass, server-side copies), the dry run as a wrapper
 //!   ([`store::DryRun`], `store/dry_run/`: what the pass would change is
 //!   noted in a scratch database, `shadow.rs`, which its later reads see),
-//!   and the free-space policy ([`store::MinFree`]).
+//!   the redb databases both keep on disk in bounded unsynced transactions
+//!   (`store/db.rs`), and the free-space policy ([`store::MinFree`]).
 //! - [`protocol`]: frames (length-prefixed, bounded) and typed messages.
 //! - [`session`]: the two halves of a pass as blocking code over a
 //!   [`session::link::Link`] (typed messages, typed link errors):

@@ -40,6 +40,7 @@
 //!   store's are in `local/extras.rs`; it writes zeros over holes as holes
 //!   ([`crate::sparse`]).
 
+mod db;
 pub mod dry_run;
 pub mod local;
 pub mod s3;

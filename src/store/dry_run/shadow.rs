@@ -10,18 +10,16 @@
 //! byte). A value is an encoded [`Shade`], or empty for an entry the pass
 //! would have removed.
 
+use crate::store::db::Db;
 use crate::store::split_key;
 use crate::tree::{Kind, Timestamp, Version};
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("shadow");
-
-/// Writes between commits (a commit frees the transaction's dirty pages).
-const CHECKPOINT: usize = 4096;
 
 /// redb's page cache for this scratch database.
 const CACHE_BYTES: usize = 1 << 20;
@@ -49,9 +47,8 @@ pub struct Shadow {
 }
 
 struct State {
-    db: Option<Database>,
-    txn: Option<WriteTransaction>,
-    writes: usize,
+    /// Scratch, never synced (None once dropped).
+    db: Option<Db>,
     next_version: u64,
     /// Names each file identity (an inode) gained or lost: hard-linked
     /// files only, which are rare, so in memory.
@@ -72,19 +69,11 @@ impl Shadow {
     /// A new, empty picture at `path` (a stale file of a killed dry run is
     /// replaced).
     pub fn create(path: &Path) -> io::Result<Shadow> {
-        let _ = std::fs::remove_file(path);
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(other)?;
-        let mut state = State {
-            db: Some(db),
-            txn: None,
-            writes: 0,
+        let state = State {
+            db: Some(Db::scratch(path, CACHE_BYTES)?),
             next_version: FIRST_VERSION,
             links: Default::default(),
         };
-        state.begin()?;
         Ok(Shadow {
             path: path.to_path_buf(),
             state: Mutex::new(state),
@@ -116,14 +105,7 @@ impl Shadow {
             t.insert(db_key(key).as_str(), bytes.as_slice())
                 .map_err(other)?;
         }
-        st.writes += 1;
-        if st.writes >= CHECKPOINT {
-            if let Some(t) = st.txn.take() {
-                t.commit().map_err(other)?;
-            }
-            st.begin()?;
-        }
-        Ok(())
+        st.db_mut().wrote()
     }
 
     /// The entries of directory `dir` the pass would have changed, by name.
@@ -162,17 +144,12 @@ impl Shadow {
 }
 
 impl State {
-    fn begin(&mut self) -> io::Result<()> {
-        let db = self.db.as_ref().expect("open until dropped");
-        let mut t = db.begin_write().map_err(other)?;
-        t.set_durability(redb::Durability::None);
-        self.txn = Some(t);
-        self.writes = 0;
-        Ok(())
+    fn db_mut(&mut self) -> &mut Db {
+        self.db.as_mut().expect("open until dropped")
     }
 
-    fn txn(&self) -> &WriteTransaction {
-        self.txn.as_ref().expect("a transaction is open")
+    fn txn(&self) -> &redb::WriteTransaction {
+        self.db.as_ref().expect("open until dropped").txn()
     }
 }
 
@@ -186,10 +163,8 @@ fn decode(b: &[u8]) -> Option<Shade> {
 
 impl Drop for Shadow {
     fn drop(&mut self) {
-        let mut st = self.state();
-        st.txn = None;
-        st.db = None;
-        drop(st);
+        // Closed (its transaction committed unsynced) before the file goes.
+        self.state().db = None;
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -230,7 +205,7 @@ mod tests {
             .collect();
         assert_eq!(names, vec![("b".into(), true), ("c".into(), false)]);
         assert_eq!(s.children("").unwrap().len(), 1, "ab, at the root");
-        for _ in 0..(2 * CHECKPOINT) {
+        for _ in 0..(2 * crate::store::db::CHECKPOINT) {
             s.put("x/y", Some(&file(5))).unwrap();
         }
         assert_eq!(s.get("a/b").unwrap(), Some(Some(file(3))));

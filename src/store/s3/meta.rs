@@ -8,8 +8,8 @@
 //! never correctness. It lives on disk like the tree (`db.rs`), so its size
 //! follows the bucket without memory doing so.
 
-use super::db::Db;
 use super::merge::{merge, settled_by, Pair};
+use crate::store::db::Db;
 use crate::tree::Timestamp;
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};

@@ -25,7 +25,6 @@
 
 mod background;
 pub mod client;
-mod db;
 pub mod layout;
 mod lister;
 mod listing;

@@ -5,7 +5,7 @@
 //! than one of a thousand: redb's page cache and one transaction's dirty
 //! pages (`db.rs`), plus the names of the directory being read.
 
-use super::db::{err, Db};
+use crate::store::db::{err, Db};
 use crate::store::{child_key, split_key};
 use crate::tree::{Kind, Timestamp};
 use redb::{ReadableTable, Table, TableDefinition};

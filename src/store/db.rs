@@ -1,7 +1,8 @@
-//! A redb database of the S3 store's state directory, written in
+//! A redb database of a store's state (the S3 store's view of its bucket,
+//! a dry run's picture of the replica), written in
 //! transactions of at most [`CHECKPOINT`] writes committed without syncing
-//! (a commit frees the transaction's dirty pages), so what the store knows
-//! of a bucket of any size stays on disk and memory stays bounded: redb's
+//! (a commit frees the transaction's dirty pages), so what a store knows
+//! of a tree of any size stays on disk and memory stays bounded: redb's
 //! page cache plus the dirty pages of one transaction.
 
 use redb::{Database, WriteTransaction};
@@ -9,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Writes between commits.
-const CHECKPOINT: usize = 4096;
+pub(crate) const CHECKPOINT: usize = 4096;
 
 pub struct Db {
     db: Database,
